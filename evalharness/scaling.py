@@ -1,0 +1,233 @@
+"""Apply a `ScalingSpec` to a loaded transformers model.
+
+Every rotary-embedding module of the model (Llama, Mistral, Qwen2, Gemma, Gemma2, GPT-NeoX, …:
+the library's standard layout `forward(x, position_ids[, layer_type]) -> (cos, sin)`) is swapped
+for one `ScaledRotaryEmbedding` that computes cos/sin from `methods.rope_frequencies`. The
+original module is kept (`restore_original`), and another spec can be applied to the same weights
+without a reload.
+
+Dynamic methods read the length of the current forward (max position + 1) and rotate with
+s = max(1, l/L) for that length; they never use s < 1. Note the known trap (YaRN paper App. B.3):
+a KV cache holds keys rotated at an earlier length's scale, so dynamic methods are exact only
+when each forward sees the whole sequence (`use_cache=False`, or a fresh cache per step).
+
+The original context L lives in the spec (`spec.original_ctx`), never in
+`config.max_position_embeddings`, which this module does not modify.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .methods import ScalingSpec, ntk_aware_base, rope_frequencies
+
+_ORIGINAL = "_evalharness_original_rotary"
+_NATIVE_CTX = "_evalharness_native_ctx"
+
+
+class ScalingError(ValueError):
+    """The model cannot be scaled (no RoPE, unknown rotary layout)."""
+
+
+class ScaledRotaryEmbedding(nn.Module):
+    """Drop-in replacement for a transformers `*RotaryEmbedding`: returns (cos, sin) of shape
+    [batch, seq, rotary_dim] in `x.dtype`, multiplied by the method's attention scale.
+
+    `geometry` maps layer_type (None for single-RoPE models) → (rotary_dim, base, scaled); layer
+    types that are not scaled (e.g. Gemma-3's sliding-window layers) keep base RoPE.
+    """
+
+    def __init__(self, spec: ScalingSpec, geometry: dict, original: nn.Module):
+        super().__init__()
+        self.spec = spec
+        self.geometry = geometry
+        self.original = [original]  # a list keeps it out of this module's children/state_dict
+        self._static: dict = {}
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec}, geometry={self.geometry}"
+
+    def frequencies(self, seq_len: int, layer_type=None) -> tuple[torch.Tensor, float]:
+        """inv_freq and attention scale for a forward whose sequence spans `seq_len` positions."""
+        rotary_dim, base, scaled = self.geometry[layer_type]
+        spec = self.spec if scaled else ScalingSpec("base")
+        if not spec.is_dynamic:
+            key = layer_type
+            if key not in self._static:
+                self._static[key] = rope_frequencies(spec, rotary_dim, base)
+            return self._static[key]
+        return rope_frequencies(spec, rotary_dim, base, seq_len=seq_len)
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type=None):
+        seq_len = int(position_ids.max()) + 1 if self.spec.is_dynamic else 0
+        inv_freq, attention = self.frequencies(seq_len, layer_type)
+        inv_freq = inv_freq.to(device=x.device)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            angles = position_ids[..., None].to(torch.float32) * inv_freq
+            emb = torch.cat((angles, angles), dim=-1)
+            cos, sin = emb.cos(), emb.sin()
+            if attention != 1.0:
+                cos, sin = cos * attention, sin * attention
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+
+def rotary_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, module) for every rotary-embedding module of the model, in the
+    library's standard layout: a module class named `*RotaryEmbedding` holding an `inv_freq`
+    (or one already replaced by us)."""
+    found = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, ScaledRotaryEmbedding) or (
+                type(child).__name__.endswith("RotaryEmbedding") and _has_inv_freq(child)
+            ):
+                found.append((parent, name, child))
+    return found
+
+
+def _has_inv_freq(module: nn.Module) -> bool:
+    return any(name.endswith("inv_freq") for name, _ in module.named_buffers(recurse=False)) or hasattr(
+        module, "inv_freq"
+    )
+
+
+def rope_geometry(config) -> dict:
+    """layer_type → (rotary_dim, base, scaled) read from a transformers v5 config
+    (`config.rope_parameters`, possibly nested per layer type)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    params = getattr(text_config, "rope_parameters", None)
+    if not params:
+        raise ScalingError(f"{type(config).__name__} has no rope_parameters: the model does not use RoPE.")
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    if "rope_theta" in params:
+        return {None: _layer_geometry(params, head_dim, text_config, scaled=True)}
+    geometry = {}
+    for layer_type, sub in params.items():
+        # Only full-attention layers see long context; sliding-window layers keep base RoPE.
+        geometry[layer_type] = _layer_geometry(sub, head_dim, text_config, scaled="sliding" not in layer_type)
+    return geometry
+
+
+def _layer_geometry(params: dict, head_dim: int, config, scaled: bool) -> tuple[int, float, bool]:
+    partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)
+    return int(head_dim * partial), float(params["rope_theta"]), scaled
+
+
+def native_context(model: nn.Module) -> int:
+    """The context the model was pre-trained with: config.max_position_embeddings as it was the
+    first time this module saw the model (later edits of the config do not move it)."""
+    if not hasattr(model, _NATIVE_CTX):
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        setattr(model, _NATIVE_CTX, int(config.max_position_embeddings))
+    return getattr(model, _NATIVE_CTX)
+
+
+def _check_rope_model(model: nn.Module) -> list:
+    modules = rotary_modules(model)
+    if not modules:
+        raise ScalingError(
+            f"{type(model).__name__} has no rotary position embedding in the standard transformers "
+            "layout (a `*RotaryEmbedding` module with `inv_freq`), so RoPE scaling cannot be applied."
+        )
+    return modules
+
+
+def apply_scaling(model: nn.Module, spec: ScalingSpec | str) -> ScalingSpec:
+    """Scale the model's RoPE in place and return the resolved spec (original_ctx filled in).
+
+    Re-applying another spec replaces the previous one (no reload). `base` is plain RoPE computed
+    by the same code path as every method, so methods differ from base only by their math.
+    """
+    if isinstance(spec, str):
+        spec = ScalingSpec.parse(spec)
+    modules = _check_rope_model(model)
+    if spec.original_ctx is None:
+        spec = spec.with_original_ctx(native_context(model))
+    native_context(model)
+    geometry = rope_geometry(model.config)
+    _warn_if_shipped_scaling(model.config)
+    for parent, name, module in modules:
+        original = module.original[0] if isinstance(module, ScaledRotaryEmbedding) else module
+        setattr(parent, name, ScaledRotaryEmbedding(spec, geometry, original))
+    model._evalharness_spec = spec
+    return spec
+
+
+def restore_original(model: nn.Module) -> None:
+    """Put back the rotary modules the model was loaded with."""
+    for parent, name, module in rotary_modules(model):
+        if isinstance(module, ScaledRotaryEmbedding):
+            setattr(parent, name, module.original[0])
+    model._evalharness_spec = None
+
+
+def _warn_if_shipped_scaling(config) -> None:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    params = text_config.rope_parameters
+    types = {params.get("rope_type", "default")} if "rope_theta" in params else {
+        sub.get("rope_type", "default") for sub in params.values()
+    }
+    if types - {"default"} and not getattr(config, "_evalharness_warned", False):
+        warnings.warn(
+            f"the model ships with RoPE scaling {sorted(types)}; evalharness methods start from plain "
+            "RoPE with the same rope_theta, so `base` is unscaled RoPE, not the shipped scaling "
+            "(restore_original() gives the shipped one back).",
+            stacklevel=3,
+        )
+        config._evalharness_warned = True
+
+
+def current_spec(model: nn.Module) -> ScalingSpec | None:
+    return getattr(model, "_evalharness_spec", None)
+
+
+def export_rope_parameters(spec: ScalingSpec, config) -> dict:
+    """The transformers v5 `rope_parameters` dict that makes the library do `spec` natively.
+
+    Supported: base → default; pi → linear; ntk → default with the NTK-aware rope_theta;
+    dynamic-ntk → dynamic (factor 1: transformers' s = factor·l/L − (factor−1) equals l/L);
+    yarn → yarn. transformers' dynamic rope_type reads L from config.max_position_embeddings: for
+    dynamic-ntk set that to L as well (`requires_max_position_embeddings`). The config is not touched.
+    """
+    geometry = rope_geometry(config)
+    if None not in geometry:
+        raise ScalingError("export_rope_parameters supports single-RoPE configs only (not per-layer-type RoPE).")
+    rotary_dim, base, _ = geometry[None]
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    original_ctx = spec.original_ctx or int(text_config.max_position_embeddings)
+    params: dict = {"rope_theta": base}
+    partial = text_config.rope_parameters.get("partial_rotary_factor")
+    if partial is not None:
+        params["partial_rotary_factor"] = partial
+    if spec.method == "base":
+        params["rope_type"] = "default"
+    elif spec.method == "pi":
+        params.update(rope_type="linear", factor=spec.factor)
+    elif spec.method == "ntk":
+        params.update(rope_type="default", rope_theta=ntk_aware_base(base, rotary_dim, spec.factor))
+    elif spec.method == "dynamic-ntk":
+        params.update(rope_type="dynamic", factor=1.0)
+    elif spec.method == "yarn":
+        params.update(
+            rope_type="yarn",
+            factor=spec.factor,
+            original_max_position_embeddings=original_ctx,
+            beta_fast=spec.beta_fast,
+            beta_slow=spec.beta_slow,
+            truncate=spec.truncate,
+        )
+        if spec.attention_factor is not None:
+            params["attention_factor"] = spec.attention_factor
+    else:
+        raise ScalingError(
+            f"transformers has no native rope_type for {spec.method}; natively supported: "
+            "base, pi, ntk, dynamic-ntk, yarn (use apply_scaling for the others)."
+        )
+    return params
+
+
+def requires_max_position_embeddings(spec: ScalingSpec) -> bool:
+    """True when transformers' native form reads L from config.max_position_embeddings."""
+    return spec.method == "dynamic-ntk"
