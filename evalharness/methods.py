@@ -120,12 +120,30 @@ class ScalingSpec:
         out = self.method
         if METHODS[self.method].uses_factor:
             out += f":{_fmt(self.factor)}"
+        return out + self._options(("original_ctx",) + _OPTION_FIELDS)
+
+    @property
+    def short(self) -> str:
+        """`str()` without the original context: `yarn:16`, `dynamic-yarn`."""
+        return str(dataclasses.replace(self, original_ctx=None))
+
+    @property
+    def label(self) -> str:
+        """The `method` column of result tables: the method and its non-default options, without
+        factor and original context (those have columns of their own). `yarn`, `yarn:truncate=false`."""
+        return self.method + self._options(_OPTION_FIELDS)
+
+    def _options(self, fields: tuple[str, ...]) -> str:
         default = ScalingSpec(self.method)
-        for field in ("original_ctx", "beta_fast", "beta_slow", "attention_factor", "truncate"):
+        out = ""
+        for field in fields:
             value = getattr(self, field)
             if value != getattr(default, field) and METHODS[self.method].reads(field):
                 out += f":{field}={_fmt(value)}"
         return out
+
+
+_OPTION_FIELDS = ("beta_fast", "beta_slow", "attention_factor", "truncate")
 
 
 def _fmt(value) -> str:

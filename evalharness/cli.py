@@ -1,0 +1,318 @@
+"""Command line: arguments → run plan → tasks → tables.
+
+    python run_eval.py --model smollm2-135m --method base,pi,ntk,yarn --factor 2 \\
+        --tasks perplexity --dataset coq-stdlib --lengths 2k:16k:2k --docs 2 --out results/run1
+    python run_eval.py methods --model smollm2-135m --method yarn --factor 2
+    python run_eval.py plot results/run1
+
+Exit codes: 0 all cells done; 1 some cells failed (recorded in manifest.json, the rest ran);
+2 bad input (one sentence on stderr, nothing computed); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+TASKS = ("perplexity", "passkey", "leaderboard", "temperature-sweep")
+IMPLEMENTED_TASKS = ("perplexity",)
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing helpers (pure)
+# ---------------------------------------------------------------------------------------------
+
+def parse_count(text: str) -> int:
+    """'16384', '16k' (×1024), '128K' → int."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kK]?)\s*", str(text))
+    if not match:
+        raise UsageError(f"{text!r} is not a token count; write e.g. 4096 or 4k.")
+    return int(match.group(1)) * (1024 if match.group(2) else 1)
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'2k:16k:2k' (start:stop:step, stop included) or '4096,8192' → strictly increasing lengths."""
+    text = str(text).strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise UsageError(f"lengths {text!r} must be start:stop:step (e.g. 2k:16k:2k) or a comma list.")
+        start, stop, step = (parse_count(p) for p in parts)
+        if step <= 0 or start <= 0 or stop < start:
+            raise UsageError(f"lengths {text!r} need 0 < start <= stop and step > 0.")
+        lengths = list(range(start, stop + 1, step))
+    else:
+        lengths = [parse_count(p) for p in text.split(",") if p.strip()]
+    if not lengths:
+        raise UsageError(f"lengths {text!r} name no length.")
+    if any(n < 2 for n in lengths):
+        raise UsageError(f"lengths {text!r} must all be ≥ 2 tokens.")
+    if any(b <= a for a, b in zip(lengths, lengths[1:])):
+        raise UsageError(f"lengths {text!r} must be strictly increasing.")
+    return lengths
+
+
+def parse_factors(text: str) -> list[float]:
+    factors = []
+    for part in str(text).split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(f"factor {part.strip()!r} is not a number; write e.g. --factor 2 or --factor 2,4,8.") from None
+        if not value > 0:
+            raise UsageError(f"factor {part.strip()!r} must be > 0.")
+        factors.append(value)
+    return factors
+
+
+def build_specs(methods: str, factors: str, original_ctx: int | None) -> list:
+    """The method × factor grid as ScalingSpecs (methods that ignore the factor appear once).
+    A method written with its own factor (`yarn:16`) keeps it."""
+    from .methods import ScalingSpec
+
+    specs, seen = [], set()
+    defaults = {"original_ctx": original_ctx} if original_ctx else {}
+    for method in [m.strip() for m in methods.split(",") if m.strip()]:
+        has_own_factor = len(method.split(":")) > 1 and "=" not in method.split(":")[1]
+        for factor in [None] if has_own_factor else parse_factors(factors):
+            spec = ScalingSpec.parse(method, **defaults) if factor is None else ScalingSpec.parse(
+                method, factor=factor, **defaults)
+            if spec not in seen:
+                seen.add(spec)
+                specs.append(spec)
+    if not specs:
+        raise UsageError("--method names no method.")
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parsers
+# ---------------------------------------------------------------------------------------------
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_eval.py",
+        description="Evaluate RoPE context-extension methods (PI, NTK, NTK-by-parts, YaRN, dynamic variants) "
+        "with the YaRN paper's protocols. Subcommands: `methods` (frequency tables), `plot RESULTS_DIR`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="smollm2-135m",
+                   help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF) or random:NAME (tiny, llama2-7b, ...)")
+    g.add_argument("--dtype", default="auto", help="auto (cuda→bf16, cpu→fp32), float32, bfloat16, float16")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--attn-impl", default=None, help="attention implementation: sdpa, eager, flash_attention_2")
+    g.add_argument("--device-map", default=None, help="accelerate device map for models larger than one GPU (auto)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
+    g = p.add_argument_group("scaling")
+    g.add_argument("--method", default="base,yarn",
+                   help="comma list of methods: base, pi (linear), ntk, ntk-by-parts, yarn, dynamic-pi, dynamic-ntk, "
+                        "dynamic-yarn; options as method:factor:key=value (e.g. yarn:16:truncate=false)")
+    g.add_argument("--factor", default="2", help="comma list of scale factors s (grid with --method)")
+    g.add_argument("--original-ctx", type=parse_count, default=None,
+                   help="pre-trained context L (default: the model's native context)")
+    g = p.add_argument_group("tasks")
+    g.add_argument("--tasks", default="perplexity", help=f"comma list of {', '.join(TASKS)}")
+    g.add_argument("--dataset", default="coq-stdlib",
+                   help="govreport, proofpile, pg19 (HF datasets), coq-stdlib, debian-policy (offline), local:PATH")
+    g.add_argument("--text-field", default=None, help="text column of local .jsonl/.parquet files (default text)")
+    g.add_argument("--lengths", default="2k:8k:2k", help="context lengths: start:stop:step or comma list; k = 1024")
+    g.add_argument("--protocol", choices=("truncated", "sliding"), default="truncated",
+                   help="perplexity protocol: first L tokens per doc, or sliding window L with --stride")
+    g.add_argument("--stride", type=parse_count, default=256, help="sliding-window stride S")
+    g.add_argument("--docs", type=int, default=None, help="first N documents after the length filter (paper)")
+    g.add_argument("--sample", type=int, default=None, help="instead: a seeded random sample of N documents")
+    g.add_argument("--min-tokens", type=parse_count, default=None,
+                   help="keep documents with at least this many tokens (default: the largest length for truncated)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, bootstrap, passkeys)")
+    g.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: 256 MB of logits)")
+    g = p.add_argument_group("passkey (planned)")
+    g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1]")
+    g.add_argument("--trials", type=int, default=1, help="trials per (length, depth)")
+    g.add_argument("--passkey-generate", action="store_true", help="greedy generation instead of the teacher-forced check")
+    g = p.add_argument_group("leaderboard (planned)")
+    g.add_argument("--leaderboard-tasks", default="arc_challenge,hellaswag,mmlu,truthfulqa_mc2")
+    g.add_argument("--limit", type=int, default=None, help="examples per lm-eval task")
+    g.add_argument("--batch-size", type=int, default=1)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, help="run folder (default results/<timestamp>); rerun into it to resume")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def methods_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_eval.py methods",
+        description="Print each method's frequency table summary: first/last inv_freq, ramp bounds, attention scale.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="read |D|, rope base and L from this model (else give them)")
+    p.add_argument("--method", default="base,pi,ntk,ntk-by-parts,yarn,dynamic-pi,dynamic-ntk,dynamic-yarn")
+    p.add_argument("--factor", default="2")
+    p.add_argument("--original-ctx", type=parse_count, default=None)
+    p.add_argument("--rotary-dim", type=int, default=None)
+    p.add_argument("--rope-theta", type=float, default=None)
+    p.add_argument("--seq-len", type=parse_count, default=None, help="sequence length for dynamic methods")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+def cmd_methods(argv: list[str]) -> int:
+    from .methods import describe
+
+    args = methods_parser().parse_args(argv)
+    rotary_dim, theta, native = args.rotary_dim, args.rope_theta, args.original_ctx
+    if args.model:
+        from . import models
+
+        _, _, info = models.load(args.model, dtype="float32", device="cpu")
+        rotary_dim, theta, native = rotary_dim or info.rotary_dim, theta or info.rope_theta, native or info.native_ctx
+        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={info.rope_theta:g}, "
+              f"native context {info.native_ctx}")
+    if not (rotary_dim and theta and native):
+        raise UsageError("methods needs --model, or all of --rotary-dim, --rope-theta and --original-ctx.")
+    specs = build_specs(args.method, args.factor, native)
+    seq_len = args.seq_len or 2 * native
+    header = f"{'spec':<16}{'s':>7}{'ramp':>10}{'inv_freq[0]':>13}{'inv_freq[-1]':>14}{'max λ':>12}{'interp.':>9}{'attn':>8}"
+    print(f"|D|={rotary_dim}, b={theta:g}, L={native}; dynamic methods shown at l={seq_len}")
+    print(header)
+    for spec in specs:
+        row = describe(spec, rotary_dim, theta, seq_len if spec.is_dynamic else None)
+        ramp = "-" if row["ramp_low"] is None else f"{_num(row['ramp_low'])}/{_num(row['ramp_high'])}"
+        print(f"{spec.short:<16}{row['scale']:>7.3g}{ramp:>10}{row['inv_freq_first']:>13.6g}{row['inv_freq_last']:>14.6g}"
+              f"{row['max_wavelength']:>12.6g}{row['pairs_interpolated']:>9}{row['attention_scale']:>8.4f}")
+    return EXIT_OK
+
+
+def _num(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) and not float(value).is_integer() else str(int(value))
+
+
+def cmd_plot(argv: list[str]) -> int:
+    raise UsageError("plot is not available yet: figures come with the plotting issue.")
+
+
+@dataclass
+class RunContext:
+    args: argparse.Namespace
+    out: Path
+    tasks: list[str]
+    lengths: list[int]
+
+
+def plan_run(args: argparse.Namespace) -> RunContext:
+    """Validate everything that can be validated before loading anything heavy."""
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for task in tasks:
+        if task not in TASKS:
+            raise UsageError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}.")
+        if task not in IMPLEMENTED_TASKS:
+            raise UsageError(f"task {task!r} is planned but not implemented yet; available: {', '.join(IMPLEMENTED_TASKS)}.")
+    lengths = parse_lengths(args.lengths)
+    build_specs(args.method, args.factor, args.original_ctx)  # raises on bad methods / factors
+    if args.docs is not None and args.docs <= 0:
+        raise UsageError(f"--docs {args.docs} must be ≥ 1.")
+    if args.sample is not None and args.sample <= 0:
+        raise UsageError(f"--sample {args.sample} must be ≥ 1.")
+    if args.docs is not None and args.sample is not None:
+        raise UsageError("--docs (first N documents) and --sample (random N documents) exclude each other; give one.")
+    if args.stride <= 0:
+        raise UsageError(f"--stride {args.stride} must be ≥ 1.")
+    if args.protocol == "sliding" and args.stride > min(lengths):
+        raise UsageError(f"--stride {args.stride} is larger than the smallest window {min(lengths)}: tokens would go unscored.")
+    out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder (new, or an earlier run's to resume).")
+    return RunContext(args, out, tasks, lengths)
+
+
+def cmd_eval(argv: list[str]) -> int:
+    args = eval_parser().parse_args(argv)
+    plan = plan_run(args)
+    from . import corpora, models
+    from .perplexity import PerplexityTask, run_perplexity
+    from .results import Manifest, ResultStore
+
+    show = not args.no_progress
+    model, tokenizer, info = models.load(args.model, dtype=args.dtype, device=args.device, attn_impl=args.attn_impl,
+                                         trust_remote_code=args.trust_remote_code, device_map=args.device_map)
+    specs = [s if s.original_ctx else s.with_original_ctx(info.native_ctx)
+             for s in build_specs(args.method, args.factor, args.original_ctx)]
+    bos = info.bos_token_id
+    min_tokens = args.min_tokens
+    if min_tokens is None:
+        min_tokens = max(plan.lengths) - (bos is not None) if args.protocol == "truncated" else 0
+    docs = corpora.load_corpus(args.dataset, tokenizer, min_tokens=min_tokens, n_docs=args.docs, sample=args.sample,
+                               seed=args.seed, text_field=args.text_field)
+    if args.protocol == "truncated":
+        shortest = min(d.ids.numel() for d in docs) + (bos is not None)
+        if shortest < max(plan.lengths):
+            raise UsageError(f"length {max(plan.lengths)} is longer than a selected document ({shortest} tokens with BOS); "
+                             f"lower --lengths or raise --min-tokens.")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    store, manifest = ResultStore(plan.out), Manifest(plan.out)
+    manifest.start(sys.argv, vars(args), {"model_info": info.__dict__, "specs": [str(s) for s in specs],
+                                           "documents": [(d.doc_id, int(d.ids.numel())) for d in docs]})
+    print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
+          f"native {info.native_ctx}, {info.dtype} on {info.device}; {len(docs)} documents of {args.dataset}; "
+          f"methods {', '.join(str(s) for s in specs)}; out {plan.out}", file=sys.stderr)
+    failed = []
+    try:
+        task = PerplexityTask(args.dataset, args.protocol, tuple(plan.lengths), args.stride, args.chunk_size)
+        failed += run_perplexity(model, info.name, bos, specs, docs, task, store, manifest, args.seed, show)
+    except KeyboardInterrupt:
+        manifest.finish("interrupted")
+        print(f"interrupted; finished rows are in {plan.out} (rerun the same command to resume).", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    manifest.finish("finished" if not failed else "finished with failed cells")
+    print_summary(store)
+    if failed:
+        print(f"{len(failed)} cell(s) failed (see {plan.out / 'manifest.json'}): " + "; ".join(failed), file=sys.stderr)
+        return EXIT_CELLS_FAILED
+    return EXIT_OK
+
+
+def print_summary(store) -> None:
+    """Perplexity by method (rows) × context length (columns)."""
+    import pandas as pd
+
+    table = store.read("perplexity")
+    if table.empty:
+        return
+    table["spec"] = table.apply(lambda r: r["method"] if r["method"] == "base" or r["method"].startswith("dynamic")
+                                else f"{r['method']} s={r['factor']:g}", axis=1)
+    for (dataset, protocol), part in table.groupby(["dataset", "protocol"]):
+        pivot = part.pivot_table(index="spec", columns="context_length", values="ppl", sort=False)
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            print(f"\nperplexity — {dataset}, {protocol} (token-weighted)")
+            print(pivot.round(3).to_string())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .corpora import CorpusError
+    from .methods import MethodError
+    from .models import ModelLoadError
+    from .scaling import ScalingError
+
+    commands = {"methods": cmd_methods, "plot": cmd_plot}
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return cmd_eval(argv)
+    except (UsageError, MethodError, ModelLoadError, CorpusError, ScalingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,347 @@
+"""The perplexity engine: per-token negative log-likelihood of long documents.
+
+Memory discipline: the decoder runs once over the window (`use_cache=False`, no attention-mask
+tensor, so attention takes the causal path), and the LM head + cross-entropy run over the final
+hidden states in chunks of positions, accumulating in float32. The full [T, vocab] logits never
+exist (at 128k tokens × 32k vocab they would be 17 GB in fp32); only positions that are scored
+pass through the head.
+
+Protocols (YaRN paper §4.3 and the authors' evaluation scripts):
+- truncated: for each length L, the first L tokens of the document in one window — BOS (when the
+  tokenizer has one) + L−1 document tokens — scoring every token after the first. Because the
+  model is causal, token t's NLL does not depend on tokens after t, so for a static method one pass
+  at L_max gives the curve at every L ≤ L_max (`truncated_curve`).
+- sliding window L, stride S: the first window scores all its tokens, each next window (shifted by
+  S) scores only its last ≤ S tokens that no earlier window scored (`sliding_windows`).
+Perplexity = exp(Σ nll / Σ scored tokens) (token-weighted); the authors' number averages the
+per-window mean NLLs instead (`WindowScore.mean_nll`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_HEAD_BYTES = 256 * 2**20  # logits chunk budget (fp32) for the LM head
+
+
+class NonFiniteError(ArithmeticError):
+    """A NaN or infinite NLL: the cell fails instead of writing a meaningless number."""
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """NLL totals of one scored stretch of a document."""
+
+    scored_tokens: int
+    nll_sum: float
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.scored_tokens
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.mean_nll)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model plumbing
+# ---------------------------------------------------------------------------------------------
+
+def decoder_hidden_states(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Final hidden states [1, T, H] of the decoder (after its final norm): the base model's
+    forward, no KV cache, no attention mask (causal path)."""
+    backbone = model.base_model if model.base_model is not model else model.get_decoder()
+    out = backbone(input_ids=input_ids, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def logit_transform(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the model's own forward does to the LM-head output before the softmax: Cohere's
+    `logit_scale` (×), Granite's `logits_scaling` (÷), Gemma-2's `final_logit_softcapping`
+    (cap·tanh(x/cap)). Identity for plain models."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    scale = getattr(model, "logit_scale", None)
+    if not isinstance(scale, (int, float)):
+        scale = None
+    divide = getattr(config, "logits_scaling", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if divide:
+            logits = logits / divide
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
+
+
+def head_chunk_size(model, budget_bytes: int = DEFAULT_HEAD_BYTES) -> int:
+    """Positions per LM-head chunk so that a chunk's fp32 logits stay within `budget_bytes`."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return max(64, budget_bytes // (4 * vocab))
+
+
+def nll_from_hidden(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """−log p(targets[i] | hidden[i]) for i in range(len(targets)), float32, computed chunk by chunk.
+
+    hidden: [N, H] (the states that predict the targets), targets: [N].
+    """
+    head = model.get_output_embeddings()
+    transform = logit_transform(model)
+    chunk_size = chunk_size or head_chunk_size(model)
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.shape[0], chunk_size):
+        stop = start + chunk_size
+        logits = transform(head(hidden[start:stop]).float())
+        out[start:stop] = F.cross_entropy(logits, targets[start:stop], reduction="none")
+    return out
+
+
+@torch.inference_mode()
+def token_nll(model, input_ids: torch.Tensor, first_scored: int = 1, chunk_size: int | None = None) -> torch.Tensor:
+    """NLL (float32, on the model's device) of input_ids[first_scored:] each given all tokens
+    before it in this window. input_ids: 1-D. Raises NonFiniteError on NaN/inf."""
+    if not 1 <= first_scored < input_ids.shape[-1]:
+        raise ValueError(f"first_scored={first_scored} must be in [1, {input_ids.shape[-1] - 1}].")
+    device = model.get_output_embeddings().weight.device
+    ids = input_ids.reshape(1, -1).to(device)
+    hidden = decoder_hidden_states(model, ids)[0]
+    hidden = hidden[first_scored - 1 : -1]
+    nll = nll_from_hidden(model, hidden, ids[0, first_scored:], chunk_size)
+    if not torch.isfinite(nll).all():
+        bad = int((~torch.isfinite(nll)).sum())
+        raise NonFiniteError(f"{bad} of {nll.numel()} token NLLs are NaN or infinite.")
+    return nll
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocols
+# ---------------------------------------------------------------------------------------------
+
+def with_bos(doc_ids: torch.Tensor, bos_id: int | None) -> torch.Tensor:
+    """The document's token sequence as the model sees it: BOS first when there is one."""
+    doc_ids = doc_ids.reshape(-1).long()
+    if bos_id is None:
+        return doc_ids
+    return torch.cat([torch.tensor([bos_id], dtype=torch.long), doc_ids])
+
+
+def truncated_nll(model, doc_ids: torch.Tensor, length: int, bos_id: int | None, chunk_size: int | None = None) -> torch.Tensor:
+    """Per-token NLL of the first `length`-token window of a document (BOS included in the
+    length): a tensor of `length`−1 values on CPU; entry i scores window token i+1."""
+    sequence = with_bos(doc_ids, bos_id)
+    if sequence.shape[0] < length:
+        raise ValueError(f"document has {sequence.shape[0]} tokens (with BOS), fewer than the length {length}.")
+    return token_nll(model, sequence[:length], 1, chunk_size).cpu()
+
+
+def truncated_curve(nll: torch.Tensor, lengths: Iterable[int]) -> dict[int, WindowScore]:
+    """Truncated-protocol scores at each length from one pass's per-token NLL (valid for any
+    method whose frequencies do not depend on the sequence length)."""
+    curve = {}
+    for length in lengths:
+        if length - 1 > nll.shape[0]:
+            raise ValueError(f"length {length} needs {length - 1} scored tokens; the pass has {nll.shape[0]}.")
+        part = nll[: length - 1].double()
+        curve[length] = WindowScore(length - 1, float(part.sum()))
+    return curve
+
+
+@dataclass(frozen=True)
+class Window:
+    begin: int  # first token of the window (inclusive)
+    end: int  # one past the last token
+    first_scored: int  # first scored token, absolute index (≥ begin + 1)
+
+
+def sliding_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
+    """Windows of `window` tokens starting every `stride` tokens until one reaches the end; the
+    first scores all of its tokens but the first, each later one only the tokens past the previous
+    window's end (≤ stride of them)."""
+    if window < 2 or stride < 1:
+        raise ValueError(f"window {window} must be ≥ 2 and stride {stride} ≥ 1.")
+    if stride > window:
+        raise ValueError(f"stride {stride} is larger than the window {window}: tokens would go unscored.")
+    windows, previous_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        first = max(previous_end, begin + 1)
+        if end > first:
+            windows.append(Window(begin, end, first))
+        previous_end = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+def sliding_scores(model, doc_ids: torch.Tensor, window: int, stride: int, bos_id: int | None,
+                   chunk_size: int | None = None, before_window: Callable[[int], None] | None = None) -> list[WindowScore]:
+    """Sliding-window protocol over a whole document: one WindowScore per window.
+    `before_window(n_tokens)` is called before each window's forward (progress reporting)."""
+    sequence = with_bos(doc_ids, bos_id)
+    scores = []
+    for w in sliding_windows(sequence.shape[0], window, stride):
+        if before_window:
+            before_window(w.end - w.begin)
+        nll = token_nll(model, sequence[w.begin : w.end], w.first_scored - w.begin, chunk_size)
+        scores.append(WindowScore(nll.numel(), float(nll.double().sum())))
+    return scores
+
+
+def combine(scores: Sequence[WindowScore]) -> tuple[WindowScore, float]:
+    """(token-weighted total, authors' window-mean perplexity exp(mean of window mean NLLs))."""
+    total = WindowScore(sum(s.scored_tokens for s in scores), sum(s.nll_sum for s in scores))
+    window_mean = math.exp(sum(s.mean_nll for s in scores) / len(scores))
+    return total, window_mean
+
+
+def passes_for_lengths(lengths: Sequence[int], dynamic: bool, original_ctx: int) -> list[tuple[int, list[int]]]:
+    """Which forward passes serve which truncated lengths: [(pass_length, lengths served)].
+
+    Static methods: one pass at the largest length serves all. Dynamic methods: lengths ≤ L share
+    one pass (the scale is 1 there: identical to base), every length above L gets its own pass."""
+    lengths = sorted(set(lengths))
+    if not lengths:
+        return []
+    if not dynamic:
+        return [(lengths[-1], lengths)]
+    short = [n for n in lengths if n <= original_ctx]
+    plan = [(short[-1], short)] if short else []
+    return plan + [(n, [n]) for n in lengths if n > original_ctx]
+
+
+# ---------------------------------------------------------------------------------------------
+# The task: methods × documents × lengths into the result store
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PerplexityTask:
+    dataset: str
+    protocol: str  # "truncated" | "sliding"
+    lengths: tuple[int, ...]
+    stride: int = 256  # sliding only; recorded as 0 for truncated rows
+    chunk_size: int | None = None
+
+
+class LayerProgress:
+    """Advance a tqdm bar as decoder layers finish, so a 4-minute forward shows live tokens/s."""
+
+    def __init__(self, model, bar):
+        self.bar = bar
+        self.layers = _decoder_layers(model)
+        self.tokens = 0
+        self.handles = []
+
+    def __enter__(self):
+        for layer in self.layers:
+            self.handles.append(layer.register_forward_hook(self._hook))
+        return self
+
+    def _hook(self, module, args, output):
+        if self.tokens and self.layers:
+            self.bar.update(self.tokens / len(self.layers))
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _decoder_layers(model) -> list:
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task: PerplexityTask, store, manifest,
+                   seed: int = 0, show_progress: bool = True) -> list[str]:
+    """Evaluate every (spec, document) cell not already in the store; return the failed cells.
+
+    Rows are appended as soon as a pass finishes; `perplexity.csv` is re-aggregated after each cell.
+    For truncated lengths ≤ L, dynamic methods reuse an earlier pass at scale 1 (base) of the same
+    document instead of recomputing it.
+    """
+    from tqdm.auto import tqdm
+
+    from .results import aggregate_perplexity, key_row
+    from .scaling import apply_scaling
+
+    failed: list[str] = []
+    unit_scale_passes: dict[str, torch.Tensor] = {}  # doc_id → per-token NLL of a pass at scale 1
+    for spec in specs:
+        resolved = apply_scaling(model, spec)
+        done = store.done("perplexity_docs")
+        for doc in docs:
+            key = key_row(model_name, resolved)
+            base_row = dict(key, dataset=task.dataset, doc_id=doc.doc_id, doc_tokens=int(doc.ids.numel()),
+                            protocol=task.protocol, stride=task.stride if task.protocol == "sliding" else 0)
+            missing = [n for n in task.lengths
+                       if store.cell_key("perplexity_docs", dict(base_row, context_length=n)) not in done]
+            if not missing:
+                continue
+            cell = f"perplexity|{model_name}|{resolved}|{task.dataset}|{doc.doc_id}|{task.protocol}"
+            bar = tqdm(total=0, unit="tok", unit_scale=True, disable=not show_progress, leave=False,
+                       desc=f"{resolved} {doc.doc_id[-28:]}", dynamic_ncols=True)
+            try:
+                if task.protocol == "truncated":
+                    _truncated_cell(model, bos_id, resolved, doc, missing, task, base_row, store, bar,
+                                    unit_scale_passes)
+                else:
+                    _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar)
+                manifest.cell(cell, "done")
+            except (NonFiniteError, torch.OutOfMemoryError, RuntimeError, ValueError) as exc:
+                failed.append(cell)
+                manifest.cell(cell, "failed", error=f"{type(exc).__name__}: {exc}")
+                _free_memory()
+            finally:
+                bar.close()
+            store.replace("perplexity", aggregate_perplexity(store.read("perplexity_docs"), seed=seed))
+    return failed
+
+
+def _free_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, bar, unit_scale_passes) -> None:
+    for pass_length, served in passes_for_lengths(missing, spec.is_dynamic, spec.original_ctx):
+        reusable = unit_scale_passes.get(doc.doc_id)
+        at_unit_scale = spec.method == "base" or (spec.is_dynamic and pass_length <= spec.original_ctx)
+        if at_unit_scale and reusable is not None and reusable.shape[0] >= pass_length - 1:
+            nll = reusable
+        else:
+            bar.total += pass_length
+            bar.refresh()
+            with LayerProgress(model, bar) as progress:
+                progress.tokens = pass_length
+                nll = truncated_nll(model, doc.ids, pass_length, bos_id, task.chunk_size)
+            if at_unit_scale:
+                unit_scale_passes[doc.doc_id] = nll
+        rows = []
+        for length, score in truncated_curve(nll, served).items():
+            rows.append(dict(base_row, context_length=length, scored_tokens=score.scored_tokens,
+                             nll_sum=score.nll_sum, n_windows=1, ppl=score.ppl, ppl_window_mean=score.ppl))
+        store.append("perplexity_docs", rows)
+
+
+def _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar) -> None:
+    for window in missing:
+        with LayerProgress(model, bar) as progress:
+
+            def before_window(n_tokens: int) -> None:
+                progress.tokens = n_tokens
+                bar.total += n_tokens
+                bar.refresh()
+
+            scores = sliding_scores(model, doc.ids, window, task.stride, bos_id, task.chunk_size, before_window)
+        total, window_mean = combine(scores)
+        store.append("perplexity_docs", [dict(base_row, context_length=window, scored_tokens=total.scored_tokens,
+                                              nll_sum=total.nll_sum, n_windows=len(scores), ppl=total.ppl,
+                                              ppl_window_mean=window_mean)])
