@@ -267,7 +267,7 @@ def cmd_eval(argv: list[str]) -> int:
                                            "documents": [(d.doc_id, int(d.ids.numel())) for d in docs]})
     print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
           f"native {info.native_ctx}, {info.dtype} on {info.device}; {len(docs)} documents of {args.dataset}; "
-          f"methods {', '.join(str(s) for s in specs)}; out {plan.out}", file=sys.stderr)
+          f"methods {', '.join(s.short for s in specs)}; out {plan.out}", file=sys.stderr)
     failed = []
     try:
         task = PerplexityTask(args.dataset, args.protocol, tuple(plan.lengths), args.stride, args.chunk_size)

@@ -273,11 +273,11 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
     from .scaling import apply_scaling
 
     failed: list[str] = []
-    unit_scale_passes: dict[str, torch.Tensor] = {}  # doc_id → per-token NLL of a pass at scale 1
-    for spec in specs:
-        resolved = apply_scaling(model, spec)
+    for doc in docs:  # document-major: an interrupted run has whole documents, all methods
+        unit_scale_passes: dict[str, torch.Tensor] = {}  # doc_id → per-token NLL of a pass at scale 1
         done = store.done("perplexity_docs")
-        for doc in docs:
+        for spec in specs:
+            resolved = apply_scaling(model, spec)
             key = key_row(model_name, resolved)
             base_row = dict(key, dataset=task.dataset, doc_id=doc.doc_id, doc_tokens=int(doc.ids.numel()),
                             protocol=task.protocol, stride=task.stride if task.protocol == "sliding" else 0)
@@ -285,16 +285,16 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
                        if store.cell_key("perplexity_docs", dict(base_row, context_length=n)) not in done]
             if not missing:
                 continue
-            cell = f"perplexity|{model_name}|{resolved}|{task.dataset}|{doc.doc_id}|{task.protocol}"
+            cell = f"perplexity|{model_name}|{resolved.short}|{task.dataset}|{doc.doc_id}|{task.protocol}"
             bar = tqdm(total=0, unit="tok", unit_scale=True, disable=not show_progress, leave=False,
-                       desc=f"{resolved} {doc.doc_id[-28:]}", dynamic_ncols=True)
+                       desc=f"{resolved.short} {doc.doc_id[-28:]}", dynamic_ncols=True)
             try:
                 if task.protocol == "truncated":
                     _truncated_cell(model, bos_id, resolved, doc, missing, task, base_row, store, bar,
                                     unit_scale_passes)
                 else:
                     _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar)
-                manifest.cell(cell, "done")
+                manifest.cell(cell, "done", seconds=round(bar.format_dict["elapsed"], 1))
             except (NonFiniteError, torch.OutOfMemoryError, RuntimeError, ValueError) as exc:
                 failed.append(cell)
                 manifest.cell(cell, "failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,195 @@
+"""The command line end to end on random:tiny and a local corpus the tests write."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import math
+import random
+
+import pandas as pd
+import pytest
+
+from evalharness import cli, perplexity
+from evalharness.cli import UsageError, parse_lengths
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    words = "the cat sat on a mat and the dog ran far away from home".split()
+    for i in range(3):
+        rng = random.Random(i)
+        (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(150 + 40 * i)))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
+
+
+def run(argv):
+    return cli.main(argv)
+
+
+def base_args(corpus, out, *extra, **overrides):
+    """CLI arguments of the standard tiny run; keyword overrides replace options (`lengths="64,128"`)."""
+    options = {"--model": "random:tiny", "--method": "base,pi,yarn,dynamic-yarn", "--factor": "2",
+               "--dataset": f"local:{corpus}", "--lengths": "128:512:128", "--out": str(out)}
+    options.update({f"--{k.replace('_', '-')}": v for k, v in overrides.items()})
+    return [item for pair in options.items() for item in pair] + ["--no-progress", *extra]
+
+
+def test_parse_lengths():
+    assert parse_lengths("2k:8k:2k") == [2048, 4096, 6144, 8192]
+    assert parse_lengths("100,200") == [100, 200]
+    for bad in ("8k:2k:2k", "200,100", "0,5", "a:b:c", "1:2"):
+        with pytest.raises(UsageError):
+            parse_lengths(bad)
+
+
+def test_run_writes_tidy_tables(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(base_args(corpus, out)) == cli.EXIT_OK
+    docs = pd.read_csv(out / "perplexity_docs.csv")
+    # 3 docs × 4 lengths × 4 specs, every value finite, original context = native 256
+    assert len(docs) == 3 * 4 * 4
+    assert set(docs["method"]) == {"base", "pi", "yarn", "dynamic-yarn"}
+    assert set(docs["original_ctx"]) == {256}
+    assert (docs["scored_tokens"] == docs["context_length"] - 1).all()
+    assert docs["ppl"].map(math.isfinite).all()
+    # dynamic-yarn at lengths ≤ L equals base (it reused or recomputed the unit-scale pass)
+    pivot = docs.pivot_table(index=["doc_id", "context_length"], columns="method", values="nll_sum")
+    short = pivot.loc[pivot.index.get_level_values(1) <= 256]
+    assert ((short["dynamic-yarn"] - short["base"]).abs() < 1e-4).all()
+    long = pivot.loc[pivot.index.get_level_values(1) > 256]
+    assert ((long["dynamic-yarn"] - long["base"]).abs() > 1e-4).any()
+    summary = pd.read_csv(out / "perplexity.csv")
+    assert len(summary) == 4 * 4 and (summary["n_docs"] == 3).all()
+    row = summary[(summary.method == "yarn") & (summary.context_length == 384)].iloc[0]
+    part = docs[(docs.method == "yarn") & (docs.context_length == 384)]
+    assert row["ppl"] == pytest.approx(math.exp(part["nll_sum"].sum() / part["scored_tokens"].sum()))
+    assert "perplexity — local:" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_to_the_same_tables(corpus, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    assert run(base_args(corpus, full)) == cli.EXIT_OK
+
+    calls = {"n": 0}
+    real = perplexity.token_nll
+
+    def dies_midway(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(perplexity, "token_nll", dies_midway)
+    assert run(base_args(corpus, resumed)) == cli.EXIT_INTERRUPTED
+    partial = pd.read_csv(resumed / "perplexity_docs.csv")
+    assert 0 < len(partial) < 48
+    monkeypatch.setattr(perplexity, "token_nll", real)
+
+    counted = {"n": 0}
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(perplexity, "token_nll", counting)
+    assert run(base_args(corpus, resumed)) == cli.EXIT_OK
+    monkeypatch.setattr(perplexity, "token_nll", real)
+    assert counted["n"] < calls["n"] + 12  # done cells were skipped, not recomputed
+
+    key = ["method", "doc_id", "context_length"]
+    for table in ("perplexity_docs", "perplexity"):
+        a = pd.read_csv(full / f"{table}.csv").sort_values(key[:1] + key[2:] if table == "perplexity" else key)
+        b = pd.read_csv(resumed / f"{table}.csv").sort_values(key[:1] + key[2:] if table == "perplexity" else key)
+        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+
+
+def test_rerun_is_a_no_op_and_byte_identical(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert run(base_args(corpus, out)) == cli.EXIT_OK
+    first = (out / "perplexity_docs.csv").read_bytes(), (out / "perplexity.csv").read_bytes()
+    assert run(base_args(corpus, out)) == cli.EXIT_OK
+    assert ((out / "perplexity_docs.csv").read_bytes(), (out / "perplexity.csv").read_bytes()) == first
+    again = tmp_path / "again"
+    assert run(base_args(corpus, again)) == cli.EXIT_OK
+    assert ((again / "perplexity_docs.csv").read_bytes(), (again / "perplexity.csv").read_bytes()) == first
+
+
+def test_sliding_protocol(corpus, tmp_path):
+    out = tmp_path / "sliding"
+    args = base_args(corpus, out, method="base,yarn", factor="4", protocol="sliding", lengths="64,128", stride="32")
+    assert run(args) == cli.EXIT_OK
+    docs = pd.read_csv(out / "perplexity_docs.csv")
+    assert set(docs["stride"]) == {32}
+    # every document token (plus nothing for BOS) is scored exactly once in each window size
+    doc_len = docs["doc_tokens"]
+    assert (docs["scored_tokens"] == doc_len).all()
+    assert (docs.loc[docs.context_length == 64, "n_windows"] > docs.loc[docs.context_length == 128, "n_windows"].values).all()
+
+
+def test_a_failing_cell_is_recorded_and_the_run_goes_on(corpus, tmp_path, monkeypatch, capsys):
+    real = perplexity.truncated_nll
+
+    def nan_for_pi(model, *args, **kwargs):
+        from evalharness.scaling import current_spec
+
+        if current_spec(model).method == "pi":
+            raise perplexity.NonFiniteError("3 of 127 token NLLs are NaN or infinite.")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(perplexity, "truncated_nll", nan_for_pi)
+    out = tmp_path / "run"
+    assert run(base_args(corpus, out)) == cli.EXIT_CELLS_FAILED
+    docs = pd.read_csv(out / "perplexity_docs.csv")
+    assert set(docs["method"]) == {"base", "yarn", "dynamic-yarn"}  # the others ran
+    manifest = (out / "manifest.json").read_text()
+    assert "NonFiniteError" in manifest and '"failed"' in manifest
+    assert "3 cell(s) failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"method": "yarnn"}, "unknown method 'yarnn'"),
+        ({"factor": "zero"}, "factor 'zero' is not a number"),
+        ({"factor": "-1"}, "must be > 0"),
+        ({"method": "pi", "factor": "0.5"}, "< 1"),
+        ({"lengths": "512:128:128"}, "0 < start <= stop"),
+        ({"lengths": "256,128"}, "strictly increasing"),
+        ({"tasks": "ppl"}, "unknown task 'ppl'"),
+        ({"dataset": "nope"}, "unknown corpus"),
+        ({"docs": "1", "sample": "2"}, "exclude each other"),
+        ({"lengths": "64:8k:64"}, "min_tokens"),
+        ({"model": "random:huge"}, "random"),
+        ({"model": "/does/not/exist"}, "/does/not/exist"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(corpus, tmp_path, capsys, change, message):
+    out = tmp_path / "bad"
+    assert run(base_args(corpus, out, **change)) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (out / "perplexity_docs.csv").exists()
+
+
+def test_out_that_is_a_file(corpus, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert run(base_args(corpus, target)) == cli.EXIT_USAGE
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_methods_command_prints_the_table(capsys):
+    assert run(["methods", "--rotary-dim", "128", "--rope-theta", "10000", "--original-ctx", "4096",
+                "--method", "yarn,pi", "--factor", "16"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    yarn_line = next(line for line in out.splitlines() if line.startswith("yarn:16"))
+    assert "20/46" in yarn_line and "1.2773" in yarn_line
+    assert run(["methods", "--method", "yarn"]) == cli.EXIT_USAGE
