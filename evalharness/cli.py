@@ -11,6 +11,7 @@ Exit codes: 0 all cells done; 1 some cells failed (recorded in manifest.json, th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TASKS = ("perplexity", "passkey", "leaderboard", "temperature-sweep")
-IMPLEMENTED_TASKS = ("perplexity",)
+IMPLEMENTED_TASKS = ("perplexity", "temperature-sweep")
 
 
 class UsageError(ValueError):
@@ -134,6 +135,8 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-tokens", type=parse_count, default=None,
                    help="keep documents with at least this many tokens (default: the largest length for truncated)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, bootstrap, passkeys)")
+    g.add_argument("--temperatures", default="1.0:1.4:0.05",
+                   help="temperature-sweep: grid of YaRN attention factors sqrt(1/t), start:stop:step or list")
     g.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: 256 MB of logits)")
     g = p.add_argument_group("passkey (planned)")
     g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1]")
@@ -228,6 +231,8 @@ def plan_run(args: argparse.Namespace) -> RunContext:
         raise UsageError(f"--sample {args.sample} must be ≥ 1.")
     if args.docs is not None and args.sample is not None:
         raise UsageError("--docs (first N documents) and --sample (random N documents) exclude each other; give one.")
+    if "temperature-sweep" in tasks:
+        parse_grid(args.temperatures)
     if args.stride <= 0:
         raise UsageError(f"--stride {args.stride} must be ≥ 1.")
     if args.protocol == "sliding" and args.stride > min(lengths):
@@ -238,46 +243,107 @@ def plan_run(args: argparse.Namespace) -> RunContext:
     return RunContext(args, out, tasks, lengths)
 
 
+@dataclass
+class Session:
+    """What every task of one run shares: the loaded model, the specs, the store."""
+
+    args: argparse.Namespace
+    plan: RunContext
+    model: object
+    tokenizer: object
+    info: object
+    specs: list
+    store: object
+    manifest: object
+
+    @property
+    def show_progress(self) -> bool:
+        return not self.args.no_progress
+
+
+def load_documents(session: Session) -> list:
+    from . import corpora
+
+    args, bos = session.args, session.info.bos_token_id
+    min_tokens = args.min_tokens
+    if min_tokens is None:
+        min_tokens = max(session.plan.lengths) - (bos is not None) if args.protocol == "truncated" else 0
+    docs = corpora.load_corpus(args.dataset, session.tokenizer, min_tokens=min_tokens, n_docs=args.docs,
+                               sample=args.sample, seed=args.seed, text_field=args.text_field)
+    if args.protocol == "truncated":
+        shortest = min(d.ids.numel() for d in docs) + (bos is not None)
+        if shortest < max(session.plan.lengths):
+            raise UsageError(f"length {max(session.plan.lengths)} is longer than a selected document ({shortest} "
+                             "tokens with BOS); lower --lengths or raise --min-tokens.")
+    return docs
+
+
+def temperature_specs(session: Session) -> list:
+    """YaRN at each factor with attention_factor √(1/t) over --temperatures, plus the formula."""
+    from .methods import ScalingSpec
+
+    values = [float(v) for v in parse_grid(session.args.temperatures)]
+    specs = []
+    for factor in parse_factors(session.args.factor):
+        specs.append(ScalingSpec("yarn", factor, original_ctx=session.specs[0].original_ctx))
+        specs += [ScalingSpec("yarn", factor, original_ctx=session.specs[0].original_ctx, attention_factor=v)
+                  for v in values]
+    return specs
+
+
+def parse_grid(text: str) -> list[float]:
+    """'1.0:1.5:0.05' (start:stop:step, stop included) or '1.0,1.1' → floats (rounded to 6 places)."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(p) for p in text.split(":"))
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            return [round(start + i * step, 6) for i in range(count)]
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UsageError(f"grid {text!r} must be start:stop:step or a comma list of numbers.") from None
+
+
+def task_perplexity(session: Session, docs, specs=None) -> list[str]:
+    from .perplexity import PerplexityTask, run_perplexity
+
+    args = session.args
+    task = PerplexityTask(args.dataset, args.protocol, tuple(session.plan.lengths), args.stride, args.chunk_size)
+    return run_perplexity(session.model, session.info.name, session.info.bos_token_id, specs or session.specs, docs,
+                          task, session.store, session.manifest, args.seed, session.show_progress)
+
+
 def cmd_eval(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     plan = plan_run(args)
-    from . import corpora, models
-    from .perplexity import PerplexityTask, run_perplexity
+    from . import models
     from .results import Manifest, ResultStore
 
-    show = not args.no_progress
     model, tokenizer, info = models.load(args.model, dtype=args.dtype, device=args.device, attn_impl=args.attn_impl,
                                          trust_remote_code=args.trust_remote_code, device_map=args.device_map)
     specs = [s if s.original_ctx else s.with_original_ctx(info.native_ctx)
              for s in build_specs(args.method, args.factor, args.original_ctx)]
-    bos = info.bos_token_id
-    min_tokens = args.min_tokens
-    if min_tokens is None:
-        min_tokens = max(plan.lengths) - (bos is not None) if args.protocol == "truncated" else 0
-    docs = corpora.load_corpus(args.dataset, tokenizer, min_tokens=min_tokens, n_docs=args.docs, sample=args.sample,
-                               seed=args.seed, text_field=args.text_field)
-    if args.protocol == "truncated":
-        shortest = min(d.ids.numel() for d in docs) + (bos is not None)
-        if shortest < max(plan.lengths):
-            raise UsageError(f"length {max(plan.lengths)} is longer than a selected document ({shortest} tokens with BOS); "
-                             f"lower --lengths or raise --min-tokens.")
+    session = Session(args, plan, model, tokenizer, info, specs, ResultStore(plan.out), Manifest(plan.out))
+    needs_docs = {"perplexity", "temperature-sweep"} & set(plan.tasks)
+    docs = load_documents(session) if needs_docs else []
     plan.out.mkdir(parents=True, exist_ok=True)
-    store, manifest = ResultStore(plan.out), Manifest(plan.out)
-    manifest.start(sys.argv, vars(args), {"model_info": info.__dict__, "specs": [str(s) for s in specs],
-                                           "documents": [(d.doc_id, int(d.ids.numel())) for d in docs]})
+    session.manifest.start(sys.argv, vars(args), {"model_info": info.__dict__, "specs": [str(s) for s in specs],
+                                                   "documents": [(d.doc_id, int(d.ids.numel())) for d in docs]})
     print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
-          f"native {info.native_ctx}, {info.dtype} on {info.device}; {len(docs)} documents of {args.dataset}; "
+          f"native {info.native_ctx}, {info.dtype} on {info.device}; tasks {', '.join(plan.tasks)}; "
           f"methods {', '.join(s.short for s in specs)}; out {plan.out}", file=sys.stderr)
-    failed = []
+    failed: list[str] = []
     try:
-        task = PerplexityTask(args.dataset, args.protocol, tuple(plan.lengths), args.stride, args.chunk_size)
-        failed += run_perplexity(model, info.name, bos, specs, docs, task, store, manifest, args.seed, show)
+        for task in plan.tasks:
+            if task == "perplexity":
+                failed += task_perplexity(session, docs)
+            elif task == "temperature-sweep":
+                failed += task_perplexity(session, docs, temperature_specs(session))
     except KeyboardInterrupt:
-        manifest.finish("interrupted")
+        session.manifest.finish("interrupted")
         print(f"interrupted; finished rows are in {plan.out} (rerun the same command to resume).", file=sys.stderr)
         return EXIT_INTERRUPTED
-    manifest.finish("finished" if not failed else "finished with failed cells")
-    print_summary(store)
+    session.manifest.finish("finished" if not failed else "finished with failed cells")
+    print_summary(session.store)
     if failed:
         print(f"{len(failed)} cell(s) failed (see {plan.out / 'manifest.json'}): " + "; ".join(failed), file=sys.stderr)
         return EXIT_CELLS_FAILED
@@ -300,6 +366,19 @@ def print_summary(store) -> None:
             print(pivot.round(3).to_string())
 
 
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (a scheduler's polite kill) ends the run the way Ctrl-C does: the row being written
+    is finished (writes hold signals), the manifest says `interrupted`, the exit code is 130."""
+    import signal
+    import threading
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -309,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     from .scaling import ScalingError
 
     commands = {"methods": cmd_methods, "plot": cmd_plot}
+    _terminate_like_ctrl_c()
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])

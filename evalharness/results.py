@@ -7,14 +7,17 @@ already computed?" so a rerun into the same folder resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -46,9 +49,28 @@ CELL_COLUMNS: dict[str, list[str]] = {
 }
 
 
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT/SIGTERM until the block ends (main thread only), so Ctrl-C or a polite kill lets
+    the current write finish; the handler runs right after."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and os.replace: readers see old or new, never half."""
-    path = Path(path)
+    """Write via a temp file in the same folder and os.replace: readers see old or new, never half.
+    SIGINT/SIGTERM wait until the file is in place."""
+    with signals_deferred():
+        _atomic_write(Path(path), text)
+
+
+def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -86,6 +108,8 @@ class ResultStore:
 
     def __init__(self, out_dir: str | os.PathLike):
         self.out_dir = Path(out_dir)
+        for stale in self.out_dir.glob(".*.tmp"):  # left by a writer that was killed mid-write
+            stale.unlink(missing_ok=True)
 
     def path(self, table: str) -> Path:
         return self.out_dir / f"{table}.csv"
