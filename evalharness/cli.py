@@ -149,6 +149,7 @@ def eval_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="run folder (default results/<timestamp>); rerun into it to resume")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-plots", action="store_true", help="skip figures and report.md at the end of the run")
     return p
 
 
@@ -204,7 +205,29 @@ def _num(value) -> str:
 
 
 def cmd_plot(argv: list[str]) -> int:
-    raise UsageError("plot is not available yet: figures come with the plotting issue.")
+    p = argparse.ArgumentParser(prog="run_eval.py plot",
+                                description="Figures (PNG + PDF under DIR/figures) and DIR/report.md from a run's tables.")
+    p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR")
+    p.add_argument("--no-report", action="store_true", help="figures only")
+    args = p.parse_args(argv)
+    for folder in map(Path, args.results_dirs):
+        if not folder.is_dir():
+            raise UsageError(f"results folder {str(folder)!r} does not exist; give a run's --out folder.")
+        if not any(folder.glob("*.csv")):
+            raise UsageError(f"results folder {str(folder)!r} holds no result table (*.csv) to plot.")
+        for path in write_figures_and_report(folder, report=not args.no_report):
+            print(path)
+    return EXIT_OK
+
+
+def write_figures_and_report(folder: Path, report: bool = True) -> list[Path]:
+    from . import plots
+    from .report import write_report
+
+    paths = plots.plot_run(folder)
+    if report:
+        paths.append(write_report(folder, figures=False))
+    return paths
 
 
 @dataclass
@@ -255,6 +278,7 @@ class Session:
     specs: list
     store: object
     manifest: object
+    shard: object = None
 
     @property
     def show_progress(self) -> bool:
@@ -309,28 +333,47 @@ def task_perplexity(session: Session, docs, specs=None) -> list[str]:
     args = session.args
     task = PerplexityTask(args.dataset, args.protocol, tuple(session.plan.lengths), args.stride, args.chunk_size)
     return run_perplexity(session.model, session.info.name, session.info.bos_token_id, specs or session.specs, docs,
-                          task, session.store, session.manifest, args.seed, session.show_progress)
+                          task, session.store, session.manifest, args.seed, session.show_progress, session.shard)
 
 
 def cmd_eval(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     plan = plan_run(args)
-    from . import models
-    from .results import Manifest, ResultStore
+    from . import models, parallel
+    from .results import Manifest, ResultStore, aggregate_perplexity
 
-    model, tokenizer, info = models.load(args.model, dtype=args.dtype, device=args.device, attn_impl=args.attn_impl,
+    shard = parallel.shard_from_env()
+    parallel.init_process_group(shard)
+    device = args.device
+    if shard.active and device == "auto" and args.device_map is None:
+        import torch
+
+        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
+    model, tokenizer, info = models.load(args.model, dtype=args.dtype, device=device, attn_impl=args.attn_impl,
                                          trust_remote_code=args.trust_remote_code, device_map=args.device_map)
     specs = [s if s.original_ctx else s.with_original_ctx(info.native_ctx)
              for s in build_specs(args.method, args.factor, args.original_ctx)]
-    session = Session(args, plan, model, tokenizer, info, specs, ResultStore(plan.out), Manifest(plan.out))
+    main_store, main_manifest = ResultStore(plan.out), Manifest(plan.out)
+    if shard.active:
+        folder = parallel.shard_dir(plan.out, shard.rank)
+        store, manifest = ResultStore(folder, resume_from=[plan.out]), Manifest(folder)
+    else:
+        store, manifest = main_store, main_manifest
+    store.remove_stale_temp_files()  # this process is the folder's only writer (a rank writes its shard)
+    if shard.rank == 0:
+        main_store.remove_stale_temp_files()
+    session = Session(args, plan, model, tokenizer, info, specs, store, manifest, shard)
     needs_docs = {"perplexity", "temperature-sweep"} & set(plan.tasks)
     docs = load_documents(session) if needs_docs else []
     plan.out.mkdir(parents=True, exist_ok=True)
-    session.manifest.start(sys.argv, vars(args), {"model_info": info.__dict__, "specs": [str(s) for s in specs],
-                                                   "documents": [(d.doc_id, int(d.ids.numel())) for d in docs]})
-    print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
-          f"native {info.native_ctx}, {info.dtype} on {info.device}; tasks {', '.join(plan.tasks)}; "
-          f"methods {', '.join(s.short for s in specs)}; out {plan.out}", file=sys.stderr)
+    run_info = {"model_info": info.__dict__, "specs": [str(s) for s in specs], "world_size": shard.world,
+                "documents": [(d.doc_id, int(d.ids.numel())) for d in docs]}
+    if shard.rank == 0:
+        main_manifest.start(sys.argv, vars(args), run_info)
+        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
+              f"native {info.native_ctx}, {info.dtype} on {info.device}; tasks {', '.join(plan.tasks)}; "
+              f"methods {', '.join(s.short for s in specs)}; out {plan.out}"
+              + (f"; {shard.world} processes" if shard.active else ""), file=sys.stderr)
     failed: list[str] = []
     try:
         for task in plan.tasks:
@@ -339,11 +382,27 @@ def cmd_eval(argv: list[str]) -> int:
             elif task == "temperature-sweep":
                 failed += task_perplexity(session, docs, temperature_specs(session))
     except KeyboardInterrupt:
-        session.manifest.finish("interrupted")
+        main_manifest.finish("interrupted")
         print(f"interrupted; finished rows are in {plan.out} (rerun the same command to resume).", file=sys.stderr)
         return EXIT_INTERRUPTED
-    session.manifest.finish("finished" if not failed else "finished with failed cells")
-    print_summary(session.store)
+    if shard.active:
+        parallel.barrier(shard)
+        if shard.rank == 0:
+            parallel.merge_shards(plan.out, shard.world, main_store, main_manifest)
+            main_store.replace("perplexity", aggregate_perplexity(main_store.read("perplexity_docs"), seed=args.seed))
+            failed = list(main_manifest.failed_cells())
+        parallel.barrier(shard)
+        parallel.shutdown(shard)
+        if shard.rank != 0:
+            return EXIT_CELLS_FAILED if failed else EXIT_OK
+    main_manifest.finish("finished" if not failed else "finished with failed cells")
+    print_summary(main_store)
+    if not args.no_plots:
+        try:
+            paths = write_figures_and_report(plan.out)
+            print(f"figures and report: {', '.join(str(p) for p in paths)}", file=sys.stderr)
+        except Exception as exc:  # a figure must never cost the numbers
+            print(f"warning: could not draw figures ({type(exc).__name__}: {exc})", file=sys.stderr)
     if failed:
         print(f"{len(failed)} cell(s) failed (see {plan.out / 'manifest.json'}): " + "; ".join(failed), file=sys.stderr)
         return EXIT_CELLS_FAILED

@@ -260,23 +260,29 @@ def _decoder_layers(model) -> list:
 
 
 def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task: PerplexityTask, store, manifest,
-                   seed: int = 0, show_progress: bool = True) -> list[str]:
+                   seed: int = 0, show_progress: bool = True, shard=None) -> list[str]:
     """Evaluate every (spec, document) cell not already in the store; return the failed cells.
 
-    Rows are appended as soon as a pass finishes; `perplexity.csv` is re-aggregated after each cell.
-    For truncated lengths ≤ L, dynamic methods reuse an earlier pass at scale 1 (base) of the same
-    document instead of recomputing it.
+    Rows are appended as soon as a pass finishes; `perplexity.csv` is re-aggregated after each cell
+    (by rank 0 after the merge when `shard` splits the grid across processes). For truncated
+    lengths ≤ L, dynamic methods reuse an earlier pass at scale 1 (base) of the same document.
     """
     from tqdm.auto import tqdm
 
+    from .parallel import Shard
     from .results import aggregate_perplexity, key_row
     from .scaling import apply_scaling
 
+    shard = shard or Shard()
     failed: list[str] = []
+    cell_index = -1
     for doc in docs:  # document-major: an interrupted run has whole documents, all methods
         unit_scale_passes: dict[str, torch.Tensor] = {}  # doc_id → per-token NLL of a pass at scale 1
         done = store.done("perplexity_docs")
         for spec in specs:
+            cell_index += 1
+            if not shard.owns(cell_index):
+                continue
             resolved = apply_scaling(model, spec)
             key = key_row(model_name, resolved)
             base_row = dict(key, dataset=task.dataset, doc_id=doc.doc_id, doc_tokens=int(doc.ids.numel()),
@@ -301,7 +307,8 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
                 _free_memory()
             finally:
                 bar.close()
-            store.replace("perplexity", aggregate_perplexity(store.read("perplexity_docs"), seed=seed))
+            if not shard.active:
+                store.replace("perplexity", aggregate_perplexity(store.read("perplexity_docs"), seed=seed))
     return failed
 
 

@@ -106,9 +106,16 @@ def _normalise_key(value):
 class ResultStore:
     """The tables of one run folder."""
 
-    def __init__(self, out_dir: str | os.PathLike):
+    def __init__(self, out_dir: str | os.PathLike, resume_from: Sequence[str | os.PathLike] = ()):
+        """`resume_from`: other run folders whose finished cells count as done here too (the main
+        folder, for a data-parallel rank writing its own shard)."""
         self.out_dir = Path(out_dir)
-        for stale in self.out_dir.glob(".*.tmp"):  # left by a writer that was killed mid-write
+        self.resume_from = [ResultStore(folder) for folder in resume_from]
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete temp files a killed writer left behind. Only the folder's single writer may call
+        this, before it writes (another process's temp file may be in flight otherwise)."""
+        for stale in self.out_dir.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
 
     def path(self, table: str) -> Path:
@@ -126,7 +133,10 @@ class ResultStore:
     def done(self, table: str) -> set[tuple]:
         """Keys of every cell already in the table."""
         frame = self.read(table)
-        return {self.cell_key(table, row) for row in frame.to_dict("records")}
+        done = {self.cell_key(table, row) for row in frame.to_dict("records")}
+        for other in self.resume_from:
+            done |= other.done(table)
+        return done
 
     def append(self, table: str, rows: Sequence[dict]) -> None:
         """Add rows (replacing rows of the same cell) and rewrite the table atomically."""

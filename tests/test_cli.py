@@ -38,7 +38,7 @@ def base_args(corpus, out, *extra, **overrides):
     options = {"--model": "random:tiny", "--method": "base,pi,yarn,dynamic-yarn", "--factor": "2",
                "--dataset": f"local:{corpus}", "--lengths": "128:512:128", "--out": str(out)}
     options.update({f"--{k.replace('_', '-')}": v for k, v in overrides.items()})
-    return [item for pair in options.items() for item in pair] + ["--no-progress", *extra]
+    return [item for pair in options.items() for item in pair] + ["--no-progress", "--no-plots", *extra]
 
 
 def test_parse_lengths():
@@ -71,6 +71,19 @@ def test_run_writes_tidy_tables(corpus, tmp_path, capsys):
     part = docs[(docs.method == "yarn") & (docs.context_length == 384)]
     assert row["ppl"] == pytest.approx(math.exp(part["nll_sum"].sum() / part["scored_tokens"].sum()))
     assert "perplexity — local:" in capsys.readouterr().out
+
+
+def test_a_run_ends_with_figures_and_report(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [a for a in base_args(corpus, out, method="base,yarn", lengths="128,256,512") if a != "--no-plots"]
+    assert run(args) == cli.EXIT_OK
+    assert (out / "figures" / "perplexity.png").stat().st_size > 10_000
+    report = (out / "report.md").read_text()
+    assert "figures/perplexity.png" in report
+    yarn_512 = pd.read_csv(out / "perplexity.csv").query("method == 'yarn' and context_length == 512")["ppl"].item()
+    assert f"{yarn_512:.2f}" in report or f"{yarn_512:.3g}" in report
+    assert run(["plot", str(out), "--no-report"]) == cli.EXIT_OK
+    assert run(["plot", str(tmp_path / "missing")]) == cli.EXIT_USAGE
 
 
 def test_interrupted_run_resumes_to_the_same_tables(corpus, tmp_path, monkeypatch):
