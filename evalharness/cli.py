@@ -21,6 +21,8 @@ from pathlib import Path
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TASKS = ("perplexity", "passkey", "leaderboard", "temperature-sweep")
+DEFAULT_TEMPERATURES = "1.0:1.4:0.05"
+DEFAULT_STRIDE = 256
 IMPLEMENTED_TASKS = ("perplexity", "temperature-sweep")
 
 
@@ -129,14 +131,15 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--lengths", default="2k:8k:2k", help="context lengths: start:stop:step or comma list; k = 1024")
     g.add_argument("--protocol", choices=("truncated", "sliding"), default="truncated",
                    help="perplexity protocol: first L tokens per doc, or sliding window L with --stride")
-    g.add_argument("--stride", type=parse_count, default=256, help="sliding-window stride S")
+    g.add_argument("--stride", type=parse_count, default=None, help="sliding-window stride S (default 256)")
     g.add_argument("--docs", type=int, default=None, help="first N documents after the length filter (paper)")
     g.add_argument("--sample", type=int, default=None, help="instead: a seeded random sample of N documents")
     g.add_argument("--min-tokens", type=parse_count, default=None,
                    help="keep documents with at least this many tokens (default: the largest length for truncated)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, bootstrap, passkeys)")
-    g.add_argument("--temperatures", default="1.0:1.4:0.05",
-                   help="temperature-sweep: grid of YaRN attention factors sqrt(1/t), start:stop:step or list")
+    g.add_argument("--temperatures", default=None,
+                   help="temperature-sweep: grid of YaRN attention factors sqrt(1/t), start:stop:step or list "
+                        f"(default {DEFAULT_TEMPERATURES})")
     g.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: 256 MB of logits)")
     g = p.add_argument_group("passkey (planned)")
     g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1]")
@@ -254,12 +257,20 @@ def plan_run(args: argparse.Namespace) -> RunContext:
         raise UsageError(f"--sample {args.sample} must be ≥ 1.")
     if args.docs is not None and args.sample is not None:
         raise UsageError("--docs (first N documents) and --sample (random N documents) exclude each other; give one.")
+    check_conflicts(args, tasks)
     if "temperature-sweep" in tasks:
-        parse_grid(args.temperatures)
-    if args.stride <= 0:
-        raise UsageError(f"--stride {args.stride} must be ≥ 1.")
-    if args.protocol == "sliding" and args.stride > min(lengths):
-        raise UsageError(f"--stride {args.stride} is larger than the smallest window {min(lengths)}: tokens would go unscored.")
+        args.temperatures = args.temperatures or DEFAULT_TEMPERATURES
+        if any(v <= 0 for v in parse_grid(args.temperatures)):
+            raise UsageError(f"--temperatures {args.temperatures!r}: attention factors must be > 0.")
+    if args.protocol == "sliding":
+        args.stride = DEFAULT_STRIDE if args.stride is None else args.stride
+        if args.stride <= 0:
+            raise UsageError(f"--stride {args.stride} must be ≥ 1.")
+        if args.stride > min(lengths):
+            raise UsageError(f"--stride {args.stride} is larger than the smallest window {min(lengths)}: "
+                             "tokens would go unscored.")
+    if args.original_ctx is not None and args.original_ctx <= 0:
+        raise UsageError(f"--original-ctx {args.original_ctx} must be ≥ 1.")
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder (new, or an earlier run's to resume).")
@@ -331,9 +342,32 @@ def task_perplexity(session: Session, docs, specs=None) -> list[str]:
     from .perplexity import PerplexityTask, run_perplexity
 
     args = session.args
-    task = PerplexityTask(args.dataset, args.protocol, tuple(session.plan.lengths), args.stride, args.chunk_size)
+    task = PerplexityTask(args.dataset, args.protocol, tuple(session.plan.lengths), args.stride or 0, args.chunk_size)
     return run_perplexity(session.model, session.info.name, session.info.bos_token_id, specs or session.specs, docs,
                           task, session.store, session.manifest, args.seed, session.show_progress, session.shard)
+
+
+def check_conflicts(args: argparse.Namespace, tasks: list[str]) -> None:
+    """Flags that only mean something for a task or protocol that is not asked for."""
+    rules = [
+        (args.stride is not None and args.protocol != "sliding", "--stride", "--protocol sliding"),
+        (args.passkey_generate and "passkey" not in tasks, "--passkey-generate", "--tasks passkey"),
+        (args.temperatures is not None and "temperature-sweep" not in tasks, "--temperatures",
+         "--tasks temperature-sweep"),
+        (args.device_map is not None and args.device not in ("auto", None), "--device-map", "--device auto"),
+    ]
+    for conflict, flag, needs in rules:
+        if conflict:
+            raise UsageError(f"{flag} only applies with {needs}; drop it or add that.")
+
+
+def check_specs_against_lengths(specs, lengths: list[int]) -> None:
+    """A dynamic method asked only at lengths ≤ L equals base there: nothing to measure."""
+    for spec in specs:
+        if spec.is_dynamic and max(lengths) <= spec.original_ctx:
+            raise UsageError(
+                f"{spec.short} equals base at every length asked (all ≤ its original context {spec.original_ctx}); "
+                f"ask for lengths above {spec.original_ctx} or lower --original-ctx.")
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -341,6 +375,7 @@ def cmd_eval(argv: list[str]) -> int:
     plan = plan_run(args)
     from . import models, parallel
     from .results import Manifest, ResultStore, aggregate_perplexity
+    from .scaling import check_supported
 
     shard = parallel.shard_from_env()
     parallel.init_process_group(shard)
@@ -351,8 +386,11 @@ def cmd_eval(argv: list[str]) -> int:
         device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
     model, tokenizer, info = models.load(args.model, dtype=args.dtype, device=device, attn_impl=args.attn_impl,
                                          trust_remote_code=args.trust_remote_code, device_map=args.device_map)
+    check_supported(model)
     specs = [s if s.original_ctx else s.with_original_ctx(info.native_ctx)
              for s in build_specs(args.method, args.factor, args.original_ctx)]
+    if {"perplexity", "passkey", "temperature-sweep"} & set(plan.tasks):
+        check_specs_against_lengths(specs, plan.lengths)
     main_store, main_manifest = ResultStore(plan.out), Manifest(plan.out)
     if shard.active:
         folder = parallel.shard_dir(plan.out, shard.rank)
@@ -425,6 +463,14 @@ def print_summary(store) -> None:
             print(pivot.round(3).to_string())
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars and one-sentence errors; not the libraries' weight-loading bars."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def _terminate_like_ctrl_c() -> None:
     """SIGTERM (a scheduler's polite kill) ends the run the way Ctrl-C does: the row being written
     is finished (writes hold signals), the manifest says `interrupted`, the exit code is 130."""
@@ -448,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"methods": cmd_methods, "plot": cmd_plot}
     _terminate_like_ctrl_c()
+    _quiet_libraries()
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])

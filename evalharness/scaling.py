@@ -124,7 +124,8 @@ def native_context(model: nn.Module) -> int:
     return getattr(model, _NATIVE_CTX)
 
 
-def _check_rope_model(model: nn.Module) -> list:
+def check_supported(model: nn.Module) -> list:
+    """The model's rotary modules; ScalingError naming the model class when there are none."""
     modules = rotary_modules(model)
     if not modules:
         raise ScalingError(
@@ -142,7 +143,7 @@ def apply_scaling(model: nn.Module, spec: ScalingSpec | str) -> ScalingSpec:
     """
     if isinstance(spec, str):
         spec = ScalingSpec.parse(spec)
-    modules = _check_rope_model(model)
+    modules = check_supported(model)
     if spec.original_ctx is None:
         spec = spec.with_original_ctx(native_context(model))
     native_context(model)

@@ -1,0 +1,111 @@
+"""Every bad input costs a second: one sentence on stderr, exit code 2, no table written."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from evalharness import cli
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    words = "the lemma holds for every natural number by induction".split()
+    for i in range(2):
+        (corpus / f"d{i}.txt").write_text(" ".join(random.Random(i).choice(words) for _ in range(120)))
+    (root / "body.jsonl").write_text("\n".join(json.dumps({"body": "x" * 50}) for _ in range(3)))
+    gpt2 = root / "gpt2"
+    config = transformers.GPT2Config(vocab_size=300, n_embd=32, n_layer=1, n_head=2, n_positions=512)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(gpt2)
+    from evalharness.models import build_byte_tokenizer
+
+    build_byte_tokenizer().save_pretrained(gpt2)
+    import gguf
+
+    writer = gguf.GGUFWriter(str(root / "other.gguf"), arch="rwkv6")
+    writer.add_block_count(1)
+    writer.add_context_length(128)
+    writer.add_embedding_length(8)
+    writer.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    (root / "a_file").write_text("not a folder")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
+
+
+CASES = [
+    ("unknown method", {"method": "yarm"}, "unknown method 'yarm'"),
+    ("factor not a number", {"factor": "two"}, "factor 'two' is not a number"),
+    ("factor zero", {"factor": "0"}, "factor '0' must be > 0"),
+    ("factor negative", {"factor": "-2"}, "factor '-2' must be > 0"),
+    ("factor below 1", {"method": "yarn", "factor": "0.5"}, "factor 0.5 is < 1"),
+    ("original context zero", {"original_ctx": "0"}, "--original-ctx 0 must be ≥ 1"),
+    ("dynamic below L only", {"method": "dynamic-yarn", "lengths": "64,128"}, "dynamic-yarn equals base at every length"),
+    ("lengths decreasing", {"lengths": "256,128"}, "must be strictly increasing"),
+    ("length zero", {"lengths": "0,128"}, "must all be ≥ 2 tokens"),
+    ("lengths not a count", {"lengths": "lots"}, "'lots' is not a token count"),
+    ("longer than any document", {"lengths": "128:4k:128"}, "documents"),
+    ("model without RoPE", {"model": "{root}/gpt2"}, "GPT2LMHeadModel has no rotary position embedding"),
+    ("model path missing", {"model": "{root}/nowhere"}, "nowhere"),
+    ("hub id offline", {"model": "nobody/not-a-model"}, "nobody/not-a-model"),
+    ("GGUF of another architecture", {"model": "{root}/other.gguf"}, "architecture 'rwkv6'"),
+    ("unknown random shape", {"model": "random:gigantic"}, "gigantic"),
+    ("bad dtype", {"dtype": "float8"}, "float8"),
+    ("unknown dataset", {"dataset": "wikitext"}, "unknown corpus 'wikitext'"),
+    ("local file without the field", {"dataset": "local:{root}/body.jsonl"}, "'text'"),
+    ("no document after min-tokens", {"min_tokens": "100k"}, "min_tokens"),
+    ("unknown task", {"tasks": "perplexity,needle"}, "unknown task 'needle'"),
+    ("out is a file", {"out": "{root}/a_file"}, "is a file"),
+    ("docs and sample", {"docs": "1", "sample": "1"}, "exclude each other"),
+    ("stride without sliding", {"stride": "64"}, "--stride only applies with --protocol sliding"),
+    ("passkey flag without passkey", {"passkey_generate": None}, "--passkey-generate only applies with --tasks passkey"),
+    ("stride above window", {"protocol": "sliding", "lengths": "64,128", "stride": "100"}, "larger than the smallest window"),
+    ("temperature grid", {"tasks": "temperature-sweep", "temperatures": "1:x:0.1"}, "start:stop:step"),
+]
+
+
+def arguments(files, change, out):
+    options = {"model": "random:tiny", "method": "base,yarn", "factor": "2", "dataset": f"local:{files}/corpus",
+               "lengths": "64:256:64", "out": str(out)}
+    options.update({k: (v.format(root=files) if isinstance(v, str) else v) for k, v in change.items()})
+    argv = []
+    for key, value in options.items():
+        argv.append("--" + key.replace("_", "-"))
+        if value is not None:
+            argv.append(value)
+    return argv + ["--no-progress", "--no-plots"]
+
+
+@pytest.mark.parametrize("name, change, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(files, tmp_path, capsys, name, change, message):
+    out = tmp_path / "out"
+    code = cli.main(arguments(files, change, out))
+    err = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_USAGE, err
+    assert err.startswith("error: ") and message in err, err
+    assert len(err.splitlines()) == 1, err  # one sentence, no traceback
+    target = out if "out" not in change else files / "a_file"
+    assert not list(target.parent.glob("**/perplexity*.csv")) if target.is_dir() else True
+    assert not (out / "perplexity_docs.csv").exists()
+
+
+def test_the_list_is_long_enough():
+    assert len(CASES) >= 20
