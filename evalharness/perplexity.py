@@ -97,7 +97,9 @@ def nll_from_hidden(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_si
     head = model.get_output_embeddings()
     transform = logit_transform(model)
     chunk_size = chunk_size or head_chunk_size(model)
-    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    device = head.weight.device  # with a device map the head may sit on another GPU than the last layer
+    hidden, targets = hidden.to(device), targets.to(device)
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=device)
     for start in range(0, targets.shape[0], chunk_size):
         stop = start + chunk_size
         logits = transform(head(hidden[start:stop]).float())
@@ -111,8 +113,7 @@ def token_nll(model, input_ids: torch.Tensor, first_scored: int = 1, chunk_size:
     before it in this window. input_ids: 1-D. Raises NonFiniteError on NaN/inf."""
     if not 1 <= first_scored < input_ids.shape[-1]:
         raise ValueError(f"first_scored={first_scored} must be in [1, {input_ids.shape[-1] - 1}].")
-    device = model.get_output_embeddings().weight.device
-    ids = input_ids.reshape(1, -1).to(device)
+    ids = input_ids.reshape(1, -1).to(model.get_input_embeddings().weight.device)
     hidden = decoder_hidden_states(model, ids)[0]
     hidden = hidden[first_scored - 1 : -1]
     nll = nll_from_hidden(model, hidden, ids[0, first_scored:], chunk_size)
