@@ -169,3 +169,23 @@ def test_bf16_runs_and_is_close_to_fp32(doc):
 def test_scaling_spec_label_is_the_method_column():
     assert ScalingSpec("yarn", 2, original_ctx=64).label == "yarn"
     assert ScalingSpec("yarn", 2, attention_factor=1.2).label == "yarn:attention_factor=1.2"
+
+
+def test_attention_takes_the_causal_path_without_a_mask_tensor(doc, monkeypatch):
+    """SDPA with an explicit mask is wrong past 65,536 tokens in some torch versions and costs T² memory."""
+    import torch.nn.functional as F
+
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask") is None, kwargs.get("is_causal")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      max_position_embeddings=L, attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(config).eval()
+    token_nll(model, with_bos(doc, BOS)[:200], 1)
+    assert calls == [(True, True), (True, True)]  # one call per layer, no mask, causal flag
