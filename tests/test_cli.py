@@ -9,6 +9,7 @@ import random
 
 import pandas as pd
 import pytest
+import torch
 
 from evalharness import cli, perplexity
 from evalharness.cli import UsageError, parse_lengths
@@ -147,14 +148,17 @@ def test_sliding_protocol(corpus, tmp_path):
     assert (docs.loc[docs.context_length == 64, "n_windows"] > docs.loc[docs.context_length == 128, "n_windows"].values).all()
 
 
-def test_a_failing_cell_is_recorded_and_the_run_goes_on(corpus, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("error", [perplexity.NonFiniteError("3 of 127 token NLLs are NaN or infinite."),
+                                   torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 17.00 GiB")],
+                         ids=["nan", "oom"])
+def test_a_failing_cell_is_recorded_and_the_run_goes_on(corpus, tmp_path, monkeypatch, capsys, error):
     real = perplexity.truncated_nll
 
     def nan_for_pi(model, *args, **kwargs):
         from evalharness.scaling import current_spec
 
         if current_spec(model).method == "pi":
-            raise perplexity.NonFiniteError("3 of 127 token NLLs are NaN or infinite.")
+            raise error
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(perplexity, "truncated_nll", nan_for_pi)
@@ -163,7 +167,7 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on(corpus, tmp_path, monkey
     docs = pd.read_csv(out / "perplexity_docs.csv")
     assert set(docs["method"]) == {"base", "yarn", "dynamic-yarn"}  # the others ran
     manifest = (out / "manifest.json").read_text()
-    assert "NonFiniteError" in manifest and '"failed"' in manifest
+    assert type(error).__name__ in manifest and '"failed"' in manifest
     assert "3 cell(s) failed" in capsys.readouterr().err
 
 
