@@ -23,7 +23,7 @@ EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TASKS = ("perplexity", "passkey", "leaderboard", "temperature-sweep")
 DEFAULT_TEMPERATURES = "1.0:1.4:0.05"
 DEFAULT_STRIDE = 256
-IMPLEMENTED_TASKS = ("perplexity", "temperature-sweep")
+IMPLEMENTED_TASKS = ("perplexity", "temperature-sweep", "leaderboard")
 
 
 class UsageError(ValueError):
@@ -145,10 +145,16 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1]")
     g.add_argument("--trials", type=int, default=1, help="trials per (length, depth)")
     g.add_argument("--passkey-generate", action="store_true", help="greedy generation instead of the teacher-forced check")
-    g = p.add_argument_group("leaderboard (planned)")
-    g.add_argument("--leaderboard-tasks", default="arc_challenge,hellaswag,mmlu,truthfulqa_mc2")
+    g = p.add_argument_group("leaderboard (lm-eval)")
+    g.add_argument("--leaderboard-tasks", default="arc_challenge,hellaswag,mmlu,truthfulqa_mc2",
+                   help="lm-eval task names, shipped offline mirrors (tasks/), or task YAML paths")
+    g.add_argument("--leaderboard-data", default=None,
+                   help="folder with local copies (DIR/arc_challenge, hellaswag, mmlu, truthfulqa): run the mirrors")
     g.add_argument("--limit", type=int, default=None, help="examples per lm-eval task")
     g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--max-length", type=parse_count, default=None,
+                   help="lm-eval max_length (default: factor × original context for static methods, else L)")
+    g.add_argument("--save-samples", action="store_true", help="keep lm-eval's per-example log-likelihoods")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="run folder (default results/<timestamp>); rerun into it to resume")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -271,6 +277,14 @@ def plan_run(args: argparse.Namespace) -> RunContext:
                              "tokens would go unscored.")
     if args.original_ctx is not None and args.original_ctx <= 0:
         raise UsageError(f"--original-ctx {args.original_ctx} must be ≥ 1.")
+    if "leaderboard" in tasks:
+        from .leaderboard import check_task_names
+
+        check_task_names(args.leaderboard_tasks.split(","), args.leaderboard_data)
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError(f"--limit {args.limit} must be ≥ 1.")
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size {args.batch_size} must be ≥ 1.")
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder (new, or an earlier run's to resume).")
@@ -370,6 +384,17 @@ def check_specs_against_lengths(specs, lengths: list[int]) -> None:
                 f"ask for lengths above {spec.original_ctx} or lower --original-ctx.")
 
 
+def task_leaderboard(session: Session) -> list[str]:
+    from .leaderboard import run_leaderboard
+
+    args = session.args
+    return run_leaderboard(session.model, session.tokenizer, session.info.name, session.specs,
+                           args.leaderboard_tasks.split(","), session.store, session.manifest, session.store.out_dir,
+                           limit=args.limit, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+                           show_progress=session.show_progress, data_dir=args.leaderboard_data,
+                           save_samples=args.save_samples)
+
+
 def cmd_eval(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     plan = plan_run(args)
@@ -419,6 +444,8 @@ def cmd_eval(argv: list[str]) -> int:
                 failed += task_perplexity(session, docs)
             elif task == "temperature-sweep":
                 failed += task_perplexity(session, docs, temperature_specs(session))
+            elif task == "leaderboard":
+                failed += task_leaderboard(session)
     except KeyboardInterrupt:
         main_manifest.finish("interrupted")
         print(f"interrupted; finished rows are in {plan.out} (rerun the same command to resume).", file=sys.stderr)
@@ -488,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .corpora import CorpusError
+    from .leaderboard import LeaderboardError
     from .methods import MethodError
     from .models import ModelLoadError
     from .scaling import ScalingError
@@ -499,6 +527,6 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
         return cmd_eval(argv)
-    except (UsageError, MethodError, ModelLoadError, CorpusError, ScalingError) as exc:
+    except (UsageError, MethodError, ModelLoadError, CorpusError, ScalingError, LeaderboardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -342,6 +342,25 @@ def plan_tasks(tasks: Sequence[str], data_dir: str | os.PathLike | None = None) 
     return plans
 
 
+def check_task_names(tasks: Sequence[str], data_dir: str | os.PathLike | None = None) -> list[TaskPlan]:
+    """Plans for the requested tasks, or LeaderboardError naming every task lm-eval does not know
+    and every YAML that cannot be read (checked before any model is loaded)."""
+    plans = plan_tasks(tasks, data_dir)
+    problems = [p.error for p in plans if p.error]
+    hub = [p for p in plans if p.kind == "hub"]
+    if hub:
+        known = set(_builtin_task_manager().all_tasks)
+        unknown = [p.requested for p in hub if p.name not in known]
+        if unknown:
+            problems.append(f"unknown lm-eval task {', '.join(map(repr, unknown))} (see `lm_eval --tasks list`; "
+                            f"shipped offline mirrors: {', '.join(sorted(MIRRORS))}; or give a task YAML path).")
+    if not plans:
+        problems.append("--leaderboard-tasks names no task.")
+    if problems:
+        raise LeaderboardError(" ".join(problems))
+    return plans
+
+
 def _yaml_plan(path_text: str) -> TaskPlan:
     from lm_eval.tasks._yaml_loader import load_yaml
 

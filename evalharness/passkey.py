@@ -127,6 +127,8 @@ class PasskeyPrompt:
     key_token_ids:  1-D LongTensor, the tokens of " {passkey}" as they continue the prompt.
     sentences_before / sentences_after: whole filler sentences before / after the needle;
     extra_words:    words of one more filler sentence at the end of the after-filler (slack).
+    key_tokenization: "joint" (the answer's tokens from tokenizing prompt + answer together) or
+                    "standalone" (fallback when the joint form re-tokenizes the prompt's end).
     """
 
     text: str
@@ -139,6 +141,7 @@ class PasskeyPrompt:
     sentences_before: int
     sentences_after: int
     extra_words: int
+    key_tokenization: str = "joint"
 
     @property
     def answer(self) -> str:
@@ -254,15 +257,16 @@ def build_prompt(tokenizer, length: int, depth: float, *, seed: int = 0, trial: 
                          upper=n_words - 1)
     body = ids_for(n, words)
     text = prompt_text(passkey, before, after, words)
-    key_ids = _continuation_ids(tokenizer, text, body, f" {passkey}")
+    key_ids, how = _continuation_ids(tokenizer, text, body, f" {passkey}")
     input_ids = torch.tensor(([bos] if n_bos else []) + body, dtype=torch.long)
     assert input_ids.numel() <= length
     return PasskeyPrompt(text=text, input_ids=input_ids, passkey=int(passkey), key_token_ids=key_ids,
                          depth=depth, target_length=length, prompt_tokens=int(input_ids.numel()),
-                         sentences_before=before, sentences_after=after, extra_words=words)
+                         sentences_before=before, sentences_after=after, extra_words=words,
+                         key_tokenization=how)
 
 
-def _continuation_ids(tokenizer, text: str, prompt_ids: list[int], answer: str) -> torch.Tensor:
+def _continuation_ids(tokenizer, text: str, prompt_ids: list[int], answer: str) -> tuple[torch.Tensor, str]:
     """Tokens of `answer` as they continue `text`: tokenize text + answer together and keep what
     follows the prompt's tokens (so merges across the boundary are seen), after checking that the
     prompt part tokenizes exactly as the prompt alone. If it does not (a tokenizer merging across
@@ -270,12 +274,12 @@ def _continuation_ids(tokenizer, text: str, prompt_ids: list[int], answer: str) 
     provided it decodes back to the answer."""
     joint = _encode(tokenizer, text + answer)
     if joint[: len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids):
-        return torch.tensor(joint[len(prompt_ids):], dtype=torch.long)
+        return torch.tensor(joint[len(prompt_ids):], dtype=torch.long), "joint"
     alone = _encode(tokenizer, answer)
     if not alone or tokenizer.decode(alone).strip() != answer.strip():
         raise PasskeyError(f"cannot find the tokens of {answer!r} as a continuation of the prompt with "
                            f"{type(tokenizer).__name__}.")
-    return torch.tensor(alone, dtype=torch.long)
+    return torch.tensor(alone, dtype=torch.long), "standalone"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,13 +312,17 @@ class PasskeyScore:
 
 
 def _device(model) -> torch.device:
-    return model.get_output_embeddings().weight.device
+    """Where input ids go: the input embeddings' device (with a device map the LM head may sit on
+    another GPU), as in perplexity.token_nll."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return (embeddings if embeddings is not None else model.get_output_embeddings()).weight.device
 
 
 def _logits_at(model, hidden: torch.Tensor) -> torch.Tensor:
     """fp32 logits of a few hidden states [N, H] through the LM head and the model's own logit
     transform (softcap, scale); raises NonFiniteError on NaN/inf."""
-    logits = logit_transform(model)(model.get_output_embeddings()(hidden).float())
+    head = model.get_output_embeddings()
+    logits = logit_transform(model)(head(hidden.to(head.weight.device)).float())
     if not torch.isfinite(logits).all():
         raise NonFiniteError(f"{int((~torch.isfinite(logits)).sum())} logits are NaN or infinite.")
     return logits

@@ -78,6 +78,7 @@ def _atomic_write(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; result files are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -78,6 +78,8 @@ CASES = [
     ("stride without sliding", {"stride": "64"}, "--stride only applies with --protocol sliding"),
     ("passkey flag without passkey", {"passkey_generate": None}, "--passkey-generate only applies with --tasks passkey"),
     ("stride above window", {"protocol": "sliding", "lengths": "64,128", "stride": "100"}, "larger than the smallest window"),
+    ("unknown lm-eval task", {"tasks": "leaderboard", "leaderboard_tasks": "arc_chalenge"}, "unknown lm-eval task 'arc_chalenge'"),
+    ("task YAML missing", {"tasks": "leaderboard", "leaderboard_tasks": "{root}/mine.yaml"}, "mine.yaml does not exist"),
     ("temperature grid", {"tasks": "temperature-sweep", "temperatures": "1:x:0.1"}, "start:stop:step"),
 ]
 

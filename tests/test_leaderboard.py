@@ -1,0 +1,359 @@
+"""The lm-eval bridge on random:tiny (native context 256, byte tokenizer) with small local data
+written here in the original datasets' column layouts."""
+import json
+import math
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from evalharness import leaderboard as lb
+from evalharness.methods import ScalingSpec
+from evalharness.models import load
+from evalharness.results import SCHEMAS, Manifest, ResultStore
+from evalharness.scaling import apply_scaling
+
+LETTERS = "ABCD"
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def arc_rows(n, prefix):
+    labels = ["A", "B", "C", "D"]
+    return [{"id": f"{prefix}-{i}", "question": f"Which of these would a student use to measure item {i} of set {prefix}?",
+             "choices": {"text": [f"a ruler {i}", f"a scale {i}", f"a clock {i}", f"a jar {i}"], "label": labels},
+             "answerKey": labels[i % 4]} for i in range(n)]
+
+
+def hellaswag_rows(n, split):
+    return [{"ind": i, "activity_label": "Making tea", "ctx_a": f"A person fills kettle number {i} with water.",
+             "ctx_b": "then they", "ctx": f"A person fills kettle number {i} with water. then they",
+             "endings": ["boil it [title] slowly.", "drop the cup.", "sing a song.", "paint the wall."],
+             "source_id": f"src-{i}", "split": split, "split_type": "indomain", "label": str(i % 4)} for i in range(n)]
+
+
+def mmlu_rows(sizes, split, answers=None):
+    rows = []
+    for subject, size in sizes.items():
+        for i in range(size):
+            answer = answers[subject][i] if answers else i % 4
+            rows.append({"question": f"In {subject.replace('_', ' ')}, what is fact {i}? ",
+                         "subject": subject, "choices": [f"one {i}", f"two {i}", f"three {i}", f"four {i}"],
+                         "answer": answer})
+    return rows
+
+
+def truthfulqa_rows(n):
+    return [{"question": f"What happens if you do thing {i}?",
+             "mc1_targets": {"choices": [f"Nothing in particular {i}.", "You die.", "You fly."], "labels": [1, 0, 0]},
+             "mc2_targets": {"choices": [f"Nothing in particular {i}.", "Nothing much.", "You die.", "You fly."],
+                             "labels": [1, 1, 0, 0]}} for i in range(n)]
+
+
+MMLU_SIZES = {"anatomy": 1, "astronomy": 3}  # different sizes: macro ≠ weighted when accuracies differ
+
+
+def write_data(root, answers=None):
+    write_jsonl(root / "arc_challenge" / "train.jsonl", arc_rows(26, "train"))
+    write_jsonl(root / "arc_challenge" / "test.jsonl", arc_rows(2, "test"))
+    write_jsonl(root / "hellaswag" / "train.jsonl", hellaswag_rows(12, "train"))
+    write_jsonl(root / "hellaswag" / "validation.jsonl", hellaswag_rows(2, "val"))
+    write_jsonl(root / "mmlu" / "dev.jsonl", mmlu_rows({s: 5 for s in MMLU_SIZES}, "dev"))
+    write_jsonl(root / "mmlu" / "test.jsonl", mmlu_rows(MMLU_SIZES, "test", answers))
+    write_jsonl(root / "truthfulqa" / "validation.jsonl", truthfulqa_rows(2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer, info = load("random:tiny", dtype="float32", device="cpu")
+    return model, tokenizer, info
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, tiny):
+    root = write_data(tmp_path_factory.mktemp("lbdata"))
+    docs = lb.passkey_documents(tiny[1], [400], trials=2, seed=0)
+    write_jsonl(root / "passkey" / "test.jsonl", docs)
+    return root
+
+
+def run(tiny, out, specs, tasks, **kw):
+    model, tokenizer, _ = tiny
+    store, manifest = ResultStore(out), Manifest(out)
+    specs = [ScalingSpec.parse(s) for s in specs]
+    failed = lb.run_leaderboard(model, tokenizer, "random:tiny", specs, tasks, store, manifest, out,
+                                show_progress=False, **kw)
+    return failed, store, Manifest(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces
+# ---------------------------------------------------------------------------------------------
+
+def test_default_max_length():
+    assert lb.default_max_length(ScalingSpec("yarn", 4, 256)) == 1024
+    assert lb.default_max_length(ScalingSpec("pi", 2.5, 4096)) == 10240
+    assert lb.default_max_length(ScalingSpec("base", 1, 256)) == 256
+    assert lb.default_max_length(ScalingSpec("dynamic-yarn", 1, 256)) == 256
+
+
+def test_plan_tasks(tmp_path):
+    (tmp_path / "mmlu").mkdir()
+    plans = {p.requested: p for p in lb.plan_tasks(["arc_challenge", "mmlu", "passkey_local", "winogrande"], tmp_path)}
+    assert (plans["arc_challenge"].kind, plans["arc_challenge"].name) == ("hub", "arc_challenge")  # no DIR/arc_challenge
+    assert (plans["mmlu"].kind, plans["mmlu"].name, plans["mmlu"].metric) == ("mirror", "mmlu_local", "acc_macro")
+    assert plans["mmlu"].num_fewshot == 5
+    assert plans["passkey_local"].kind == "mirror" and plans["passkey_local"].metric is None
+    assert plans["winogrande"].kind == "hub" and plans["winogrande"].num_fewshot is None
+    assert {p.kind for p in lb.plan_tasks(list(lb.PAPER_TASKS))} == {"hub"}
+
+
+def test_missing_local_split_is_one_sentence(tmp_path):
+    write_jsonl(tmp_path / "hellaswag" / "train.jsonl", hellaswag_rows(2, "train"))
+    with pytest.raises(lb.LeaderboardError) as err:
+        lb.local_data_files(lb.MIRRORS["hellaswag_local"], tmp_path)
+    assert "'validation'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_split_files_accepts_hub_shards(tmp_path):
+    for name in ("test-00000-of-00002.parquet", "test-00001-of-00002.parquet", "testing.parquet", "train.jsonl"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in lb.split_files(tmp_path, "test")] == ["test-00000-of-00002.parquet",
+                                                                   "test-00001-of-00002.parquet"]
+
+
+def test_macro_mean_differs_from_weighted():
+    results = {
+        "results": {"mmlu_local": {"acc,none": 0.25}, "mmlu_local_a": {"acc,none": 1.0, "acc_stderr,none": 0.0},
+                    "mmlu_local_b": {"acc,none": 0.0, "acc_stderr,none": 0.0}},
+        "group_subtasks": {"mmlu_local": ["mmlu_local_a", "mmlu_local_b"]},
+        "n-samples": {"mmlu_local_a": {"original": 1, "effective": 1}, "mmlu_local_b": {"original": 3, "effective": 3}},
+        "n-shot": {"mmlu_local": 5, "mmlu_local_a": 5, "mmlu_local_b": 5},
+    }
+    plan = lb.TaskPlan("mmlu", "mmlu_local", "mirror", 5, "acc_macro")
+    rows = {(r["task"], r["metric"]): r for r in lb.result_rows(results, {"model": "m"}, plan)}
+    assert rows["mmlu_local", "acc_macro"]["value"] == 0.5
+    assert rows["mmlu_local", "acc_weighted"]["value"] == 0.25
+    assert rows["mmlu_local", "acc_macro"]["n_samples"] == 4
+    assert ("mmlu_local", "acc") not in rows
+    nested = dict(results, group_subtasks={"mmlu": ["mmlu_stem"], "mmlu_stem": ["mmlu_local_a", "mmlu_local_b"]})
+    nested["results"] = {"mmlu": {"acc,none": 0.25}, "mmlu_stem": {"acc,none": 0.25}, **{
+        k: v for k, v in results["results"].items() if k != "mmlu_local"}}
+    rows = {(r["task"], r["metric"]): r["value"] for r in lb.result_rows(nested, {}, lb.TaskPlan("mmlu", "mmlu", "hub", 5, "acc_macro"))}
+    assert rows["mmlu", "acc_macro"] == 0.5 and rows["mmlu_stem", "acc_weighted"] == 0.25
+
+
+def test_dynamic_methods_generate_without_kv_cache(tiny, monkeypatch):
+    model, tokenizer, _ = tiny
+    seen = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: seen.append(k["use_cache"]) or real(*a, **k))
+    context = torch.tensor([tokenizer("The pass key is")["input_ids"]])
+    for use_kv_cache in (True, False):
+        lm = lb.wrap_model(model, tokenizer, 512, 1, False, use_kv_cache=use_kv_cache)
+        assert lm.max_length == 512 and lm.model is model
+        out = lm._model_generate(context, context.shape[1] + 3, ["\n"], do_sample=False)
+        assert out.shape[1] <= context.shape[1] + 3
+    assert seen == [True, False]
+
+
+def test_passkey_documents_fill_to_length(tiny):
+    tokenizer = tiny[1]
+    docs = lb.passkey_documents(tokenizer, [300, 600], trials=2, seed=3)
+    assert [d["context_length"] for d in docs] == [300, 300, 600, 600]
+    for doc in docs:
+        assert doc["context_length"] - 3 <= doc["prompt_tokens"] <= doc["context_length"]
+        assert len(doc["passkey"]) == 5 and f"The pass key is {doc['passkey']}. Remember it." in doc["prompt"]
+        assert doc["prompt"].endswith("What is the pass key? The pass key is")
+    assert docs == lb.passkey_documents(tokenizer, [300, 600], trials=2, seed=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through lm-eval
+# ---------------------------------------------------------------------------------------------
+
+def test_mirrors_end_to_end_and_resume(tiny, data_dir, tmp_path, monkeypatch):
+    tasks = ["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "passkey_local"]
+    failed, store, manifest = run(tiny, tmp_path, ["yarn:4"], tasks, data_dir=data_dir, limit=1)
+    assert failed == [], manifest.failed_cells()
+    table = store.read("leaderboard")
+    assert list(table.columns) == SCHEMAS["leaderboard"]
+    rows = {(r["task"], r["metric"]): r for r in table.to_dict("records")}
+    for task, metric, shots in [("arc_challenge_local", "acc_norm", 25), ("hellaswag_local", "acc_norm", 10),
+                                ("mmlu_local", "acc_macro", 5), ("truthfulqa_mc2_local", "acc", 0),
+                                ("passkey_local", "exact_match,first_integer", 0)]:
+        row = rows[task, metric]
+        assert 0.0 <= row["value"] <= 1.0 and row["num_fewshot"] == shots, (task, row)
+        assert (row["method"], row["factor"], row["original_ctx"]) == ("yarn", 4.0, 256)
+        assert (tmp_path / "lm_eval" / f"yarn_4_{task}.json").exists()
+    assert rows["arc_challenge_local", "acc_norm"]["n_samples"] == 1
+    assert rows["passkey_local", "exact_match,first_integer"]["n_samples"] == 1
+    assert {t for t, _ in rows if t.startswith("mmlu_local_")} == {"mmlu_local_anatomy", "mmlu_local_astronomy"}
+    saved = json.loads((tmp_path / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
+    assert saved["evalharness"]["max_length"] == 1024 and saved["n-shot"]["arc_challenge_local"] == 25
+    assert saved["evalharness"]["data"]["data_files"]["test"] == [str((data_dir / "arc_challenge" / "test.jsonl").resolve())]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr("lm_eval.simple_evaluate", must_not_run)
+    assert run(tiny, tmp_path, ["yarn:4"], tasks, data_dir=data_dir, limit=1)[0] == []
+
+
+def _predicted(samples_path):
+    """doc question → index of the choice with the highest log-likelihood (lm-eval's acc)."""
+    out = {}
+    for line in samples_path.read_text().splitlines():
+        sample = json.loads(line)
+        lls = [resp[0][0] for resp in sample["resps"]]
+        out[sample["doc"]["question"]] = max(range(len(lls)), key=lls.__getitem__)
+    return out
+
+
+def test_mmlu_macro_mean_from_subject_rows(tiny, tmp_path):
+    probe = write_data(tmp_path / "probe")
+    run(tiny, tmp_path / "out1", ["base"], ["mmlu"], data_dir=probe, save_samples=True)
+    predicted = _predicted(tmp_path / "out1" / "lm_eval" / "base_1_mmlu_local_samples.jsonl")
+    # anatomy (1 question) answered right, astronomy (3 questions) all wrong: macro 0.5, weighted 0.25
+    answers = {}
+    for row in mmlu_rows(MMLU_SIZES, "test"):
+        guess = predicted[row["question"]]
+        answers.setdefault(row["subject"], []).append(guess if row["subject"] == "anatomy" else (guess + 1) % 4)
+    data = write_data(tmp_path / "data", answers)
+    failed, store, _ = run(tiny, tmp_path / "out2", ["base"], ["mmlu"], data_dir=data)
+    assert failed == []
+    rows = {(r["task"], r["metric"]): r for r in store.read("leaderboard").to_dict("records")}
+    subjects = {t: r for (t, m), r in rows.items() if t.startswith("mmlu_local_") and m == "acc"}
+    assert {t: r["value"] for t, r in subjects.items()} == {"mmlu_local_anatomy": 1.0, "mmlu_local_astronomy": 0.0}
+    assert rows["mmlu_local", "acc_macro"]["value"] == pytest.approx(0.5)
+    assert rows["mmlu_local", "acc_weighted"]["value"] == pytest.approx(0.25)  # lm-eval's own group number
+    assert rows["mmlu_local", "acc_macro"]["n_samples"] == 4
+
+
+def _lm_eval_style_loglik(model, tokenizer, context, continuation, max_length):
+    """log p(continuation | context) with the context cut from the left to fit max_length."""
+    whole = tokenizer(context + continuation)["input_ids"]
+    n_cont = len(tokenizer(continuation)["input_ids"])
+    window = torch.tensor(whole[-(max_length + 1):])
+    with torch.inference_mode():
+        logits = model(window[None, :-1], use_cache=False).logits[0].float()
+    logprobs = torch.log_softmax(logits[-n_cont:], dim=-1)
+    return float(logprobs.gather(1, window[-n_cont:, None]).sum())
+
+
+def test_lm_eval_evaluates_the_scaled_model_object(tiny, data_dir, tmp_path):
+    model, tokenizer, _ = tiny
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, out: calls.append(1))
+    try:
+        failed, store, _ = run(tiny, tmp_path, ["base", "yarn:4"], ["arc_challenge"], data_dir=data_dir, limit=1,
+                               max_length=1024, save_samples=True)
+    finally:
+        handle.remove()
+    assert failed == [] and calls, "lm-eval did not call the model object that was passed"
+    samples = {}
+    for spec in ("base_1", "yarn_4"):
+        path = tmp_path / "lm_eval" / f"{spec}_arc_challenge_local_samples.jsonl"
+        samples[spec] = json.loads(path.read_text().splitlines()[0])
+    context, continuation = samples["yarn_4"]["arguments"][0][0], samples["yarn_4"]["arguments"][0][1]
+    assert len(tokenizer(context)["input_ids"]) > 1024 > 256  # 25-shot prompt: scaling matters
+    lm_eval_yarn = samples["yarn_4"]["resps"][0][0][0]
+    lm_eval_base = samples["base_1"]["resps"][0][0][0]
+    assert samples["base_1"]["arguments"] == samples["yarn_4"]["arguments"]
+    assert lm_eval_yarn != lm_eval_base
+    apply_scaling(model, "yarn:4")
+    assert lm_eval_yarn == pytest.approx(_lm_eval_style_loglik(model, tokenizer, context, continuation, 1024), abs=1e-4)
+    apply_scaling(model, "base")
+    direct_base = _lm_eval_style_loglik(model, tokenizer, context, continuation, 1024)
+    assert lm_eval_base == pytest.approx(direct_base, abs=1e-4)
+    assert abs(lm_eval_yarn - direct_base) > 1e-4
+    acc = {r["method"]: r["value"] for r in store.read("leaderboard").to_dict("records") if r["metric"] == "acc_norm"}
+    assert set(acc) == {"base", "yarn"}
+
+
+def test_offline_hub_task_fails_in_one_sentence_and_others_run(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    data = tmp_path / "data"
+    write_jsonl(data / "truthfulqa" / "validation.jsonl", truthfulqa_rows(2))
+    own = tmp_path / "own_task"
+    write_jsonl(own / "docs.jsonl", [{"q": f"Is {i} even?", "a": i % 2} for i in range(3)])
+    (own / "yes_no.yaml").write_text(
+        "task: yes_no_local\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {own / 'docs.jsonl'}\n"
+        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: \"{{q}}\"\n"
+        "doc_to_choice: [\"yes\", \"no\"]\ndoc_to_target: a\nmetric_list:\n  - metric: acc\n")
+    tasks = ["arc_challenge", "truthfulqa_mc2", str(own / "yes_no.yaml"), "no_such_task"]
+    failed, store, manifest = run(tiny, tmp_path / "out", ["yarn:2"], tasks, data_dir=data, limit=1)
+    assert failed == ["leaderboard|random:tiny|yarn:2|arc_challenge", "leaderboard|random:tiny|yarn:2|no_such_task"]
+    assert "not an lm-eval task" in manifest.failed_cells()[failed[1]]["error"]
+    error = manifest.failed_cells()[failed[0]]["error"]
+    assert "'allenai/ai2_arc' (ARC-Challenge)" in error and "--leaderboard-data" in error
+    assert "\n" not in error and error.endswith(".") and not re.search(r"[.;:!?]\s+[A-Z]", error), error
+    tasks_done = set(store.read("leaderboard")["task"])
+    assert {"truthfulqa_mc2_local", "yes_no_local"} <= tasks_done and "arc_challenge" not in tasks_done
+
+
+def _module(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"mirror_{path.parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mirror_prompts_match_lm_eval_tasks():
+    """Same prompt text, choices and targets as lm-eval's own YAMLs (read from the installed package)."""
+    from pathlib import Path
+
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.utils import apply_template
+
+    shipped = Path(lm_eval.__file__).parent / "tasks"
+    ours = lb.TASKS_DIR
+    arc, theirs = _module(ours / "arc_challenge_local" / "utils.py"), load_yaml(shipped / "arc" / "arc_challenge.yaml", resolve_func=False)
+    doc = arc_rows(3, "x")[2]
+    assert arc.question_prompt(doc) == apply_template(theirs["doc_to_text"], doc)
+    assert str(arc.answer_index(doc)) == apply_template(theirs["doc_to_target"], doc)
+    assert str(arc.answer_texts(doc)) == apply_template(theirs["doc_to_choice"], doc)
+
+    tqa, theirs = _module(ours / "truthfulqa_local" / "utils.py"), load_yaml(shipped / "truthfulqa" / "truthfulqa_mc1.yaml", resolve_func=False)
+    doc = truthfulqa_rows(1)[0]
+    assert tqa.qa_prompt(doc) == apply_template(theirs["doc_to_text"], doc)
+    results = [(-1.0, False), (-2.0, False), (-0.5, False), (-3.0, False)]
+    probs = [math.exp(ll) for ll, _ in results]
+    assert tqa.mc2_score(doc, results)["acc"] == pytest.approx((probs[0] + probs[1]) / sum(probs))
+
+    mmlu, theirs = _module(ours / "mmlu_local" / "utils.py"), load_yaml(shipped / "mmlu" / "default" / "mmlu_anatomy.yaml", resolve_func=False)
+    doc = mmlu_rows({"anatomy": 1}, "test")[0]
+    assert mmlu.question_prompt(doc) == apply_template(theirs["doc_to_text"], doc)
+    assert theirs["doc_to_choice"] == ["A", "B", "C", "D"] and theirs["fewshot_config"] == {"sampler": "first_n"}
+
+    ours_hs = _module(ours / "hellaswag_local" / "utils.py")
+    theirs_hs = _module(shipped / "hellaswag" / "utils.py")
+    for text in ["Making tea: A man [title] boils water. [step] He pours it  in.", " x [header] y [title] z "]:
+        assert ours_hs.clean(text) == theirs_hs.preprocess(text)
+
+
+def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatch):
+    from evalharness import cli
+
+    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    code = cli.main(["--model", "random:tiny", "--method", "base,yarn", "--factor", "4", "--tasks", "leaderboard",
+                     "--leaderboard-tasks", "arc_challenge,truthfulqa_mc2", "--leaderboard-data", str(data_dir),
+                     "--limit", "2", "--out", str(out), "--no-progress", "--no-plots"])
+    assert code == cli.EXIT_OK
+    rows = pd.read_csv(out / "leaderboard.csv")
+    headline = rows[((rows.task == "arc_challenge_local") & (rows.metric == "acc_norm"))
+                    | ((rows.task == "truthfulqa_mc2_local") & (rows.metric == "acc"))]
+    assert set(zip(headline.method, headline.task)) == {
+        (m, t) for m in ("base", "yarn") for t in ("arc_challenge_local", "truthfulqa_mc2_local")}
+    assert (headline.n_samples == 2).all() and headline.value.between(0, 1).all()
+    assert (out / "lm_eval").is_dir() and len(list((out / "lm_eval").glob("*.json"))) == 4
