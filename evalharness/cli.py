@@ -23,7 +23,7 @@ EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TASKS = ("perplexity", "passkey", "leaderboard", "temperature-sweep")
 DEFAULT_TEMPERATURES = "1.0:1.4:0.05"
 DEFAULT_STRIDE = 256
-IMPLEMENTED_TASKS = ("perplexity", "temperature-sweep", "leaderboard")
+IMPLEMENTED_TASKS = TASKS
 
 
 class UsageError(ValueError):
@@ -141,10 +141,11 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="temperature-sweep: grid of YaRN attention factors sqrt(1/t), start:stop:step or list "
                         f"(default {DEFAULT_TEMPERATURES})")
     g.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: 256 MB of logits)")
-    g = p.add_argument_group("passkey (planned)")
-    g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1]")
-    g.add_argument("--trials", type=int, default=1, help="trials per (length, depth)")
-    g.add_argument("--passkey-generate", action="store_true", help="greedy generation instead of the teacher-forced check")
+    g = p.add_argument_group("passkey")
+    g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1] (--lengths are the prompt lengths)")
+    g.add_argument("--trials", type=int, default=1, help="trials (keys) per (length, depth)")
+    g.add_argument("--passkey-generate", action="store_true",
+                   help="the paper's rule (greedy generation, first integer) instead of the teacher-forced check")
     g = p.add_argument_group("leaderboard (lm-eval)")
     g.add_argument("--leaderboard-tasks", default="arc_challenge,hellaswag,mmlu,truthfulqa_mc2",
                    help="lm-eval task names, shipped offline mirrors (tasks/), or task YAML paths")
@@ -281,6 +282,8 @@ def plan_run(args: argparse.Namespace) -> RunContext:
         from .leaderboard import check_task_names
 
         check_task_names(args.leaderboard_tasks.split(","), args.leaderboard_data)
+    if args.depths <= 0 or args.trials <= 0:
+        raise UsageError(f"--depths {args.depths} and --trials {args.trials} must be ≥ 1.")
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit {args.limit} must be ≥ 1.")
     if args.batch_size <= 0:
@@ -375,6 +378,16 @@ def check_conflicts(args: argparse.Namespace, tasks: list[str]) -> None:
             raise UsageError(f"{flag} only applies with {needs}; drop it or add that.")
 
 
+def check_passkey_lengths(tokenizer, lengths: list[int], seed: int) -> None:
+    """The shortest passkey prompt must hold the fixed text (intro, needle, question)."""
+    from .passkey import PasskeyError, build_prompt
+
+    try:
+        build_prompt(tokenizer, min(lengths), 0.5, seed=seed)
+    except PasskeyError as exc:
+        raise UsageError(f"passkey --lengths: {exc}") from None
+
+
 def check_specs_against_lengths(specs, lengths: list[int]) -> None:
     """A dynamic method asked only at lengths ≤ L equals base there: nothing to measure."""
     for spec in specs:
@@ -382,6 +395,15 @@ def check_specs_against_lengths(specs, lengths: list[int]) -> None:
             raise UsageError(
                 f"{spec.short} equals base at every length asked (all ≤ its original context {spec.original_ctx}); "
                 f"ask for lengths above {spec.original_ctx} or lower --original-ctx.")
+
+
+def task_passkey(session: Session) -> list[str]:
+    from .passkey import run_passkey
+
+    args = session.args
+    return run_passkey(session.model, session.tokenizer, session.info.name, session.specs, session.plan.lengths,
+                       args.depths, args.trials, args.seed, args.passkey_generate, session.store, session.manifest,
+                       session.show_progress)
 
 
 def task_leaderboard(session: Session) -> list[str]:
@@ -416,6 +438,8 @@ def cmd_eval(argv: list[str]) -> int:
              for s in build_specs(args.method, args.factor, args.original_ctx)]
     if {"perplexity", "passkey", "temperature-sweep"} & set(plan.tasks):
         check_specs_against_lengths(specs, plan.lengths)
+    if "passkey" in plan.tasks:
+        check_passkey_lengths(tokenizer, plan.lengths, args.seed)
     main_store, main_manifest = ResultStore(plan.out), Manifest(plan.out)
     if shard.active:
         folder = parallel.shard_dir(plan.out, shard.rank)
@@ -446,6 +470,8 @@ def cmd_eval(argv: list[str]) -> int:
                 failed += task_perplexity(session, docs, temperature_specs(session))
             elif task == "leaderboard":
                 failed += task_leaderboard(session)
+            elif task == "passkey":
+                failed += task_passkey(session)
     except KeyboardInterrupt:
         main_manifest.finish("interrupted")
         print(f"interrupted; finished rows are in {plan.out} (rerun the same command to resume).", file=sys.stderr)
@@ -474,20 +500,46 @@ def cmd_eval(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def _spec_name(row) -> str:
+    method = row["method"]
+    return method if method == "base" or method.startswith("dynamic") else f"{method} s={row['factor']:g}"
+
+
 def print_summary(store) -> None:
-    """Perplexity by method (rows) × context length (columns)."""
+    """The run's headline tables on stdout: perplexity by method × length, passkey accuracy by
+    method × length with the passkey context, leaderboard metric by method × task."""
     import pandas as pd
 
-    table = store.read("perplexity")
-    if table.empty:
-        return
-    table["spec"] = table.apply(lambda r: r["method"] if r["method"] == "base" or r["method"].startswith("dynamic")
-                                else f"{r['method']} s={r['factor']:g}", axis=1)
-    for (dataset, protocol), part in table.groupby(["dataset", "protocol"]):
-        pivot = part.pivot_table(index="spec", columns="context_length", values="ppl", sort=False)
-        with pd.option_context("display.width", 200, "display.max_columns", 50):
-            print(f"\nperplexity — {dataset}, {protocol} (token-weighted)")
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        table = store.read("perplexity")
+        if not table.empty:
+            table["spec"] = table.apply(_spec_name, axis=1)
+            for (dataset, protocol), part in table.groupby(["dataset", "protocol"]):
+                pivot = part.pivot_table(index="spec", columns="context_length", values="ppl", sort=False)
+                print(f"\nperplexity — {dataset}, {protocol} (token-weighted)")
+                print(pivot.round(3).to_string())
+        rows = store.read("passkey")
+        if not rows.empty:
+            from .passkey import passkey_context, summarize_passkey
+
+            summary = summarize_passkey(rows)
+            summary["spec"] = summary.apply(_spec_name, axis=1)
+            pivot = summary.pivot_table(index="spec", columns="context_length", values="accuracy", sort=False)
+            context = passkey_context(summary)
+            context["spec"] = context.apply(_spec_name, axis=1)
+            pivot["passkey context"] = context.set_index("spec")["passkey_context"]
+            print("\npasskey accuracy (fraction of prompts; passkey context = largest length with ≥ 80%)")
             print(pivot.round(3).to_string())
+        board = store.read("leaderboard")
+        if not board.empty:
+            from .leaderboard import PAPER_TASKS
+
+            headline = {(task, metric) for task, (_, metric) in PAPER_TASKS.items()}
+            board = board[[(t.removesuffix("_local"), m) in headline for t, m in zip(board.task, board.metric)]]
+            if not board.empty:
+                board = board.assign(spec=board.apply(_spec_name, axis=1))
+                print("\nleaderboard (paper metrics)")
+                print(board.pivot_table(index="spec", columns="task", values="value", sort=False).round(4).to_string())
 
 
 def _quiet_libraries() -> None:

@@ -435,6 +435,7 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
     depth_values = depth_grid(depths)
     points = [(d, t) for d in depth_values for t in range(int(trials))]
     failed: list[str] = []
+    scoring = "generate" if generate else "teacher-forced"
     done = store.done("passkey")
     plan = []
     for length in lengths:
@@ -443,7 +444,7 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
             key = key_row(model_name, resolved)
             missing = [(d, t) for d, t in points
                        if store.cell_key("passkey", dict(key, context_length=int(length), depth=d, trial=t,
-                                                         seed=int(seed))) not in done]
+                                                         seed=int(seed), scoring=scoring)) not in done]
             if missing:
                 plan.append((int(length), spec, missing))
     bar = tqdm(total=sum(len(m) for _, _, m in plan), unit="prompt", disable=not show_progress,
@@ -455,7 +456,7 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
                 prompts.clear()  # keep only the current length's prompts in memory
             resolved = apply_scaling(model, spec)
             key = key_row(model_name, resolved)
-            cell = f"passkey|{model_name}|{resolved.short}|{length}"
+            cell = f"passkey|{model_name}|{resolved.short}|{length}|{scoring}"
             bar.set_description(f"passkey {resolved.short} {length}")
             n_correct = n_rows = 0
             try:
@@ -466,14 +467,14 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
                         prompts[(length, depth, trial)] = prompt
                     score = score_prompt(model, tokenizer, prompt, generate)
                     store.append("passkey", [dict(key, context_length=length, prompt_tokens=prompt.prompt_tokens,
-                                                  depth=depth, trial=trial, seed=int(seed), passkey=prompt.passkey,
+                                                  depth=depth, trial=trial, seed=int(seed), scoring=scoring,
+                                                  passkey=prompt.passkey,
                                                   continuation=score.continuation, correct=score.correct)])
                     n_rows += 1
                     n_correct += score.correct
                     bar.update(1)
                     bar.set_postfix(acc=f"{n_correct / n_rows:.2f}")
-                manifest.cell(cell, "done", rows=n_rows, correct=n_correct,
-                              scoring="generate" if generate else "teacher-forced")
+                manifest.cell(cell, "done", rows=n_rows, correct=n_correct, scoring=scoring)
             except (NonFiniteError, torch.OutOfMemoryError, RuntimeError, ValueError) as exc:
                 failed.append(cell)
                 manifest.cell(cell, "failed", error=f"{type(exc).__name__}: {exc}")

