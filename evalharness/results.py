@@ -126,7 +126,7 @@ class ResultStore:
         path = self.path(table)
         if not path.exists():
             return pd.DataFrame(columns=SCHEMAS[table])
-        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"doc_id": str})
+        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"doc_id": str, "continuation": str})
 
     def cell_key(self, table: str, row: dict) -> tuple:
         return tuple(_normalise_key(row.get(column)) for column in CELL_COLUMNS[table])

@@ -448,7 +448,7 @@ def test_run_generate_matches_fast_rows(copy_byte, byte_tok, tmp_path):
     _, fast, _ = run(copy_byte, byte_tok, tmp_path / "fast", **grid)
     _, slow, _ = run(copy_byte, byte_tok, tmp_path / "gen", generate=True, **grid)
     a, b = fast.read("passkey"), slow.read("passkey")
-    assert a.drop(columns="continuation").equals(b.drop(columns="continuation"))
+    assert a.drop(columns=["continuation", "scoring"]).equals(b.drop(columns=["continuation", "scoring"]))
     assert a["correct"].any() and not a["correct"].all()
 
 
@@ -476,14 +476,14 @@ def test_failures_are_recorded_and_the_run_continues(byte_tok, tmp_path):
     model = CopyLM(byte_tok)
     # a length too short for the fixed text fails its cells; the other length still runs
     failed, store, manifest = run(model, byte_tok, tmp_path / "short", lengths=(100, 300))
-    assert sorted(failed) == ["passkey|copy|base|100", "passkey|copy|pi:2|100"]
-    assert "PasskeyError" in manifest.failed_cells()["passkey|copy|base|100"]["error"]
+    assert sorted(failed) == ["passkey|copy|base|100|teacher-forced", "passkey|copy|pi:2|100|teacher-forced"]
+    assert "PasskeyError" in manifest.failed_cells()["passkey|copy|base|100|teacher-forced"]["error"]
     assert set(store.read("passkey")["context_length"]) == {300}
     # NaN logits: NonFiniteError, recorded, nothing written for that cell
     with torch.no_grad():
         model.lm_head.weight.fill_(float("nan"))
     failed, store, manifest = run(model, byte_tok, tmp_path / "nan", specs=("base",), lengths=(300,))
-    assert failed == ["passkey|copy|base|300"]
+    assert failed == ["passkey|copy|base|300|teacher-forced"]
     assert "NonFiniteError" in manifest.failed_cells()[failed[0]]["error"]
     assert len(store.read("passkey")) == 0
 
