@@ -244,48 +244,21 @@ def write_mmlu_subject_tasks(folder: Path, subjects: Sequence[str]) -> None:
 # Passkey prompts (the paper's text) for the passkey_local task
 # ---------------------------------------------------------------------------------------------
 
-PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
-                 "I will quiz you about the important information there.")
-PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-PASSKEY_QUESTION = "What is the pass key? The pass key is"
-
-
-def passkey_prompt(passkey: str, filler_chars: int, depth: float) -> str:
-    """The paper's five lines; `filler_chars` characters of repeated filler split at `depth`."""
-    stream = " ".join([PASSKEY_FILLER] * (filler_chars // len(PASSKEY_FILLER) + 2))
-    before = int(round(depth * filler_chars))
-    lines = [PASSKEY_INTRO, stream[:before], f"The pass key is {passkey}. Remember it. {passkey} is the pass key.",
-             stream[: filler_chars - before], PASSKEY_QUESTION]
-    return "\n".join(lines)
-
-
 def passkey_documents(tokenizer, lengths: Sequence[int], trials: int = 5, seed: int = 0) -> list[dict]:
-    """Prompts of at most `length` tokens (as the tokenizer encodes them by default, which is what
-    lm-eval does) with the most filler that fits; 5-digit keys and uniform depths, seeded."""
+    """Rows for the passkey_local task: the prompts of `evalharness.passkey.build_prompt` (the
+    paper's text, at most `length` tokens with BOS, seeded 5-digit keys) at a uniformly random
+    depth per trial, as in the paper."""
     import random
+
+    from .passkey import build_prompt
 
     rng = random.Random(seed)
     docs = []
-
-    def n_tokens(text: str) -> int:
-        return len(tokenizer(text)["input_ids"])
-
     for length in lengths:
         for trial in range(trials):
-            key, depth = str(rng.randint(10000, 99999)), rng.random()
-            low, high = 0, max(64, 8 * length)  # filler chars; a token is ≥ 1 char for these texts
-            bare = n_tokens(passkey_prompt(key, 0, depth))
-            if bare > length:
-                raise ValueError(f"passkey length {length} is shorter than the prompt without filler ({bare} tokens).")
-            while low < high:  # largest filler that fits
-                mid = (low + high + 1) // 2
-                if n_tokens(passkey_prompt(key, mid, depth)) <= length:
-                    low = mid
-                else:
-                    high = mid - 1
-            prompt = passkey_prompt(key, low, depth)
-            docs.append({"prompt": prompt, "passkey": key, "context_length": int(length),
-                         "prompt_tokens": n_tokens(prompt), "depth": depth, "trial": trial, "seed": seed})
+            prompt = build_prompt(tokenizer, int(length), round(rng.random(), 6), seed=seed, trial=trial)
+            docs.append({"prompt": prompt.text, "passkey": str(prompt.passkey), "context_length": int(length),
+                         "prompt_tokens": prompt.prompt_tokens, "depth": prompt.depth, "trial": trial, "seed": seed})
     return docs
 
 

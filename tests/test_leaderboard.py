@@ -167,7 +167,7 @@ def test_passkey_documents_fill_to_length(tiny):
     docs = lb.passkey_documents(tokenizer, [300, 600], trials=2, seed=3)
     assert [d["context_length"] for d in docs] == [300, 300, 600, 600]
     for doc in docs:
-        assert doc["context_length"] - 3 <= doc["prompt_tokens"] <= doc["context_length"]
+        assert doc["context_length"] - 8 <= doc["prompt_tokens"] <= doc["context_length"]  # word granularity
         assert len(doc["passkey"]) == 5 and f"The pass key is {doc['passkey']}. Remember it." in doc["prompt"]
         assert doc["prompt"].endswith("What is the pass key? The pass key is")
     assert docs == lb.passkey_documents(tokenizer, [300, 600], trials=2, seed=3)
