@@ -644,16 +644,10 @@ def _save_results(path: Path, results: dict, extra: dict, save_samples: bool) ->
 # ---------------------------------------------------------------------------------------------
 
 def _done_cells(store) -> tuple[set, set]:
-    """(keys of (key columns, task, metric) rows, keys of (key columns, task)) in leaderboard.csv."""
-    from .results import _normalise_key
-
-    frame = store.read("leaderboard")
-    with_metric, tasks = set(), set()
-    for row in frame.to_dict("records"):
-        base = tuple(_normalise_key(row.get(c)) for c in ("model", "method", "factor", "original_ctx", "task"))
-        tasks.add(base)
-        with_metric.add(base + (_normalise_key(row.get("metric")),))
-    return with_metric, tasks
+    """(keys of (key columns, task, metric) rows, keys of (key columns, task)) already in the store
+    (including the folders it resumes from)."""
+    with_metric = store.done("leaderboard")  # CELL_COLUMNS: key columns, task, metric
+    return with_metric, {key[:-1] for key in with_metric}
 
 
 def _is_done(plan: TaskPlan, key: dict, done: tuple[set, set]) -> bool:
@@ -681,7 +675,7 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
     """
     import lm_eval
 
-    from .results import key_row
+    from .results import key_row, record_failure
     from .scaling import apply_scaling
 
     plans = plan_tasks(tasks, data_dir)
@@ -724,8 +718,7 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
             for plan in todo:
                 cell = f"leaderboard|{model_name}|{resolved.short}|{plan.name}"
                 if plan.error:
-                    failed.append(cell)
-                    manifest.cell(cell, "failed", error=plan.error)
+                    record_failure(manifest, failed, cell, plan.error)
                     continue
                 if plan.kind == "hub" and offline is None:
                     offline = _env_offline() or not hub_reachable()
@@ -756,9 +749,7 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise anything; one cell fails
-                    failed.append(cell)
-                    manifest.cell(cell, "failed", error=_failure_text(plan, exc, bool(offline)))
-                    _free_memory()
+                    record_failure(manifest, failed, cell, _failure_text(plan, exc, bool(offline)))
     return failed
 
 
@@ -773,9 +764,3 @@ def _failure_text(plan: TaskPlan, exc: BaseException, offline: bool) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"
 
-
-def _free_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

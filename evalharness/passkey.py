@@ -428,8 +428,7 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
     """
     from tqdm.auto import tqdm
 
-    from .perplexity import _free_memory
-    from .results import key_row
+    from .results import CELL_ERRORS, key_row, record_failure
     from .scaling import apply_scaling
 
     depth_values = depth_grid(depths)
@@ -475,10 +474,8 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
                     bar.update(1)
                     bar.set_postfix(acc=f"{n_correct / n_rows:.2f}")
                 manifest.cell(cell, "done", rows=n_rows, correct=n_correct, scoring=scoring)
-            except (NonFiniteError, torch.OutOfMemoryError, RuntimeError, ValueError) as exc:
-                failed.append(cell)
-                manifest.cell(cell, "failed", error=f"{type(exc).__name__}: {exc}")
-                _free_memory()
+            except CELL_ERRORS as exc:
+                record_failure(manifest, failed, cell, exc)
     finally:
         bar.close()
     return failed

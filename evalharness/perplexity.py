@@ -271,7 +271,7 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
     from tqdm.auto import tqdm
 
     from .parallel import Shard
-    from .results import aggregate_perplexity, key_row
+    from .results import CELL_ERRORS, aggregate_perplexity, key_row, record_failure
     from .scaling import apply_scaling
 
     shard = shard or Shard()
@@ -302,20 +302,13 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
                 else:
                     _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar)
                 manifest.cell(cell, "done", seconds=round(bar.format_dict["elapsed"], 1))
-            except (NonFiniteError, torch.OutOfMemoryError, RuntimeError, ValueError) as exc:
-                failed.append(cell)
-                manifest.cell(cell, "failed", error=f"{type(exc).__name__}: {exc}")
-                _free_memory()
+            except CELL_ERRORS as exc:
+                record_failure(manifest, failed, cell, exc)
             finally:
                 bar.close()
             if not shard.active:
                 store.replace("perplexity", aggregate_perplexity(store.read("perplexity_docs"), seed=seed))
     return failed
-
-
-def _free_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, bar, unit_scale_passes) -> None:

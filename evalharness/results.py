@@ -291,6 +291,23 @@ class Manifest:
         atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# What one evaluation cell may raise without stopping the run: NaN/inf (NonFiniteError is an
+# ArithmeticError), out of memory (torch.OutOfMemoryError is a RuntimeError), bad lengths.
+CELL_ERRORS = (ArithmeticError, RuntimeError, ValueError)
+
+
+def record_failure(manifest: "Manifest", failed: list, cell: str, error: BaseException | str) -> None:
+    """Note a failed cell in the manifest and the run's list, and give back cached GPU memory so
+    the next cell starts clean."""
+    failed.append(cell)
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    manifest.cell(cell, "failed", error=text)
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
