@@ -533,7 +533,7 @@ def test_smollm2_retrieves_the_key_and_both_rules_agree():
     model, tok, info = load("smollm2-135m", dtype="float32", device="cpu")
     apply_scaling(model, "base")
     outcomes = []
-    for depth in (0.0, 0.5, 1.0):
+    for depth in (0.5, 1.0):  # observed: right at 0.5, wrong at 1.0 — both outcomes must agree
         p = PK.build_prompt(tok, 1024, depth, seed=0)
         assert 1024 - 4 <= p.prompt_tokens <= 1024
         fast = PK.score_teacher_forced(model, tok, p)
