@@ -52,7 +52,7 @@ case "$cmd" in
     python_env
     say "default evaluation: SmolLM2-135M (native 8k) on coq-stdlib, base vs YaRN vs Dynamic-YaRN (s=2)"
     exec "$PY" run_eval.py --model smollm2-135m --method base,yarn,dynamic-yarn --factor 2 \
-      --tasks perplexity --dataset coq-stdlib --lengths 2k:10k:2k --docs 1 --out results/default "$@"
+      --tasks perplexity --dataset coq-stdlib --lengths 4k:12k:2k --docs 1 --out results/default "$@"
     ;;
   test)
     apt_packages
