@@ -26,7 +26,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from .results import SCHEMAS, aggregate_perplexity
+from .results import SCHEMAS, ResultStore, aggregate_perplexity
 
 PPL_YLABEL = "Perplexity (lower is better)"
 CTX_XLABEL = "Context window (tokens)"
@@ -561,17 +561,12 @@ def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = Non
 # ---------------------------------------------------------------------------------------------
 
 def read_table(results_dir: str | os.PathLike, table: str) -> pd.DataFrame:
-    """`<dir>/<table>.csv` read the way `ResultStore.read` reads it (empty frame with the schema's
-    columns when missing or unreadable). Read-only on purpose: constructing a `ResultStore` tidies
-    the folder (removes `.*.tmp` files), which must never happen to a run that is being written."""
-    path = Path(results_dir) / f"{table}.csv"
-    empty = pd.DataFrame(columns=SCHEMAS.get(table, []))
-    if not path.exists():
-        return empty
+    """`<dir>/<table>.csv` as `ResultStore.read` reads it; an empty frame with the schema's columns
+    when the file is missing or unreadable (figures never fail a run)."""
     try:
-        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"doc_id": str})
+        return ResultStore(results_dir).read(table)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
-        return empty
+        return pd.DataFrame(columns=SCHEMAS.get(table, []))
 
 
 def load_perplexity(results_dir: str | os.PathLike) -> pd.DataFrame:
