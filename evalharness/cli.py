@@ -101,6 +101,28 @@ def build_specs(methods: str, factors: str, original_ctx: int | None) -> list:
 # Argument parsers
 # ---------------------------------------------------------------------------------------------
 
+def parse_limit(text: str) -> int | dict[str, int]:
+    """`--limit`: one count for every task (`100`) or one per task (`arc_challenge=100,mmlu=2`)."""
+    def count(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise argparse.ArgumentTypeError(f"--limit {text!r}: {value!r} is not a count ≥ 1 "
+                                             "(give N or TASK=N,TASK=N).")
+        return number
+    if "=" not in text:
+        return count(text)
+    limits = {}
+    for part in text.split(","):
+        task, _, value = part.partition("=")
+        if not task.strip():
+            raise argparse.ArgumentTypeError(f"--limit {text!r}: {part!r} names no task (give TASK=N).")
+        limits[task.strip()] = count(value.strip())
+    return limits
+
+
 def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_eval.py",
@@ -151,7 +173,8 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="lm-eval task names, shipped offline mirrors (tasks/), or task YAML paths")
     g.add_argument("--leaderboard-data", default=None,
                    help="folder with local copies (DIR/arc_challenge, hellaswag, mmlu, truthfulqa): run the mirrors")
-    g.add_argument("--limit", type=int, default=None, help="examples per lm-eval task")
+    g.add_argument("--limit", type=parse_limit, default=None,
+                   help="examples per lm-eval task (MMLU: per subject): N, or per task, e.g. arc_challenge=100,mmlu=2")
     g.add_argument("--batch-size", type=int, default=1)
     g.add_argument("--max-length", type=parse_count, default=None,
                    help="lm-eval max_length (default: factor × original context for static methods, else L)")
@@ -284,8 +307,11 @@ def plan_run(args: argparse.Namespace) -> RunContext:
         check_task_names(args.leaderboard_tasks.split(","), args.leaderboard_data)
     if args.depths <= 0 or args.trials <= 0:
         raise UsageError(f"--depths {args.depths} and --trials {args.trials} must be ≥ 1.")
-    if args.limit is not None and args.limit <= 0:
-        raise UsageError(f"--limit {args.limit} must be ≥ 1.")
+    if isinstance(args.limit, dict):
+        unknown = sorted(set(args.limit) - set(args.leaderboard_tasks.split(",")))
+        if unknown:
+            raise UsageError(f"--limit names {', '.join(unknown)}, which is not in --leaderboard-tasks "
+                             f"({args.leaderboard_tasks}).")
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size {args.batch_size} must be ≥ 1.")
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")

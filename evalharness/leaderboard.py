@@ -660,7 +660,7 @@ def _is_done(plan: TaskPlan, key: dict, done: tuple[set, set]) -> bool:
 
 
 def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[str], store, manifest, out_dir,
-                    limit: int | float | None = None, batch_size: int = 1, max_length: int | None = None, seed: int = 0,
+                    limit: int | float | dict[str, int] | None = None, batch_size: int = 1, max_length: int | None = None, seed: int = 0,
                     show_progress: bool = True, data_dir: str | os.PathLike | None = None,
                     save_samples: bool = False, bootstrap_iters: int = 1000) -> list[str]:
     """Evaluate every (spec, task) cell not already in the store; return the failed cells.
@@ -723,11 +723,12 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
                 if plan.kind == "hub" and offline is None:
                     offline = _env_offline() or not hub_reachable()
                 start = time.monotonic()
+                task_limit = limit.get(plan.requested) if isinstance(limit, dict) else limit
                 try:
                     task_manager = task_manager_for(plan)
                     with _offline_mode(bool(offline)):
                         results = lm_eval.simple_evaluate(
-                            model=lm, tasks=[plan.name], num_fewshot=plan.num_fewshot, limit=limit,
+                            model=lm, tasks=[plan.name], num_fewshot=plan.num_fewshot, limit=task_limit,
                             task_manager=task_manager, bootstrap_iters=bootstrap_iters, log_samples=save_samples,
                             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                             fewshot_random_seed=seed,
@@ -736,7 +737,7 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
                     if plan.metric and not any(r["task"] == plan.name and r["metric"] == plan.metric for r in rows):
                         raise LeaderboardError(f"{plan.name}: lm-eval reported no {plan.metric} "
                                                f"(got {sorted({r['metric'] for r in rows if r['task'] == plan.name})}).")
-                    extra = {"spec": str(resolved), "max_length": length, "batch_size": cell_batch, "limit": limit,
+                    extra = {"spec": str(resolved), "max_length": length, "batch_size": cell_batch, "limit": task_limit,
                              "seed": seed, "task": plan.name, "requested": plan.requested, "kind": plan.kind,
                              "data": mirror_data.get(plan.name)}
                     path = provenance_path(out_dir, resolved, plan.name)

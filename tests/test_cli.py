@@ -210,3 +210,18 @@ def test_methods_command_prints_the_table(capsys):
     yarn_line = next(line for line in out.splitlines() if line.startswith("yarn:16"))
     assert "20/46" in yarn_line and "1.2773" in yarn_line
     assert run(["methods", "--method", "yarn"]) == cli.EXIT_USAGE
+
+
+def test_limit_is_one_count_or_one_per_task():
+    assert cli.parse_limit("7") == 7
+    assert cli.parse_limit("arc_challenge=50,mmlu=2") == {"arc_challenge": 50, "mmlu": 2}
+    for bad in ("0", "x", "arc_challenge=0", "=3"):
+        with pytest.raises(Exception, match="--limit"):
+            cli.parse_limit(bad)
+
+
+def test_limit_naming_a_task_not_run_is_refused(tmp_path, capsys):
+    code = run(["--model", "random:tiny", "--tasks", "leaderboard", "--leaderboard-tasks", "arc_challenge",
+                "--limit", "mmlu=2", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "mmlu" in capsys.readouterr().err
