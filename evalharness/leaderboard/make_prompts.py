@@ -1,19 +1,18 @@
 """Write the passkey prompts that passkey_local reads (the YaRN paper's prompt text).
 
-    python tasks/passkey_local/make_prompts.py --tokenizer random:tiny --lengths 256,512 \
+    python -m evalharness.leaderboard.make_prompts --tokenizer random:tiny --lengths 256,512 \
         --trials 5 --seed 0 --out leaderboard_data/passkey/test.jsonl
 
 Each prompt has at most LENGTH tokens as --tokenizer encodes it (lm-eval encodes the same way), the
 most filler that fits, a seeded 5-digit key at a seeded uniform depth. --tokenizer takes a model
 reference of evalharness.models.load (hub id, local folder, .gguf, smollm2-135m, random:NAME).
 """
+from __future__ import annotations
+
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-
-from evalharness.leaderboard import passkey_documents, write_jsonl  # noqa: E402
+from .passkey_data import passkey_documents, write_jsonl
 
 
 def main(argv=None) -> int:
@@ -25,11 +24,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.tokenizer.startswith("random:"):
-        from evalharness.models import build_byte_tokenizer
+        from ..models import build_byte_tokenizer
 
         tokenizer = build_byte_tokenizer()
     elif args.tokenizer.endswith(".gguf") or args.tokenizer in ("smollm2-135m",):
-        from evalharness import models
+        from .. import models
 
         _, tokenizer, _ = models.load(args.tokenizer, dtype="float32", device="cpu")
     else:  # hub id or local folder: the tokenizer alone

@@ -1,20 +1,18 @@
 """Make a ready-to-use copy of these task YAMLs for plain `lm_eval` runs.
 
-    python tasks/prepare.py --data /data/leaderboard --out /tmp/eh_tasks
+    python -m evalharness.leaderboard.prepare --data /data/leaderboard --out /tmp/eh_tasks
     lm_eval --model hf --model_args pretrained=... --include_path /tmp/eh_tasks \
         --tasks arc_challenge_local --num_fewshot 25
 
-Copies tasks/ to --out, rewrites each mirror's _data.yaml to the files found in --data
-(DIR/arc_challenge/, DIR/hellaswag/, DIR/mmlu/, DIR/truthfulqa/, DIR/passkey/; see README.md) and
+Copies the shipped tasks/ folder to --out, rewrites each mirror's _data.yaml to the files found in --data
+(DIR/arc_challenge/, DIR/hellaswag/, DIR/mmlu/, DIR/truthfulqa/, DIR/passkey/; see tasks/README.md) and
 generates the per-subject MMLU tasks. Mirrors without data in --data are skipped with a note.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from evalharness.leaderboard import MIRRORS, LeaderboardError, copy_tasks, point_mirror  # noqa: E402
+from .mirrors import MIRRORS, copy_tasks, point_mirror
+from .protocol import LeaderboardError
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,129 @@
+"""lm-eval results → tidy leaderboard rows (every numeric metric; MMLU's macro mean), and the
+provenance JSON (and optional per-sample log) written next to the tables."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from .planning import TaskPlan
+from .protocol import MACRO_GROUPS, LeaderboardError
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.generic):
+                return float(value)
+        except ImportError:
+            pass
+        return None
+    return float(value)
+
+
+def leaf_tasks(results: dict, name: str) -> list[str]:
+    """The leaf tasks under a group (itself when it is a task), depth first."""
+    children = results.get("group_subtasks", {}).get(name)
+    if not children:
+        return [name]
+    leaves = []
+    for child in children:
+        leaves += leaf_tasks(results, child)
+    return leaves
+
+
+def _n_samples(results: dict, name: str) -> int | None:
+    counts = results.get("n-samples", {})
+    total = 0
+    for leaf in leaf_tasks(results, name):
+        entry = counts.get(leaf)
+        if entry is None:
+            return None
+        total += int(entry.get("effective", entry.get("original", 0)))
+    return total
+
+
+def macro_mean(results: dict, group: str, metric: str = "acc") -> dict:
+    """Unweighted mean of `metric` over the group's leaf tasks (the paper's MMLU number), its
+    standard error (independent subjects: √Σse²/k), the size-weighted mean recomputed from the
+    same rows, and the subject accuracies."""
+    per_subject, stderrs, sizes = {}, [], []
+    for leaf in leaf_tasks(results, group):
+        entry = results["results"].get(leaf, {})
+        value = _number(entry.get(f"{metric},none"))
+        if value is None:
+            continue
+        per_subject[leaf] = value
+        se = _number(entry.get(f"{metric}_stderr,none"))
+        stderrs.append(se if se is not None else math.nan)
+        sizes.append(_n_samples(results, leaf) or 0)
+    if not per_subject:
+        raise LeaderboardError(f"{group}: lm-eval reported no per-subject {metric}.")
+    k = len(per_subject)
+    values = list(per_subject.values())
+    weighted = sum(v * n for v, n in zip(values, sizes)) / sum(sizes) if sum(sizes) else math.nan
+    return {"macro": sum(values) / k, "stderr": math.sqrt(sum(se * se for se in stderrs)) / k,
+            "weighted": weighted, "subjects": per_subject, "n_samples": sum(sizes)}
+
+
+def result_rows(results: dict, key: dict, plan: TaskPlan) -> list[dict]:
+    """Tidy leaderboard rows from one simple_evaluate result: every numeric metric of every task
+    and group (`metric` for lm-eval's `none` filter, `metric,filter` otherwise); for MMLU groups
+    `acc_macro` (the paper's number) and the group's own number renamed `acc_weighted`."""
+    rows = []
+    n_shot = results.get("n-shot", {})
+    macro_group = plan.name in MACRO_GROUPS
+    groups = set(results.get("group_subtasks", {}))
+    for name, entry in results["results"].items():
+        for metric_key, value in entry.items():
+            if "," not in metric_key or "_stderr," in metric_key:
+                continue
+            number = _number(value)
+            if number is None:
+                continue
+            metric, filter_name = metric_key.split(",", 1)
+            stderr = _number(entry.get(f"{metric}_stderr,{filter_name}"))
+            label = metric if filter_name == "none" else f"{metric},{filter_name}"
+            if macro_group and name in groups and label == "acc":
+                label = "acc_weighted"
+            shots = n_shot.get(name, plan.num_fewshot)
+            rows.append(dict(key, task=name, metric=label, value=number,
+                             stderr=stderr if stderr is not None else math.nan,
+                             num_fewshot=int(shots) if shots is not None else plan.num_fewshot,
+                             n_samples=_n_samples(results, name)))
+    if macro_group and plan.name in results["results"]:
+        macro = macro_mean(results, plan.name)
+        rows.append(dict(key, task=plan.name, metric="acc_macro", value=macro["macro"], stderr=macro["stderr"],
+                         num_fewshot=plan.num_fewshot if plan.num_fewshot is not None else n_shot.get(plan.name),
+                         n_samples=macro["n_samples"]))
+    return rows
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")
+
+
+def provenance_path(out_dir: str | os.PathLike, spec, task: str) -> Path:
+    """out_dir/lm_eval/<method>_<factor>_<task>.json"""
+    return Path(out_dir) / "lm_eval" / f"{_safe(spec.label)}_{spec.factor:g}_{_safe(task)}.json"
+
+
+def _save_results(path: Path, results: dict, extra: dict, save_samples: bool) -> None:
+    from lm_eval.utils import handle_non_serializable
+
+    from ..results import atomic_write_text
+
+    samples = results.pop("samples", None)
+    body = dict(results, evalharness=extra)
+    atomic_write_text(path, json.dumps(body, indent=2, default=handle_non_serializable) + "\n")
+    if save_samples and samples:
+        lines = []
+        for task, items in samples.items():
+            for item in items:
+                lines.append(json.dumps(dict(item, task=task), default=handle_non_serializable))
+        atomic_write_text(path.with_name(path.stem + "_samples.jsonl"), "\n".join(lines) + "\n")
+

@@ -1,0 +1,56 @@
+"""The scaled model inside lm-eval's `HFLM`: the object itself (never reloaded) with an explicit
+`max_length`, progress bars on/off, and generation without KV cache for dynamic scaling."""
+from __future__ import annotations
+
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def _harness_lm_class():
+    from lm_eval.models.huggingface import HFLM
+
+    try:  # lm-eval ≥ 0.4.10 moved the HF helpers to utils_hf
+        from lm_eval.models.utils_hf import stop_sequences_criteria
+    except ImportError:  # pragma: no cover - older lm-eval
+        from lm_eval.models.utils import stop_sequences_criteria
+
+    class HarnessLM(HFLM):
+        """HFLM over an already-loaded model: progress bars on/off, and generation without KV
+        cache for dynamic scaling (HFLM hard-codes use_cache=True)."""
+
+        def __init__(self, *args, show_progress: bool = True, use_kv_cache: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.show_progress = show_progress
+            self.use_kv_cache = use_kv_cache
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.show_progress)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or not self.show_progress)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or not self.show_progress)
+
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            if self.use_kv_cache:
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            temperature = generation_kwargs.pop("temperature", 0.0)
+            if temperature == 0.0 and generation_kwargs.get("do_sample") is None:
+                generation_kwargs["do_sample"] = False
+            if not (generation_kwargs.get("do_sample") is False and temperature == 0.0):
+                generation_kwargs["temperature"] = temperature
+            criteria = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
+            return self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
+                                       pad_token_id=self.tokenizer.pad_token_id, use_cache=False,
+                                       **generation_kwargs)
+
+    return HarnessLM
+
+
+def wrap_model(model, tokenizer, max_length: int, batch_size: int = 1, show_progress: bool = True,
+               use_kv_cache: bool = True):
+    """The model object itself inside lm-eval's HFLM, with an explicit max_length."""
+    return _harness_lm_class()(pretrained=model, tokenizer=tokenizer, max_length=int(max_length),
+                               batch_size=int(batch_size), show_progress=show_progress, use_kv_cache=use_kv_cache)
+

@@ -1,0 +1,32 @@
+"""The paper's leaderboard protocol (YaRN paper, Table 3): which lm-eval tasks, how many shots,
+which metric is the headline, and the lm-eval context length of a scaled model.
+
+MMLU's headline is the UNWEIGHTED mean of its subject accuracies (`acc_macro`); lm-eval's own group
+number is weighted by subject size and is kept as `acc_weighted`.
+"""
+from __future__ import annotations
+
+# name → (num_fewshot, metric of the paper's table)
+PAPER_TASKS: dict[str, tuple[int, str]] = {
+    "arc_challenge": (25, "acc_norm"),
+    "hellaswag": (10, "acc_norm"),
+    "mmlu": (5, "acc_macro"),
+    "truthfulqa_mc2": (0, "acc"),
+}
+
+# Tasks whose headline number is the unweighted mean over their leaf tasks (subjects).
+MACRO_GROUPS = ("mmlu", "mmlu_local")
+
+
+class LeaderboardError(ValueError):
+    """A leaderboard task cannot run (missing local data, unknown task, dataset offline)."""
+
+
+
+def default_max_length(spec) -> int:
+    """lm-eval's max_length for a resolved spec: factor × L for static methods (the extended
+    context), L for base and dynamic methods."""
+    if spec.method == "base" or spec.is_dynamic:
+        return int(spec.original_ctx)
+    return int(round(spec.factor * spec.original_ctx))
+
