@@ -148,7 +148,8 @@ def eval_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("tasks")
     g.add_argument("--tasks", default="perplexity", help=f"comma list of {', '.join(TASKS)}")
     g.add_argument("--dataset", default="coq-stdlib",
-                   help="govreport, proofpile, pg19 (HF datasets), coq-stdlib, debian-policy (offline), local:PATH")
+                   help="govreport, proofpile, pg19 (HF datasets; NAME=DIR reads a local copy in the hub layout), "
+                        "coq-stdlib, debian-policy (offline), local:PATH")
     g.add_argument("--text-field", default=None, help="text column of local .jsonl/.parquet files (default text)")
     g.add_argument("--lengths", default="2k:8k:2k", help="context lengths: start:stop:step or comma list; k = 1024")
     g.add_argument("--protocol", choices=("truncated", "sliding"), default="truncated",
@@ -382,10 +383,11 @@ def parse_grid(text: str) -> list[float]:
 
 
 def task_perplexity(session: Session, docs, specs=None) -> list[str]:
+    from .corpora import dataset_label
     from .perplexity import PerplexityTask, run_perplexity
 
     args = session.args
-    task = PerplexityTask(args.dataset, args.protocol, tuple(session.plan.lengths), args.stride or 0, args.chunk_size)
+    task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(session.plan.lengths), args.stride or 0, args.chunk_size)
     return run_perplexity(session.model, session.info.name, session.info.bos_token_id, specs or session.specs, docs,
                           task, session.store, session.manifest, args.seed, session.show_progress, session.shard)
 

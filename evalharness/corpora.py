@@ -15,6 +15,11 @@ Sources:
   ``libcoq-stdlib``) and ``debian-policy`` (the plain-text manuals of
   ``debian-policy``).
 * ``local:PATH``: a folder of ``.txt`` files, a ``.jsonl`` file or a ``.parquet`` file.
+* ``NAME=DIR`` for a Hugging Face corpus NAME: a local copy of that dataset in its hub
+  layout (``DIR/<split>.jsonl``, ``.json``, ``.parquet`` or shards ``<split>-*.parquet``),
+  read with the ``datasets`` json/parquet builders; same field, same document ids
+  (``<split>/<row>``) and same selection as the hub path, and :func:`dataset_label`
+  is ``NAME``.
 
 Token ids of whole corpora are cached on disk, keyed by the corpus (name, text
 field, identity of its files or dataset) and by a fingerprint of the tokenizer,
@@ -49,6 +54,7 @@ __all__ = [
     "Document",
     "TokenizedDoc",
     "available_corpora",
+    "dataset_label",
     "default_cache_dir",
     "get_corpus",
     "iter_documents",
@@ -486,6 +492,87 @@ class HFDatasetSource(CorpusSource):
         return CorpusError(f"corpus {self.name!r} could not load {labels} ({details}).")
 
 
+_SPLIT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    """Files holding ``split`` in a hub-layout folder: ``<split>.<ext>`` or shards ``<split>-*``/``<split>_*``.
+
+    Searched in ``folder`` and its sub-folders (a hub snapshot keeps parquet shards in ``data/``
+    or a config folder), in sorted path order.
+    """
+    found = []
+    for path in sorted(folder.rglob(f"{split}*")):
+        rest = path.name[len(split):]
+        if path.is_file() and path.suffix in _SPLIT_FORMATS and (rest.startswith((".", "-", "_"))):
+            found.append(path)
+    return found
+
+
+class HubCopySource(CorpusSource):
+    """A local copy of a registered Hugging Face corpus, in the dataset's own hub layout.
+
+    Reads the split and field of the first hub spec whose field is in the files, so a copy of
+    ``tau/scrolls`` gov_report (field ``input``) and one of ``ccdv/govreport-summarization``
+    (field ``report``) both work; document ids are ``<split>/<row index>`` exactly as on the hub.
+    """
+
+    def __init__(self, hub: HFDatasetSource, folder: Path):
+        self.name = hub.name
+        self.hub = hub
+        self.folder = folder
+
+    def describe(self) -> str:
+        """One-line description."""
+        return f"local copy of {self.name!r} in {self.folder} ({self.hub.describe()})"
+
+    def _located(self) -> tuple[HFDatasetSpec, list[Path]]:
+        splits = sorted({spec.split for spec in self.hub.specs})
+        for spec in self.hub.specs:
+            files = _split_files(self.folder, spec.split)
+            if files:
+                formats = {_SPLIT_FORMATS[f.suffix] for f in files}
+                if len(formats) > 1:
+                    raise CorpusError(f"local copy {self.folder} mixes json and parquet files for split "
+                                      f"{spec.split!r}; keep one format per split.")
+                return spec, files
+        raise CorpusError(f"local copy of {self.name!r} in {self.folder} has no file for split "
+                          f"{' or '.join(map(repr, splits))}; expected e.g. {self.folder}/{splits[0]}.jsonl or "
+                          f"{splits[0]}-00000-of-00001.parquet in the dataset's hub layout.")
+
+    def identity(self, text_field: str | None = None) -> str:
+        """Identity: the hub spec read, the field, and every file's path, size and mtime."""
+        spec, files = self._located()
+        listed = _files_identity([(path.name, path) for path in files])
+        return f"hubcopy\t{self.name}\t{spec.split}\t{text_field or spec.field}\n{listed}"
+
+    def documents(self, text_field: str | None = None) -> Iterator[Document]:
+        """Load the files with the ``datasets`` json/parquet builder and yield one document per row."""
+        import datasets  # lazy: heavy import
+
+        spec, files = self._located()
+        builder = _SPLIT_FORMATS[files[0].suffix]
+        try:
+            dataset = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        except Exception as exc:  # noqa: BLE001 - the builders raise many kinds; one sentence names the files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CorpusError(f"could not read the local copy of {self.name!r} ({', '.join(map(str, files))}): "
+                              f"{first}") from exc
+        candidates = [text_field] if text_field else [s.field for s in self.hub.specs if s.split == spec.split]
+        field = next((f for f in candidates if f in dataset.column_names), None)
+        if field is None:
+            names = ", ".join(repr(c) for c in dataset.column_names)
+            raise CorpusError(f"the local copy of {self.name!r} in {self.folder} has no field "
+                              f"{' or '.join(map(repr, candidates))} (the hub layout's); fields present: {names}.")
+        row = 0
+        for batch in dataset.select_columns([field]).iter(batch_size=64):
+            for value in batch[field]:
+                if not isinstance(value, str):
+                    raise CorpusError(f"field {field!r} of row {row} in {self.folder} is not text.")
+                yield Document(f"{spec.split}/{row}", value)
+                row += 1
+
+
 # --------------------------------------------------------------------- registry
 
 CORPORA: dict[str, CorpusSource] = {
@@ -526,10 +613,34 @@ def _local_source(spec: str) -> CorpusSource:
     raise CorpusError(f"local corpus path '{path}' is neither a folder nor a .jsonl/.parquet file; {forms}.")
 
 
+def _hub_copy_source(spec: str) -> CorpusSource:
+    """Build the source for a ``NAME=DIR`` corpus spec (a local copy of a hub corpus)."""
+    name, _, raw = spec.partition("=")
+    hub_names = sorted(n for n, s in CORPORA.items() if isinstance(s, HFDatasetSource))
+    source = CORPORA.get(name)
+    if not isinstance(source, HFDatasetSource):
+        raise CorpusError(f"corpus spec {spec!r}: only a Hugging Face corpus ({', '.join(hub_names)}) takes a "
+                          f"local copy as NAME=DIR; for other files use local:PATH.")
+    folder = Path(raw).expanduser().resolve() if raw else None
+    if folder is None or not folder.is_dir():
+        raise CorpusError(f"corpus spec {spec!r}: {raw!r} is not a folder; give the folder holding the "
+                          f"dataset's split files, e.g. {name}=DIR with DIR/test.jsonl.")
+    return HubCopySource(source, folder)
+
+
+def dataset_label(name: str) -> str:
+    """The ``dataset`` column for a corpus spec: ``proofpile`` for ``proofpile=DIR``, else the spec itself."""
+    if not name.startswith(LOCAL_PREFIX) and "=" in name:
+        return name.partition("=")[0]
+    return name
+
+
 def get_corpus(name: str) -> CorpusSource:
-    """Return the source for a registered name or a ``local:PATH`` spec."""
+    """Return the source for a registered name, a ``NAME=DIR`` local hub copy or a ``local:PATH`` spec."""
     if name.startswith(LOCAL_PREFIX):
         return _local_source(name)
+    if "=" in name:
+        return _hub_copy_source(name)
     try:
         return CORPORA[name]
     except KeyError:
@@ -638,7 +749,7 @@ def _slug(text: str) -> str:
 
 def _corpus_key(name: str, source: CorpusSource, text_field: str | None) -> str:
     """``<name>-<field>-<hash of the source identity>``, safe as a file name."""
-    short = "local_" + Path(name[len(LOCAL_PREFIX):]).name if name.startswith(LOCAL_PREFIX) else name
+    short = "local_" + Path(name[len(LOCAL_PREFIX):]).name if name.startswith(LOCAL_PREFIX) else dataset_label(name)
     identity = f"v{_CACHE_FORMAT}\n{text_field}\n{source.identity(text_field)}"  # paths resolved
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
     return f"{_slug(short)}-{_slug(text_field or 'default')}-{digest}"
