@@ -1,0 +1,278 @@
+"""Peak-memory estimate of one evaluation cell, from the model's config alone (no torch, no weights).
+
+Contract: `estimate_peak_bytes(config, dtype, length, ...)` returns the bytes alive at the peak of
+one cell's computation as the engine runs it (`perplexity.token_nll`: the decoder once over the
+window with `use_cache=False` and no mask tensor, then the LM head + cross-entropy over chunks of
+positions) for a Llama-family decoder (Llama, Mistral, Qwen2, Gemma, SmolLM2: pre-norm RMSNorm,
+RoPE on q/k, gated MLP). The terms, in bytes, with T = length, b = bytes per element of `dtype`:
+
+    weights        = n_params · b
+    activations    = the live tensors at the decoder forward's worst moment (`decoder_peak_bytes`)
+    lm_head_chunk  = the live tensors while the head runs over a chunk (`head_phase_bytes`)
+    kv_cache       = 2 · n_layers · T · n_kv_heads · head_dim · b       (only with `kv_cache=True`)
+    total          = weights + kv_cache + max(activations, lm_head_chunk)
+
+`max`, not a sum: the head runs after the decoder forward has returned and its per-layer buffers
+are freed. The formulas follow transformers' Llama modeling code (checked against it at 5.x) op by
+op; allocator overhead (CUDA caching-allocator fragmentation, glibc arenas) is not modelled — the
+tests measure how close the estimate is (`tests/test_memory.py` states the tolerance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# Mirrors perplexity.DEFAULT_HEAD_BYTES / head_chunk_size (kept here so this module needs no torch;
+# a test asserts the two rules agree).
+DEFAULT_HEAD_BYTES = 256 * 2**20
+MIN_HEAD_CHUNK = 64
+
+_DTYPE_BYTES = {
+    "float32": 4, "fp32": 4, "float": 4,
+    "bfloat16": 2, "bf16": 2,
+    "float16": 2, "fp16": 2, "half": 2,
+}
+_MEMORY_EFFICIENT_ATTENTION = ("sdpa", "flex_attention")
+FP32 = 4  # RMSNorm statistics, softmax of eager attention and the LM-head logits are float32
+INT64 = 8
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The config numbers the estimate needs (Llama-family names)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied_embeddings: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+
+    @property
+    def q_width(self) -> int:
+        """Query projection width nh·hd."""
+        return self.heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Key (= value) projection width n_kv·hd."""
+        return self.kv_heads * self.head_dim
+
+
+def _get(config: Any, name: str, default: Any = None) -> Any:
+    if isinstance(config, Mapping):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def model_shape(config: Any) -> ModelShape:
+    """Read a ModelShape from a transformers config (its text config for multimodal models) or a
+    plain dict with the same keys (e.g. `models.RANDOM_SHAPES[name]`)."""
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    hidden = _get(config, "hidden_size")
+    heads = _get(config, "num_attention_heads")
+    layers = _get(config, "num_hidden_layers")
+    vocab = _get(config, "vocab_size")
+    missing = [n for n, v in [("hidden_size", hidden), ("num_attention_heads", heads),
+                              ("num_hidden_layers", layers), ("vocab_size", vocab)] if not v]
+    if missing:
+        raise ValueError(f"model config lacks {', '.join(missing)}: cannot estimate its memory.")
+    head_dim = _get(config, "head_dim") or hidden // heads
+    model_type = _get(config, "model_type", "")
+    attention_bias = bool(_get(config, "attention_bias", False))
+    return ModelShape(
+        hidden=int(hidden),
+        intermediate=int(_get(config, "intermediate_size") or 4 * hidden),
+        layers=int(layers),
+        heads=int(heads),
+        kv_heads=int(_get(config, "num_key_value_heads") or heads),
+        head_dim=int(head_dim),
+        vocab=int(vocab),
+        tied_embeddings=bool(_get(config, "tie_word_embeddings", True)),
+        qkv_bias=attention_bias or model_type == "qwen2",
+        o_bias=attention_bias,
+        mlp_bias=bool(_get(config, "mlp_bias", False)),
+    )
+
+
+def dtype_bytes(dtype: Any) -> int:
+    """Bytes per element of a dtype given as a torch.dtype or a name (float32/fp32, bfloat16/bf16,
+    float16/fp16)."""
+    name = str(dtype).lower().removeprefix("torch.")
+    if name not in _DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r} for the memory estimate; valid: float32, bfloat16, float16.")
+    return _DTYPE_BYTES[name]
+
+
+def default_chunk_size(vocab: int, budget_bytes: int = DEFAULT_HEAD_BYTES) -> int:
+    """The engine's LM-head chunk: max(64, budget / (4·vocab)) positions (fp32 logits ≤ budget)."""
+    return max(MIN_HEAD_CHUNK, budget_bytes // (FP32 * vocab))
+
+
+def parameter_count(shape: ModelShape) -> int:
+    """Parameters of a Llama-family causal LM:
+
+        V·H·(1 if tied else 2) + H (final norm)
+        + n_layers · (H·Q + 2·H·K + Q·H + 3·H·I + 2·H  + biases)
+
+    with Q = nh·hd, K = n_kv·hd, I = intermediate size; biases: Q + 2K for q/k/v (attention_bias
+    or Qwen2), H for o_proj (attention_bias), 2I + H for the MLP (mlp_bias).
+    """
+    h, q, k, i = shape.hidden, shape.q_width, shape.kv_width, shape.intermediate
+    per_layer = h * q + 2 * h * k + q * h + 3 * h * i + 2 * h
+    per_layer += (q + 2 * k) * shape.qkv_bias + h * shape.o_bias + (2 * i + h) * shape.mlp_bias
+    embeddings = shape.vocab * h * (1 if shape.tied_embeddings else 2)
+    return embeddings + h + shape.layers * per_layer
+
+
+def _attention_kind(attn_impl: str | None) -> str:
+    """"eager" (materialises T×T scores per head) or "memory-efficient" (SDPA, flash, flex)."""
+    name = (attn_impl or "sdpa").lower()
+    if name == "eager":
+        return "eager"
+    if name in _MEMORY_EFFICIENT_ATTENTION or "flash" in name:
+        return "memory-efficient"
+    raise ValueError(f"unknown attention implementation {attn_impl!r}; valid: eager, sdpa, "
+                     "flash_attention_2, flash_attention_3, flex_attention.")
+
+
+def decoder_peak_bytes(shape: ModelShape, b: int, length: int, attn_impl: str | None = "sdpa") -> int:
+    """Live activation bytes at the worst moment of the decoder forward over `length` tokens.
+
+    T = length, H = hidden, Q = nh·hd, K = n_kv·hd, I = intermediate, b = element bytes.
+    Alive all along: token and position ids 2·8·T, the RoPE tables cos, sin 2·T·hd·b, the input
+    embeddings E and the current layer's input X (T·H·b each; one tensor when n_layers = 1).
+    On top, the largest of the phases of one layer:
+
+    - RMSNorm (float32 statistics), the post-attention one being the worst: the attention
+      residual T·H·b + 8·T·H (two fp32 [T, H] temporaries, or one fp32 and two b ones).
+    - attention, memory-efficient (SDPA causal path with native GQA, flash): the norm output T·H·b
+      plus the largest of
+        q RoPE   4·T·Q·b + 2·T·K·b   (q, q·cos, rotate_half(q), its ·sin; k, v),
+        k RoPE   2·T·Q·b + 5·T·K·b,
+        kernel   3·T·Q·b + 2·T·K·b   (q, k, v, output, its contiguous transpose),
+        o_proj   2·T·Q·b + 2·T·K·b + T·H·b.
+    - attention, eager: norm output T·H·b + causal mask T²·b + q, k, v and (GQA) repeated k, v
+      (T·Q·b each) + the scores of all heads at the softmax, nh·T²·(8 + b) for 16-bit dtypes
+      (pre-softmax scores b, their fp32 copy 4, fp32 softmax 4) and nh·T²·8 in float32.
+    - gated MLP: residual and norm output 2·T·H·b + 3·T·I·b (act(gate), up, their product).
+    """
+    T, H, Q, K, I = length, shape.hidden, shape.q_width, shape.kv_width, shape.intermediate
+    resident = 2 * INT64 * T + 2 * T * shape.head_dim * b + (2 if shape.layers > 1 else 1) * T * H * b
+    norm = T * H * b + 8 * T * H
+    if _attention_kind(attn_impl) == "eager":
+        repeated = 2 * T * Q * b if shape.kv_heads < shape.heads else 0
+        scores = shape.heads * T * T * (8 + (b if b < FP32 else 0))
+        attention = T * H * b + T * T * b + (T * Q + 2 * T * K) * b + repeated + scores
+    else:
+        attention = T * H * b + b * T * max(4 * Q + 2 * K, 2 * Q + 5 * K, 3 * Q + 2 * K, 2 * Q + 2 * K + H)
+    mlp = 2 * T * H * b + 3 * T * I * b
+    return resident + max(norm, attention, mlp)
+
+
+def head_phase_bytes(shape: ModelShape, b: int, length: int, chunk_size: int | None = None) -> int:
+    """Live bytes while the LM head runs over one chunk of c = min(chunk, T − 1) positions:
+    final hidden states T·H·b + the NLL vector 4·T + token ids 8·T + the chunk logits,
+    (8 + b)·c·V for 16-bit dtypes and 8·c·V in float32: the previous chunk's fp32 logits are still
+    bound while the next chunk's head output (b) and its fp32 copy (4) are made; inside the
+    cross-entropy, fp32 logits and their log-softmax (4 + 4)."""
+    T = length
+    chunk = min(chunk_size or default_chunk_size(shape.vocab), max(T - 1, 1))
+    logits = (2 * FP32 + (b if b < FP32 else 0)) * chunk * shape.vocab
+    return T * shape.hidden * b + FP32 * T + INT64 * T + logits
+
+
+def kv_cache_bytes(shape: ModelShape, b: int, length: int) -> int:
+    """Keys and values of every layer for `length` tokens: 2·n_layers·T·n_kv·hd·b."""
+    return 2 * shape.layers * length * shape.kv_width * b
+
+
+def estimate_peak_bytes(config: Any, dtype: Any, length: int, *, kv_cache: bool = False,
+                        chunk_size: int | None = None, attn_impl: str = "sdpa",
+                        n_params: int | None = None) -> dict[str, int]:
+    """Peak memory of one cell at `length` tokens, broken down (bytes; see the module docstring).
+
+    Args:
+        config: a transformers PretrainedConfig (or a dict with its keys).
+        dtype: torch.dtype or name of the weights and activations.
+        length: tokens in one forward (the window, or prompt + key for passkey).
+        kv_cache: add a KV cache of `length` tokens (generation with a cache).
+        chunk_size: LM-head positions per chunk; None = the engine's default for the vocabulary.
+        attn_impl: "sdpa"/"flash_attention_2"/"flex_attention" (no T×T matrix) or "eager".
+        n_params: the exact parameter count when known (a loaded model); else from the config.
+
+    Returns:
+        {"weights", "activations", "lm_head_chunk", "kv_cache", "total"} in bytes, where
+        total = weights + kv_cache + max(activations, lm_head_chunk).
+    """
+    if int(length) < 1:
+        raise ValueError(f"length {length} must be a positive number of tokens.")
+    shape = model_shape(config)
+    b = dtype_bytes(dtype)
+    weights = (n_params if n_params is not None else parameter_count(shape)) * b
+    activations = decoder_peak_bytes(shape, b, int(length), attn_impl)
+    head = head_phase_bytes(shape, b, int(length), chunk_size)
+    cache = kv_cache_bytes(shape, b, int(length)) if kv_cache else 0
+    return {"weights": weights, "activations": activations, "lm_head_chunk": head, "kv_cache": cache,
+            "total": weights + cache + max(activations, head)}
+
+
+def format_bytes(n_bytes: float) -> str:
+    """'≈ 17.3 GB' (decimal units: GB = 10⁹ bytes, MB = 10⁶, kB = 10³)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"≈ {n_bytes / size:.1f} {unit}"
+    return f"≈ {n_bytes:.0f} B"
+
+
+def format_estimate(estimate: Mapping[str, int]) -> str:
+    """One line: '≈ 17.3 GB (weights ≈ 13.5 GB, activations ≈ 3.3 GB, LM head ≈ 0.6 GB, KV cache …)'."""
+    parts = [f"weights {format_bytes(estimate['weights'])}",
+             f"activations {format_bytes(estimate['activations'])}",
+             f"LM head {format_bytes(estimate['lm_head_chunk'])}"]
+    if estimate.get("kv_cache"):
+        parts.append(f"KV cache {format_bytes(estimate['kv_cache'])}")
+    return f"{format_bytes(estimate['total'])} ({', '.join(parts)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement (for tests and benchmarks): the peak of one call, above what was alive before it
+# ---------------------------------------------------------------------------------------------
+
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field} line.")
+
+
+def measure_peak_bytes(fn, device: str = "cpu"):
+    """(fn(), peak bytes allocated during the call above those alive before it).
+
+    CUDA: `torch.cuda.max_memory_allocated` after a peak reset (exact tensor bytes). CPU (Linux
+    only): the resident-set high-water mark VmHWM after resetting it through
+    `/proc/self/clear_refs`, minus VmRSS before the call. That counts tensor bytes exactly only
+    when freed blocks go back to the OS at once: start the process with `MALLOC_MMAP_THRESHOLD_`
+    set (e.g. 65536) so glibc serves every large allocation by mmap and unmaps it on free.
+    """
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        return result, torch.cuda.max_memory_allocated() - before
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the peak RSS (Linux ≥ 4.0)
+    before = _proc_status_bytes("VmRSS")
+    result = fn()
+    return result, _proc_status_bytes("VmHWM") - before
