@@ -4,6 +4,7 @@
         --tasks perplexity --dataset coq-stdlib --lengths 2k:16k:2k --docs 2 --out results/run1
     python run_eval.py methods --model smollm2-135m --method yarn --factor 2
     python run_eval.py plot results/run1
+    python run_eval.py compare results/run1      # next to the paper's published numbers
 
 Exit codes: 0 all cells done; 1 some cells failed (recorded in manifest.json, the rest ran);
 2 bad input (one sentence on stderr, nothing computed); 130 interrupted.
@@ -123,11 +124,41 @@ def parse_limit(text: str) -> int | dict[str, int]:
     return limits
 
 
+def parse_window(text: str) -> int | str:
+    """`--sliding-window-attention`: `off` or a token count (`4096`, `4k`)."""
+    if str(text).strip().lower() == "off":
+        return "off"
+    try:
+        window = parse_count(text)
+    except UsageError:
+        window = 0
+    if window < 1:
+        raise argparse.ArgumentTypeError(f"--sliding-window-attention {text!r} is not valid; give a size ≥ 1 "
+                                         "(e.g. 4096 or 4k) or off.")
+    return window
+
+
+def sliding_window_setup(model, option, lengths: list[int], tasks: list[str]) -> dict:
+    """Apply `--sliding-window-attention` before the first forward; warn (one line) when a length
+    exceeds the model's window and the option was not given. Returns the manifest entry."""
+    from .models import set_sliding_window, sliding_window
+
+    configured = sliding_window(model)
+    if option is not None:
+        set_sliding_window(model, None if option == "off" else option)
+    elif configured and {"perplexity", "passkey", "temperature-sweep"} & set(tasks) and max(lengths) > configured:
+        print(f"warning: lengths up to {max(lengths)} exceed the model's sliding attention window {configured}; "
+              "tokens further back are not attended (--sliding-window-attention off for full attention).",
+              file=sys.stderr)
+    return {"config": configured, "option": option, "applied": sliding_window(model)}
+
+
 def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_eval.py",
         description="Evaluate RoPE context-extension methods (PI, NTK, NTK-by-parts, YaRN, dynamic variants) "
-        "with the YaRN paper's protocols. Subcommands: `methods` (frequency tables), `plot RESULTS_DIR`.",
+        "with the YaRN paper's protocols. Subcommands: `methods` (frequency tables), `plot RESULTS_DIR`, "
+        "`compare RUN_DIR` (against the paper's published numbers).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model")
@@ -138,13 +169,20 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--attn-impl", default=None, help="attention implementation: sdpa, eager, flash_attention_2")
     g.add_argument("--device-map", default=None, help="accelerate device map for models larger than one GPU (auto)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
+    g.add_argument("--allow-pickle-weights", action="store_true",
+                   help="also load .bin checkpoints (torch.load(weights_only=True)); off: safetensors only")
+    g.add_argument("--sliding-window-attention", type=parse_window, default=None, metavar="N|off",
+                   help="sliding-window attention size for configs with sliding_window (Mistral, Qwen2), or off "
+                        "(full attention); default: the config's")
     g = p.add_argument_group("scaling")
     g.add_argument("--method", default="base,yarn",
                    help="comma list of methods: base, pi (linear), ntk, ntk-by-parts, yarn, dynamic-pi, dynamic-ntk, "
-                        "dynamic-yarn; options as method:factor:key=value (e.g. yarn:16:truncate=false)")
+                        "dynamic-yarn, native (the RoPE the model ships with); options as method:factor:key=value "
+                        "(e.g. yarn:16:truncate=false)")
     g.add_argument("--factor", default="2", help="comma list of scale factors s (grid with --method)")
     g.add_argument("--original-ctx", type=parse_count, default=None,
-                   help="pre-trained context L (default: the model's native context)")
+                   help="pre-trained context L (default: the config's original_max_position_embeddings, "
+                        "else max_position_embeddings)")
     g = p.add_argument_group("tasks")
     g.add_argument("--tasks", default="perplexity", help=f"comma list of {', '.join(TASKS)}")
     g.add_argument("--dataset", default="coq-stdlib",
@@ -251,6 +289,28 @@ def cmd_plot(argv: list[str]) -> int:
             raise UsageError(f"results folder {str(folder)!r} holds no result table (*.csv) to plot.")
         for path in write_figures_and_report(folder, report=not args.no_report):
             print(path)
+    return EXIT_OK
+
+
+def cmd_compare(argv: list[str]) -> int:
+    """`compare RUN_DIR`: the run's numbers next to the paper's published ones (evalharness.paper)."""
+    from .paper import CompareError, compare_run, format_comparison
+
+    p = argparse.ArgumentParser(prog="run_eval.py compare",
+                                description="Put a run's perplexity / passkey / leaderboard numbers next to the "
+                                            "YaRN paper's published ones for the same model, with the relative "
+                                            "difference (run - paper) / paper.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--model", default=None, help="compare as this published model (default: the run's model name)")
+    p.add_argument("--csv", default=None, help="also write the comparison to this CSV file")
+    args = p.parse_args(argv)
+    try:
+        table = compare_run(args.run_dir, args.model)
+    except CompareError as exc:
+        raise UsageError(str(exc)) from None
+    print(format_comparison(table))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
     return EXIT_OK
 
 
@@ -450,7 +510,7 @@ def cmd_eval(argv: list[str]) -> int:
     plan = plan_run(args)
     from . import models, parallel
     from .results import Manifest, ResultStore, aggregate_perplexity
-    from .scaling import check_supported
+    from .scaling import check_supported, native_context, rope_note
 
     shard = parallel.shard_from_env()
     parallel.init_process_group(shard)
@@ -460,9 +520,11 @@ def cmd_eval(argv: list[str]) -> int:
 
         device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
     model, tokenizer, info = models.load(args.model, dtype=args.dtype, device=device, attn_impl=args.attn_impl,
-                                         trust_remote_code=args.trust_remote_code, device_map=args.device_map)
+                                         trust_remote_code=args.trust_remote_code, device_map=args.device_map,
+                                         allow_pickle_weights=args.allow_pickle_weights)
     check_supported(model)
-    specs = [s if s.original_ctx else s.with_original_ctx(info.native_ctx)
+    window_info = sliding_window_setup(model, args.sliding_window_attention, plan.lengths, plan.tasks)
+    specs = [s if s.original_ctx else s.with_original_ctx(native_context(model))
              for s in build_specs(args.method, args.factor, args.original_ctx)]
     if {"perplexity", "passkey", "temperature-sweep"} & set(plan.tasks):
         check_specs_against_lengths(specs, plan.lengths)
@@ -482,7 +544,8 @@ def cmd_eval(argv: list[str]) -> int:
     docs = load_documents(session) if needs_docs else []
     plan.out.mkdir(parents=True, exist_ok=True)
     run_info = {"model_info": info.__dict__, "specs": [str(s) for s in specs], "world_size": shard.world,
-                "documents": [(d.doc_id, int(d.ids.numel())) for d in docs]}
+                "documents": [(d.doc_id, int(d.ids.numel())) for d in docs], "rope": rope_note(model),
+                "sliding_window_attention": window_info}
     if shard.rank == 0:
         main_manifest.start(sys.argv, vars(args), run_info)
         print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
@@ -530,6 +593,10 @@ def cmd_eval(argv: list[str]) -> int:
 
 def _spec_name(row) -> str:
     method = row["method"]
+    if method.startswith("native"):
+        from .methods import native_display
+
+        return native_display(method.partition("rope_type=")[2] or None, row["factor"])
     return method if method == "base" or method.startswith("dynamic") else f"{method} s={row['factor']:g}"
 
 
@@ -600,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
     from .scaling import ScalingError
 
-    commands = {"methods": cmd_methods, "plot": cmd_plot}
+    commands = {"methods": cmd_methods, "plot": cmd_plot, "compare": cmd_compare}
     _terminate_like_ctrl_c()
     _quiet_libraries()
     try:

@@ -39,6 +39,9 @@ class ScalingSpec:
     attention_factor:  override of the cos/sin multiplier (YaRN default 0.1·ln(s)+1).
     truncate:          round the ramp bounds to integers (floor/ceil) as the authors' code does;
                        False keeps them fractional.
+    native_type:       `native` only: the transformers rope_type the model ships with (`yarn`,
+                       `linear`, `dynamic`, `longrope`, …), filled in by `scaling.apply_scaling`
+                       together with the shipped factor and L. None = not resolved yet.
     """
 
     method: str
@@ -48,6 +51,7 @@ class ScalingSpec:
     beta_slow: float = 1.0
     attention_factor: float | None = None
     truncate: bool = True
+    native_type: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", canonical_method(self.method))
@@ -60,7 +64,7 @@ class ScalingSpec:
                 f"factor {self.factor!r} is < 1, which would shrink the context of {self.method}; "
                 "use a factor >= 1."
             )
-        if not entry.uses_factor:
+        if not entry.uses_factor and not (self.method == "native" and self.native_type is not None):
             factor = 1.0  # base and dynamic methods do not read it; normalise so grids dedupe
         object.__setattr__(self, "factor", factor)
         if self.original_ctx is not None and int(self.original_ctx) <= 0:
@@ -75,6 +79,10 @@ class ScalingSpec:
 
     @property
     def is_dynamic(self) -> bool:
+        """Whether the frequencies depend on the sequence length (one pass per length). `native`
+        is dynamic when the shipped rope_type is (`native_type_is_dynamic`)."""
+        if self.method == "native":
+            return self.native_type is not None and native_type_is_dynamic(self.native_type)
         return METHODS[self.method].dynamic
 
     def with_original_ctx(self, original_ctx: int) -> "ScalingSpec":
@@ -116,7 +124,9 @@ class ScalingSpec:
         return cls(**kwargs)
 
     def __str__(self) -> str:
-        """Round-trippable short form: `yarn:16`, `base`, `yarn:2:attention_factor=1.1`."""
+        """Round-trippable short form: `yarn:16`, `base`, `yarn:2:attention_factor=1.1`, `native`."""
+        if self.method == "native":
+            return "native"
         out = self.method
         if METHODS[self.method].uses_factor:
             out += f":{_fmt(self.factor)}"
@@ -130,8 +140,18 @@ class ScalingSpec:
     @property
     def label(self) -> str:
         """The `method` column of result tables: the method and its non-default options, without
-        factor and original context (those have columns of their own). `yarn`, `yarn:truncate=false`."""
+        factor and original context (those have columns of their own). `yarn`, `yarn:truncate=false`,
+        `native:rope_type=yarn` (what the model ships)."""
+        if self.method == "native":
+            return "native" + (f":rope_type={self.native_type}" if self.native_type else "")
         return self.method + self._options(_OPTION_FIELDS)
+
+    @property
+    def display(self) -> str:
+        """Human-readable name: `native (yarn s=16)`, `native (default)`, else `str(self)`."""
+        if self.method == "native":
+            return native_display(self.native_type, self.factor)
+        return str(self)
 
     def _options(self, fields: tuple[str, ...]) -> str:
         default = ScalingSpec(self.method)
@@ -144,6 +164,24 @@ class ScalingSpec:
 
 
 _OPTION_FIELDS = ("beta_fast", "beta_slow", "attention_factor", "truncate")
+
+# transformers rope_types whose frequencies depend on the current length: "dynamic" (NTK) and its
+# relatives recompute them as the sequence grows; "longrope" switches factor sets past L.
+_LENGTH_DEPENDENT_TYPES = ("longrope",)
+
+
+def native_type_is_dynamic(rope_type: str) -> bool:
+    """Whether a shipped transformers rope_type computes its frequencies from the current length."""
+    return "dynamic" in rope_type or rope_type in _LENGTH_DEPENDENT_TYPES
+
+
+def native_display(rope_type: str | None, factor: float) -> str:
+    """`native (yarn s=16)`, `native (dynamic s=2)`, `native (default)`, `native` (unresolved)."""
+    if rope_type is None:
+        return "native"
+    if rope_type == "default" or not factor or float(factor) == 1.0:
+        return f"native ({rope_type})"
+    return f"native ({rope_type} s={_fmt(float(factor))})"
 
 
 def _fmt(value) -> str:
@@ -278,6 +316,13 @@ def rope_ntk_by_parts(spec: ScalingSpec, rotary_dim: int, base: float, scale: fl
     return by_parts_inv_freq(spec, rotary_dim, base, scale), 1.0
 
 
+def rope_native(spec: ScalingSpec, rotary_dim: int, base: float, scale: float):
+    """The model's own RoPE: no formula here; `scaling.apply_scaling` keeps the rotary modules the
+    model was loaded with (whatever its `rope_parameters` say)."""
+    raise MethodError("native has no frequency formula in evalharness: it is the RoPE the model ships "
+                      "with; give a model and use it as --method native.")
+
+
 def rope_yarn(spec: ScalingSpec, rotary_dim: int, base: float, scale: float):
     """YaRN: NTK-by-parts frequencies, cos and sin multiplied by 0.1·ln(s)+1 (or the override)."""
     attention = spec.attention_factor if spec.attention_factor is not None else yarn_mscale(scale)
@@ -294,9 +339,11 @@ class MethodEntry:
 
     @property
     def uses_factor(self) -> bool:
-        return not self.dynamic and self.function is not rope_base
+        return not self.dynamic and self.function not in (rope_base, rope_native)
 
     def reads(self, field: str) -> bool:
+        if self.function is rope_native:
+            return False
         if field in ("beta_fast", "beta_slow", "truncate"):
             return self.needs_ramp
         if field == "attention_factor":
@@ -316,6 +363,8 @@ METHODS: dict[str, MethodEntry] = {
     "dynamic-ntk": MethodEntry(rope_ntk, True, description="NTK-aware with s = max(1, l/L)"),
     "dynamic-yarn": MethodEntry(rope_yarn, True, needs_ramp=True, has_attention=True,
                                 description="YaRN with s = max(1, l/L)"),
+    "native": MethodEntry(rope_native, False,
+                          description="the RoPE the model ships with (its rope_parameters), untouched"),
 }
 ALIASES = {"linear": "pi", "dynamic-linear": "dynamic-pi", "ntk-aware": "ntk", "dynamic": "dynamic-ntk",
            "by-parts": "ntk-by-parts", "none": "base", "default": "base"}

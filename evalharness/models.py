@@ -11,8 +11,9 @@ One entry point, :func:`load`, turns a *model reference* into a
     slow, so the result is cached as safetensors under
     ``<cache_dir>/gguf/<key>/`` and later loads read that folder.
 ``/path/to/folder``
-    A local transformers checkpoint with safetensors weights (pickled weights
-    are never loaded).
+    A local transformers checkpoint with safetensors weights.  Pickled ``.bin``
+    weights are refused unless ``allow_pickle_weights=True``, which lets
+    transformers read them with ``torch.load(weights_only=True)``.
 ``org/name``
     A Hugging Face hub id, read from the local hub cache or downloaded.
 ``random:NAME``
@@ -36,6 +37,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,8 @@ __all__ = [
     "model_info",
     "random_model",
     "resolve_device_dtype",
+    "set_sliding_window",
+    "sliding_window",
 ]
 
 
@@ -405,9 +409,15 @@ def _from_pretrained_kwargs(
     attn_impl: str | None,
     trust_remote_code: bool,
     device_map: str | None,
+    allow_pickle_weights: bool = False,
 ) -> dict[str, Any]:
-    """Keyword arguments shared by every ``from_pretrained`` call for the model."""
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    """Keyword arguments shared by every ``from_pretrained`` call for the model.
+
+    ``use_safetensors=True`` unless pickled weights are allowed; then ``None`` lets transformers
+    prefer safetensors and fall back to ``.bin`` files, which it reads with
+    ``torch.load(weights_only=True)`` (tensors and plain containers only, no code).
+    """
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "use_safetensors": None if allow_pickle_weights else True}
     if attn_impl is not None:
         kwargs["attn_implementation"] = attn_impl
     if trust_remote_code:
@@ -423,17 +433,26 @@ def _tokenizer_kwargs(trust_remote_code: bool) -> dict[str, Any]:
 
 
 def _load_pretrained(source: str, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
-    """Load tokenizer then model (safetensors only) from a folder or hub id."""
+    """Load tokenizer then model (safetensors only unless ``model_kwargs`` lifts it) from a folder or hub id."""
     tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **model_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, **{"use_safetensors": True, **model_kwargs})
     return model, tokenizer
 
 
-def _check_model_dir(path: Path) -> None:
-    """Raise unless ``path`` looks like a transformers checkpoint with safetensors weights."""
+def _check_model_dir(path: Path, allow_pickle_weights: bool = False) -> None:
+    """Raise unless ``path`` looks like a transformers checkpoint with safetensors weights (or,
+    when allowed, pickled ``.bin`` weights)."""
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model folder {str(path)!r} has no config.json, so it is not a transformers checkpoint")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.safetensors.index.json")):
+        has_bin = any(path.glob("*.bin")) or any(path.glob("*.bin.index.json"))
+        if has_bin and allow_pickle_weights:
+            return
+        if has_bin:
+            raise ModelLoadError(
+                f"model folder {str(path)!r} has only pickled .bin weights; pass --allow-pickle-weights to load "
+                "them with torch.load(weights_only=True)"
+            )
         raise ModelLoadError(
             f"model folder {str(path)!r} has no .safetensors weights; only safetensors checkpoints are loaded"
         )
@@ -441,7 +460,7 @@ def _check_model_dir(path: Path) -> None:
 
 def _load_local_dir(path: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
     """Load a local checkpoint folder, turning transformers' errors into ModelLoadError."""
-    _check_model_dir(path)
+    _check_model_dir(path, model_kwargs.get("use_safetensors") is None)
     try:
         return _load_pretrained(str(path), model_kwargs, tok_kwargs)
     except OSError as exc:
@@ -701,6 +720,7 @@ def load(
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
     device_map: str | None = None,
+    allow_pickle_weights: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelInfo]:
     """Load a model reference as ``(model, tokenizer, info)``.
 
@@ -710,7 +730,9 @@ def load(
     tokenizer's pad token defaults to its EOS token.  ``cache_dir`` (default
     :func:`default_cache_dir`) holds converted GGUF files; hub downloads use
     the normal Hugging Face cache.  ``trust_remote_code`` is only forwarded
-    when True.  Raises :class:`ModelLoadError` for bad references or options.
+    when True.  ``allow_pickle_weights`` (off by default, warns) also loads ``.bin``
+    checkpoints, through transformers' ``torch.load(weights_only=True)``.  Raises
+    :class:`ModelLoadError` for bad references or options.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise ModelLoadError(f"model reference {ref!r} is empty; pass a built-in name, path, hub id or random:NAME")
@@ -723,7 +745,10 @@ def load(
         return model, tokenizer, model_info(ref, model, tokenizer)
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    model_kwargs = _from_pretrained_kwargs(torch_dtype, attn_impl, trust_remote_code, device_map)
+    model_kwargs = _from_pretrained_kwargs(torch_dtype, attn_impl, trust_remote_code, device_map, allow_pickle_weights)
+    if allow_pickle_weights:
+        warnings.warn("pickled .bin weights are allowed: where a checkpoint has no safetensors they are read "
+                      "with torch.load(weights_only=True)", stacklevel=2)
     tok_kwargs = _tokenizer_kwargs(trust_remote_code)
     if ref.lower() in BUILTIN_MODELS:
         model, tokenizer = _load_gguf(_builtin_gguf(ref.lower()), cache, model_kwargs, tok_kwargs)
@@ -741,3 +766,43 @@ def load(
         model.to(dev)
     _freeze(model)
     return model, _fix_tokenizer(tokenizer), model_info(ref, model, tokenizer)
+
+
+# --------------------------------------------------------------------------
+# Sliding-window attention (Mistral, Qwen2)
+# --------------------------------------------------------------------------
+
+# "off" on configs with per-layer sliding layers (Qwen2's layer_types): a window no sequence reaches,
+# since their mask code needs a number. SDPA then skips the mask (the window is longer than the input).
+_UNREACHABLE_WINDOW = 2**30
+
+
+def sliding_window(model: PreTrainedModel) -> int | None:
+    """The sliding-window attention size the model's config sets, or None (full attention)."""
+    return getattr(model.config.get_text_config(), "sliding_window", None)
+
+
+def set_sliding_window(model: PreTrainedModel, window: int | None) -> None:
+    """Set the sliding-window attention size before the first forward; ``None`` turns it off.
+
+    Mistral reads ``config.sliding_window`` at every forward (``None`` = full causal attention);
+    Qwen2's attention modules copy it at construction (``module.sliding_window`` on its sliding
+    layers), so those copies are updated too. Raises :class:`ModelLoadError` for a config without
+    a ``sliding_window`` field (it has no such attention to change).
+    """
+    config = model.config.get_text_config()
+    if not hasattr(config, "sliding_window"):
+        raise ModelLoadError(
+            f"--sliding-window-attention applies to models whose config has sliding_window (Mistral, Qwen2); "
+            f"{config.model_type} has none"
+        )
+    if window is not None and int(window) < 1:
+        raise ModelLoadError(f"sliding window {window!r} is not valid; give a size >= 1 or off")
+    layered = "sliding_attention" in (getattr(config, "layer_types", None) or [])
+    value = None if window is None else int(window)
+    if layered:
+        value = _UNREACHABLE_WINDOW if window is None else value
+    config.sliding_window = value
+    for module in model.modules():
+        if module is not model and getattr(module, "sliding_window", None) is not None:
+            module.sliding_window = value

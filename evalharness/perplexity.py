@@ -314,7 +314,9 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
 def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, bar, unit_scale_passes) -> None:
     for pass_length, served in passes_for_lengths(missing, spec.is_dynamic, spec.original_ctx):
         reusable = unit_scale_passes.get(doc.doc_id)
-        at_unit_scale = spec.method == "base" or (spec.is_dynamic and pass_length <= spec.original_ctx)
+        # native's shipped RoPE at l ≤ L need not be base (longrope's short factors): never shared
+        at_unit_scale = spec.method == "base" or (
+            spec.is_dynamic and spec.method != "native" and pass_length <= spec.original_ctx)
         if at_unit_scale and reusable is not None and reusable.shape[0] >= pass_length - 1:
             nll = reusable
         else:

@@ -92,6 +92,10 @@ def method_display(method: str, factor=None) -> str:
     """Legend text for a (method label, factor): `YaRN s=2`, `Dynamic-YaRN`, `Base`,
     `YaRN s=2 (attention_factor=1.1)`. Unknown methods keep their name."""
     name, options = split_label(method)
+    if name == "native":  # the model's shipped RoPE: `native (yarn s=16)`
+        from .methods import native_display
+
+        return native_display(options.get("rope_type"), factor if factor is not None and not _isnan(factor) else 1)
     text = METHOD_NAMES.get(name, name)
     if factor is not None and not _isnan(factor):
         if name not in FACTORLESS and not (name not in METHOD_NAMES and float(factor) == 1.0):

@@ -12,16 +12,26 @@ a KV cache holds keys rotated at an earlier length's scale, so dynamic methods a
 when each forward sees the whole sequence (`use_cache=False`, or a fresh cache per step).
 
 The original context L lives in the spec (`spec.original_ctx`), never in
-`config.max_position_embeddings`, which this module does not modify.
+`config.max_position_embeddings`, which this module does not modify. Its default is the config's
+`original_max_position_embeddings` when the model ships one, else `max_position_embeddings`.
+
+`native` keeps the rotary modules the model was loaded with (transformers computes the shipped
+`rope_parameters`: default, linear, dynamic, yarn, llama3, longrope, …). Shipped length-dependent
+types are made stateless: transformers' dynamic RoPE caches the largest length seen and only resets
+below L, so each forward here first clears that cache and the frequencies are those of the current
+length. Every other method starts from plain RoPE with the shipped rope_theta, so on a model that
+ships scaling `base` is unscaled RoPE, not the shipped one (`shipped_rope` says what ships).
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .methods import ScalingSpec, ntk_aware_base, rope_frequencies
+from .methods import ScalingSpec, native_display, native_type_is_dynamic, ntk_aware_base, rope_frequencies
 
 _ORIGINAL = "_evalharness_original_rotary"
 _NATIVE_CTX = "_evalharness_native_ctx"
@@ -73,6 +83,28 @@ class ScaledRotaryEmbedding(nn.Module):
         return cos.to(x.dtype), sin.to(x.dtype)
 
 
+class StatelessNativeRotary(nn.Module):
+    """The model's own rotary module with its length cache cleared before every forward, so a
+    shipped length-dependent rope_type (transformers' `dynamic_rope_update`) computes the
+    frequencies of the current length (max position + 1), whatever lengths came before."""
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.original = [original]  # not a child: the original stays out of this module's state_dict
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type=None):
+        original = self.original[0]
+        for name in list(vars(original)):
+            if name.endswith("max_seq_len_cached"):
+                setattr(original, name, 0)  # every length counts as growth: recomputed for this length
+        if layer_type is None:
+            return original(x, position_ids)
+        return original(x, position_ids, layer_type=layer_type)
+
+
+_WRAPPERS = (ScaledRotaryEmbedding, StatelessNativeRotary)
+
+
 def rotary_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     """(parent, attribute, module) for every rotary-embedding module of the model, in the
     library's standard layout: a module class named `*RotaryEmbedding` holding an `inv_freq`
@@ -80,7 +112,7 @@ def rotary_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     found = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            if isinstance(child, ScaledRotaryEmbedding) or (
+            if isinstance(child, _WRAPPERS) or (
                 type(child).__name__.endswith("RotaryEmbedding") and _has_inv_freq(child)
             ):
                 found.append((parent, name, child))
@@ -116,12 +148,85 @@ def _layer_geometry(params: dict, head_dim: int, config, scaled: bool) -> tuple[
 
 
 def native_context(model: nn.Module) -> int:
-    """The context the model was pre-trained with: config.max_position_embeddings as it was the
-    first time this module saw the model (later edits of the config do not move it)."""
+    """The context the model was pre-trained with (L): the config's
+    `original_max_position_embeddings` when it has one (models fine-tuned with RoPE scaling, e.g.
+    Yarn-Llama-2-7b-64k: 4096), else `max_position_embeddings`, as it was the first time this
+    module saw the model (later edits of the config do not move it)."""
     if not hasattr(model, _NATIVE_CTX):
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        setattr(model, _NATIVE_CTX, int(config.max_position_embeddings))
+        original = _shipped_params(config).get("original_max_position_embeddings") or getattr(
+            config, "original_max_position_embeddings", None)
+        setattr(model, _NATIVE_CTX, int(original or config.max_position_embeddings))
     return getattr(model, _NATIVE_CTX)
+
+
+@dataclass(frozen=True)
+class ShippedRope:
+    """What a model's config ships: rope_type, its factor (1 when it has none) and the L at which
+    transformers' implementation of that type starts scaling."""
+
+    rope_type: str
+    factor: float
+    original_ctx: int
+    rope_theta: float
+
+    @property
+    def is_scaled(self) -> bool:
+        return self.rope_type != "default"
+
+    @property
+    def display(self) -> str:
+        return native_display(self.rope_type, self.factor)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _shipped_params(config) -> dict:
+    """The (full-attention) rope_parameters dict of a text config; {} without one."""
+    params = getattr(config, "rope_parameters", None) or {}
+    if "rope_theta" in params or "rope_type" in params:
+        return params
+    nested = [v for k, v in params.items() if isinstance(v, dict) and "sliding" not in k]
+    return nested[0] if nested else {}
+
+
+def shipped_rope(config) -> ShippedRope:
+    """Read the shipped RoPE from a transformers v5 config. L: `max_position_embeddings` for the
+    dynamic types (transformers' `dynamic` scales by l/max_position_embeddings), else
+    `original_max_position_embeddings` when present, else `max_position_embeddings`. The factor
+    falls back to max_position_embeddings / original_max_position_embeddings (as transformers'
+    yarn does) and then to 1."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    params = _shipped_params(text_config)
+    rope_type = str(params.get("rope_type") or params.get("type") or "default")
+    max_pos = int(text_config.max_position_embeddings)
+    original = params.get("original_max_position_embeddings") or getattr(
+        text_config, "original_max_position_embeddings", None)
+    factor = params.get("factor")
+    if factor is None and original:
+        factor = max_pos / int(original) if rope_type != "default" else 1.0
+    length = max_pos if "dynamic" in rope_type else int(original or max_pos)
+    return ShippedRope(rope_type, float(factor or 1.0), length, float(params.get("rope_theta", float("nan"))))
+
+
+def rope_note(model: nn.Module) -> dict:
+    """The manifest's record of the model's RoPE: what ships, the default L, and what `base` is."""
+    shipped = shipped_rope(model.config)
+    base = f"plain RoPE with rope_theta={shipped.rope_theta:g}"
+    if shipped.is_scaled:
+        shipped_text = shipped.display.removeprefix("native (").removesuffix(")")
+        base += f", not the shipped {shipped_text}; `native` evaluates the shipped RoPE"
+    return {"shipped": shipped.as_dict(), "native": shipped.display, "default_original_ctx": native_context(model),
+            "base": base}
+
+
+def resolve_native(spec: ScalingSpec, config) -> ScalingSpec:
+    """`native` with the shipped rope_type, factor and L filled in (the spec's own L is ignored:
+    the shipped RoPE decides where it starts scaling)."""
+    shipped = shipped_rope(config)
+    return dataclasses.replace(spec, native_type=shipped.rope_type, factor=shipped.factor,
+                               original_ctx=shipped.original_ctx)
 
 
 def check_supported(model: nn.Module) -> list:
@@ -144,22 +249,36 @@ def apply_scaling(model: nn.Module, spec: ScalingSpec | str) -> ScalingSpec:
     if isinstance(spec, str):
         spec = ScalingSpec.parse(spec)
     modules = check_supported(model)
+    if spec.method == "native":
+        return apply_native(model, spec, modules)
     if spec.original_ctx is None:
         spec = spec.with_original_ctx(native_context(model))
     native_context(model)
     geometry = rope_geometry(model.config)
     _warn_if_shipped_scaling(model.config)
     for parent, name, module in modules:
-        original = module.original[0] if isinstance(module, ScaledRotaryEmbedding) else module
+        original = module.original[0] if isinstance(module, _WRAPPERS) else module
         setattr(parent, name, ScaledRotaryEmbedding(spec, geometry, original))
     model._evalharness_spec = spec
     return spec
 
 
+def apply_native(model: nn.Module, spec: ScalingSpec, modules: list | None = None) -> ScalingSpec:
+    """Put back the model's own rotary modules (stateless for length-dependent rope_types) and
+    return `spec` resolved with what ships (`resolve_native`)."""
+    native_context(model)
+    resolved = resolve_native(spec, model.config)
+    for parent, name, module in modules if modules is not None else check_supported(model):
+        original = module.original[0] if isinstance(module, _WRAPPERS) else module
+        setattr(parent, name, StatelessNativeRotary(original) if resolved.is_dynamic else original)
+    model._evalharness_spec = resolved
+    return resolved
+
+
 def restore_original(model: nn.Module) -> None:
     """Put back the rotary modules the model was loaded with."""
     for parent, name, module in rotary_modules(model):
-        if isinstance(module, ScaledRotaryEmbedding):
+        if isinstance(module, _WRAPPERS):
             setattr(parent, name, module.original[0])
     model._evalharness_spec = None
 
@@ -174,7 +293,7 @@ def _warn_if_shipped_scaling(config) -> None:
         warnings.warn(
             f"the model ships with RoPE scaling {sorted(types)}; evalharness methods start from plain "
             "RoPE with the same rope_theta, so `base` is unscaled RoPE, not the shipped scaling "
-            "(restore_original() gives the shipped one back).",
+            "(`--method native` evaluates the shipped one).",
             stacklevel=3,
         )
         config._evalharness_warned = True

@@ -1,0 +1,121 @@
+"""`run_eval.py compare RUN_DIR`: a synthetic run of a published model next to the paper's numbers.
+
+The expected published values are written out here from the authors' files (Yarn-Llama-2-7b-64k:
+proofpile-long-small.csv at 8192 and 32768, govreport.csv at 32768, the arc and mmlu JSONs), and
+the relative differences are computed independently of evalharness.paper.
+"""
+import math
+
+import pandas as pd
+import pytest
+
+from evalharness import cli, paper
+
+MODEL = "NousResearch/Yarn-Llama-2-7b-64k"
+# the authors' numbers for this model, copied by hand from their result files
+PROOFPILE_8K, PROOFPILE_32K, GOVREPORT_32K = 3.506547213, 2.654691696, 3.594996214
+ARC_ACC_NORM = 0.523037542662116  # Yarn-Llama-2-7b-64k-arc.json, arc_challenge acc_norm
+PASSKEY_CONTEXT = 65536  # paper Table 5
+
+
+def key(model=MODEL, method="native:rope_type=yarn", factor=16.0, original_ctx=4096):
+    return dict(model=model, method=method, factor=factor, original_ctx=original_ctx)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    folder = tmp_path / "Yarn-Llama-2-7b-64k"
+    folder.mkdir()
+    pd.DataFrame([
+        dict(key(), dataset="proofpile", protocol="truncated", context_length=8192, n_docs=10, ppl=3.60),
+        dict(key(), dataset="proofpile", protocol="truncated", context_length=32768, n_docs=10, ppl=2.60),
+        dict(key(), dataset="proofpile", protocol="truncated", context_length=5000, n_docs=10, ppl=3.0),  # unpublished
+        dict(key(method="base", factor=1.0), dataset="proofpile", protocol="truncated", context_length=8192,
+             n_docs=10, ppl=5.0),
+        dict(key(), dataset="govreport", protocol="sliding", context_length=32768, n_docs=50, ppl=3.50),
+        dict(key(), dataset="pg19", protocol="truncated", context_length=8192, n_docs=5, ppl=9.0),  # unpublished
+    ]).to_csv(folder / "perplexity.csv", index=False)
+    pd.DataFrame([
+        dict(key(), task="arc_challenge", metric="acc_norm", value=0.50, stderr=0.01, num_fewshot=25, n_samples=100),
+        dict(key(), task="arc_challenge", metric="acc", value=0.40, stderr=0.01, num_fewshot=25, n_samples=100),
+    ]).to_csv(folder / "leaderboard.csv", index=False)
+    rows = []
+    for length, correct in ((32768, [1, 1, 1, 1, 1]), (65536, [1, 1, 1, 1, 0]), (131072, [0, 0, 1, 0, 0])):
+        for trial, ok in enumerate(correct):
+            rows.append(dict(key(), context_length=length, prompt_tokens=length, depth=0.5, trial=trial, seed=trial,
+                             passkey=12345, continuation=" 12345", correct=bool(ok)))
+    pd.DataFrame(rows).to_csv(folder / "passkey.csv", index=False)
+    return folder
+
+
+def rel(run, published):
+    return (run - published) / published
+
+
+def test_compare_prints_the_table_with_relative_differences(run_dir, capsys):
+    assert cli.main(["compare", str(run_dir), "--csv", str(run_dir / "cmp.csv")]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    table = pd.read_csv(run_dir / "cmp.csv")
+    by_setting = {(r.table, r.method, r.setting, r.metric): r for r in table.itertuples()}
+    expected = {
+        ("perplexity", "native (yarn s=16)", "proofpile truncated 8192", "ppl"): (3.60, PROOFPILE_8K),
+        ("perplexity", "native (yarn s=16)", "proofpile truncated 32768", "ppl"): (2.60, PROOFPILE_32K),
+        ("perplexity", "base", "proofpile truncated 8192", "ppl"): (5.0, PROOFPILE_8K),
+        ("perplexity", "native (yarn s=16)", "govreport sliding 32768", "ppl"): (3.50, GOVREPORT_32K),
+        ("leaderboard", "native (yarn s=16)", "arc_challenge (25-shot)", "acc_norm"): (0.50, ARC_ACC_NORM),
+        ("passkey", "native (yarn s=16)", "lengths ≤ 131072", "passkey_context"): (65536, PASSKEY_CONTEXT),
+    }
+    assert set(by_setting) == set(expected)  # unpublished lengths, datasets and metrics are left out
+    for name, (run, published) in expected.items():
+        row = by_setting[name]
+        assert row.run == pytest.approx(run) and row.paper == pytest.approx(published, rel=1e-9)
+        assert row.rel_diff == pytest.approx(rel(run, published), rel=1e-9)
+    assert by_setting[("passkey", "native (yarn s=16)", "lengths ≤ 131072", "passkey_context")].rel_diff == 0
+    # the printed table carries the same numbers as percentages
+    assert f"{100 * rel(3.60, PROOFPILE_8K):+.2f}%" in printed  # +2.67%
+    assert f"{100 * rel(0.50, ARC_ACC_NORM):+.2f}%" in printed  # -4.41%
+    assert "native (yarn s=16)" in printed and "govreport sliding 32768" in printed
+
+
+def test_compare_prefers_the_authors_aggregation(run_dir, capsys):
+    table = pd.read_csv(run_dir / "perplexity.csv")
+    table["ppl_paper"] = table["ppl"] + 0.1
+    table.to_csv(run_dir / "perplexity.csv", index=False)
+    result = paper.compare_run(run_dir)
+    row = result[(result.table == "perplexity") & (result.setting == "govreport sliding 32768")].iloc[0]
+    assert row.metric == "ppl_paper" and row.run == pytest.approx(3.60)
+
+
+def test_model_names_match_by_last_component():
+    assert paper.model_key("NousResearch/Yarn-Llama-2-7b-64k") == paper.model_key("/m/yarn-llama-2-7B-64k/")
+    assert paper.dataset_key("proofpile") == "proofpile" and paper.dataset_key("hf:emozilla/proof-pile") == "proofpile"
+    assert paper.dataset_key("coq-stdlib") is None
+
+
+def test_compare_as_another_name_and_bad_input(run_dir, tmp_path, capsys):
+    renamed = tmp_path / "copy"
+    renamed.mkdir()
+    table = pd.read_csv(run_dir / "perplexity.csv")
+    table["model"] = "/models/my-local-copy"
+    table.to_csv(renamed / "perplexity.csv", index=False)
+    assert cli.main(["compare", str(renamed)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "my-local-copy" in err and "yarn-llama-2-7b-64k" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["compare", str(renamed), "--model", MODEL]) == cli.EXIT_OK
+    assert "proofpile truncated 8192" in capsys.readouterr().out
+    assert cli.main(["compare", str(tmp_path / "missing")]) == cli.EXIT_USAGE
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_published_data_is_the_authors_files():
+    """Spot checks of the shipped tables against the paper's text (PAPER.md headline numbers)."""
+    curve = paper.published("perplexity")
+    yarn128 = curve[(curve.model == "NousResearch/Yarn-Llama-2-7b-128k") & (curve.dataset == "proofpile")]
+    at = yarn128.set_index("context_length")["ppl"]
+    assert round(at[8192], 2) == 3.56 and round(at[32768], 2) == 2.70 and round(at[131072], 2) == 2.37
+    board = paper.published("leaderboard")
+    yarn64 = board[board.model == "Yarn-Llama-2-7b-64k"].set_index("task")["value"]
+    assert [round(100 * yarn64[t], 1) for t in ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2")] == [
+        52.3, 78.8, 42.5, 38.2]
+    mmlu = board[(board.task == "mmlu")]
+    assert set(mmlu["n_subtasks"]) == {57} and not math.isnan(mmlu["value"].sum())
