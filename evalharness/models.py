@@ -450,8 +450,8 @@ def _check_model_dir(path: Path, allow_pickle_weights: bool = False) -> None:
             return
         if has_bin:
             raise ModelLoadError(
-                f"model folder {str(path)!r} has only pickled .bin weights; pass --allow-pickle-weights to load "
-                "them with torch.load(weights_only=True)"
+                f"model folder {str(path)!r} has no .safetensors weights, only pickled .bin ones; pass "
+                "--allow-pickle-weights to load them with torch.load(weights_only=True)"
             )
         raise ModelLoadError(
             f"model folder {str(path)!r} has no .safetensors weights; only safetensors checkpoints are loaded"
