@@ -36,16 +36,17 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import tempfile
-import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
+
+from . import hub
+from .hub import default_cache_dir
 
 __all__ = [
     "CORPORA",
@@ -65,8 +66,6 @@ __all__ = [
 LOCAL_PREFIX = "local:"
 _CACHE_FORMAT = 1  # bump when the cache layout or the tokenization procedure changes
 _TOKENIZE_BATCH = 64  # documents per tokenizer call
-_HUB_PROBE_TIMEOUT_S = 3.0
-_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
 
 class CorpusError(ValueError):
@@ -365,65 +364,6 @@ class HFDatasetSpec:
         return f"{self.dataset_id!r} ({config}split {self.split!r})"
 
 
-def _env_offline() -> bool:
-    """Whether the environment asks for HF offline mode (same precedence as ``datasets``)."""
-    datasets_flag = os.environ.get("HF_DATASETS_OFFLINE")
-    if datasets_flag is not None:
-        return datasets_flag.strip().upper() in _TRUE_VALUES
-    hub_flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return hub_flag.strip().upper() in _TRUE_VALUES
-
-
-def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
-    """One quick TCP connect to the hub endpoint (assumed reachable behind a proxy)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme != "http" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _forced_hf_offline(datasets_module) -> Iterator[None]:
-    """Temporarily switch ``datasets`` and ``huggingface_hub`` to offline mode.
-
-    Their flags are read from the environment at import time, so setting the
-    environment later is not enough; this makes the current setting win and avoids
-    huggingface_hub's multi-retry waits when the hub is unreachable.
-    """
-    from huggingface_hub import constants as hub_constants
-
-    saved = (
-        datasets_module.config.HF_HUB_OFFLINE,
-        datasets_module.config.HF_DATASETS_OFFLINE,
-        hub_constants.HF_HUB_OFFLINE,
-    )
-    datasets_module.config.HF_HUB_OFFLINE = True
-    datasets_module.config.HF_DATASETS_OFFLINE = True
-    hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        (
-            datasets_module.config.HF_HUB_OFFLINE,
-            datasets_module.config.HF_DATASETS_OFFLINE,
-            hub_constants.HF_HUB_OFFLINE,
-        ) = saved
-
-
-def _is_unreachable_error(exc: BaseException) -> bool:
-    """Whether a loading error means 'not cached locally and the hub can't be reached'."""
-    if isinstance(exc, (ConnectionError, FileNotFoundError, TimeoutError)):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "TimeoutException"})
-
-
 class HFDatasetSource(CorpusSource):
     """A Hugging Face dataset split (with optional fallbacks); doc id = ``<split>/<row index>``."""
 
@@ -461,10 +401,9 @@ class HFDatasetSource(CorpusSource):
         """Return ``(dataset, spec)`` for the first spec that loads, else raise CorpusError."""
         import datasets  # lazy: heavy import, only needed for HF corpora
 
-        offline = _env_offline() or not _hub_reachable()
+        offline = hub.work_offline()
         errors: list[BaseException] = []
-        mode = _forced_hf_offline(datasets) if offline else contextlib.nullcontext()
-        with mode:
+        with hub.forced_offline(offline):
             for spec in self.specs:
                 try:
                     ds = datasets.load_dataset(spec.dataset_id, spec.config, split=spec.split, streaming=False)
@@ -477,8 +416,8 @@ class HFDatasetSource(CorpusSource):
     def _load_error(self, errors: Sequence[BaseException], offline: bool) -> CorpusError:
         """One-sentence error for a failed load."""
         labels = " or its fallback ".join(f"HF dataset {s.label()}" for s in self.specs)
-        if offline or all(_is_unreachable_error(e) for e in errors):
-            if _env_offline():
+        if offline or all(hub.unavailable_reason(e) == hub.OFFLINE for e in errors):
+            if hub.offline_requested():
                 why = "HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set"
             elif offline:
                 why = "no connection to the hub endpoint"
@@ -731,15 +670,6 @@ def _tokenize_corpus(documents: Iterable[Document], tokenizer) -> _TokenTable:
 
 
 # ------------------------------------------------------------------------ cache
-
-
-def default_cache_dir() -> Path:
-    """``$EVALHARNESS_CACHE``, else ``$XDG_CACHE_HOME/evalharness``, else ``~/.cache/evalharness``."""
-    if os.environ.get("EVALHARNESS_CACHE"):
-        return Path(os.environ["EVALHARNESS_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "evalharness"
-    return Path.home() / ".cache" / "evalharness"
 
 
 def _slug(text: str) -> str:

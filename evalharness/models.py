@@ -52,6 +52,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from . import hub
+from .hub import default_cache_dir
+
 __all__ = [
     "ModelLoadError",
     "ModelInfo",
@@ -238,19 +241,6 @@ def resolve_device_dtype(
     """
     dev = _resolve_device(device)
     return dev, _resolve_dtype(dtype, dev)
-
-
-def default_cache_dir() -> Path:
-    """Where evalharness caches converted models.
-
-    ``$EVALHARNESS_CACHE`` if set, else ``$XDG_CACHE_HOME/evalharness``, else
-    ``~/.cache/evalharness``.  The folder is not created here.
-    """
-    if os.environ.get("EVALHARNESS_CACHE"):
-        return Path(os.environ["EVALHARNESS_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "evalharness"
-    return Path.home() / ".cache" / "evalharness"
 
 
 # --------------------------------------------------------------------------
@@ -473,41 +463,19 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _exception_chain(exc: BaseException):
-    """Yield ``exc`` and its causes/contexts, outermost first."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def _hub_error(ref: str, exc: BaseException) -> ModelLoadError:
-    """Translate a hub loading failure into one clear sentence."""
-    from huggingface_hub import errors as hf_errors
-
-    chain = list(_exception_chain(exc))
-    names = {type(e).__name__ for e in chain}
-    if {"RepositoryNotFoundError", "GatedRepoError"} & names:
+    """Translate a hub loading failure into one clear sentence (classified by `hub.unavailable_reason`)."""
+    reason = hub.unavailable_reason(exc)
+    if reason == hub.NOT_FOUND:
         return ModelLoadError(
             f"hub model {ref!r} does not exist or is private/gated; check the id or pass a local folder"
         )
-    offline_types = (hf_errors.LocalEntryNotFoundError, ConnectionError, TimeoutError)
-    network = any(isinstance(e, offline_types) or "Connect" in type(e).__name__ for e in chain)
-    if _hub_offline() or network:
+    if reason == hub.OFFLINE:
         return ModelLoadError(
             f"hub model {ref!r} is not in the local Hugging Face cache and the hub cannot be reached; "
             "download it where there is network or pass a local folder"
         )
     return ModelLoadError(f"could not load hub model {ref!r}: {_first_line(exc)}")
-
-
-def _hub_offline() -> bool:
-    """Whether the Hugging Face hub is switched to offline mode."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    return env or bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
 def _load_hub(ref: str, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from evalharness import corpora  # noqa: E402
+from evalharness import corpora, hub  # noqa: E402
 from evalharness.corpora import (  # noqa: E402
     CORPORA,
     CorpusError,
@@ -450,7 +450,7 @@ def test_hf_unreachable_hub_without_offline_env_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(corpora, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     before = datasets.config.HF_HUB_OFFLINE
     start = time.monotonic()
     with pytest.raises(CorpusError, match=r"emozilla/pg19-test.*can't be reached \(no connection"):
@@ -489,7 +489,7 @@ def test_hf_documents_from_loaded_dataset(monkeypatch, byte_tok, cache):
         return datasets.Dataset.from_dict({"report": ["r0", "report one"], "summary": ["s", "ss"]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    monkeypatch.setattr(corpora, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     docs = list(iter_documents("govreport"))
     assert calls == [("tau/scrolls", "gov_report", "test", False), ("ccdv/govreport-summarization", None, "test", False)]
@@ -508,7 +508,7 @@ def test_hf_non_connection_error_is_reported(monkeypatch):
         raise ValueError(f"bad split {split}")
 
     monkeypatch.setattr(datasets, "load_dataset", broken)
-    monkeypatch.setattr(corpora, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     with pytest.raises(CorpusError, match=r"could not load HF dataset 'emozilla/pg19-test'.*ValueError: bad split test"):
         iter_documents("pg19")

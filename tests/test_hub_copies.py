@@ -9,7 +9,7 @@ import json  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from evalharness import cli, corpora  # noqa: E402
+from evalharness import cli, corpora, hub  # noqa: E402
 from evalharness.corpora import CorpusError, dataset_label, iter_documents, load_corpus  # noqa: E402
 
 from test_corpora import make_byte_tokenizer  # noqa: E402
@@ -37,7 +37,7 @@ def hub_documents(monkeypatch, name):
     rows = HUB_ROWS[name]
     monkeypatch.setattr(datasets, "load_dataset",
                         lambda path, config=None, *, split, streaming: datasets.Dataset.from_list(rows))
-    monkeypatch.setattr(corpora, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     docs = [(d.doc_id, d.text) for d in iter_documents(name)]
     monkeypatch.undo()

@@ -30,7 +30,7 @@ keys would keep an earlier length's scale).
 
 Modules: `protocol` (paper tasks, shots, headline metrics, context length), `mirrors` (the shipped
 task YAMLs and pointing them at local files), `planning` (requested names → task plans),
-`offline` (hub datasets that are not available offline), `lm` (the HFLM wrapper), `extract` (lm-eval
+`offline` (the message for a hub dataset that is not available), `lm` (the HFLM wrapper), `extract` (lm-eval
 results → rows, provenance JSON), `run` (`run_leaderboard`), `passkey_data` (passkey_local's rows),
 `prepare` and `make_prompts` (command line helpers for plain lm-eval use).
 """
@@ -40,7 +40,7 @@ from .mirrors import (
     DATA_FORMATS, LOCAL_MIRROR_OF, MIRRORS, TASKS_DIR, Mirror, copy_tasks, local_data_files, point_mirror,
     split_files, write_mmlu_subject_tasks,
 )
-from .offline import hub_reachable, offline_message
+from .offline import offline_message
 from .passkey_data import passkey_documents, write_jsonl
 from .planning import TaskPlan, check_task_names, plan_tasks
 from .protocol import MACRO_GROUPS, PAPER_TASKS, LeaderboardError, default_max_length
@@ -49,7 +49,7 @@ from .run import run_leaderboard
 __all__ = [
     "DATA_FORMATS", "LOCAL_MIRROR_OF", "MACRO_GROUPS", "MIRRORS", "PAPER_TASKS", "TASKS_DIR",
     "LeaderboardError", "Mirror", "TaskPlan", "check_task_names", "copy_tasks", "default_max_length",
-    "hub_reachable", "leaf_tasks", "local_data_files", "macro_mean", "offline_message",
+    "leaf_tasks", "local_data_files", "macro_mean", "offline_message",
     "passkey_documents", "plan_tasks", "point_mirror", "provenance_path", "result_rows",
     "run_leaderboard", "split_files", "wrap_model", "write_jsonl", "write_mmlu_subject_tasks",
 ]

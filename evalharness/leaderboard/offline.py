@@ -1,74 +1,11 @@
-"""Hub datasets that are not available offline: detection, offline mode for the lm-eval call, and the
-one sentence that tells the user how to get the dataset (or run its offline mirror)."""
+"""The one sentence for a hub task whose dataset is not available (offline, or not on the Hub): which
+dataset, and how to get it or run its offline mirror. Detection lives in `evalharness.hub`."""
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
 import re
-import socket
 
 from .mirrors import LOCAL_MIRROR_OF, MIRRORS
 from .planning import TaskPlan, _builtin_task_manager
-
-
-def _env_offline() -> bool:
-    true = {"1", "ON", "YES", "TRUE"}
-    return any(os.environ.get(v, "").upper() in true for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-@functools.lru_cache(maxsize=1)
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can a TCP connection to the Hugging Face endpoint be opened (once per process)?"""
-    from urllib.parse import urlparse
-
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _offline_mode(active: bool):
-    """Switch datasets/huggingface_hub to offline mode (they read the environment only at import
-    time, so setting HF_DATASETS_OFFLINE later has no effect) and restore the flags afterwards."""
-    if not active:
-        yield
-        return
-    import datasets.config as dconfig
-    import huggingface_hub.constants as hconstants
-
-    saved = (dconfig.HF_HUB_OFFLINE, getattr(dconfig, "HF_DATASETS_OFFLINE", None), hconstants.HF_HUB_OFFLINE)
-    dconfig.HF_HUB_OFFLINE = True
-    if hasattr(dconfig, "HF_DATASETS_OFFLINE"):
-        dconfig.HF_DATASETS_OFFLINE = True
-    hconstants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        dconfig.HF_HUB_OFFLINE = saved[0]
-        if saved[1] is not None:
-            dconfig.HF_DATASETS_OFFLINE = saved[1]
-        hconstants.HF_HUB_OFFLINE = saved[2]
-
-
-def _dataset_unavailable(exc: BaseException) -> bool:
-    """Is this the datasets/hub error of a dataset that is neither cached nor downloadable?"""
-    names = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "DatasetNotFoundError", "HfHubHTTPError",
-             "RepositoryNotFoundError"}
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc)
-        if type(exc).__name__ in names or isinstance(exc, ConnectionError) or (
-            isinstance(exc, FileNotFoundError) and ("is not cached" in text or "on the Hub" in text)
-        ):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _hub_dataset_of(plan: TaskPlan, exc: BaseException) -> str:

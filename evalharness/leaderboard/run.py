@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .. import hub
 from .extract import _save_results, provenance_path, result_rows
 from .lm import wrap_model
 from .mirrors import copy_tasks, point_mirror
-from .offline import _dataset_unavailable, _env_offline, _offline_mode, hub_reachable, offline_message
+from .offline import offline_message
 from .planning import TaskPlan, _builtin_task_manager, _folder_task_manager, plan_tasks
 from .protocol import LeaderboardError, default_max_length
 
@@ -94,12 +95,12 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
                     record_failure(manifest, failed, cell, plan.error)
                     continue
                 if plan.kind == "hub" and offline is None:
-                    offline = _env_offline() or not hub_reachable()
+                    offline = hub.work_offline()
                 start = time.monotonic()
                 task_limit = limit.get(plan.requested) if isinstance(limit, dict) else limit
                 try:
                     task_manager = task_manager_for(plan)
-                    with _offline_mode(bool(offline)):
+                    with hub.forced_offline(bool(offline)):
                         results = lm_eval.simple_evaluate(
                             model=lm, tasks=[plan.name], num_fewshot=plan.num_fewshot, limit=task_limit,
                             task_manager=task_manager, bootstrap_iters=bootstrap_iters, log_samples=save_samples,
@@ -130,7 +131,7 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
 def _failure_text(plan: TaskPlan, exc: BaseException, offline: bool) -> str:
     if isinstance(exc, LeaderboardError):
         return str(exc)
-    if plan.kind == "hub" and _dataset_unavailable(exc):
+    if plan.kind == "hub" and hub.unavailable_reason(exc):
         return offline_message(plan, exc, offline)
     if isinstance(exc, KeyError) and "not a registered task" in str(exc):
         return (f"{plan.name!r} is not an lm-eval task, group or tag name (nor a task YAML path); "
