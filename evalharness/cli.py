@@ -205,8 +205,6 @@ def eval_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("passkey")
     g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1] (--lengths are the prompt lengths)")
     g.add_argument("--trials", type=int, default=1, help="trials (keys) per (length, depth)")
-    g.add_argument("--passkey-generate", action="store_true",
-                   help="the paper's rule (greedy generation, first integer) instead of the teacher-forced check")
     g = p.add_argument_group("leaderboard (lm-eval)")
     g.add_argument("--leaderboard-tasks", default="arc_challenge,hellaswag,mmlu,truthfulqa_mc2",
                    help="lm-eval task names, shipped offline mirrors (tasks/), or task YAML paths")
@@ -456,7 +454,6 @@ def check_conflicts(args: argparse.Namespace, tasks: list[str]) -> None:
     """Flags that only mean something for a task or protocol that is not asked for."""
     rules = [
         (args.stride is not None and args.protocol != "sliding", "--stride", "--protocol sliding"),
-        (args.passkey_generate and "passkey" not in tasks, "--passkey-generate", "--tasks passkey"),
         (args.temperatures is not None and "temperature-sweep" not in tasks, "--temperatures",
          "--tasks temperature-sweep"),
         (args.device_map is not None and args.device not in ("auto", None), "--device-map", "--device auto"),
@@ -490,7 +487,7 @@ def task_passkey(session: Session) -> list[str]:
 
     args = session.args
     return run_passkey(session.model, session.tokenizer, session.info.name, session.specs, session.plan.lengths,
-                       args.depths, args.trials, args.seed, args.passkey_generate, session.store, session.manifest,
+                       args.depths, args.trials, args.seed, session.store, session.manifest,
                        session.show_progress)
 
 

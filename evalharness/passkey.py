@@ -28,28 +28,25 @@ reproducible on its own, independent of run order.
 
 Scoring
 -------
-*Paper rule* (``generate=True``): greedy decoding of a few tokens; correct when the first
-integer in the continuation (regex ``\\d+``) equals the key. Generation recomputes the full
-forward at every step (no KV cache): a cache holds keys rotated at an earlier length's scale,
-which is inconsistent for dynamic methods (PAPER.md, "known trap"); without a cache every step
-rotates with the scale of its own length, for every method. Only the last position's hidden state
-goes through the LM head (never the [T, vocab] logits). Decoding stops early once the first
-integer is complete (a non-digit follows it): later tokens cannot change the score.
+*The paper's rule* (the only score; ``scoring`` = ``paper`` in the rows and cell keys): greedy
+decoding of at most 10 new tokens, exactly what ``model.generate(do_sample=False,
+max_new_tokens=10)`` produces; correct when the first integer in the decoded continuation
+(regex ``\\d+``, compared with ``int``) equals the key. So " 41568." and ": 41568" are right,
+" 415680", " a magical number" and a key cut off by the 10-token cap are wrong.
 
-*Teacher-forced fast path* (default): one forward over prompt + key tokens; the LM head runs
-only on the K+1 positions that predict the K key tokens and the token after them. Correct when
-the argmax at every key position is the key's token and the first integer of the decoded key +
-next-argmax text equals the key (so "12345" continued by "6" is wrong, as the paper's rule says).
-This is exactly "greedy decoding emits the key's canonical tokens and the integer ends there".
-For a dynamic method whose scale would change between the prompt length P and P+K (P+K > L), one
-forward at length P+K would rotate every position with s = (P+K)/L, while greedy step i uses
-s = (P+i)/L; the fast path then runs the K+1 forwards of lengths P, P+1, …, P+K (stopping at the
-first wrong token), each as greedy decoding would — exact, at about the cost of generation.
+Cost (:func:`greedy_decode`): step i predicts token i from a forward spanning P + i positions.
+Static methods: one prefill over the prompt with the KV cache, then one-token steps on the cache:
+about the cost of one forward. Dynamic methods rotate with s = max(1, l/L) for the forward's length
+l, so keys cached at one length are rotated with the wrong scale at another (YaRN paper App. B.3):
+the cache is used only while the scale stays the same (P + i ≤ L); past L the scale changes at
+every step and each step is a full forward without cache, as a cache-free ``generate``. Decoding
+stops at EOS or once the first integer is complete (``outcome_decided``): later tokens cannot
+change the score, and ``continuation`` holds the greedy tokens decoded up to there.
 
-The two rules can differ only when greedy reaches the right integer by a route the canonical
-tokens do not describe: leading text before the digits (" is: 12345"), a non-canonical
-tokenization of the same digits, or leading zeros ("012345" is 12345 to ``int``). Then the
-fast path says wrong and the paper's rule says right.
+*key_forced_argmax* (an extra column, not a score): feeding the key's canonical tokens after the
+prompt, the argmax at every key position is the next key token, i.e. greedy decoding starts with
+exactly the key's tokens. Read off the greedy tokens at no cost. It ignores what follows the key
+(" 415680" passes) and fails an answer with a prefix (": 41568"), which the paper's rule passes.
 """
 from __future__ import annotations
 
@@ -62,7 +59,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .perplexity import NonFiniteError, decoder_hidden_states, logit_transform
+from .perplexity import NonFiniteError, logit_transform
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
          "I will quiz you about the important information there.")
@@ -72,6 +69,8 @@ FILLER_SENTENCES = ("The grass is green.", "The sky is blue.", "The sun is yello
 NEEDLE = "The pass key is {k}. Remember it. {k} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
 KEY_MIN, KEY_MAX = 10000, 99999
+MAX_NEW_TOKENS = 10  # the paper's rule: greedy continuation of at most 10 new tokens
+SCORING = "paper"  # the `scoring` value of rows scored by that rule (part of a row's cell key)
 ACCURACY_THRESHOLD = 0.8  # "passkey context": largest length with accuracy ≥ 80 %
 DEPTH_DECIMALS = 6  # depths are rounded so they survive the CSV round trip (%.10g) exactly
 
@@ -297,18 +296,39 @@ def is_correct(continuation: str, passkey: int) -> bool:
     return first_integer(continuation) == int(passkey)
 
 
-def _integer_complete(text: str) -> bool:
-    """True once the first integer can no longer grow (a non-digit follows a digit run)."""
+def outcome_decided(text: str) -> bool:
+    """True once more generated text cannot change the first integer: a digit run is followed by
+    a character that is neither a digit nor U+FFFD (the decoder's mark for an incomplete UTF-8
+    sequence, which the next token may complete into a digit). Relies on the decoded text of more
+    tokens extending the decoded text of fewer, which holds for byte-level BPE and SentencePiece
+    decoding up to that mark."""
     match = _INTEGER.search(text)
-    return bool(match) and match.end() < len(text)
+    return bool(match) and match.end() < len(text) and text[match.end()] != "\ufffd"
+
+
+@dataclass(frozen=True)
+class GreedyDecode:
+    """A greedy continuation. `forwards`: decoder calls; `cached_steps`: how many of them were
+    one-token steps on the KV cache (the others ran over the whole sequence)."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    forwards: int
+    cached_steps: int
 
 
 @dataclass(frozen=True)
 class PasskeyScore:
+    """correct: the paper's rule on `continuation` (what greedy decoding produced).
+    key_forced_argmax: with the key's tokens fed in after the prompt, the argmax at every key
+    position is the next key token (None when the decode stopped before settling it)."""
+
     correct: bool
-    continuation: str  # decoded greedy tokens (generate) or argmax tokens at the key positions (+1)
+    continuation: str
     token_ids: tuple[int, ...]
-    forwards: int  # decoder forwards spent
+    key_forced_argmax: bool | None
+    forwards: int
+    cached_steps: int
 
 
 def _device(model) -> torch.device:
@@ -328,95 +348,147 @@ def _logits_at(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _last_argmax(model, ids: torch.Tensor) -> int:
-    """Greedy next token after the 1-D sequence `ids`: full forward (no cache), head on the last
-    position only."""
-    hidden = decoder_hidden_states(model, ids.reshape(1, -1).to(_device(model)))[0, -1:]
-    return int(_logits_at(model, hidden).argmax(-1)[0])
+def _backbone(model):
+    return model.base_model if model.base_model is not model else model.get_decoder()
 
 
-@torch.inference_mode()
-def greedy_continuation(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int,
-                        stop_when_integer_complete: bool = True) -> tuple[list[int], str, int]:
-    """Greedy decoding without a KV cache: every step runs the decoder over the whole sequence, so
-    dynamic methods rotate all keys with the scale of the current length. Returns (new token ids,
-    decoded text, forwards). Stops at EOS, after `max_new_tokens`, or once the first integer of the
-    text is complete (later tokens cannot change the paper's score)."""
-    ids = input_ids.reshape(-1).long()
-    eos = tokenizer.eos_token_id
-    new: list[int] = []
-    text = ""
-    forwards = 0
-    for _ in range(max_new_tokens):
-        token = _last_argmax(model, ids)
-        forwards += 1
-        if eos is not None and token == eos:
-            break
-        new.append(token)
-        ids = torch.cat([ids, torch.tensor([token], dtype=torch.long)])
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        if stop_when_integer_complete and _integer_complete(text):
-            break
-    return new, text, forwards
+def _decoder_last_hidden(model, ids: torch.Tensor, cache=None, use_cache: bool = False):
+    """(final hidden state of the last position [1, H], the KV cache or None). `ids` [1, n] are
+    the whole sequence (cache None) or the tokens after the cached ones. transformers ≥ 5.x names
+    the cache argument `cache`; earlier 5.x releases `past_key_values`."""
+    import inspect
+
+    backbone = _backbone(model)
+    name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    kwargs = {name: cache} if cache is not None else {}
+    out = backbone(input_ids=ids.to(_device(model)), use_cache=use_cache, **kwargs)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    if not use_cache:
+        return hidden[0, -1:], None
+    new_cache = getattr(out, "cache", None)
+    return hidden[0, -1:], new_cache if new_cache is not None else getattr(out, "past_key_values", None)
 
 
-def score_generate(model, tokenizer, prompt: PasskeyPrompt, max_new_tokens: int | None = None) -> PasskeyScore:
-    """The paper's rule: greedy continuation (default K+2 tokens, K = key tokens), first integer."""
-    steps = max_new_tokens or prompt.key_token_ids.numel() + 2
-    new, text, forwards = greedy_continuation(model, tokenizer, prompt.input_ids, steps)
-    return PasskeyScore(is_correct(text, prompt.passkey), text, tuple(new), forwards)
+def _shipped_rope_types(model) -> set[str]:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    params = getattr(config, "rope_parameters", None) or {}
+    if "rope_theta" in params or "rope_type" in params:
+        return {params.get("rope_type", "default")}
+    return {sub.get("rope_type", "default") for sub in params.values() if isinstance(sub, dict)}
 
 
-def _needs_stepwise(model, prompt_tokens: int, key_tokens: int) -> bool:
-    """Whether the scale of the model's (dynamic) method changes between length P and P+K."""
+def cache_reusable(model, built_at: int, length: int) -> bool:
+    """Whether keys cached by a forward that spanned `built_at` positions are rotated as a forward
+    spanning `length` positions would rotate them.
+
+    Static methods: always (the rotation does not depend on the length). An evalharness dynamic
+    method rotates with s = max(1, l/L) for the forward's length l: the cache is reusable iff
+    s(built_at) == s(length), i.e. while both lengths are ≤ L. Past L the scale grows with every
+    token, so every greedy step needs a full forward (YaRN paper App. B.3, the KV-cache trap).
+    The model's own shipped scaling (no evalharness spec applied) of a length-dependent type
+    (`dynamic`, `longrope`): never, since its scale cannot be read here.
+    """
     from .scaling import current_spec
 
     spec = current_spec(model)
-    if spec is None or not spec.is_dynamic:
-        return False
-    return spec.scale_at(prompt_tokens) != spec.scale_at(prompt_tokens + key_tokens)
+    if spec is None:
+        return not (_shipped_rope_types(model) & {"dynamic", "longrope"})
+    if not spec.is_dynamic:
+        return True
+    return spec.scale_at(built_at) == spec.scale_at(length)
+
+
+def _stop_tokens(model, tokenizer) -> set[int]:
+    """The ids that end generation, as `model.generate` reads them: the generation config's
+    eos_token_id (int or list), else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
 @torch.inference_mode()
-def score_teacher_forced(model, tokenizer, prompt: PasskeyPrompt, exact_dynamic: bool = True) -> PasskeyScore:
-    """Fast path: is greedy decoding's output the key, and does the integer end there?
+def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int = MAX_NEW_TOKENS,
+                  stop_when_decided: bool = True) -> GreedyDecode:
+    """Greedy decoding as `model.generate(do_sample=False, max_new_tokens=...)` does it, with the
+    KV cache wherever the cache holds what a full forward would compute.
 
-    One forward over prompt + key tokens (P+K positions); only the K+1 hidden states at positions
-    P−1 … P+K−1 go through the LM head. Correct iff argmax[i] == key[i] for i < K and the first
-    integer of decode(key + [argmax[K]]) is the key. For dynamic methods whose scale differs
-    between P and P+K (and `exact_dynamic`), greedy's steps are replayed instead: forwards of
-    lengths P+i, i = 0 … K, each scoring its last position, stopping at the first wrong token.
+    Step i (0-based) predicts token i from a forward spanning P + i positions (P = prompt tokens).
+    Step 0 is the prefill over the prompt. A later step feeds only the previous token on the cache
+    when `cache_reusable(model, built_at, P + i)` (always for static methods, so the rule costs one
+    prefill + ≤ max_new_tokens − 1 one-token steps); otherwise it runs the whole sequence without
+    cache, so a dynamic method rotates every key with the scale of the current length, as a
+    cache-free `generate` does. Only the last position goes through the LM head. Stops at a stop
+    token (not kept), after `max_new_tokens`, or (when `stop_when_decided`) once
+    `outcome_decided`: the paper's score can no longer change, and the tokens are a prefix of
+    what `generate` returns.
     """
-    key = prompt.key_token_ids.reshape(-1).long()
-    ids = torch.cat([prompt.input_ids.reshape(-1).long(), key])
-    P, K = prompt.input_ids.numel(), key.numel()
-    if exact_dynamic and _needs_stepwise(model, P, K):
-        predicted: list[int] = []
-        for i in range(K + 1):
-            predicted.append(_last_argmax(model, ids[: P + i]))
-            if i < K and predicted[-1] != int(key[i]):
-                break
-        forwards = len(predicted)
-    else:
-        hidden = decoder_hidden_states(model, ids.reshape(1, -1).to(_device(model)))[0, P - 1 : P + K]
-        predicted = _logits_at(model, hidden).argmax(-1).tolist()
-        forwards = 1
-    matches = len(predicted) == K + 1 and predicted[:K] == key.tolist()
-    text = tokenizer.decode(predicted, skip_special_tokens=True)
-    correct = matches and is_correct(text, prompt.passkey)
-    return PasskeyScore(bool(correct), text, tuple(predicted), forwards)
+    ids = input_ids.reshape(1, -1).long()
+    prompt_tokens = ids.shape[1]
+    stop = _stop_tokens(model, tokenizer)
+    new: list[int] = []
+    text = ""
+    cache, built_at = None, 0
+    forwards = cached_steps = 0
+    for step in range(int(max_new_tokens)):
+        length = prompt_tokens + step
+        more = step + 1 < max_new_tokens
+        if cache is not None and cache_reusable(model, built_at, length):
+            hidden, cache = _decoder_last_hidden(model, ids[:, -1:], cache, use_cache=more)
+            cached_steps += 1
+        else:
+            keep = more and cache_reusable(model, length, length + 1)
+            hidden, cache = _decoder_last_hidden(model, ids, use_cache=keep)
+            built_at = length
+        forwards += 1
+        token = int(_logits_at(model, hidden).argmax(-1)[0])
+        if token in stop:
+            break
+        new.append(token)
+        ids = torch.cat([ids, torch.tensor([[token]], dtype=torch.long)], dim=1)
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        if stop_when_decided and outcome_decided(text):
+            break
+    return GreedyDecode(tuple(new), text, forwards, cached_steps)
 
 
-def score_prompt(model, tokenizer, prompt: PasskeyPrompt, generate: bool = False) -> PasskeyScore:
-    return score_generate(model, tokenizer, prompt) if generate else score_teacher_forced(model, tokenizer, prompt)
+def key_forced_argmax(token_ids: Sequence[int], key_token_ids: Sequence[int]) -> bool | None:
+    """Whether, with the key's K tokens fed in after the prompt, the argmax at each of the K
+    positions is the next key token — read off the greedy tokens: feeding key[:i] is feeding what
+    greedy produced as long as greedy's first i tokens are key[:i], so the check holds iff greedy's
+    first K tokens are the key's. None when greedy stopped (at `max_new_tokens`) on a strict prefix
+    of the key."""
+    key = [int(k) for k in key_token_ids]
+    got = [int(t) for t in token_ids[: len(key)]]
+    if got != key[: len(got)]:
+        return False
+    return True if len(got) == len(key) else None
+
+
+def score_prompt(model, tokenizer, prompt: PasskeyPrompt, max_new_tokens: int = MAX_NEW_TOKENS) -> PasskeyScore:
+    """The paper's rule on one prompt: greedy continuation of ≤ `max_new_tokens` tokens, correct
+    when its first integer equals the key."""
+    decode = greedy_decode(model, tokenizer, prompt.input_ids, max_new_tokens)
+    return PasskeyScore(is_correct(decode.text, prompt.passkey), decode.text, decode.token_ids,
+                        key_forced_argmax(decode.token_ids, prompt.key_token_ids.tolist()),
+                        decode.forwards, decode.cached_steps)
 
 
 # ---------------------------------------------------------------------------------------------
 # The grid
 # ---------------------------------------------------------------------------------------------
 
+def passkey_row(key: dict, prompt: PasskeyPrompt, score: PasskeyScore, trial: int, seed: int) -> dict:
+    """One passkey.csv row: the method's key columns, the prompt's cell, the score."""
+    return dict(key, context_length=prompt.target_length, prompt_tokens=prompt.prompt_tokens, depth=prompt.depth,
+                trial=int(trial), seed=int(seed), scoring=SCORING, passkey=prompt.passkey,
+                continuation=score.continuation, correct=score.correct, key_forced_argmax=score.key_forced_argmax)
+
+
 def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int], depths: int | Sequence[float],
-                trials: int, seed: int, generate: bool, store, manifest, show_progress: bool = True) -> list[str]:
+                trials: int, seed: int, store, manifest, show_progress: bool = True) -> list[str]:
     """Score every (length, spec, depth, trial) cell not already in `store`; return the failed cells.
 
     Order: length-major (an interrupted run has whole lengths for every method), then spec, depth,
@@ -434,7 +506,7 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
     depth_values = depth_grid(depths)
     points = [(d, t) for d in depth_values for t in range(int(trials))]
     failed: list[str] = []
-    scoring = "generate" if generate else "teacher-forced"
+    scoring = SCORING
     done = store.done("passkey")
     plan = []
     for length in lengths:
@@ -464,11 +536,8 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
                     if prompt is None:
                         prompt = build_prompt(tokenizer, length, depth, seed=seed, trial=trial)
                         prompts[(length, depth, trial)] = prompt
-                    score = score_prompt(model, tokenizer, prompt, generate)
-                    store.append("passkey", [dict(key, context_length=length, prompt_tokens=prompt.prompt_tokens,
-                                                  depth=depth, trial=trial, seed=int(seed), scoring=scoring,
-                                                  passkey=prompt.passkey,
-                                                  continuation=score.continuation, correct=score.correct)])
+                    score = score_prompt(model, tokenizer, prompt)
+                    store.append("passkey", [passkey_row(key, prompt, score, trial, seed)])
                     n_rows += 1
                     n_correct += score.correct
                     bar.update(1)

