@@ -369,30 +369,23 @@ def _decoder_last_hidden(model, ids: torch.Tensor, cache=None, use_cache: bool =
     return hidden[0, -1:], new_cache if new_cache is not None else getattr(out, "past_key_values", None)
 
 
-def _shipped_rope_types(model) -> set[str]:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    params = getattr(config, "rope_parameters", None) or {}
-    if "rope_theta" in params or "rope_type" in params:
-        return {params.get("rope_type", "default")}
-    return {sub.get("rope_type", "default") for sub in params.values() if isinstance(sub, dict)}
-
-
 def cache_reusable(model, built_at: int, length: int) -> bool:
     """Whether keys cached by a forward that spanned `built_at` positions are rotated as a forward
     spanning `length` positions would rotate them.
 
-    Static methods: always (the rotation does not depend on the length). An evalharness dynamic
-    method rotates with s = max(1, l/L) for the forward's length l: the cache is reusable iff
-    s(built_at) == s(length), i.e. while both lengths are ≤ L. Past L the scale grows with every
+    Static methods: always (the rotation does not depend on the length). Dynamic methods (and
+    `native` with a length-dependent shipped type) rotate with the scale of the forward's length,
+    which is 1 up to L and grows past it (`ScalingSpec.scale_at`): the cache is reusable iff
+    s(built_at) == s(length), i.e. while both lengths are ≤ L. Past L the scale changes with every
     token, so every greedy step needs a full forward (YaRN paper App. B.3, the KV-cache trap).
-    The model's own shipped scaling (no evalharness spec applied) of a length-dependent type
-    (`dynamic`, `longrope`): never, since its scale cannot be read here.
+    Without an evalharness spec (rotary modules as loaded), a length-dependent shipped type: never.
     """
-    from .scaling import current_spec
+    from .methods import native_type_is_dynamic
+    from .scaling import current_spec, shipped_rope
 
     spec = current_spec(model)
     if spec is None:
-        return not (_shipped_rope_types(model) & {"dynamic", "longrope"})
+        return not native_type_is_dynamic(shipped_rope(model.config).rope_type)
     if not spec.is_dynamic:
         return True
     return spec.scale_at(built_at) == spec.scale_at(length)

@@ -456,6 +456,40 @@ def test_dynamic_never_reuses_a_cache_across_scales(spec, sharp_llama):
     apply_scaling(model, "base")
 
 
+def test_native_dynamic_rope_decodes_like_cache_free_generate():
+    """A model that ships transformers' `dynamic` RoPE (L = 64), evaluated as `native`: the cache
+    serves the steps up to L, full forwards after; equal to a cache-free greedy `generate`. With
+    the rotary modules as loaded (no evalharness spec) the cache is never reused."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from evalharness.scaling import restore_original
+
+    config = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=259,
+                                  bos_token_id=1, eos_token_id=2, max_position_embeddings=64,
+                                  initializer_range=0.3,
+                                  rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    tok = build_byte_tokenizer()
+    resolved = apply_scaling(model, "native")
+    assert resolved.is_dynamic and resolved.original_ctx == 64
+    trap_visible = 0
+    for P, cached_steps in ((58, 6), (100, 0)):
+        for seed in range(3):
+            ids = torch.randint(3, 250, (P,), generator=torch.Generator().manual_seed(seed))
+            decode = PK.greedy_decode(model, tok, ids, 10, stop_when_decided=False)
+            _, reference, _ = authors_rule(model, tok, ids, KEY, use_cache=False)
+            _, with_cache, _ = authors_rule(model, tok, ids, KEY, use_cache=True)
+            assert list(decode.token_ids) == reference
+            assert decode.cached_steps == min(cached_steps, len(reference) - 1)
+            trap_visible += with_cache != reference
+    assert trap_visible >= 1
+    restore_original(model)
+    decode = PK.greedy_decode(model, tok, torch.arange(3, 61), 10, stop_when_decided=False)
+    assert decode.cached_steps == 0 and decode.forwards == len(decode.token_ids) + (len(decode.token_ids) < 10)
+
+
 def test_static_method_decodes_on_the_cache(sharp_llama):
     """Static methods: one prefill over the prompt, then one token per forward on the KV cache, equal
     to cached `generate`; only one position per step goes through the LM head."""
