@@ -425,8 +425,21 @@ def _tokenizer_kwargs(trust_remote_code: bool) -> dict[str, Any]:
 def _load_pretrained(source: str, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
     """Load tokenizer then model (safetensors only unless ``model_kwargs`` lifts it) from a folder or hub id."""
     tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, **{"use_safetensors": True, **model_kwargs})
+    kwargs = {"use_safetensors": True, **model_kwargs}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        if kwargs["use_safetensors"] and any(marker in str(exc) for marker in _NO_SAFETENSORS_MARKERS):
+            raise ModelLoadError(
+                f"model {source!r} has no .safetensors weights; pass --allow-pickle-weights to load its .bin "
+                "weights with torch.load(weights_only=True)"
+            ) from exc
+        raise
     return model, tokenizer
+
+
+# How transformers says that a checkpoint (hub repo / local folder) has no safetensors weights.
+_NO_SAFETENSORS_MARKERS = ("cannot be loaded with `safetensors`", "Error no file named model.safetensors")
 
 
 def _check_model_dir(path: Path, allow_pickle_weights: bool = False) -> None:
@@ -747,7 +760,8 @@ _UNREACHABLE_WINDOW = 2**30
 
 def sliding_window(model: PreTrainedModel) -> int | None:
     """The sliding-window attention size the model's config sets, or None (full attention)."""
-    return getattr(model.config.get_text_config(), "sliding_window", None)
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    return None if window is None or window >= _UNREACHABLE_WINDOW else window
 
 
 def set_sliding_window(model: PreTrainedModel, window: int | None) -> None:

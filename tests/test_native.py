@@ -225,6 +225,16 @@ def test_bin_only_folder_needs_the_flag(corpus, tmp_path, capsys):
     assert list(pickled["nll_sum"]) == list(reference["nll_sum"])  # the same weights, bit for bit
 
 
+def test_bin_only_checkpoint_refused_by_transformers_names_the_flag(tmp_path):
+    """The same sentence when transformers itself finds no safetensors (the hub path, where no
+    folder can be checked beforehand)."""
+    folder = save_folder(tiny_model(max_position_embeddings=64), tmp_path / "bin", safetensors=False)
+    with pytest.raises(models.ModelLoadError, match="--allow-pickle-weights"):
+        models._load_pretrained(str(folder), {"dtype": torch.float32}, {})
+    model, _ = models._load_pretrained(str(folder), {"dtype": torch.float32, "use_safetensors": None}, {})
+    assert model.config.model_type == "llama"
+
+
 def test_pickle_loading_uses_weights_only(tmp_path, monkeypatch):
     """transformers reads the .bin with torch.load(weights_only=True), never a full unpickle."""
     folder = save_folder(tiny_model(max_position_embeddings=64), tmp_path / "bin", safetensors=False)
@@ -274,6 +284,26 @@ def test_sliding_window_off_equals_full_attention(attn_impl):
     assert models.sliding_window(windowed) is None
 
 
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+def test_sliding_window_off_on_qwen2_sliding_layers(attn_impl):
+    """Qwen2 copies the window into its sliding layers' attention modules at construction."""
+    shape = dict(max_position_embeddings=256, rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+                 attn_implementation=attn_impl)
+    windowed = tiny_model("qwen2", use_sliding_window=True, sliding_window=WINDOW, max_window_layers=0, **shape)
+    full = tiny_model("qwen2", use_sliding_window=False, **shape)
+    full.load_state_dict(windowed.state_dict())
+    assert set(windowed.config.layer_types) == {"sliding_attention"}
+    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        reference = full(ids).logits[0]
+        default = windowed(ids).logits[0]
+        models.set_sliding_window(windowed, None)
+        off = windowed(ids).logits[0]
+    assert (default[WINDOW:] - reference[WINDOW:]).abs().amax(-1).min() > 1e-4
+    assert torch.allclose(off, reference, atol=1e-5, rtol=0)
+    assert models.sliding_window(windowed) is None
+
+
 def test_sliding_window_size_option_sets_window():
     windowed, full = mistral_pair("sdpa")
     ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(5))
@@ -309,3 +339,4 @@ def test_sliding_window_bad_input(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(folder, corpus, tmp_path / "b", "--sliding-window-attention", "zero", method="base", lengths="16,32")
     assert exit_info.value.code == 2
+
