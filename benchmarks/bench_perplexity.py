@@ -157,8 +157,19 @@ def run_child(args) -> None:
         "values": values,
         "info": {"layers": info.num_layers, "device": info.device, "dtype": info.dtype, "vocab": info.vocab_size},
         "flops": model_flops(model, max(args.length_list)) * len(docs),
+        "estimated_peak_gb": estimated_peak(model, args) / 2**30,
     }
     print("BENCH " + json.dumps(result))
+
+
+def estimated_peak(model, args) -> int:
+    """evalharness.memory's estimate of the engine's peak at L_max (weights included; exact
+    parameter count), bytes."""
+    from evalharness.memory import estimate_peak_bytes
+
+    n_params = sum(p.numel() for p in model.parameters())
+    return estimate_peak_bytes(model.config, model.dtype, max(args.length_list), attn_impl=args.attn_impl,
+                               n_params=n_params)["total"]
 
 
 def model_flops(model, tokens: int) -> float:
@@ -217,6 +228,9 @@ def report(args, results) -> None:
         print(f"max relative ppl difference reference vs engine: {worst:.2e}  (must be ≤ 1e-4)")
         print(f"reference/engine time:   {ref['seconds'] / eng['seconds']:.2f}")
         print(f"reference/engine memory: {ref[memory_key] / eng[memory_key]:.2f}")
+    if eng:
+        print(f"engine peak estimated by evalharness.memory: {eng['estimated_peak_gb']:.2f} GB "
+              f"(measured {eng[memory_key]:.2f}; on CPU the RSS also holds the libraries)")
     if eng and flo:
         print(f"engine/floor time:       {eng['seconds'] / flo['seconds']:.3f}")
     if ref and flo:

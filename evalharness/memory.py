@@ -177,14 +177,16 @@ def decoder_peak_bytes(shape: ModelShape, b: int, length: int, attn_impl: str | 
 
 
 def head_phase_bytes(shape: ModelShape, b: int, length: int, chunk_size: int | None = None) -> int:
-    """Live bytes while the LM head runs over one chunk of c = min(chunk, T − 1) positions:
-    final hidden states T·H·b + the NLL vector 4·T + token ids 8·T + the chunk logits,
-    (8 + b)·c·V for 16-bit dtypes and 8·c·V in float32: the previous chunk's fp32 logits are still
-    bound while the next chunk's head output (b) and its fp32 copy (4) are made; inside the
-    cross-entropy, fp32 logits and their log-softmax (4 + 4)."""
+    """Live bytes while the LM head runs over chunks of c = min(chunk, T − 1) positions:
+    final hidden states T·H·b + the NLL vector 4·T + token ids 8·T + the chunk logits, 8·c·V
+    (inside the cross-entropy: fp32 logits and their log-softmax, 4 + 4), or (8 + b)·c·V for a
+    16-bit dtype with two chunks or more (the previous chunk's fp32 logits are still bound while
+    the next chunk's head output, b, and its fp32 copy, 4, are made)."""
     T = length
-    chunk = min(chunk_size or default_chunk_size(shape.vocab), max(T - 1, 1))
-    logits = (2 * FP32 + (b if b < FP32 else 0)) * chunk * shape.vocab
+    scored = max(T - 1, 1)
+    chunk = min(chunk_size or default_chunk_size(shape.vocab), scored)
+    previous_chunk_alive = b < FP32 and chunk < scored
+    logits = (2 * FP32 + (b if previous_chunk_alive else 0)) * chunk * shape.vocab
     return T * shape.hidden * b + FP32 * T + INT64 * T + logits
 
 
