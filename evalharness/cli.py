@@ -506,8 +506,9 @@ def cmd_eval(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     plan = plan_run(args)
     from . import models, parallel
-    from .results import Manifest, ResultStore, aggregate_perplexity
+    from .results import Manifest, ResultStore
     from .scaling import check_supported, native_context, rope_note
+    from .tables import aggregate_perplexity
 
     shard = parallel.shard_from_env()
     parallel.init_process_group(shard)
@@ -612,15 +613,16 @@ def print_summary(store) -> None:
                 print(pivot.round(3).to_string())
         rows = store.read("passkey")
         if not rows.empty:
-            from .passkey import passkey_context, summarize_passkey
+            from .tables import PASSKEY_THRESHOLD, passkey_accuracy, passkey_effective_context
 
-            summary = summarize_passkey(rows)
+            summary = passkey_accuracy(rows, by=("context_length",))
             summary["spec"] = summary.apply(_spec_name, axis=1)
             pivot = summary.pivot_table(index="spec", columns="context_length", values="accuracy", sort=False)
-            context = passkey_context(summary)
+            context = passkey_effective_context(rows)
             context["spec"] = context.apply(_spec_name, axis=1)
-            pivot["passkey context"] = context.set_index("spec")["passkey_context"]
-            print("\npasskey accuracy (fraction of prompts; passkey context = largest length with ≥ 80%)")
+            pivot["passkey context"] = context.set_index("spec")["effective_context"]
+            print(f"\npasskey accuracy (fraction of prompts; passkey context = largest length with ≥ "
+                  f"{PASSKEY_THRESHOLD:.0%}, NaN: none)")
             print(pivot.round(3).to_string())
         board = store.read("leaderboard")
         if not board.empty:

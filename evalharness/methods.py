@@ -3,7 +3,8 @@
 One function per method maps (spec, rotary dimension |D|, rope base b, scale s) to the inverse
 frequencies θ'_d (d = 0 … |D|/2−1) and the factor that multiplies cos and sin (the attention
 temperature of YaRN). Dynamic methods reuse the static functions with a scale computed from the
-current sequence length. Nothing here touches a model.
+current sequence length. Nothing here touches a model. The registry pairs each function with
+the torch-free facts of `method_facts` (names, labels, which methods take a factor or are dynamic).
 
 Notation and formulas follow the YaRN paper (Peng et al., arXiv 2309.00071, §2–3 and App. A):
     θ_d = b^(−2d/|D|),   λ_d = 2π/θ_d,   s = L'/L.
@@ -16,6 +17,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .method_facts import (
+    ALIASES,
+    METHOD_FACTS,
+    MethodFacts,
+    native_display,
+    native_type_is_dynamic,
+    yarn_mscale,
+)
 
 
 class MethodError(ValueError):
@@ -165,25 +175,6 @@ class ScalingSpec:
 
 _OPTION_FIELDS = ("beta_fast", "beta_slow", "attention_factor", "truncate")
 
-# transformers rope_types whose frequencies depend on the current length: "dynamic" (NTK) and its
-# relatives recompute them as the sequence grows; "longrope" switches factor sets past L.
-_LENGTH_DEPENDENT_TYPES = ("longrope",)
-
-
-def native_type_is_dynamic(rope_type: str) -> bool:
-    """Whether a shipped transformers rope_type computes its frequencies from the current length."""
-    return "dynamic" in rope_type or rope_type in _LENGTH_DEPENDENT_TYPES
-
-
-def native_display(rope_type: str | None, factor: float) -> str:
-    """`native (yarn s=16)`, `native (dynamic s=2)`, `native (default)`, `native` (unresolved)."""
-    if rope_type is None:
-        return "native"
-    if rope_type == "default" or not factor or float(factor) == 1.0:
-        return f"native ({rope_type})"
-    return f"native ({rope_type} s={_fmt(float(factor))})"
-
-
 def _fmt(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -248,11 +239,6 @@ def _check_dims(rotary_dim: int, base: float) -> None:
 def ntk_aware_base(base: float, rotary_dim: int, scale: float) -> float:
     """NTK-aware base change: b' = b · s^(|D|/(|D|−2)) (YaRN paper §3.1, eq. 16)."""
     return base * scale ** (rotary_dim / (rotary_dim - 2))
-
-
-def yarn_mscale(scale: float) -> float:
-    """YaRN's cos/sin multiplier √(1/t) = 0.1·ln(s) + 1 (paper eq. 22); 1 for s ≤ 1."""
-    return 1.0 if scale <= 1 else 0.1 * math.log(scale) + 1.0
 
 
 def correction_dim(n_rotations: float, rotary_dim: int, base: float, original_ctx: int) -> float:
@@ -331,15 +317,30 @@ def rope_yarn(spec: ScalingSpec, rotary_dim: int, base: float, scale: float):
 
 @dataclass(frozen=True)
 class MethodEntry:
+    """A registered method: its frequency function and its torch-free facts (`method_facts`)."""
+
     function: FrequencyFn
-    dynamic: bool
-    needs_ramp: bool = False
-    has_attention: bool = False
-    description: str = ""
+    facts: MethodFacts
+
+    @property
+    def dynamic(self) -> bool:
+        return self.facts.dynamic
+
+    @property
+    def needs_ramp(self) -> bool:
+        return self.facts.needs_ramp
+
+    @property
+    def has_attention(self) -> bool:
+        return self.facts.has_attention
+
+    @property
+    def description(self) -> str:
+        return self.facts.description
 
     @property
     def uses_factor(self) -> bool:
-        return not self.dynamic and self.function not in (rope_base, rope_native)
+        return self.facts.uses_factor
 
     def reads(self, field: str) -> bool:
         if self.function is rope_native:
@@ -351,23 +352,19 @@ class MethodEntry:
         return True
 
 
-METHODS: dict[str, MethodEntry] = {
-    "base": MethodEntry(rope_base, False, description="unmodified RoPE"),
-    "pi": MethodEntry(rope_pi, False, description="Position Interpolation: θ/s"),
-    "ntk": MethodEntry(rope_ntk, False, description="NTK-aware: base b·s^(|D|/(|D|-2))"),
-    "ntk-by-parts": MethodEntry(rope_ntk_by_parts, False, needs_ramp=True,
-                                description="NTK-by-parts: ramp between θ and θ/s"),
-    "yarn": MethodEntry(rope_yarn, False, needs_ramp=True, has_attention=True,
-                        description="YaRN: NTK-by-parts + attention 0.1·ln(s)+1"),
-    "dynamic-pi": MethodEntry(rope_pi, True, description="PI with s = max(1, l/L)"),
-    "dynamic-ntk": MethodEntry(rope_ntk, True, description="NTK-aware with s = max(1, l/L)"),
-    "dynamic-yarn": MethodEntry(rope_yarn, True, needs_ramp=True, has_attention=True,
-                                description="YaRN with s = max(1, l/L)"),
-    "native": MethodEntry(rope_native, False,
-                          description="the RoPE the model ships with (its rope_parameters), untouched"),
+_FUNCTIONS: dict[str, FrequencyFn] = {
+    "base": rope_base,
+    "pi": rope_pi,
+    "ntk": rope_ntk,
+    "ntk-by-parts": rope_ntk_by_parts,
+    "yarn": rope_yarn,
+    "dynamic-pi": rope_pi,
+    "dynamic-ntk": rope_ntk,
+    "dynamic-yarn": rope_yarn,
+    "native": rope_native,
 }
-ALIASES = {"linear": "pi", "dynamic-linear": "dynamic-pi", "ntk-aware": "ntk", "dynamic": "dynamic-ntk",
-           "by-parts": "ntk-by-parts", "none": "base", "default": "base"}
+METHODS: dict[str, MethodEntry] = {name: MethodEntry(_FUNCTIONS[name], facts)
+                                   for name, facts in METHOD_FACTS.items()}
 
 
 def method_names() -> list[str]:

@@ -71,7 +71,6 @@ QUESTION = "What is the pass key? The pass key is"
 KEY_MIN, KEY_MAX = 10000, 99999
 MAX_NEW_TOKENS = 10  # the paper's rule: greedy continuation of at most 10 new tokens
 SCORING = "paper"  # the `scoring` value of rows scored by that rule (part of a row's cell key)
-ACCURACY_THRESHOLD = 0.8  # "passkey context": largest length with accuracy ≥ 80 %
 DEPTH_DECIMALS = 6  # depths are rounded so they survive the CSV round trip (%.10g) exactly
 
 _INTEGER = re.compile(r"\d+")
@@ -541,55 +540,3 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
     finally:
         bar.close()
     return failed
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------------
-
-def _as_bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
-
-
-def summarize_passkey(frame):
-    """Per (model, method, factor, original_ctx, context_length): `accuracy` (fraction correct)
-    and `n` (prompts), sorted by key and length."""
-    import pandas as pd
-
-    from .results import KEY_COLUMNS
-
-    columns = KEY_COLUMNS + ["context_length", "accuracy", "n"]
-    if frame is None or len(frame) == 0:
-        return pd.DataFrame(columns=columns)
-    data = frame.copy()
-    data["correct"] = data["correct"].map(_as_bool).astype(float)
-    groups = data.groupby(KEY_COLUMNS + ["context_length"], sort=True, dropna=False)["correct"]
-    out = groups.agg(accuracy="mean", n="size").reset_index()
-    out["n"] = out["n"].astype(int)
-    return out[columns]
-
-
-def passkey_context(frame, threshold: float = ACCURACY_THRESHOLD):
-    """Per (model, method, factor, original_ctx): `passkey_context` = the largest context length
-    whose accuracy is ≥ `threshold` (the paper's definition, 80 %; 0 when no length reaches it),
-    `accuracy_at_context` at that length (NaN when none), and `max_length_tested`. Takes the raw
-    passkey rows or the output of `summarize_passkey`."""
-    import pandas as pd
-
-    from .results import KEY_COLUMNS
-
-    summary = frame if "accuracy" in getattr(frame, "columns", []) else summarize_passkey(frame)
-    columns = KEY_COLUMNS + ["passkey_context", "accuracy_at_context", "max_length_tested"]
-    rows = []
-    for key, group in summary.groupby(KEY_COLUMNS, sort=True, dropna=False):
-        passing = group[group["accuracy"] >= threshold - 1e-12]
-        if len(passing):
-            best = passing.loc[passing["context_length"].idxmax()]
-            context, accuracy = int(best["context_length"]), float(best["accuracy"])
-        else:
-            context, accuracy = 0, math.nan
-        rows.append(dict(zip(KEY_COLUMNS, key), passkey_context=context, accuracy_at_context=accuracy,
-                         max_length_tested=int(group["context_length"].max())))
-    return pd.DataFrame(rows, columns=columns)

@@ -271,7 +271,8 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
     from tqdm.auto import tqdm
 
     from .parallel import Shard
-    from .results import CELL_ERRORS, aggregate_perplexity, key_row, record_failure
+    from .results import CELL_ERRORS, key_row, record_failure
+    from .tables import aggregate_perplexity
     from .scaling import apply_scaling
 
     shard = shard or Shard()

@@ -26,23 +26,28 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from .results import SCHEMAS, ResultStore, aggregate_perplexity
+from .method_facts import yarn_mscale
+from .tables import (
+    format_number,
+    has_temperature_sweep,
+    is_missing,
+    leaderboard_columns,
+    load_perplexity,
+    method_display,
+    ordered_groups,
+    passkey_accuracy,
+    read_table,
+    split_label,
+    sweep_length,
+    task_display,
+    temperature_rows,
+    varying,
+)
 
 PPL_YLABEL = "Perplexity (lower is better)"
 CTX_XLABEL = "Context window (tokens)"
 
-# Display names and the fixed order/colour of known methods (labels as written by ScalingSpec.label).
-METHOD_NAMES = {
-    "base": "Base",
-    "pi": "PI",
-    "ntk": "NTK",
-    "ntk-by-parts": "NTK-by-parts",
-    "yarn": "YaRN",
-    "dynamic-pi": "Dynamic-PI",
-    "dynamic-ntk": "Dynamic-NTK",
-    "dynamic-yarn": "Dynamic-YaRN",
-}
-METHOD_ORDER = list(METHOD_NAMES)
+# Fixed colours of the known methods (plain labels); other labels take spare colours in turn.
 METHOD_COLORS = {
     "base": "black",
     "pi": "tab:blue",
@@ -53,77 +58,18 @@ METHOD_COLORS = {
     "dynamic-ntk": "tab:olive",
     "dynamic-yarn": "tab:pink",
 }
-# Methods whose result rows carry factor 1 because they do not read it (ScalingSpec normalises).
-FACTORLESS = {"base", "dynamic-pi", "dynamic-ntk", "dynamic-yarn"}
 _SPARE_COLORS = ["tab:green", "tab:brown", "tab:gray", "darkgoldenrod", "teal", "navy", "crimson",
                  "darkviolet", "slategray", "sienna"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
 
-TASK_NAMES = {
-    "arc_challenge": "ARC-c",
-    "hellaswag": "HellaSwag",
-    "mmlu": "MMLU",
-    "truthfulqa_mc2": "TruthfulQA",
-}
-TASK_ORDER = list(TASK_NAMES)
-
 
 # ---------------------------------------------------------------------------------------------
-# Labels and ordering
+# Series, styles and axes
 # ---------------------------------------------------------------------------------------------
-
-def split_label(label: str) -> tuple[str, dict[str, str]]:
-    """`yarn:attention_factor=1.1:truncate=false` → ("yarn", {"attention_factor": "1.1", ...})."""
-    parts = [p.strip() for p in str(label).split(":")]
-    options = {}
-    for item in parts[1:]:
-        key, sep, value = item.partition("=")
-        if sep:
-            options[key.strip()] = value.strip()
-    return parts[0], options
-
-
-def _num(value) -> str:
-    value = float(value)
-    return str(int(value)) if value.is_integer() else f"{value:g}"
-
-
-def method_display(method: str, factor=None) -> str:
-    """Legend text for a (method label, factor): `YaRN s=2`, `Dynamic-YaRN`, `Base`,
-    `YaRN s=2 (attention_factor=1.1)`. Unknown methods keep their name."""
-    name, options = split_label(method)
-    if name == "native":  # the model's shipped RoPE: `native (yarn s=16)`
-        from .methods import native_display
-
-        return native_display(options.get("rope_type"), factor if factor is not None and not _isnan(factor) else 1)
-    text = METHOD_NAMES.get(name, name)
-    if factor is not None and not _isnan(factor):
-        if name not in FACTORLESS and not (name not in METHOD_NAMES and float(factor) == 1.0):
-            text += f" s={_num(factor)}"
-    if options:
-        text += " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
-    return text
-
-
-def _isnan(value) -> bool:
-    try:
-        return math.isnan(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def method_sort_key(method: str, factor=None) -> tuple:
-    """Base first, then PI, NTK, NTK-by-parts, YaRN, dynamic variants, unknown methods; by factor;
-    plain labels before labels with options."""
-    name, options = split_label(method)
-    rank = METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
-    f = float(factor) if factor is not None and not _isnan(factor) else 0.0
-    return (rank, name, f, len(options), str(method))
-
 
 def _extra_keys(frame: pd.DataFrame) -> list[str]:
     """Columns that tell series apart beyond (method, factor) when they vary: run folder, model."""
-    return [c for c in ("run", "model") if c in frame.columns and frame[c].nunique(dropna=False) > 1]
+    return varying(frame, ["run", "model"])
 
 
 def _series_label(key: dict, extra: Sequence[str]) -> str:
@@ -133,14 +79,7 @@ def _series_label(key: dict, extra: Sequence[str]) -> str:
 
 
 def _ordered_series(frame: pd.DataFrame, extra: Sequence[str]) -> list[tuple[dict, pd.DataFrame]]:
-    keys = list(extra) + ["method", "factor"]
-    groups = []
-    for values, group in frame.groupby(keys, sort=False, dropna=False):
-        values = values if isinstance(values, tuple) else (values,)
-        groups.append((dict(zip(keys, values)), group))
-    groups.sort(key=lambda kg: (tuple(str(kg[0][c]) for c in extra),)
-                + method_sort_key(kg[0]["method"], kg[0]["factor"]))
-    return groups
+    return ordered_groups(frame, list(extra) + ["method", "factor"])
 
 
 class _Styler:
@@ -173,7 +112,7 @@ def _length_text(value, _pos=None) -> str:
         return f"{int(value // 1024)}k"
     if value >= 1000 and value % 1000 == 0:
         return f"{int(value // 1000)}k"
-    return _num(value)
+    return format_number(value)
 
 
 def _plain_number(value, _pos=None) -> str:
@@ -237,10 +176,10 @@ def _ppl_panel_title(key: dict, stride_varies: bool) -> str:
     protocol = key.get("protocol", "")
     title = f"{dataset} ({protocol}" if protocol else str(dataset)
     stride = key.get("stride")
-    if protocol == "sliding" and stride is not None and not _isnan(stride) and float(stride) > 0:
-        title += f", stride {_num(stride)}"
-    elif stride_varies and stride is not None and not _isnan(stride):
-        title += f", stride {_num(stride)}"
+    if protocol == "sliding" and stride is not None and not is_missing(stride) and float(stride) > 0:
+        title += f", stride {format_number(stride)}"
+    elif stride_varies and stride is not None and not is_missing(stride):
+        title += f", stride {format_number(stride)}"
     return title + (")" if protocol else "")
 
 
@@ -257,7 +196,8 @@ def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = False,
     frame = frame[np.isfinite(frame[value]) & (frame[value] > 0)]
     if frame.empty:
         return _empty_figure("no finite perplexity values")
-    stride_varies = "stride" in frame and frame.groupby(["dataset", "protocol"])["stride"].nunique().gt(1).any()
+    stride_varies = ("stride" in frame
+                     and frame.groupby(["dataset", "protocol"])["stride"].nunique().gt(1).any())
     panel_columns = ["dataset", "protocol"] + (["stride"] if "stride" in frame else [])
     panels = _panels(frame, panel_columns)
     fig, axes = _new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(7.0, 4.8))
@@ -311,23 +251,6 @@ def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = False,
 # Passkey heatmap
 # ---------------------------------------------------------------------------------------------
 
-def _as_bool_series(values: pd.Series) -> pd.Series:
-    if values.dtype == bool:
-        return values.astype(float)
-    mapping = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
-    return values.map(lambda v: mapping.get(str(v).strip().lower(), np.nan) if not isinstance(v, (int, float, np.number))
-                      else float(v))
-
-
-def passkey_accuracy(frame: pd.DataFrame, by: Sequence[str] = ("context_length", "depth")) -> pd.DataFrame:
-    """Mean of `correct` over trials, per key columns present + `by`; column `accuracy`, `trials`."""
-    frame = frame.copy()
-    frame["correct"] = _as_bool_series(frame["correct"])
-    keys = [c for c in ("run", "model", "method", "factor", "original_ctx") if c in frame.columns] + list(by)
-    out = frame.groupby(keys, dropna=False)["correct"].agg(["mean", "count"]).reset_index()
-    return out.rename(columns={"mean": "accuracy", "count": "trials"})
-
-
 def _depth_bins(depth: pd.Series, max_bins: int) -> pd.Series:
     values = depth.astype(float)
     if values.nunique() <= max_bins:
@@ -340,39 +263,51 @@ def _depth_bins(depth: pd.Series, max_bins: int) -> pd.Series:
 
 
 def _depth_text(value: float, fractions: bool) -> str:
-    return f"{value:.0%}" if fractions else _num(round(value, 3))
+    return f"{value:.0%}" if fractions else format_number(round(value, 3))
 
 
-def plot_passkey_heatmap(frame: pd.DataFrame, max_depth_bins: int = 20, annotate: bool | None = None) -> Figure:
-    """Passkey accuracy (mean of `correct` over trials) as a context length (x) × depth (y)
-    heatmap, one panel per (method, factor) (and model / run when they vary), a shared colorbar
-    over 0..1. More than `max_depth_bins` distinct depths (random depths) are binned."""
+def plot_passkey_heatmap(frame: pd.DataFrame, max_depth_bins: int = 20,
+                         annotate: bool | None = None) -> Figure:
+    """Passkey accuracy (`tables.passkey_accuracy`) as a context length (x) × depth (y) heatmap.
+
+    One panel per (method, factor) (and run / model / scoring rule when they vary), a shared
+    colorbar over 0..1. More than `max_depth_bins` distinct depths (random depths) are binned.
+    The panel title gives the prompts per cell (n) when every cell has the same n; otherwise each
+    annotated cell shows its own n.
+    """
     if frame.empty:
         return _empty_figure("no passkey rows")
     frame = frame.copy()
     frame["depth"] = _depth_bins(frame["depth"], max_depth_bins)
     acc = passkey_accuracy(frame)
-    extra = _extra_keys(acc)
+    extra = varying(acc, ["run", "model", "scoring"])
     series = _ordered_series(acc, extra)
     fig, axes = _new_figure(len(series), ncols=min(len(series), 4), panel_size=(4.2, 3.6), extra_width=0.8)
     fractions = bool(acc["depth"].max() <= 1.0)
     image = None
     for ax, (skey, group) in zip(axes, series):
-        grid = group.pivot_table(index="depth", columns="context_length", values="accuracy", aggfunc="mean")
-        grid = grid.sort_index().sort_index(axis=1)
-        data = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+        correct = group.pivot_table(index="depth", columns="context_length", values="correct", aggfunc="sum")
+        counts = group.pivot_table(index="depth", columns="context_length", values="n", aggfunc="sum")
+        correct, counts = correct.sort_index().sort_index(axis=1), counts.sort_index().sort_index(axis=1)
+        data = np.ma.masked_invalid((correct / counts).to_numpy(dtype=float))
         image = ax.imshow(data, vmin=0.0, vmax=1.0, cmap=colormaps["RdYlGn"].with_extremes(bad="0.85"),
                           aspect="auto", interpolation="nearest")
-        ax.set_xticks(range(grid.shape[1]), [_length_text(c) for c in grid.columns],
-                      rotation=45 if grid.shape[1] > 6 else 0)
-        ax.set_yticks(range(grid.shape[0]), [_depth_text(d, fractions) for d in grid.index])
-        show_numbers = annotate if annotate is not None else grid.size <= 120
+        ax.set_xticks(range(counts.shape[1]), [_length_text(c) for c in counts.columns],
+                      rotation=45 if counts.shape[1] > 6 else 0)
+        ax.set_yticks(range(counts.shape[0]), [_depth_text(d, fractions) for d in counts.index])
+        ns = counts.to_numpy(dtype=float)
+        uniform_n = len(set(ns[np.isfinite(ns)].tolist())) == 1
+        show_numbers = annotate if annotate is not None else counts.size <= 120
         if show_numbers:
-            for i in range(grid.shape[0]):
-                for j in range(grid.shape[1]):
+            for i in range(counts.shape[0]):
+                for j in range(counts.shape[1]):
                     if not np.ma.is_masked(data[i, j]):
-                        ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=7, color="black")
-        ax.set_title(_series_label(skey, extra))
+                        text = f"{data[i, j]:.1f}" + ("" if uniform_n else f"\nn={int(ns[i, j])}")
+                        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black")
+        title = _series_label(skey, extra)
+        if uniform_n:
+            title += f" (n={int(ns[np.isfinite(ns)][0])} per cell)"
+        ax.set_title(title)
         ax.set_xlabel(CTX_XLABEL)
         ax.set_ylabel("Passkey depth" + (" (fraction of prompt)" if fractions else ""))
     colorbar = fig.colorbar(image, ax=axes, shrink=0.9)
@@ -385,18 +320,11 @@ def plot_passkey_heatmap(frame: pd.DataFrame, max_depth_bins: int = 20, annotate
 # Leaderboard bars
 # ---------------------------------------------------------------------------------------------
 
-def task_sort_key(task: str) -> tuple:
-    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
-
-
-def _task_text(task: str, metric: str, fewshot=None, show_metric: bool = True) -> str:
-    text = TASK_NAMES.get(task, task)
-    bits = []
-    if show_metric:
-        bits.append(str(metric))
-    if fewshot is not None and not _isnan(fewshot):
-        bits.append(f"{_num(fewshot)}-shot")
-    return text + ("\n" + ", ".join(bits) if bits else "")
+def _task_text(task: str, metric: str, fewshot=None) -> str:
+    text = f"{task_display(task)}\n{metric}"
+    if not is_missing(fewshot):
+        text += f", {format_number(fewshot)}-shot"
+    return text
 
 
 def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
@@ -408,7 +336,7 @@ def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
     frame = frame.copy()
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     frame["stderr"] = pd.to_numeric(frame.get("stderr"), errors="coerce")
-    tasks = sorted({(t, m) for t, m in zip(frame["task"], frame["metric"])}, key=lambda tm: task_sort_key(tm[0]) + (tm[1],))
+    tasks = leaderboard_columns(frame)
     task_index = {tm: i for i, tm in enumerate(tasks)}
     fewshot = {}
     if "num_fewshot" in frame:
@@ -436,7 +364,7 @@ def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
                 centre = task_index[(t, m)]
                 ax.hlines(h, centre - 0.45, centre + 0.45, colors="0.35", linestyles="--", linewidth=1,
                           gid="base_reference")
-    ax.set_xticks(range(len(tasks)), [_task_text(t, m, fewshot.get((t, m)), show_metric=True) for t, m in tasks])
+    ax.set_xticks(range(len(tasks)), [_task_text(t, m, fewshot.get((t, m))) for t, m in tasks])
     ax.set_ylabel("Score (higher is better)")
     ax.set_xlim(-0.6, len(tasks) - 0.4)
     top = np.nanmax(frame["value"].to_numpy(dtype=float)) if frame["value"].notna().any() else 1.0
@@ -454,57 +382,8 @@ def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
 # Attention temperature sweep
 # ---------------------------------------------------------------------------------------------
 
-def yarn_default_attention(factor: float) -> float:
-    """√(1/t) = 0.1·ln(s) + 1 (the YaRN paper's recommended temperature)."""
-    return 0.1 * math.log(float(factor)) + 1.0
-
-
-def temperature_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """The static-YaRN rows of a perplexity frame with `sqrt_inv_t` (the label's
-    attention_factor, or 0.1·ln(s)+1 when absent) and `variant` (the label without it)."""
-    if frame.empty:
-        return frame.assign(sqrt_inv_t=pd.Series(dtype=float), variant=pd.Series(dtype=str))
-    rows = []
-    for index, row in frame.iterrows():
-        name, options = split_label(row["method"])
-        if name != "yarn":
-            continue
-        raw = options.pop("attention_factor", options.pop("mscale", None))
-        try:
-            x = float(raw) if raw is not None else yarn_default_attention(row["factor"])
-        except ValueError:
-            continue
-        variant = name + "".join(f":{k}={v}" for k, v in options.items())
-        rows.append((index, x, variant))
-    if not rows:
-        return frame.iloc[0:0].assign(sqrt_inv_t=pd.Series(dtype=float), variant=pd.Series(dtype=str))
-    index, xs, variants = zip(*rows)
-    out = frame.loc[list(index)].copy()
-    out["sqrt_inv_t"] = xs
-    out["variant"] = variants
-    return out
-
-
-def has_temperature_sweep(frame: pd.DataFrame) -> bool:
-    """True when some s has static-YaRN rows at ≥ 2 attention factors (something to sweep)."""
-    rows = temperature_rows(frame)
-    if rows.empty:
-        return False
-    return bool(rows.groupby(["factor", "variant"])["sqrt_inv_t"].nunique().ge(2).any())
-
-
-def _sweep_length(rows: pd.DataFrame) -> float:
-    lengths = sorted({float(v) for v in rows["context_length"]})
-    if len(lengths) == 1:
-        return lengths[0]
-    shared = None
-    for _, group in rows.groupby("factor"):
-        mine = {float(v) for v in group["context_length"]}
-        shared = mine if shared is None else shared & mine
-    return max(shared) if shared else lengths[-1]
-
-
-def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = None, value: str = "ppl") -> Figure:
+def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = None,
+                           value: str = "ppl") -> Figure:
     """Perplexity against √(1/t) for several s, one line per s (from static-YaRN rows, x read from
     `yarn:attention_factor=X` labels, 0.1·ln(s)+1 for plain `yarn`), a star at each line's
     minimum and a dotted vertical line at the formula value 0.1·ln(s)+1. Uses the rows of one
@@ -517,7 +396,7 @@ def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = Non
     rows[value] = pd.to_numeric(rows[value], errors="coerce")
     rows = rows[np.isfinite(rows[value])]
     if context_length is None:
-        context_length = _sweep_length(rows)
+        context_length = sweep_length(rows)
     rows = rows[rows["context_length"].astype(float) == float(context_length)]
     if rows.empty:
         return _empty_figure(f"no YaRN rows at context length {context_length}")
@@ -535,21 +414,22 @@ def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = Non
             gkey = dict(zip(keys, gkey))
             s = float(gkey["factor"])
             group = group.groupby("sqrt_inv_t", as_index=False)[value].mean().sort_values("sqrt_inv_t")
-            color = cmap_colors[(factor_list.index(s) if len(groups) == len(factor_list) else n) % len(cmap_colors)]
+            slot = factor_list.index(s) if len(groups) == len(factor_list) else n
+            color = cmap_colors[slot % len(cmap_colors)]
             x = group["sqrt_inv_t"].to_numpy(dtype=float)
             y = group[value].to_numpy(dtype=float)
             best = int(np.argmin(y))
             prefix = " / ".join(str(gkey[c]) for c in extra)
-            label = f"s={_num(s)}"
+            label = f"s={format_number(s)}"
             if gkey["variant"] != "yarn":
                 label += " (" + gkey["variant"].split(":", 1)[1] + ")"
             if prefix:
                 label = f"{prefix}: {label}"
             ax.plot(x, y, color=color, marker="o", markersize=4, linewidth=1.6,
-                    label=f"{label}: best {x[best]:.3g}, formula {yarn_default_attention(s):.3g}", gid="series")
+                    label=f"{label}: best {x[best]:.3g}, formula {yarn_mscale(s):.3g}", gid="series")
             ax.plot([x[best]], [y[best]], color=color, marker="*", markersize=14, linestyle="none",
                     markeredgecolor="black", markeredgewidth=0.6, label="_minimum", gid="minimum")
-            ax.axvline(yarn_default_attention(s), color=color, linestyle=":", linewidth=1.4,
+            ax.axvline(yarn_mscale(s), color=color, linestyle=":", linewidth=1.4,
                        label="_formula", gid="formula")
         ax.set_xlabel("√(1/t)  (YaRN attention factor; star: minimum, dotted: 0.1·ln(s)+1)")
         ax.set_ylabel(PPL_YLABEL)
@@ -564,25 +444,6 @@ def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = Non
 # A whole run folder
 # ---------------------------------------------------------------------------------------------
 
-def read_table(results_dir: str | os.PathLike, table: str) -> pd.DataFrame:
-    """`<dir>/<table>.csv` as `ResultStore.read` reads it; an empty frame with the schema's columns
-    when the file is missing or unreadable (figures never fail a run)."""
-    try:
-        return ResultStore(results_dir).read(table)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
-        return pd.DataFrame(columns=SCHEMAS.get(table, []))
-
-
-def load_perplexity(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """perplexity.csv, or the aggregate of perplexity_docs.csv when only that exists."""
-    frame = read_table(results_dir, "perplexity")
-    if frame.empty:
-        docs = read_table(results_dir, "perplexity_docs")
-        if not docs.empty:
-            frame = aggregate_perplexity(docs)
-    return frame
-
-
 def plot_run(results_dir: str | os.PathLike) -> list[Path]:
     """Every figure the folder's tables allow, written to `<dir>/figures/<name>.png|pdf`:
     `perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a sweep
@@ -596,7 +457,8 @@ def plot_run(results_dir: str | os.PathLike) -> list[Path]:
     if not ppl.empty:
         if has_temperature_sweep(ppl):
             written += save_figure(plot_temperature_sweep(ppl), figures / "temperature")
-            swept = ppl["method"].map(lambda m: split_label(m)[0] == "yarn" and "attention_factor" in split_label(m)[1])
+            swept = ppl["method"].map(
+                lambda m: split_label(m)[0] == "yarn" and "attention_factor" in split_label(m)[1])
             if (~swept).any():
                 ppl = ppl[~swept]
         written += save_figure(plot_perplexity(ppl), figures / "perplexity")

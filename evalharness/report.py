@@ -1,9 +1,11 @@
 """A one-page markdown report of a run folder: `<dir>/report.md`.
 
-What ran (command, model, versions from manifest.json), the tables the paper reports (perplexity
-by context length, passkey accuracy and passkey context, leaderboard scores with their mean),
-failed cells, and the figures of `plots.plot_run` embedded by relative path. Built from the
-folder's files only; markdown tables are formatted here (no `tabulate` needed).
+What ran (command, model, versions from manifest.json), the tables the paper reports with their
+uncertainty (perplexity with its bootstrap interval over documents and the paired ratio to base,
+passkey accuracy with its Wilson interval, n and the effective passkey context, leaderboard scores
+± lm-eval's standard error with their mean and the change from base), failed cells, and the
+figures of `plots.plot_run` embedded by relative path. Every number comes from `tables.py`; each
+section states its rules in one sentence each. Markdown tables are formatted here.
 """
 from __future__ import annotations
 
@@ -17,18 +19,28 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .plots import (
+from .plots import plot_run
+from .results import atomic_write_text
+from .tables import (
+    BOOTSTRAP_RESAMPLES,
+    PASSKEY_THRESHOLD,
+    format_number,
+    leaderboard_columns,
+    leaderboard_deltas,
+    leaderboard_means,
     load_perplexity,
     method_display,
-    method_sort_key,
+    ordered_groups,
     passkey_accuracy,
-    plot_run,
+    passkey_differences,
+    passkey_effective_context,
+    perplexity_ratios,
     read_table,
-    task_sort_key,
+    task_display,
+    varying,
 )
-from .results import atomic_write_text
 
-PASSKEY_THRESHOLD = 0.8
+REFERENCE = "base"
 FIGURE_CAPTIONS = {
     "perplexity": "Perplexity vs context window (dashed: original context L).",
     "temperature": "Perplexity vs √(1/t) for several s (star: minimum; dotted: 0.1·ln(s)+1).",
@@ -59,11 +71,16 @@ def markdown_table(headers: Sequence, rows: Sequence[Sequence], align: Sequence[
     return "\n".join(lines)
 
 
-def fmt_ppl(value) -> str:
+def _number(value) -> float:
     try:
-        value = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        return "—"
+        return math.nan
+
+
+def fmt_ppl(value) -> str:
+    """Perplexity with 2 decimals (3 significant digits from 1000 on); — when missing."""
+    value = _number(value)
     if math.isnan(value):
         return "—"
     if math.isinf(value):
@@ -72,44 +89,58 @@ def fmt_ppl(value) -> str:
 
 
 def fmt_pct(value, digits: int = 1) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "—"
+    """A fraction as a percentage without the sign; — when missing."""
+    value = _number(value)
     return "—" if math.isnan(value) else f"{100 * value:.{digits}f}"
 
 
-def fmt_length(value) -> str:
-    value = float(value)
-    return str(int(value)) if value.is_integer() else f"{value:g}"
+def fmt_points(value, digits: int = 1) -> str:
+    """A difference of fractions in signed percentage points; — when missing."""
+    value = _number(value)
+    return "—" if math.isnan(value) else f"{100 * value:+.{digits}f}"
 
 
-def _series_keys(frame: pd.DataFrame) -> list[str]:
-    return [c for c in ("model", "method", "factor", "original_ctx") if c in frame.columns]
+def fmt_interval(low, high, fmt) -> str:
+    """` [low, high]` in the value's format, or nothing when either end is missing."""
+    if math.isnan(_number(low)) or math.isnan(_number(high)):
+        return ""
+    return f" [{fmt(low)}, {fmt(high)}]"
 
 
-def _row_label(key: dict, show_model: bool, show_ctx: bool) -> str:
+fmt_length = format_number
+
+
+def _row_label(key: dict, show: Sequence[str]) -> str:
     label = method_display(key["method"], key.get("factor"))
-    if show_ctx and "original_ctx" in key:
+    if "original_ctx" in show and "original_ctx" in key:
         label += f" (L={fmt_length(key['original_ctx'])})"
-    if show_model:
-        label = f"{key['model']}: {label}"
-    return label
+    prefix = [str(key[c]) for c in show if c in key and c != "original_ctx"]
+    return ": ".join([" / ".join(prefix), label]) if prefix else label
 
 
-def _sorted_series(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    keys = _series_keys(frame)
+def _grid(frame: pd.DataFrame, keys: Sequence[str], lengths: Sequence[float]) -> list[tuple[dict, list]]:
+    """Per series (display order): its row (a dict) at each length, None where it has none."""
     out = []
-    for values, group in frame.groupby(keys, sort=False, dropna=False):
-        values = values if isinstance(values, tuple) else (values,)
-        out.append((dict(zip(keys, values)), group))
-    out.sort(key=lambda kg: (str(kg[0].get("model", "")),) + method_sort_key(kg[0]["method"], kg[0].get("factor"))
-             + (float(kg[0].get("original_ctx", 0) or 0),))
+    for key, group in ordered_groups(frame, keys):
+        by_length = {float(r["context_length"]): r for r in group.to_dict("records")}
+        out.append((key, [by_length.get(x) for x in lengths]))
     return out
 
 
-def _varies(frame: pd.DataFrame, column: str) -> bool:
-    return column in frame.columns and frame[column].nunique(dropna=False) > 1
+def _lengths(frame: pd.DataFrame) -> list[float]:
+    return sorted({float(v) for v in frame["context_length"]})
+
+
+SERIES = ["model", "method", "factor", "original_ctx"]
+
+
+def _series_id(key: dict, keys: Sequence[str]) -> tuple[str, ...]:
+    return tuple(str(key[c]) for c in keys)
+
+
+def _by_series(frame: pd.DataFrame, keys: Sequence[str]) -> dict[tuple[str, ...], dict]:
+    """The rows of a one-row-per-series frame, by `_series_id`."""
+    return {_series_id(r, keys): r for r in frame.to_dict("records")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,8 +171,8 @@ def _run_section(manifest: dict) -> list[str]:
             lines.append("- Methods: " + ", ".join(f"`{s}`" for s in specs))
         docs = run.get("documents")
         if docs:
-            shown = ", ".join(f"{d[0]} ({d[1]} tokens)" if isinstance(d, (list, tuple)) and len(d) == 2 else str(d)
-                              for d in docs[:10])
+            shown = ", ".join(f"{d[0]} ({d[1]} tokens)" if isinstance(d, (list, tuple)) and len(d) == 2
+                              else str(d) for d in docs[:10])
             more = f" and {len(docs) - 10} more" if len(docs) > 10 else ""
             lines.append(f"- Documents ({len(docs)}): {shown}{more}")
         env = run.get("environment") or {}
@@ -154,127 +185,186 @@ def _run_section(manifest: dict) -> list[str]:
     return lines
 
 
-def _perplexity_section(ppl: pd.DataFrame) -> list[str]:
+def _perplexity_section(ppl: pd.DataFrame, docs: pd.DataFrame, seed: int) -> list[str]:
     lines = ["## Perplexity", ""]
     ppl = ppl.copy()
-    for column in ("ppl", "ppl_window_mean", "ppl_ci_low", "ppl_ci_high"):
+    for column in ("ppl", "ppl_window_mean", "ppl_ci_low", "ppl_ci_high", "n_docs"):
         if column in ppl:
             ppl[column] = pd.to_numeric(ppl[column], errors="coerce")
-    show_model, show_ctx = _varies(ppl, "model"), _varies(ppl, "original_ctx")
-    group_columns = [c for c in ("dataset", "protocol", "stride") if c in ppl.columns]
-    for values, block in ppl.groupby(group_columns, sort=True, dropna=False):
-        key = dict(zip(group_columns, values if isinstance(values, tuple) else (values,)))
-        lengths = sorted({float(v) for v in block["context_length"]})
-        series = _sorted_series(block)
+    show = varying(ppl, ["model", "original_ctx"])
+    ratios = perplexity_ratios(docs, REFERENCE, seed=seed) if not docs.empty else pd.DataFrame()
+    for key, block in ordered_groups(ppl, ["dataset", "protocol", "stride"]):
+        lengths = _lengths(block)
+        grid = _grid(block, SERIES, lengths)
         heading = f"### {key.get('dataset', '')}, {key.get('protocol', '')}"
         stride = key.get("stride")
-        if key.get("protocol") == "sliding" and stride is not None and not pd.isna(stride):
+        if key.get("protocol") == "sliding" and not pd.isna(stride):
             heading += f" (stride {fmt_length(stride)})"
-        lines += [heading, ""]
-        docs = sorted({int(v) for v in block["n_docs"].dropna()}) if "n_docs" in block else []
+        docs_used = sorted({int(v) for v in block["n_docs"].dropna()}) if "n_docs" in block else []
         ctxs = sorted({int(v) for v in block["original_ctx"].dropna()}) if "original_ctx" in block else []
-        note = ("Token-weighted perplexity exp(Σ nll / Σ tokens) over "
-                + (f"{docs[0]}" if len(docs) == 1 else f"{docs[0]}–{docs[-1]}" if docs else "?")
-                + " document(s); best per length in bold.")
+        n_text = (f"{docs_used[0]}" if len(docs_used) == 1 else f"{docs_used[0]}–{docs_used[-1]}"
+                  if docs_used else "?")
+        lines += [heading, "",
+                  f"- Perplexity: token-weighted exp(Σ NLL / Σ tokens) over {n_text} document(s); "
+                  "best per length in bold.",
+                  "- Brackets: 95 % percentile bootstrap interval over documents "
+                  f"({BOOTSTRAP_RESAMPLES} seeded resamples), shown when there are at least 2 documents."]
         if ctxs:
-            note += " Original context L = " + ", ".join(str(c) for c in ctxs) + "."
-        lines += [note, ""]
-
-        def table(column: str, fmt, bold: bool) -> str:
-            headers = ["method"] + [fmt_length(x) for x in lengths]
-            grid = []
-            for skey, group in series:
-                by_length = {float(r["context_length"]): r for r in group.to_dict("records")}
-                grid.append((skey, [by_length.get(x) for x in lengths]))
-            best = {}
-            if bold:
-                for j, _ in enumerate(lengths):
-                    vals = [r[column] for _, cells in grid for r in [cells[j]] if r is not None
-                            and np.isfinite(r[column])]
-                    best[j] = min(vals) if vals else None
-            rows = []
-            for skey, cells in grid:
-                out = [_row_label(skey, show_model, show_ctx)]
-                for j, r in enumerate(cells):
-                    text = fmt(r) if r is not None else "—"
-                    if bold and r is not None and best.get(j) is not None and r[column] == best[j] and len(grid) > 1:
-                        text = f"**{text}**"
-                    out.append(text)
-                rows.append(out)
-            return markdown_table(headers, rows)
-
-        lines += [table("ppl", lambda r: fmt_ppl(r["ppl"]), bold=True), ""]
+            lines.append("- Original context L = " + ", ".join(str(c) for c in ctxs) + ".")
+        lines.append("")
+        best = {}
+        for j in range(len(lengths)):
+            values = [cells[j]["ppl"] for _, cells in grid
+                      if cells[j] is not None and np.isfinite(cells[j]["ppl"])]
+            best[j] = min(values) if values and len(grid) > 1 else None
+        rows = []
+        for skey, cells in grid:
+            row = [_row_label(skey, show)]
+            for j, r in enumerate(cells):
+                if r is None:
+                    row.append("—")
+                    continue
+                text = fmt_ppl(r["ppl"])
+                if best[j] is not None and r["ppl"] == best[j]:
+                    text = f"**{text}**"
+                if _number(r.get("n_docs")) >= 2:
+                    text += fmt_interval(r.get("ppl_ci_low"), r.get("ppl_ci_high"), fmt_ppl)
+                row.append(text)
+            rows.append(row)
+        lines += [markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
         if "ppl_window_mean" in block:
             lines += ["The authors' averaging (`ppl_window_mean`: mean over documents of exp(mean of the "
                       "window mean losses)):", ""]
-            lines += [table("ppl_window_mean", lambda r: fmt_ppl(r["ppl_window_mean"]), bold=False), ""]
-        if {"ppl_ci_low", "ppl_ci_high"} <= set(block.columns):
-            lines += ["95% bootstrap interval of the token-weighted perplexity (resampling documents):", ""]
-            lines += [table("ppl", lambda r: f"{fmt_ppl(r['ppl_ci_low'])}–{fmt_ppl(r['ppl_ci_high'])}",
-                            bold=False), ""]
+            rows = [[_row_label(skey, show)] + [fmt_ppl(r["ppl_window_mean"]) if r is not None else "—"
+                                                for r in cells] for skey, cells in grid]
+            lines += [markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
+        lines += _ratio_table(ratios, key, lengths, show)
     return lines
 
 
-def passkey_summary(passkey: pd.DataFrame, threshold: float = PASSKEY_THRESHOLD) -> pd.DataFrame:
-    """Per series: accuracy per context length (mean of `correct` over depths and trials), the
-    passkey context (largest length with accuracy ≥ threshold, NaN if none) and the accuracy over
-    all trials at lengths ≤ that context. Columns: key columns, `context_length`, `accuracy`,
-    `trials`, `passkey_context`, `passkey_accuracy`."""
-    acc = passkey_accuracy(passkey, by=("context_length",))
-    keys = [c for c in ("model", "method", "factor", "original_ctx") if c in acc.columns]
-    frames = []
-    for _, group in acc.groupby(keys, dropna=False, sort=False):
-        passing = group.loc[group["accuracy"] >= threshold - 1e-12, "context_length"]
-        context = float(passing.max()) if len(passing) else float("nan")
-        within = group[group["context_length"] <= context]
-        weighted = (float((within["accuracy"] * within["trials"]).sum() / within["trials"].sum())
-                    if len(within) else float("nan"))
-        frames.append(group.assign(passkey_context=context, passkey_accuracy=weighted))
-    return pd.concat(frames, ignore_index=True) if frames else acc
-
-
-def _passkey_section(passkey: pd.DataFrame) -> list[str]:
-    summary = passkey_summary(passkey)
-    lengths = sorted({float(v) for v in summary["context_length"]})
-    show_model, show_ctx = _varies(summary, "model"), _varies(summary, "original_ctx")
-    headers = ["method"] + [fmt_length(x) for x in lengths] + ["passkey context", "accuracy ≤ context"]
+def _ratio_table(ratios: pd.DataFrame, block_key: dict, lengths: Sequence[float],
+                 show: Sequence[str]) -> list[str]:
+    if ratios.empty:
+        return []
+    mask = np.ones(len(ratios), dtype=bool)
+    for column, value in block_key.items():
+        if pd.isna(value):
+            mask &= ratios[column].isna().to_numpy()
+        else:
+            mask &= (ratios[column].astype(str) == str(value)).to_numpy()
+    part = ratios[mask]
+    if part.empty:
+        return []
+    reference = method_display(REFERENCE)
     rows = []
-    for skey, group in _sorted_series(summary):
-        by_length = dict(zip(group["context_length"].astype(float), group["accuracy"]))
-        context = group["passkey_context"].iloc[0]
-        rows.append([_row_label(skey, show_model, show_ctx)] + [fmt_pct(by_length.get(x)) for x in lengths]
-                    + ["none" if pd.isna(context) else fmt_length(context), fmt_pct(group["passkey_accuracy"].iloc[0])])
-    trials = passkey.groupby(["context_length"]).size()
-    return ["## Passkey retrieval", "",
-            f"Accuracy (%) per context length, over depths and trials ({int(trials.min())}–{int(trials.max())} "
-            "prompts per length and method). Passkey context = the largest length with accuracy ≥ "
-            f"{int(PASSKEY_THRESHOLD * 100)}%; last column: accuracy over all prompts up to it.", "",
-            markdown_table(headers, rows), ""]
+    for skey, cells in _grid(part, SERIES, lengths):
+        row = [_row_label(skey, show)]
+        for r in cells:
+            if r is None:
+                row.append("—")
+                continue
+            text = f"{r['ratio']:.3f}"
+            if r["n_docs"] >= 2:
+                text += fmt_interval(r["ratio_ci_low"], r["ratio_ci_high"], lambda v: f"{v:.3f}")
+            row.append(text)
+        rows.append(row)
+    return [f"Ratio to {reference} on the same documents:", "",
+            f"- Ratio: perplexity of the method / perplexity of {reference}, both token-weighted over the "
+            f"documents both have (< 1: better than {reference}).",
+            "- Brackets: 95 % paired percentile bootstrap interval over those documents "
+            f"({BOOTSTRAP_RESAMPLES} seeded resamples), shown when there are at least 2.", "",
+            markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
 
 
-def leaderboard_summary(leaderboard: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[dict, dict, float]]]:
-    """(task, metric) columns in paper order; per series the {(task, metric): row} and the
-    unweighted mean of the values over the tasks it has."""
-    frame = leaderboard.copy()
-    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
-    columns = sorted({(t, m) for t, m in zip(frame["task"], frame["metric"])},
-                     key=lambda tm: task_sort_key(tm[0]) + (tm[1],))
-    out = []
-    for skey, group in _sorted_series(frame):
-        cells = {(r["task"], r["metric"]): r for r in group.to_dict("records")}
-        values = [cells[c]["value"] for c in columns if c in cells and not pd.isna(cells[c]["value"])]
-        out.append((skey, cells, float(np.mean(values)) if values else float("nan")))
-    return columns, out
+def _scoring_text(passkey: pd.DataFrame) -> str:
+    rules = sorted({str(v) for v in passkey["scoring"].dropna()}) if "scoring" in passkey else []
+    return f" (scoring: {', '.join(rules)})" if rules else ""
+
+
+def _passkey_section(passkey: pd.DataFrame, seed: int) -> list[str]:
+    by_length = passkey_accuracy(passkey, by=("context_length",))
+    overall = passkey_accuracy(passkey, by=())
+    context = passkey_effective_context(passkey)
+    keys = [c for c in by_length.columns if c in ("model", "method", "factor", "original_ctx", "scoring")]
+    show = varying(by_length, ["model", "original_ctx", "scoring"])
+    lengths = _lengths(by_length)
+    ns = set(by_length["n"].astype(int))
+    uniform_n = len(ns) == 1
+
+    def accuracy_text(r) -> str:
+        text = fmt_pct(r["accuracy"]) + fmt_interval(r["ci_low"], r["ci_high"], fmt_pct)
+        return text if uniform_n else f"{text} (n={int(r['n'])})"
+
+    overall, context = _by_series(overall, keys), _by_series(context, keys)
+    rows = []
+    for skey, cells in _grid(by_length, keys, lengths):
+        total = overall[_series_id(skey, keys)]
+        effective = context[_series_id(skey, keys)]["effective_context"]
+        all_lengths = (fmt_pct(total["accuracy"]) + fmt_interval(total["ci_low"], total["ci_high"], fmt_pct)
+                       + f" (n={int(total['n'])})")
+        rows.append([_row_label(skey, show)] + [accuracy_text(r) if r is not None else "—" for r in cells]
+                    + ["none" if pd.isna(effective) else fmt_length(effective), all_lengths])
+    n_text = f"n = {ns.pop()} prompts per cell" if uniform_n else "n prompts per cell as shown"
+    lines = ["## Passkey retrieval", "",
+             f"- Accuracy (%): the fraction of prompts whose key was retrieved{_scoring_text(passkey)}, over "
+             f"depths and trials; {n_text}.",
+             "- Brackets: Wilson 95 % score interval of that fraction.",
+             f"- Effective context: the longest tested length with accuracy ≥ {PASSKEY_THRESHOLD:.0%} "
+             "(none: no length reaches it).", "",
+             markdown_table(["method"] + [fmt_length(x) for x in lengths]
+                            + ["effective context", "all lengths"], rows), ""]
+    return lines + _passkey_difference_table(passkey, keys, lengths, show, seed)
+
+
+def _passkey_difference_table(passkey: pd.DataFrame, keys: Sequence[str], lengths: Sequence[float],
+                              show: Sequence[str], seed: int) -> list[str]:
+    differences = passkey_differences(passkey, REFERENCE, seed=seed)
+    if differences.empty:
+        return []
+    reference = method_display(REFERENCE)
+    rows = []
+    def text(r) -> str:
+        if r is None:
+            return "—"
+        interval = fmt_interval(r["difference_ci_low"], r["difference_ci_high"], fmt_points)
+        return fmt_points(r["difference"]) + (interval if r["n"] >= 2 else "")
+
+    for skey, cells in _grid(differences, keys, lengths):
+        rows.append([_row_label(skey, show)] + [text(r) for r in cells])
+    return [f"Difference to {reference} on the same prompts:", "",
+            f"- Difference: accuracy of the method − accuracy of {reference}, in percentage points, "
+            "over the prompts both have (same length, depth, trial and seed).",
+            "- Brackets: 95 % paired percentile bootstrap interval over those prompts "
+            f"({BOOTSTRAP_RESAMPLES} seeded resamples).", "",
+            markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
 
 
 def _leaderboard_section(leaderboard: pd.DataFrame) -> list[str]:
-    columns, series = leaderboard_summary(leaderboard)
-    show_model, show_ctx = _varies(leaderboard, "model"), _varies(leaderboard, "original_ctx")
-    headers = ["method"] + [f"{t} ({m})" for t, m in columns] + ["mean"]
-    rows = []
-    incomplete = False
-    for skey, cells, mean in series:
-        row = [_row_label(skey, show_model, show_ctx)]
+    frame = leaderboard.copy()
+    for column in ("value", "stderr", "n_samples", "num_fewshot"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    columns = leaderboard_columns(frame)
+    keys = [c for c in SERIES if c in frame.columns]
+    means = _by_series(leaderboard_means(frame), keys)
+    deltas = leaderboard_deltas(frame, REFERENCE)
+    show = varying(frame, ["model", "original_ctx"])
+
+    def header(task: str, metric: str) -> str:
+        part = frame[(frame["task"] == task) & (frame["metric"] == metric)]
+        bits = [metric]
+        shots = set(part["num_fewshot"].dropna()) if "num_fewshot" in part else set()
+        if len(shots) == 1:
+            bits.append(f"{format_number(shots.pop())}-shot")
+        samples = set(part["n_samples"].dropna()) if "n_samples" in part else set()
+        if len(samples) == 1:
+            bits.append(f"n={format_number(samples.pop())}")
+        return f"{task_display(task)} ({', '.join(bits)})"
+
+    rows, incomplete = [], False
+    for skey, group in ordered_groups(frame, keys):
+        cells = {(r["task"], r["metric"]): r for r in group.to_dict("records")}
+        row = [_row_label(skey, show)]
         for column in columns:
             r = cells.get(column)
             if r is None:
@@ -282,15 +372,26 @@ def _leaderboard_section(leaderboard: pd.DataFrame) -> list[str]:
                 incomplete = True
                 continue
             text = fmt_pct(r["value"])
-            stderr = pd.to_numeric(pd.Series([r.get("stderr")]), errors="coerce").iloc[0]
-            if not pd.isna(stderr):
-                text += f" ± {fmt_pct(stderr)}"
+            if not pd.isna(r.get("stderr")):
+                text += f" ± {fmt_pct(r['stderr'])}"
             row.append(text)
-        row.append(fmt_pct(mean))
+        row.append(fmt_pct(means[_series_id(skey, keys)]["mean"]))
         rows.append(row)
-    note = "Scores (%) ± stderr; mean = unweighted mean over the tasks"
-    note += " a method has (— = missing)." if incomplete else "."
-    return ["## Leaderboard", "", note, "", markdown_table(headers, rows), ""]
+    lines = ["## Leaderboard", "",
+             "- Scores (%) as lm-eval reports them ± lm-eval's standard error; n = samples per task.",
+             "- Mean: the unweighted mean over the tasks a method has"
+             + (" (— = missing)." if incomplete else "."),
+             "", markdown_table(["method"] + [header(t, m) for t, m in columns] + ["mean"], rows), ""]
+    if not deltas.empty:
+        reference = method_display(REFERENCE)
+        rows = []
+        for skey, group in ordered_groups(deltas, SERIES):
+            cells = {(r["task"], r["metric"]): r["delta"] for r in group.to_dict("records")}
+            rows.append([_row_label(skey, show)] + [fmt_points(cells.get(c)) for c in columns])
+        lines += [f"- Change from {reference}: score − {reference}'s score on the same task, "
+                  "in percentage points.",
+                  "", markdown_table(["method"] + [header(t, m) for t, m in columns], rows), ""]
+    return lines
 
 
 def _cells_section(manifest: dict) -> list[str]:
@@ -331,8 +432,9 @@ def _figures_section(results_dir: Path) -> list[str]:
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
-def build_report(results_dir: str | os.PathLike) -> str:
-    """The markdown text of the report (without writing figures)."""
+def build_report(results_dir: str | os.PathLike, seed: int = 0) -> str:
+    """The markdown text of the report (without writing figures); `seed` drives the paired
+    bootstrap intervals."""
     results_dir = Path(results_dir)
     manifest_path = results_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
@@ -340,10 +442,10 @@ def build_report(results_dir: str | os.PathLike) -> str:
     lines += _run_section(manifest)
     ppl = load_perplexity(results_dir)
     if not ppl.empty:
-        lines += _perplexity_section(ppl)
+        lines += _perplexity_section(ppl, read_table(results_dir, "perplexity_docs"), seed)
     passkey = read_table(results_dir, "passkey")
     if not passkey.empty:
-        lines += _passkey_section(passkey)
+        lines += _passkey_section(passkey, seed)
     leaderboard = read_table(results_dir, "leaderboard")
     if not leaderboard.empty:
         lines += _leaderboard_section(leaderboard)
@@ -353,8 +455,8 @@ def build_report(results_dir: str | os.PathLike) -> str:
 
 
 def write_report(results_dir: str | os.PathLike, figures: bool = True) -> Path:
-    """Write `<dir>/report.md` (and, with `figures=True`, the figures of `plot_run` first so the
-    report embeds current ones). Returns the report's path."""
+    """Writes `<dir>/report.md`; with `figures=True` the figures of `plot_run` first, so the
+    report embeds current ones. Returns the report's path."""
     results_dir = Path(results_dir)
     if figures:
         plot_run(results_dir)
@@ -363,4 +465,4 @@ def write_report(results_dir: str | os.PathLike, figures: bool = True) -> Path:
     return path
 
 
-__all__ = ["write_report", "build_report", "markdown_table", "passkey_summary", "leaderboard_summary"]
+__all__ = ["write_report", "build_report", "markdown_table"]

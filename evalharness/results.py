@@ -12,7 +12,6 @@ import json
 import math
 import os
 import platform
-import random
 import signal
 import subprocess
 import sys
@@ -157,59 +156,6 @@ class ResultStore:
         """Rewrite the table with `frame`'s rows (a column the frame lacks, e.g. one added to the
         schema after the rows were written, is left empty)."""
         write_table(self.path(table), frame.reindex(columns=SCHEMAS[table]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Aggregation
-# ---------------------------------------------------------------------------------------------
-
-def bootstrap_ppl_interval(nll_sums: Sequence[float], tokens: Sequence[int], seed: int,
-                           n_resamples: int = 1000, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap over documents of the token-weighted perplexity
-    exp(Σ nll / Σ tokens): resample documents with replacement (seeded)."""
-    n = len(nll_sums)
-    if n == 1:
-        value = math.exp(nll_sums[0] / tokens[0])
-        return value, value
-    rng = random.Random(seed)
-    values = []
-    for _ in range(n_resamples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        values.append(math.exp(sum(nll_sums[i] for i in picks) / sum(tokens[i] for i in picks)))
-    values.sort()
-    tail = (1 - level) / 2
-    low = values[int(math.floor(tail * (n_resamples - 1)))]
-    high = values[int(math.ceil((1 - tail) * (n_resamples - 1)))]
-    return low, high
-
-
-def aggregate_perplexity(docs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """perplexity.csv from perplexity_docs.csv: per (key, dataset, protocol, length, stride):
-    token-weighted `ppl` = exp(Σ nll / Σ tokens); `ppl_window_mean` = mean over documents of each
-    document's exp(mean of its window mean NLLs) (the authors' scripts); bootstrap 95% CI."""
-    group_columns = KEY_COLUMNS + ["dataset", "protocol", "context_length", "stride"]
-    rows = []
-    if docs.empty:
-        return pd.DataFrame(columns=SCHEMAS["perplexity"])
-    docs = docs.copy()
-    docs["original_ctx"] = docs["original_ctx"].astype("int64")
-    for key, group in docs.groupby(group_columns, sort=True, dropna=False):
-        group = group.sort_values("doc_id")
-        nll = group["nll_sum"].astype(float).tolist()
-        tokens = group["scored_tokens"].astype(int).tolist()
-        low, high = bootstrap_ppl_interval(nll, tokens, seed)
-        row = dict(zip(group_columns, key))
-        row.update(
-            n_docs=len(group),
-            scored_tokens=sum(tokens),
-            ppl=math.exp(sum(nll) / sum(tokens)),
-            ppl_window_mean=float(group["ppl_window_mean"].astype(float).mean()),
-            ppl_ci_low=low,
-            ppl_ci_high=high,
-        )
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=SCHEMAS["perplexity"])
-    return frame
 
 
 # ---------------------------------------------------------------------------------------------

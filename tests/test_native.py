@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from evalharness import cli, models, plots, scaling
+from evalharness import cli, models, scaling, tables
 from evalharness.methods import ScalingSpec, native_display
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -182,7 +182,7 @@ def test_native_labels():
     assert native_display("yarn", 16.0) == "native (yarn s=16)"
     assert native_display("dynamic", 2.0) == "native (dynamic s=2)"
     assert native_display("default", 1.0) == "native (default)"
-    assert plots.method_display("native:rope_type=yarn", 16) == "native (yarn s=16)"
+    assert tables.method_display("native:rope_type=yarn", 16) == "native (yarn s=16)"
     assert cli._spec_name({"method": "native:rope_type=linear", "factor": 8.0}) == "native (linear s=8)"
     # native ignores the --factor grid until it is resolved against a model
     specs = cli.build_specs("native,yarn", "2,4", 64)

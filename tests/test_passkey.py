@@ -709,36 +709,6 @@ def test_failures_are_recorded_and_the_run_continues(byte_tok, tmp_path):
     assert len(store.read("passkey")) == 0
 
 
-# ----------------------------------------------------------------------------- tables
-
-
-def test_summary_and_passkey_context():
-    rows = []
-    acc = {("yarn", 16.0): {8192: 1.0, 16384: 0.9, 32768: 0.8, 65536: 0.3},
-           ("base", 1.0): {8192: 0.5, 16384: 0.0, 32768: 0.0, 65536: 0.0},
-           ("pi", 2.0): {8192: 0.7, 16384: 0.9, 32768: 0.1, 65536: 0.0}}
-    for (method, factor), curve in acc.items():
-        for length, a in curve.items():
-            for trial in range(10):
-                rows.append(dict(model="m", method=method, factor=factor, original_ctx=4096, context_length=length,
-                                 prompt_tokens=length - 2, depth=0.5, trial=trial, seed=0, passkey=12345,
-                                 continuation="", correct=trial < round(a * 10)))
-    frame = pd.DataFrame(rows, columns=SCHEMAS["passkey"])
-    summary = PK.summarize_passkey(frame)
-    assert list(summary.columns) == ["model", "method", "factor", "original_ctx", "context_length", "accuracy", "n"]
-    assert len(summary) == 12 and (summary["n"] == 10).all()
-    yarn = summary[summary["method"] == "yarn"].set_index("context_length")["accuracy"]
-    assert yarn.to_dict() == pytest.approx({8192: 1.0, 16384: 0.9, 32768: 0.8, 65536: 0.3})
-    ctx = PK.passkey_context(frame).set_index("method")
-    assert ctx.loc["yarn", "passkey_context"] == 32768 and ctx.loc["yarn", "accuracy_at_context"] == pytest.approx(0.8)
-    assert ctx.loc["pi", "passkey_context"] == 16384  # the largest passing length, not the first failure
-    assert ctx.loc["base", "passkey_context"] == 0 and math.isnan(ctx.loc["base", "accuracy_at_context"])
-    # from a CSV round trip ("True"/"False" strings must not all read as True)
-    as_text = frame.assign(correct=frame["correct"].map(str))
-    assert PK.summarize_passkey(as_text).equals(summary)
-    assert PK.passkey_context(summary).equals(PK.passkey_context(frame))
-
-
 # ----------------------------------------------------------------------------- the real model
 
 

@@ -1,7 +1,6 @@
 """Figures, the run report and the notebooks, on small hand-made tables with the exact schemas."""
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -10,9 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
 
-from evalharness import plots
 from evalharness.plots import (
-    method_display,
     plot_leaderboard,
     plot_passkey_heatmap,
     plot_perplexity,
@@ -20,7 +17,7 @@ from evalharness.plots import (
     plot_temperature_sweep,
     save_figure,
 )
-from evalharness.report import markdown_table, passkey_summary, write_report
+from evalharness.report import markdown_table, write_report
 from evalharness.results import SCHEMAS, ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,9 +64,10 @@ def passkey_frame():
         for length in LENGTHS:
             for depth in PASSKEY_DEPTHS:
                 for trial in range(3):
-                    rows.append(dict(model="m", method=method, factor=factor, original_ctx=L, context_length=length,
-                                     prompt_tokens=length, depth=depth, trial=trial, seed=trial, passkey=12345 + trial,
-                                     continuation=" 12345.", correct=passkey_correct(method, length, depth, trial)))
+                    rows.append(dict(model="m", method=method, factor=factor, original_ctx=L,
+                                     context_length=length, prompt_tokens=length, depth=depth, trial=trial,
+                                     seed=trial, passkey=12345 + trial, continuation=" 12345.",
+                                     correct=passkey_correct(method, length, depth, trial)))
     return pd.DataFrame(rows, columns=SCHEMAS["passkey"])
 
 
@@ -86,20 +84,22 @@ def leaderboard_frame():
     for (method, factor), scores in LEADERBOARD.items():
         for task, value in scores.items():
             metric, shots = METRICS[task]
-            rows.append(dict(model="m", method=method, factor=factor, original_ctx=L, task=task, metric=metric,
-                             value=value, stderr=0.01, num_fewshot=shots, n_samples=100))
+            rows.append(dict(model="m", method=method, factor=factor, original_ctx=L, task=task,
+                             metric=metric, value=value, stderr=0.01, num_fewshot=shots, n_samples=100))
     return pd.DataFrame(rows, columns=SCHEMAS["leaderboard"])
 
 
 def write_manifest(folder):
     manifest = {
-        "runs": [{"command": ["run_eval.py", "--model", "m", "--method", "base,pi,yarn"], "args": {"model": "m"},
+        "runs": [{"command": ["run_eval.py", "--model", "m", "--method", "base,pi,yarn"],
+                  "args": {"model": "m"},
                   "environment": {"python": "3.11.0", "torch": "9.9.9", "transformers": "5.0.0"},
                   "model_info": {"name": "tiny-model", "native_ctx": L, "rope_theta": 10000.0},
                   "specs": ["base:original_ctx=128", "yarn:2:original_ctx=128"],
                   "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T01:00:00+00:00"}],
         "cells": {"perplexity|m|base|d1": {"status": "done"},
-                  "passkey|m|pi|2": {"status": "failed", "error": "Traceback ...\nRuntimeError: out of memory"}},
+                  "passkey|m|pi|2": {"status": "failed",
+                                     "error": "Traceback ...\nRuntimeError: out of memory"}},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
@@ -121,19 +121,6 @@ def series_lines(ax):
 
 
 # ---------------------------------------------------------------------------------------------
-# Labels
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("method, factor, expected", [
-    ("base", 1.0, "Base"), ("pi", 2.0, "PI s=2"), ("ntk", 2.0, "NTK s=2"), ("ntk-by-parts", 2.0, "NTK-by-parts s=2"),
-    ("yarn", 2.0, "YaRN s=2"), ("yarn", 2.5, "YaRN s=2.5"), ("dynamic-yarn", 1.0, "Dynamic-YaRN"),
-    ("dynamic-ntk", 1.0, "Dynamic-NTK"), ("yarn:attention_factor=1.1", 4.0, "YaRN s=4 (attention_factor=1.1)"),
-])
-def test_method_display(method, factor, expected):
-    assert method_display(method, factor) == expected
-
-
-# ---------------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------------
 
@@ -146,7 +133,8 @@ def test_perplexity_figure_has_one_panel_per_dataset_and_the_papers_look():
         assert [line.get_label() for line in lines] == ["Base", "PI s=2", "YaRN s=2", "Dynamic-YaRN"]
         for line, (method, factor) in zip(lines, SERIES):
             assert list(line.get_xdata()) == LENGTHS
-            assert list(line.get_ydata()) == pytest.approx([ppl_value(method, factor, n, dataset) for n in LENGTHS])
+            expected = [ppl_value(method, factor, n, dataset) for n in LENGTHS]
+            assert list(line.get_ydata()) == pytest.approx(expected)
         assert ax.get_yscale() == "log"
         assert ax.get_xlabel() == "Context window (tokens)"
         assert ax.get_ylabel() == "Perplexity (lower is better)"
@@ -174,7 +162,7 @@ def test_passkey_heatmap_shows_the_mean_accuracy_per_length_and_depth(tmp_path):
     fig = plot_passkey_heatmap(store.read("passkey"))
     panels = [ax for ax in fig.axes if ax.get_gid() != "colorbar"]
     assert len(panels) == 2 and len(fig.axes) == 3  # two panels + the colorbar
-    assert [ax.get_title() for ax in panels] == ["Base", "YaRN s=2"]
+    assert [ax.get_title() for ax in panels] == ["Base (n=3 per cell)", "YaRN s=2 (n=3 per cell)"]
     for ax, method in zip(panels, ["base", "yarn"]):
         (image,) = ax.images
         expected = np.array([[np.mean([passkey_correct(method, n, d, t) for t in range(3)]) for n in LENGTHS]
@@ -221,14 +209,16 @@ def test_temperature_sweep_marks_each_minimum_and_the_formula():
     fig = plot_temperature_sweep(sweep_frame(), context_length=256)
     (ax,) = fig.axes
     lines = series_lines(ax)
-    assert len(lines) == 2 and lines[0].get_label().startswith("s=2") and lines[1].get_label().startswith("s=4")
+    assert len(lines) == 2
+    assert lines[0].get_label().startswith("s=2") and lines[1].get_label().startswith("s=4")
     xs2 = sorted([1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 0.1 * math.log(2) + 1])
     assert list(lines[0].get_xdata()) == pytest.approx(xs2)
     minima = [line for line in ax.lines if line.get_gid() == "minimum"]
     assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in minima] == [pytest.approx((1.1, 10.0)),
                                                                               pytest.approx((1.15, 10.0))]
     formula = [line for line in ax.lines if line.get_gid() == "formula"]
-    assert [line.get_xdata()[0] for line in formula] == pytest.approx([0.1 * math.log(2) + 1, 0.1 * math.log(4) + 1])
+    expected = [0.1 * math.log(2) + 1, 0.1 * math.log(4) + 1]
+    assert [line.get_xdata()[0] for line in formula] == pytest.approx(expected)
     assert "256" in ax.get_title()
     # without context_length: the largest length every s has (256 here) is used
     auto = plot_temperature_sweep(sweep_frame())
@@ -244,7 +234,8 @@ def test_plot_run_writes_what_the_tables_allow_and_skips_missing_ones(tmp_path, 
 
     only_ppl = tmp_path / "only_ppl"
     ResultStore(only_ppl).replace("perplexity", sweep_frame())
-    assert sorted(p.stem for p in plot_run(only_ppl)) == ["perplexity", "perplexity", "temperature", "temperature"]
+    stems = sorted(p.stem for p in plot_run(only_ppl))
+    assert stems == ["perplexity", "perplexity", "temperature", "temperature"]
     assert plot_run(tmp_path / "empty") == []
 
 
@@ -257,40 +248,35 @@ def test_markdown_table_escapes_pipes():
     assert text.splitlines() == ["| a | b |", "| :--- | ---: |", "| x\\|y | 1.5 |"]
 
 
-def test_passkey_context_is_the_largest_length_with_accuracy_at_least_80_percent():
-    summary = passkey_summary(passkey_frame())
-    by_method = summary.groupby("method").first()
-    # base: 8/9 at 64 and 128 (≥ 80%), 0 at 256 → 128; yarn: 100%, 100%, 8/9 → 256
-    assert by_method.loc["base", "passkey_context"] == 128
-    assert by_method.loc["yarn", "passkey_context"] == 256
-    assert by_method.loc["base", "passkey_accuracy"] == pytest.approx(16 / 18)
-    # non-monotone accuracy: the largest passing length counts, as the paper defines it
-    rows = passkey_frame()
-    rows = rows[rows["method"] == "base"].copy()
-    rows.loc[rows["context_length"] == 64, "correct"] = False
-    assert passkey_summary(rows)["passkey_context"].iloc[0] == 128
-    rows["correct"] = False
-    assert math.isnan(passkey_summary(rows)["passkey_context"].iloc[0])
-
-
 def test_report_has_the_papers_tables_failed_cells_and_figures(run_folder):
     path = write_report(run_folder)
     assert path == run_folder / "report.md"
     text = path.read_text()
     assert "run_eval.py --model m --method base,pi,yarn" in text
     assert "tiny-model" in text and "torch 9.9.9" in text
-    # perplexity: methods as rows, lengths as columns, token-weighted ppl; best bold
+    # perplexity: methods as rows, lengths as columns, token-weighted ppl with its interval; best bold
     assert "| method | 64 | 128 | 256 |" in text
-    assert f"| Base | **{ppl_value('base', 1, 64):.2f}** | **{ppl_value('base', 1, 128):.2f}** |" in text
-    assert f"| YaRN s=2 | {ppl_value('yarn', 2, 64):.2f} |" in text
+    base = [ppl_value("base", 1, n) for n in LENGTHS]
+    first = f"**{base[0]:.2f}** [{base[0] - 0.5:.2f}, {base[0] + 0.5:.2f}]"
+    assert f"| Base | {first} | **{base[1]:.2f}** [" in text
+    yarn = ppl_value("yarn", 2, 64)
+    assert f"| YaRN s=2 | {yarn:.2f} [{yarn - 0.5:.2f}, {yarn + 0.5:.2f}] |" in text
     assert "ppl_window_mean" in text and f"{ppl_value('pi', 2, 64) + 0.25:.2f}" in text
-    assert f"{ppl_value('pi', 2, 64) - 0.5:.2f}–{ppl_value('pi', 2, 64) + 0.5:.2f}" in text
-    # passkey: accuracy per length (%) and the passkey context
-    assert "| Base | 88.9 | 88.9 | 0.0 | 128 | 88.9 |" in text
-    assert "| YaRN s=2 | 100.0 | 100.0 | 88.9 | 256 | 96.3 |" in text
-    # leaderboard: per task per method with the mean
-    assert "| method | arc_challenge (acc_norm) | hellaswag (acc_norm) | mmlu (acc) | mean |" in text
+    assert "95 % percentile bootstrap interval over documents" in text
+    # passkey: accuracy (%) [Wilson interval] per length, n, the effective context, all lengths
+    assert "n = 9 prompts per cell" in text and "Wilson 95 % score interval" in text
+    assert "longest tested length with accuracy ≥ 80%" in text
+    eight_of_nine = "88.9 [56.5, 98.0]"  # Wilson 8/9: (0.5650, 0.9801)
+    base_row = f"| Base | {eight_of_nine} | {eight_of_nine} | 0.0 [0.0, 29.9] | 128 | 59.3 [40.7, 75.5] (n=27) |"
+    assert base_row in text
+    assert f"| YaRN s=2 | 100.0 [70.1, 100.0] | 100.0 [70.1, 100.0] | {eight_of_nine} | 256 |" in text
+    # paired difference to base: yarn retrieves every key base retrieves at 256, and 8 more of 9
+    assert "| YaRN s=2 | +11.1 [+0.0, +33.3] | +11.1 [+0.0, +33.3] | +88.9 [" in text
+    # leaderboard: per task per method ± stderr with n, the mean, the change from base
+    assert ("| method | ARC-c (acc_norm, 25-shot, n=100) | HellaSwag (acc_norm, 10-shot, n=100) | "
+            "MMLU (acc, 5-shot, n=100) | mean |") in text
     assert "| PI s=2 | 35.0 ± 1.0 | 55.0 ± 1.0 | 28.0 ± 1.0 | 39.3 |" in text
+    assert "| PI s=2 | -5.0 | -5.0 | -2.0 |" in text and "| YaRN s=2 | +1.0 | -2.0 | -1.0 |" in text
     # failed cells and figures
     assert "`passkey|m|pi|2`: RuntimeError: out of memory" in text
     for name in ("perplexity", "passkey", "leaderboard"):
@@ -317,7 +303,10 @@ def test_notebook_runs_headless_against_a_results_folder(name, run_folder, tmp_p
     monkeypatch.setenv("EVALHARNESS_RESULTS", f"{run_folder},{other}")
 
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "outputs not cleared"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert all(not cell.get("outputs") for cell in code), "outputs not cleared"
+    # the notebooks import the installed package; they do not edit sys.path
+    assert not any("sys.path" in cell.source for cell in code)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
                                      resources={"metadata": {"path": str(ROOT / "notebooks")}})
     client.execute()  # raises CellExecutionError if a cell raises
@@ -326,12 +315,14 @@ def test_notebook_runs_headless_against_a_results_folder(name, run_folder, tmp_p
     assert f"python: {sys.executable}" in printed
     errors = [out for cell in nb.cells for out in cell.get("outputs", []) if out.output_type == "error"]
     assert not errors
-    images = [out for cell in nb.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+    outputs = [out for cell in nb.cells for out in cell.get("outputs", [])]
+    images = [out for out in outputs if "image/png" in out.get("data", {})]
     if name == "compare_methods":
         assert len(images) == 3  # perplexity, passkey, leaderboard
     else:
         assert len(images) == 4  # three figures of run_folder, one of other
-        assert (run_folder / "figures" / "perplexity.png").exists() and (other / "figures" / "perplexity.pdf").exists()
+        assert (run_folder / "figures" / "perplexity.png").exists()
+        assert (other / "figures" / "perplexity.pdf").exists()
         assert (run_folder / "report.md").exists()
 
 

@@ -1,17 +1,11 @@
-"""Result tables: aggregation against hand computations, the append-only store, the manifest."""
+"""Result tables: the append-only store and the manifest (aggregation: test_tables.py)."""
 import json
 import math
 
 import pandas as pd
 import pytest
 
-from evalharness.results import (
-    SCHEMAS,
-    Manifest,
-    ResultStore,
-    aggregate_perplexity,
-    bootstrap_ppl_interval,
-)
+from evalharness.results import SCHEMAS, Manifest, ResultStore
 
 
 def doc_row(doc_id, length, tokens, nll_sum, window_mean=None, method="yarn", factor=2.0):
@@ -19,27 +13,6 @@ def doc_row(doc_id, length, tokens, nll_sum, window_mean=None, method="yarn", fa
                 doc_tokens=1000, protocol="sliding", context_length=length, stride=16, scored_tokens=tokens,
                 nll_sum=nll_sum, n_windows=3, ppl=math.exp(nll_sum / tokens),
                 ppl_window_mean=window_mean or math.exp(nll_sum / tokens))
-
-
-def test_aggregate_is_token_weighted_and_keeps_the_authors_mean():
-    docs = pd.DataFrame([doc_row("a", 128, 100, 200.0, window_mean=7.0), doc_row("b", 128, 300, 300.0, window_mean=3.0)])
-    (row,) = aggregate_perplexity(docs).to_dict("records")
-    assert row["n_docs"] == 2 and row["scored_tokens"] == 400
-    assert row["ppl"] == pytest.approx(math.exp(500 / 400))  # not the mean of exp(2) and exp(1)
-    assert row["ppl_window_mean"] == pytest.approx(5.0)
-    assert row["ppl_ci_low"] <= row["ppl"] <= row["ppl_ci_high"]
-    assert list(aggregate_perplexity(docs).columns) == SCHEMAS["perplexity"]
-
-
-def test_bootstrap_is_seeded_and_sensible():
-    nll, tokens = [100.0, 250.0, 90.0, 400.0], [100, 100, 100, 100]
-    first = bootstrap_ppl_interval(nll, tokens, seed=0)
-    assert first == bootstrap_ppl_interval(nll, tokens, seed=0)
-    many_nll, many_tokens = [100.0 + 13.7 * i for i in range(12)], [100 + 7 * i for i in range(12)]
-    assert bootstrap_ppl_interval(many_nll, many_tokens, seed=0) != bootstrap_ppl_interval(many_nll, many_tokens, seed=1)
-    low, high = first
-    assert math.exp(0.9) <= low < math.exp(840 / 400) < high <= math.exp(4.0)
-    assert bootstrap_ppl_interval([50.0], [25], seed=0) == (math.exp(2), math.exp(2))
 
 
 def test_store_appends_replaces_cells_and_round_trips(tmp_path):

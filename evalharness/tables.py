@@ -1,0 +1,633 @@
+"""Summaries of result tables: the one place that aggregates results.
+
+Pure pandas, numpy and the standard library (no torch, no matplotlib): `plots.py` draws these
+frames, `report.py` prints them, notebooks and the CLI summary show them. Tables are read
+through `results.ResultStore.read`.
+
+Each rule has one definition here:
+
+- Perplexity of a group of documents: token-weighted exp(Σ NLL / Σ tokens); its 95 % interval is a
+  seeded percentile bootstrap over documents (`bootstrap_ppl_interval`).
+- Passkey accuracy: the fraction of prompts whose key was retrieved, with `n` prompts and a Wilson
+  95 % score interval (`wilson_interval`).
+- Effective passkey context: the longest tested length whose accuracy is ≥ `PASSKEY_THRESHOLD`
+  (80 %); NaN (shown as "none") when no length reaches it.
+- Paired comparisons (methods run on the same documents / prompts): percentile bootstrap over the
+  shared documents of the perplexity ratio method / reference, and over the shared prompts of the
+  accuracy difference method − reference (`paired_ppl_ratio_interval`,
+  `paired_accuracy_difference_interval`).
+- Leaderboard: values as lm-eval reports them, the unweighted mean over the tasks a method has,
+  deltas against a reference method.
+
+Every resampling takes a seed; the same inputs and seed give the same interval.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from statistics import NormalDist
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .method_facts import METHOD_FACTS, native_display, yarn_mscale
+from .results import KEY_COLUMNS, SCHEMAS, ResultStore
+
+PASSKEY_THRESHOLD = 0.8
+CONFIDENCE_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 1000
+
+TASK_NAMES = {
+    "arc_challenge": "ARC-c",
+    "hellaswag": "HellaSwag",
+    "mmlu": "MMLU",
+    "truthfulqa_mc2": "TruthfulQA",
+}
+TASK_ORDER = list(TASK_NAMES)
+METHOD_ORDER = list(METHOD_FACTS)
+
+# Columns that tell series apart, in the order they are shown: the run folder (notebooks add it),
+# then the common key columns of every table.
+SERIES_COLUMNS = ["run"] + KEY_COLUMNS
+# Columns that identify one passkey prompt across methods (pairs for the paired comparison).
+PROMPT_COLUMNS = ["context_length", "depth", "trial", "seed", "scoring"]
+# Columns that identify one document's perplexity cell across methods.
+DOCUMENT_COLUMNS = ["dataset", "protocol", "stride", "context_length", "doc_id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+def read_table(results_dir: str | os.PathLike, table: str) -> pd.DataFrame:
+    """Reads `<dir>/<table>.csv` through `ResultStore.read`.
+
+    Returns:
+        The table, or an empty frame with the schema's columns when the file is missing or
+        unreadable (summaries and figures never fail a run).
+    """
+    try:
+        return ResultStore(results_dir).read(table)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
+        return pd.DataFrame(columns=SCHEMAS.get(table, []))
+
+
+def load_perplexity(results_dir: str | os.PathLike) -> pd.DataFrame:
+    """Returns perplexity.csv, or the aggregate of perplexity_docs.csv when only that exists."""
+    frame = read_table(results_dir, "perplexity")
+    if frame.empty:
+        docs = read_table(results_dir, "perplexity_docs")
+        if not docs.empty:
+            frame = aggregate_perplexity(docs)
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and display order
+# ---------------------------------------------------------------------------------------------
+
+def split_label(label: str) -> tuple[str, dict[str, str]]:
+    """Splits a `method` column value into name and options.
+
+    `yarn:attention_factor=1.1:truncate=false` → ("yarn", {"attention_factor": "1.1", ...}).
+    """
+    parts = [p.strip() for p in str(label).split(":")]
+    options = {}
+    for item in parts[1:]:
+        key, sep, value = item.partition("=")
+        if sep:
+            options[key.strip()] = value.strip()
+    return parts[0], options
+
+
+def format_number(value) -> str:
+    """`2.0` → `2`, `2.5` → `2.5`."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+def is_missing(value) -> bool:
+    """True for None and NaN (numbers or numeric text); False for anything else."""
+    if value is None:
+        return True
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def method_display(method: str, factor=None) -> str:
+    """The label of a (method, factor) series: `YaRN s=2`, `Dynamic-YaRN`, `Base`,
+    `YaRN s=2 (attention_factor=1.1)`. Unknown methods keep their name (with s unless it is 1)."""
+    name, options = split_label(method)
+    if name == "native":  # the model's shipped RoPE: `native (yarn s=16)`
+        return native_display(options.get("rope_type"), 1.0 if is_missing(factor) else factor)
+    facts = METHOD_FACTS.get(name)
+    text = facts.display if facts else name
+    if not is_missing(factor):
+        if (facts.uses_factor if facts else float(factor) != 1.0):
+            text += f" s={format_number(factor)}"
+    if options:
+        text += " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+    return text
+
+
+def method_sort_key(method: str, factor=None) -> tuple:
+    """Registry order (base, PI, NTK, NTK-by-parts, YaRN, dynamic variants), unknown methods last;
+    then by factor; plain labels before labels with options."""
+    name, options = split_label(method)
+    rank = METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+    f = 0.0 if is_missing(factor) else float(factor)
+    return (rank, name, f, len(options), str(method))
+
+
+def task_sort_key(task: str) -> tuple:
+    """The paper's Table 3 order (ARC-c, HellaSwag, MMLU, TruthfulQA; offline `_local` mirrors
+    with their task), other tasks after it."""
+    name = str(task).removesuffix("_local")
+    return (TASK_ORDER.index(name) if name in TASK_ORDER else len(TASK_ORDER), str(task))
+
+
+def task_display(task: str) -> str:
+    """`arc_challenge` → `ARC-c`, `arc_challenge_local` → `ARC-c (local)`; others unchanged."""
+    name = str(task)
+    local = name.endswith("_local") and name.removesuffix("_local") in TASK_NAMES
+    name = name.removesuffix("_local") if local else name
+    return TASK_NAMES.get(name, name) + (" (local)" if local else "")
+
+
+def _value_key(value) -> tuple:
+    """Numbers in numeric order before text in text order; missing values last."""
+    if is_missing(value):
+        return (2, 0.0, "")
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def ordered_groups(frame: pd.DataFrame, keys: Sequence[str]) -> list[tuple[dict, pd.DataFrame]]:
+    """Groups of `frame` by the `keys` it has, in display order.
+
+    Order: run and model as text, then the method (`method_sort_key`, which includes the factor),
+    the original context, then the other keys in the given order (numbers numerically).
+    """
+    keys = [c for c in keys if c in frame.columns]
+    if not keys:
+        return [({}, frame)]
+    groups = []
+    for values, group in frame.groupby(keys, sort=False, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        groups.append((dict(zip(keys, values)), group))
+    series = ("run", "model", "method", "factor", "original_ctx")
+
+    def order(item):
+        key = item[0]
+        leading = tuple(str(key[c]) for c in ("run", "model") if c in key)
+        method = method_sort_key(key["method"], key.get("factor")) if "method" in key else ()
+        ctx = (_value_key(key["original_ctx"]),) if "original_ctx" in key else ()
+        rest = tuple(_value_key(key[c]) for c in keys if c not in series)
+        return leading + method + ctx + rest
+
+    return sorted(groups, key=order)
+
+
+def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The columns of `frame` (among `columns`) that take more than one value."""
+    return [c for c in columns if c in frame.columns and frame[c].nunique(dropna=False) > 1]
+
+
+def pivot_by_length(frame: pd.DataFrame, value: str, keys: Sequence[str] = SERIES_COLUMNS) -> pd.DataFrame:
+    """`value` with one row per series (`keys`, display order) and one column per context length.
+
+    Rows with the same series and length are averaged (there is one per cell in a result table).
+    """
+    keys = [c for c in keys if c in frame.columns]
+    lengths = sorted({float(v) for v in frame["context_length"]})
+    rows, index = [], []
+    for key, group in ordered_groups(frame, keys):
+        values = pd.to_numeric(group[value], errors="coerce")
+        values = values.groupby(group["context_length"].astype(float)).mean()
+        rows.append([values.get(x, np.nan) for x in lengths])
+        index.append(tuple(key[c] for c in keys))
+    names = keys if keys else ["series"]
+    out = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=names) if index else None,
+                       columns=[int(x) if x.is_integer() else x for x in lengths], dtype=float)
+    out.columns.name = "context_length"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+def _resampled_indices(n: int, n_resamples: int, seed: int) -> Iterator[list[int]]:
+    """`n_resamples` draws of n indices in [0, n) with replacement, from `random.Random(seed)`."""
+    rng = random.Random(seed)
+    for _ in range(n_resamples):
+        yield [rng.randrange(n) for _ in range(n)]
+
+
+def _percentile_interval(values: list[float], level: float) -> tuple[float, float]:
+    """The (1−level)/2 and (1+level)/2 order statistics of the resampled values (index floor /
+    ceil of q·(B−1), no interpolation)."""
+    values = sorted(values)
+    tail = (1 - level) / 2
+    low = values[int(math.floor(tail * (len(values) - 1)))]
+    high = values[int(math.ceil((1 - tail) * (len(values) - 1)))]
+    return low, high
+
+
+def bootstrap_ppl_interval(nll_sums: Sequence[float], tokens: Sequence[int], seed: int,
+                           n_resamples: int = BOOTSTRAP_RESAMPLES,
+                           level: float = CONFIDENCE_LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap over documents of the token-weighted perplexity.
+
+    Resamples documents with replacement (seeded) and recomputes exp(Σ nll / Σ tokens) for each
+    resample. One document gives the degenerate interval (ppl, ppl).
+    """
+    n = len(nll_sums)
+    if n == 1:
+        value = math.exp(nll_sums[0] / tokens[0])
+        return value, value
+    values = [math.exp(sum(nll_sums[i] for i in picks) / sum(tokens[i] for i in picks))
+              for picks in _resampled_indices(n, n_resamples, seed)]
+    return _percentile_interval(values, level)
+
+
+def wilson_interval(successes: int, n: int, level: float = CONFIDENCE_LEVEL) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion p̂ = k/n (Wilson 1927).
+
+    (p̂ + z²/2n ± z·√(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n), z the (1+level)/2 normal quantile
+    (1.96 for 95 %). (NaN, NaN) when n = 0.
+    """
+    if n <= 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exactly 0 and 1 at the ends, not ±1 ulp
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def paired_ppl_ratio_interval(nll_sums: Sequence[float], tokens: Sequence[int],
+                              reference_nll_sums: Sequence[float], reference_tokens: Sequence[int],
+                              seed: int, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                              level: float = CONFIDENCE_LEVEL) -> tuple[float, float, float]:
+    """Perplexity ratio method / reference on the same documents, with a paired bootstrap CI.
+
+    Position i of each sequence is the same document. Each resample draws document indices with
+    replacement (seeded, as `bootstrap_ppl_interval`) and takes the ratio of the two token-weighted
+    perplexities exp(Σ nll / Σ tokens) over the same drawn documents, so the documents' shared
+    difficulty cancels. Returns (ratio, low, high); one document gives (ratio, ratio, ratio).
+    """
+    n = len(nll_sums)
+    if not n == len(tokens) == len(reference_nll_sums) == len(reference_tokens):
+        raise ValueError(f"paired sequences differ in length: {n}, {len(tokens)}, "
+                         f"{len(reference_nll_sums)}, {len(reference_tokens)}.")
+    if n == 0:
+        return math.nan, math.nan, math.nan
+
+    def ratio(picks) -> float:
+        mine = sum(nll_sums[i] for i in picks) / sum(tokens[i] for i in picks)
+        theirs = sum(reference_nll_sums[i] for i in picks) / sum(reference_tokens[i] for i in picks)
+        return math.exp(mine - theirs)
+
+    value = ratio(range(n))
+    if n == 1:
+        return value, value, value
+    low, high = _percentile_interval([ratio(p) for p in _resampled_indices(n, n_resamples, seed)], level)
+    return value, low, high
+
+
+def paired_accuracy_difference_interval(correct: Sequence[float], reference_correct: Sequence[float],
+                                        seed: int, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                                        level: float = CONFIDENCE_LEVEL) -> tuple[float, float, float]:
+    """Accuracy difference method − reference on the same prompts, with a paired bootstrap CI.
+
+    Position i of both sequences is the same prompt (1 = key retrieved, 0 = not). Each resample
+    draws prompt indices with replacement (seeded) and takes mean(method) − mean(reference) over
+    the drawn prompts. Returns (difference, low, high); one prompt gives a degenerate interval.
+    """
+    n = len(correct)
+    if n != len(reference_correct):
+        raise ValueError(f"paired sequences differ in length: {n} and {len(reference_correct)}.")
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    diffs = [float(a) - float(b) for a, b in zip(correct, reference_correct)]
+    value = sum(diffs) / n
+    if n == 1:
+        return value, value, value
+    resampled = [sum(diffs[i] for i in picks) / n for picks in _resampled_indices(n, n_resamples, seed)]
+    low, high = _percentile_interval(resampled, level)
+    return value, low, high
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity
+# ---------------------------------------------------------------------------------------------
+
+def aggregate_perplexity(docs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """perplexity.csv from perplexity_docs.csv.
+
+    Per (key, dataset, protocol, length, stride): token-weighted `ppl` = exp(Σ nll / Σ tokens);
+    `ppl_window_mean` = mean over documents of each document's exp(mean of its window mean NLLs)
+    (the authors' scripts); `ppl_ci_low/high` from `bootstrap_ppl_interval` (documents sorted by
+    id, `seed`).
+    """
+    group_columns = KEY_COLUMNS + ["dataset", "protocol", "context_length", "stride"]
+    rows = []
+    if docs.empty:
+        return pd.DataFrame(columns=SCHEMAS["perplexity"])
+    docs = docs.copy()
+    docs["original_ctx"] = docs["original_ctx"].astype("int64")
+    for key, group in docs.groupby(group_columns, sort=True, dropna=False):
+        group = group.sort_values("doc_id")
+        nll = group["nll_sum"].astype(float).tolist()
+        tokens = group["scored_tokens"].astype(int).tolist()
+        low, high = bootstrap_ppl_interval(nll, tokens, seed)
+        row = dict(zip(group_columns, key))
+        row.update(
+            n_docs=len(group),
+            scored_tokens=sum(tokens),
+            ppl=math.exp(sum(nll) / sum(tokens)),
+            ppl_window_mean=float(group["ppl_window_mean"].astype(float).mean()),
+            ppl_ci_low=low,
+            ppl_ci_high=high,
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SCHEMAS["perplexity"])
+
+
+def parse_reference(text: str) -> tuple[str, float | None]:
+    """A reference series as `method[:factor][:key=value...]` (the `--method` syntax) →
+    (the `method` column value, factor or None). `yarn:2:attention_factor=1.1` →
+    ("yarn:attention_factor=1.1", 2.0); `base` → ("base", None)."""
+    parts = [p.strip() for p in str(text).split(":")]
+    factor = None
+    if len(parts) > 1 and "=" not in parts[1]:
+        try:
+            factor = float(parts[1])
+        except ValueError:
+            raise ValueError(f"reference {text!r}: {parts[1]!r} is not a factor; "
+                             "write method[:factor][:key=value], e.g. yarn:2.") from None
+        del parts[1]
+    return ":".join(parts), factor
+
+
+def _reference_rows(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
+    label, factor = parse_reference(reference)
+    chosen = frame[frame["method"].astype(str) == label]
+    if factor is not None:
+        chosen = chosen[np.isclose(chosen["factor"].astype(float), factor)]
+    return chosen
+
+
+def perplexity_ratios(docs: pd.DataFrame, reference: str = "base", seed: int = 0,
+                      n_resamples: int = BOOTSTRAP_RESAMPLES,
+                      level: float = CONFIDENCE_LEVEL) -> pd.DataFrame:
+    """Per series and length: perplexity ratio to `reference` on the documents both have.
+
+    Args:
+        docs: perplexity_docs rows (one per method × document × length).
+        reference: the series to divide by, `method[:factor]` (see `parse_reference`).
+
+    Returns:
+        One row per (run, model, method, factor, original_ctx, dataset, protocol, stride,
+        context_length) other than the reference, with `reference`, `n_docs` (documents in both),
+        `ratio` and `ratio_ci_low/high` (`paired_ppl_ratio_interval`). Empty when the reference
+        has no rows.
+    """
+    columns = [c for c in SERIES_COLUMNS if c in docs.columns] + ["dataset", "protocol", "stride",
+                                                                   "context_length", "reference", "n_docs",
+                                                                   "ratio", "ratio_ci_low", "ratio_ci_high"]
+    ref = _reference_rows(docs, reference)
+    if docs.empty or ref.empty:
+        return pd.DataFrame(columns=columns)
+    join = [c for c in ("run", "model") if c in docs.columns] + DOCUMENT_COLUMNS
+    ref = ref[join + ["nll_sum", "scored_tokens"]].rename(
+        columns={"nll_sum": "ref_nll", "scored_tokens": "ref_tokens"})
+    if ref.duplicated(join).any():
+        raise ValueError(f"reference {reference!r} matches more than one series per document; "
+                         "name its factor or options (e.g. yarn:2).")
+    ref_ids = set(map(tuple, _reference_rows(docs, reference)[SERIES_COLUMNS[1:]].astype(str).to_numpy()))
+    others = docs[[tuple(r) not in ref_ids for r in docs[SERIES_COLUMNS[1:]].astype(str).to_numpy()]]
+    paired = others.merge(ref, on=join, how="inner")
+    rows = []
+    group_keys = [c for c in SERIES_COLUMNS if c in paired.columns] + ["dataset", "protocol", "stride",
+                                                                        "context_length"]
+    for key, group in ordered_groups(paired, group_keys):
+        group = group.sort_values("doc_id")
+        ratio, low, high = paired_ppl_ratio_interval(
+            group["nll_sum"].astype(float).tolist(), group["scored_tokens"].astype(int).tolist(),
+            group["ref_nll"].astype(float).tolist(), group["ref_tokens"].astype(int).tolist(),
+            seed=seed, n_resamples=n_resamples, level=level)
+        rows.append({**key, "reference": reference, "n_docs": len(group), "ratio": ratio,
+                     "ratio_ci_low": low, "ratio_ci_high": high})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def temperature_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The static-YaRN rows of a perplexity frame, with their attention factor.
+
+    Adds `sqrt_inv_t` (the label's attention_factor, or 0.1·ln(s)+1 when absent) and `variant`
+    (the label without the attention factor).
+    """
+    empty = dict(sqrt_inv_t=pd.Series(dtype=float), variant=pd.Series(dtype=str))
+    if frame.empty:
+        return frame.assign(**empty)
+    rows = []
+    for index, row in frame.iterrows():
+        name, options = split_label(row["method"])
+        if name != "yarn":
+            continue
+        raw = options.pop("attention_factor", options.pop("mscale", None))
+        try:
+            x = float(raw) if raw is not None else yarn_mscale(float(row["factor"]))
+        except ValueError:
+            continue
+        rows.append((index, x, name + "".join(f":{k}={v}" for k, v in options.items())))
+    if not rows:
+        return frame.iloc[0:0].assign(**empty)
+    index, xs, variants = zip(*rows)
+    return frame.loc[list(index)].assign(sqrt_inv_t=list(xs), variant=list(variants))
+
+
+def has_temperature_sweep(frame: pd.DataFrame) -> bool:
+    """True when some s has static-YaRN rows at ≥ 2 attention factors (something to sweep)."""
+    rows = temperature_rows(frame)
+    if rows.empty:
+        return False
+    return bool(rows.groupby(["factor", "variant"])["sqrt_inv_t"].nunique().ge(2).any())
+
+
+def sweep_length(rows: pd.DataFrame) -> float:
+    """The context length a temperature sweep is shown at: the only one, else the largest one
+    every factor has, else the largest."""
+    lengths = sorted({float(v) for v in rows["context_length"]})
+    if len(lengths) == 1:
+        return lengths[0]
+    shared = None
+    for _, group in rows.groupby("factor"):
+        mine = {float(v) for v in group["context_length"]}
+        shared = mine if shared is None else shared & mine
+    return max(shared) if shared else lengths[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Passkey
+# ---------------------------------------------------------------------------------------------
+
+def as_correct(values: pd.Series) -> pd.Series:
+    """`correct` as 1.0 / 0.0 from booleans, numbers or their text ("True", "false", "1");
+    NaN for anything else."""
+    text = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
+
+    def one(value) -> float:
+        if isinstance(value, (bool, np.bool_, int, float, np.number)):
+            return float(value)
+        return text.get(str(value).strip().lower(), np.nan)
+
+    return values.map(one).astype(float)
+
+
+def _passkey_series_columns(frame: pd.DataFrame) -> list[str]:
+    """Series columns of a passkey table; `scoring` too when the table mixes scoring rules."""
+    return [c for c in SERIES_COLUMNS if c in frame.columns] + varying(frame, ["scoring"])
+
+
+def passkey_accuracy(passkey: pd.DataFrame, by: Sequence[str] = ("context_length", "depth"),
+                     level: float = CONFIDENCE_LEVEL) -> pd.DataFrame:
+    """Passkey accuracy per series and `by` (use `by=()` for one number per series).
+
+    Returns:
+        The series columns, `by`, `n` (prompts), `correct` (prompts whose key was retrieved),
+        `accuracy` = correct / n and its Wilson interval `ci_low`, `ci_high`; in display order.
+    """
+    columns = _passkey_series_columns(passkey) + list(by) + ["n", "correct", "accuracy", "ci_low", "ci_high"]
+    if passkey.empty:
+        return pd.DataFrame(columns=columns)
+    frame = passkey.assign(correct=as_correct(passkey["correct"])).dropna(subset=["correct"])
+    rows = []
+    for key, group in ordered_groups(frame, _passkey_series_columns(passkey)):
+        parts = group.groupby(list(by), sort=True, dropna=False) if by else [((), group)]
+        for values, part in parts:
+            values = values if isinstance(values, tuple) else (values,)
+            n, k = len(part), int(part["correct"].sum())
+            low, high = wilson_interval(k, n, level)
+            rows.append({**key, **dict(zip(by, values)), "n": n, "correct": k, "accuracy": k / n,
+                         "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def passkey_effective_context(passkey: pd.DataFrame, threshold: float = PASSKEY_THRESHOLD) -> pd.DataFrame:
+    """The effective passkey context of each series.
+
+    The longest tested length whose accuracy (over all depths and trials) is ≥ `threshold`, also
+    when a shorter length fails (the paper's definition); NaN when no length reaches it.
+
+    Returns:
+        The series columns, `effective_context`, `accuracy_at_context`, `n_at_context` (NaN when
+        none) and `max_length_tested`.
+    """
+    by_length = passkey_accuracy(passkey, by=("context_length",))
+    keys = _passkey_series_columns(passkey)
+    columns = keys + ["effective_context", "accuracy_at_context", "n_at_context", "max_length_tested"]
+    rows = []
+    for key, group in ordered_groups(by_length, keys):
+        passing = group[group["accuracy"] >= threshold - 1e-12]
+        best = passing.loc[passing["context_length"].astype(float).idxmax()] if len(passing) else None
+        rows.append({**key,
+                     "effective_context": float(best["context_length"]) if best is not None else math.nan,
+                     "accuracy_at_context": float(best["accuracy"]) if best is not None else math.nan,
+                     "n_at_context": float(best["n"]) if best is not None else math.nan,
+                     "max_length_tested": float(group["context_length"].astype(float).max())})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def passkey_differences(passkey: pd.DataFrame, reference: str = "base", seed: int = 0,
+                        n_resamples: int = BOOTSTRAP_RESAMPLES,
+                        level: float = CONFIDENCE_LEVEL) -> pd.DataFrame:
+    """Per series and length: accuracy difference to `reference` on the prompts both have.
+
+    Prompts pair on (context_length, depth, trial, seed, scoring) within a run and model.
+
+    Returns:
+        One row per series other than the reference and length, with `reference`, `n` (paired
+        prompts), `difference` and `difference_ci_low/high` (`paired_accuracy_difference_interval`).
+    """
+    keys = _passkey_series_columns(passkey)
+    columns = keys + ["context_length", "reference", "n", "difference", "difference_ci_low",
+                      "difference_ci_high"]
+    ref = _reference_rows(passkey, reference)
+    if passkey.empty or ref.empty:
+        return pd.DataFrame(columns=columns)
+    join = [c for c in ("run", "model") if c in passkey.columns] + [c for c in PROMPT_COLUMNS
+                                                                       if c in passkey.columns]
+    ref = ref.assign(ref_correct=as_correct(ref["correct"]))[join + ["ref_correct"]]
+    if ref.duplicated(join).any():
+        raise ValueError(f"reference {reference!r} matches more than one series per prompt; "
+                         "name its factor or options (e.g. yarn:2).")
+    ref_ids = set(map(tuple, _reference_rows(passkey, reference)[KEY_COLUMNS].astype(str).to_numpy()))
+    others = passkey[[tuple(r) not in ref_ids for r in passkey[KEY_COLUMNS].astype(str).to_numpy()]]
+    paired = others.assign(correct=as_correct(others["correct"])).merge(ref, on=join, how="inner")
+    paired = paired.dropna(subset=["correct", "ref_correct"])
+    rows = []
+    for key, group in ordered_groups(paired, keys + ["context_length"]):
+        group = group.sort_values([c for c in PROMPT_COLUMNS if c in group.columns])
+        diff, low, high = paired_accuracy_difference_interval(
+            group["correct"].tolist(), group["ref_correct"].tolist(), seed=seed, n_resamples=n_resamples,
+            level=level)
+        rows.append({**key, "reference": reference, "n": len(group), "difference": diff,
+                     "difference_ci_low": low, "difference_ci_high": high})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaderboard
+# ---------------------------------------------------------------------------------------------
+
+def leaderboard_columns(leaderboard: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (task, metric) pairs of a leaderboard table in the paper's order."""
+    return sorted({(t, m) for t, m in zip(leaderboard["task"], leaderboard["metric"])},
+                  key=lambda tm: task_sort_key(tm[0]) + (tm[1],))
+
+
+def leaderboard_means(leaderboard: pd.DataFrame) -> pd.DataFrame:
+    """Per series: `mean` = the unweighted mean of `value` over the (task, metric) rows it has
+    and `n_tasks` (how many), in display order."""
+    keys = [c for c in SERIES_COLUMNS if c in leaderboard.columns]
+    rows = []
+    for key, group in ordered_groups(leaderboard, keys):
+        values = pd.to_numeric(group["value"], errors="coerce").dropna()
+        mean = float(values.mean()) if len(values) else math.nan
+        rows.append({**key, "mean": mean, "n_tasks": len(values)})
+    return pd.DataFrame(rows, columns=keys + ["mean", "n_tasks"])
+
+
+def leaderboard_deltas(leaderboard: pd.DataFrame, reference: str = "base") -> pd.DataFrame:
+    """Per series other than `reference` and (task, metric): `delta` = value − the reference's
+    value on the same task and metric (same run and model); NaN where the reference lacks it."""
+    keys = [c for c in SERIES_COLUMNS if c in leaderboard.columns]
+    columns = keys + ["task", "metric", "value", "reference", "reference_value", "delta"]
+    ref = _reference_rows(leaderboard, reference)
+    if leaderboard.empty or ref.empty:
+        return pd.DataFrame(columns=columns)
+    join = [c for c in ("run", "model") if c in leaderboard.columns] + ["task", "metric"]
+    ref_values = ref.assign(reference_value=pd.to_numeric(ref["value"], errors="coerce"))
+    ref_values = ref_values[join + ["reference_value"]]
+    if ref_values.duplicated(join).any():
+        raise ValueError(f"reference {reference!r} matches more than one series per task; "
+                         "name its factor or options (e.g. yarn:2).")
+    ref_ids = set(map(tuple, ref[KEY_COLUMNS].astype(str).to_numpy()))
+    others = leaderboard[[tuple(r) not in ref_ids for r in leaderboard[KEY_COLUMNS].astype(str).to_numpy()]]
+    out = others.assign(value=pd.to_numeric(others["value"], errors="coerce"))
+    out = out.merge(ref_values, on=join, how="left")
+    out["reference"] = reference
+    out["delta"] = out["value"] - out["reference_value"]
+    return out[columns].reset_index(drop=True)
