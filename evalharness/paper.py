@@ -10,7 +10,7 @@ model to a published model by name — the last path component, case-insensitive
 - perplexity: the run's `perplexity.csv` rows of a Proof-pile (truncated) or GovReport (sliding)
   dataset against the published curve at the same context length. The run's `ppl_paper` (the
   authors' aggregation) when the table has it, else its token-weighted `ppl`;
-- passkey: the run's passkey context (largest length with accuracy ≥ 80 %) against Table 5;
+- passkey: the run's effective passkey context (`tables.passkey_effective_context`) against Table 5;
 - leaderboard: the run's `leaderboard.csv` metric against the published lm-eval number of the same
   task and metric (`arc_challenge` acc_norm, `hellaswag` acc_norm, `mmlu` acc_macro,
   `truthfulqa_mc2` acc; offline mirrors `*_local` count as their task).
@@ -101,19 +101,19 @@ def compare_perplexity(run: pd.DataFrame, model: str | None = None) -> pd.DataFr
 
 def compare_passkey(run: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
     """The run's passkey context (per method) next to the paper's Table 5."""
-    from .passkey import passkey_context
+    from .tables import passkey_effective_context
 
     paper = published("passkey")
     paper["key"] = paper["model"].map(model_key)
     rows = []
-    for _, row in passkey_context(run).iterrows():
+    for _, row in passkey_effective_context(run).iterrows():
         match = paper[(paper.key == model_key(model or row["model"])) & (paper.metric == "passkey_context")]
         if match.empty:
             continue
         ref = match.iloc[0]
         rows.append(dict(table="passkey", model=ref["model"], method=_method_text(row["method"], row["factor"]),
                          setting=f"lengths ≤ {int(row['max_length_tested'])}", metric="passkey_context",
-                         run=float(row["passkey_context"]), paper=float(ref["value"]), paper_source=ref["source"]))
+                         run=float(row["effective_context"]), paper=float(ref["value"]), paper_source=ref["source"]))
     return _with_rel_diff(rows)
 
 
