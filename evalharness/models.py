@@ -248,35 +248,18 @@ def resolve_device_dtype(
 # --------------------------------------------------------------------------
 
 
-def _byte_symbols() -> list[str]:
-    """The printable stand-in character for each byte 0..255 (ByteLevel alphabet).
-
-    Bytes that are printable Latin-1 characters stand for themselves; the
-    others are shifted to code points from 256 upwards, in byte order.
-    """
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    kept = set(keep)
-    symbols, shifted = [], 0
-    for byte in range(256):
-        if byte in kept:
-            symbols.append(chr(byte))
-        else:
-            symbols.append(chr(256 + shifted))
-            shifted += 1
-    return symbols
-
-
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer: every UTF-8 byte is one token, no merges.
 
     Ids 0, 1, 2 are ``<unk>``, ``<s>`` (BOS) and ``</s>`` (EOS); ids 3..258 are
-    bytes 0..255.  Encoding with default arguments adds no special tokens
+    the 256 symbols of ``tokenizers``' ByteLevel alphabet (one per byte) in
+    code-point order.  Encoding with default arguments adds no special tokens
     (callers prepend BOS themselves), and ``decode`` inverts ``encode``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {tok: i for i, tok in enumerate(_BYTE_SPECIALS)}
-    for sym in _byte_symbols():
+    for sym in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[sym] = len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=_UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -144,10 +144,16 @@ def test_byte_tokenizer_specials_not_added_by_default():
     assert tok.decode([tok.bos_token_id, *ids], skip_special_tokens=True) == "hello"
 
 
-def test_byte_tokenizer_alphabet_matches_bytelevel():
-    from tokenizers import pre_tokenizers
-
-    assert sorted(M._byte_symbols()) == sorted(pre_tokenizers.ByteLevel.alphabet())
+def test_byte_tokenizer_every_byte_is_one_token():
+    tok = M.build_byte_tokenizer()
+    assert len(tok) == 3 + 256
+    code_points = [*range(0x801), *range(0x1000, 0x10000, 0x1000), *range(0x10000, 0x110000, 0x40000), 0x10FFFF]
+    text = "".join(map(chr, code_points))
+    encoded = text.encode("utf-8")  # every byte valid UTF-8 can hold (not C0, C1, F5..FF)
+    assert set(range(256)) - set(encoded) == {0xC0, 0xC1, *range(0xF5, 0x100)}
+    ids = tok(text).input_ids
+    assert len(ids) == len(encoded) and tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
 
 
 # ----------------------------------------------------------------------------- devices, dtypes, cache dir
