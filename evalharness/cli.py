@@ -27,6 +27,14 @@ DEFAULT_STRIDE = 256
 IMPLEMENTED_TASKS = TASKS
 
 
+class StoreGiven(argparse.Action):
+    """Store the value and note that the option was given on the command line (`<dest>_given`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 class UsageError(ValueError):
     """Bad command-line input."""
 
@@ -197,7 +205,9 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample", type=int, default=None, help="instead: a seeded random sample of N documents")
     g.add_argument("--min-tokens", type=parse_count, default=None,
                    help="keep documents with at least this many tokens (default: the largest length for truncated)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random choice (samples, bootstrap, passkeys)")
+    g.add_argument("--seed", type=int, default=0, action=StoreGiven,
+                   help="seed of every random choice (samples, bootstrap, passkeys); leaderboard: lm-eval's own "
+                        "seeds (0, 1234, 1234, 1234) unless --seed is given, which then sets all four")
     g.add_argument("--temperatures", default=None,
                    help="temperature-sweep: grid of YaRN attention factors sqrt(1/t), start:stop:step or list "
                         f"(default {DEFAULT_TEMPERATURES})")
@@ -497,7 +507,8 @@ def task_leaderboard(session: Session) -> list[str]:
     args = session.args
     return run_leaderboard(session.model, session.tokenizer, session.info.name, session.specs,
                            args.leaderboard_tasks.split(","), session.store, session.manifest, session.store.out_dir,
-                           limit=args.limit, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+                           limit=args.limit, batch_size=args.batch_size, max_length=args.max_length,
+                           seed=args.seed if getattr(args, "seed_given", False) else None,
                            show_progress=session.show_progress, data_dir=args.leaderboard_data,
                            save_samples=args.save_samples)
 

@@ -357,6 +357,11 @@ def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatc
         (m, t) for m in ("base", "yarn") for t in ("arc_challenge_local", "truthfulqa_mc2_local")}
     assert (headline.n_samples == 2).all() and headline.value.between(0, 1).all()
     assert (out / "lm_eval").is_dir() and len(list((out / "lm_eval").glob("*.json"))) == 4
+    saved = json.loads((out / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
+    assert saved["evalharness"]["seeds"] == lb.lm_eval_seeds(None)  # no --seed: lm-eval's own seeds
+    given = cli.eval_parser().parse_args(["--model", "random:tiny", "--seed", "0"])
+    assert (given.seed, getattr(given, "seed_given", False)) == (0, True)
+    assert getattr(cli.eval_parser().parse_args(["--model", "random:tiny"]), "seed_given", False) is False
 
 
 def test_wheel_ships_every_task_file(tmp_path):
@@ -382,3 +387,54 @@ def test_wheel_ships_every_task_file(tmp_path):
                for p in lb.TASKS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     assert any(name.endswith("arc_challenge_local/arc_challenge_local.yaml") for name in shipped)
     assert shipped - inside == set()
+
+
+def _samples(path):
+    return {s["doc_id"]: s for s in map(json.loads, path.read_text().splitlines())}
+
+
+def test_mirror_equals_lm_evals_own_task_per_sample(tiny, data_dir, tmp_path):
+    """arc_challenge_local and lm-eval's own arc_challenge YAML (`include:` of the installed file, the
+    data source replaced by the same local files) send the same requests and get the same
+    log-likelihoods, sample by sample, with the same default seeds."""
+    from pathlib import Path
+
+    import lm_eval
+    import yaml
+
+    own = tmp_path / "own" / "arc_challenge_own.yaml"
+    own.parent.mkdir()
+    files = {split: str(data_dir / "arc_challenge" / f"{split}.jsonl") for split in ("train", "test")}
+    own.write_text(yaml.safe_dump({
+        "include": str(Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_challenge.yaml"),
+        "task": "arc_challenge_own", "dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": files}, "validation_split": None, "num_fewshot": 25}))
+    failed, _, manifest = run(tiny, tmp_path, ["yarn:4"], ["arc_challenge", str(own)], data_dir=data_dir,
+                              save_samples=True)
+    assert failed == []
+    mirror = _samples(tmp_path / "lm_eval" / "yarn_4_arc_challenge_local_samples.jsonl")
+    theirs = _samples(tmp_path / "lm_eval" / "yarn_4_arc_challenge_own_samples.jsonl")
+    assert sorted(mirror) == sorted(theirs) == [0, 1]
+    for doc_id, sample in mirror.items():
+        assert sample["arguments"] == theirs[doc_id]["arguments"]  # 25-shot prompt and the four choices
+        assert sample["arguments"][0][0].count("\nAnswer:") == 26
+        assert sample["resps"] == theirs[doc_id]["resps"]  # log-likelihoods, per choice
+        assert (sample["acc"], sample["acc_norm"]) == (theirs[doc_id]["acc"], theirs[doc_id]["acc_norm"])
+    cell = manifest.data["cells"]["leaderboard|random:tiny|yarn:4|arc_challenge_local"]
+    assert cell["seeds"] == {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234,
+                             "fewshot_random_seed": 1234}
+
+
+def test_seed_sets_all_four_and_changes_the_few_shot_draw(tiny, data_dir, tmp_path):
+    assert lb.lm_eval_seeds(7) == dict.fromkeys(lb.lm_eval_seeds(), 7)
+    contexts = {}
+    for seed in (None, 1234, 0):
+        out = tmp_path / f"seed{seed}"
+        failed, _, manifest = run(tiny, out, ["yarn:4"], ["arc_challenge"], data_dir=data_dir, limit=1,
+                                  seed=seed, save_samples=True)
+        assert failed == []
+        saved = json.loads((out / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
+        assert saved["evalharness"]["seeds"] == lb.lm_eval_seeds(seed)
+        contexts[seed] = _samples(out / "lm_eval" / "yarn_4_arc_challenge_local_samples.jsonl")[0]["arguments"][0][0]
+    assert contexts[None] == contexts[1234]  # the few-shot sampler's default is 1234
+    assert contexts[0] != contexts[None]

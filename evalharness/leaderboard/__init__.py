@@ -43,13 +43,13 @@ from .mirrors import (
 from .offline import offline_message
 from .passkey_data import passkey_documents, write_jsonl
 from .planning import TaskPlan, check_task_names, plan_tasks
-from .protocol import MACRO_GROUPS, PAPER_TASKS, LeaderboardError, default_max_length
+from .protocol import MACRO_GROUPS, PAPER_TASKS, LeaderboardError, default_max_length, lm_eval_seeds
 from .run import run_leaderboard
 
 __all__ = [
     "DATA_FORMATS", "LOCAL_MIRROR_OF", "MACRO_GROUPS", "MIRRORS", "PAPER_TASKS", "TASKS_DIR",
     "LeaderboardError", "Mirror", "TaskPlan", "check_task_names", "copy_tasks", "default_max_length",
-    "leaf_tasks", "local_data_files", "macro_mean", "offline_message",
+    "leaf_tasks", "lm_eval_seeds", "local_data_files", "macro_mean", "offline_message",
     "passkey_documents", "plan_tasks", "point_mirror", "provenance_path", "result_rows",
     "run_leaderboard", "split_files", "wrap_model", "write_jsonl", "write_mmlu_subject_tasks",
 ]

@@ -2,7 +2,9 @@
 which metric is the headline, and the lm-eval context length of a scaled model.
 
 MMLU's headline is the UNWEIGHTED mean of its subject accuracies (`acc_macro`); lm-eval's own group
-number is weighted by subject size and is kept as `acc_weighted`.
+number is weighted by subject size and is kept as `acc_weighted`. Seeds are lm-eval's own defaults
+(those of its CLI and of the Open LLM leaderboard: python `random` 0; numpy, torch and the few-shot
+sampler 1234) unless the user gives one seed for all four.
 """
 from __future__ import annotations
 
@@ -21,6 +23,21 @@ MACRO_GROUPS = ("mmlu", "mmlu_local")
 class LeaderboardError(ValueError):
     """A leaderboard task cannot run (missing local data, unknown task, dataset offline)."""
 
+
+SEED_ARGUMENTS = ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")
+
+
+def lm_eval_seeds(seed: int | None = None) -> dict[str, int]:
+    """The four seed arguments of `lm_eval.simple_evaluate`: `seed` for all four, or (None) the
+    defaults of the installed lm-eval's own signature (0, 1234, 1234, 1234 since lm-eval 0.4.2)."""
+    if seed is not None:
+        return dict.fromkeys(SEED_ARGUMENTS, int(seed))
+    import inspect
+
+    from lm_eval import evaluator
+
+    parameters = inspect.signature(evaluator.simple_evaluate).parameters
+    return {name: parameters[name].default for name in SEED_ARGUMENTS}
 
 
 def default_max_length(spec) -> int:

@@ -14,7 +14,7 @@ from .lm import wrap_model
 from .mirrors import copy_tasks, point_mirror
 from .offline import offline_message
 from .planning import TaskPlan, _builtin_task_manager, _folder_task_manager, plan_tasks
-from .protocol import LeaderboardError, default_max_length
+from .protocol import LeaderboardError, default_max_length, lm_eval_seeds
 
 
 def _done_cells(store) -> tuple[set, set]:
@@ -34,7 +34,7 @@ def _is_done(plan: TaskPlan, key: dict, done: tuple[set, set]) -> bool:
 
 
 def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[str], store, manifest, out_dir,
-                    limit: int | float | dict[str, int] | None = None, batch_size: int = 1, max_length: int | None = None, seed: int = 0,
+                    limit: int | float | dict[str, int] | None = None, batch_size: int = 1, max_length: int | None = None, seed: int | None = None,
                     show_progress: bool = True, data_dir: str | os.PathLike | None = None,
                     save_samples: bool = False, bootstrap_iters: int = 1000) -> list[str]:
     """Evaluate every (spec, task) cell not already in the store; return the failed cells.
@@ -43,8 +43,9 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
     with max_length = `max_length` or `default_max_length(spec)`. Rows go to leaderboard.csv as
     soon as a task finishes; lm-eval's results JSON goes to out_dir/lm_eval/ (with `save_samples`,
     also the per-example requests and log-likelihoods). `data_dir` runs the paper tasks as the
-    offline mirrors in tasks/ on local files. Seeds of python, numpy, torch and the few-shot
-    sampler are all `seed`. `bootstrap_iters` only matters for metrics without a closed-form
+    offline mirrors in tasks/ on local files. Seeds (`lm_eval_seeds`): lm-eval's own defaults
+    (random 0; numpy, torch and few-shot 1234), or `seed` for all four; each cell records them.
+    `bootstrap_iters` only matters for metrics without a closed-form
     standard error (lm-eval's own default is 100000).
     """
     import lm_eval
@@ -53,6 +54,7 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
     from ..scaling import apply_scaling
 
     plans = plan_tasks(tasks, data_dir)
+    seeds = lm_eval_seeds(seed)
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="evalharness-tasks-") as tmp:
         mirror_dir = None
@@ -104,20 +106,20 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
                         results = lm_eval.simple_evaluate(
                             model=lm, tasks=[plan.name], num_fewshot=plan.num_fewshot, limit=task_limit,
                             task_manager=task_manager, bootstrap_iters=bootstrap_iters, log_samples=save_samples,
-                            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                            fewshot_random_seed=seed,
+                            **seeds,
                         )
                     rows = result_rows(results, key, plan)
                     if plan.metric and not any(r["task"] == plan.name and r["metric"] == plan.metric for r in rows):
                         raise LeaderboardError(f"{plan.name}: lm-eval reported no {plan.metric} "
                                                f"(got {sorted({r['metric'] for r in rows if r['task'] == plan.name})}).")
                     extra = {"spec": str(resolved), "max_length": length, "batch_size": cell_batch, "limit": task_limit,
-                             "seed": seed, "task": plan.name, "requested": plan.requested, "kind": plan.kind,
+                             "seeds": seeds, "task": plan.name, "requested": plan.requested, "kind": plan.kind,
                              "data": mirror_data.get(plan.name)}
                     path = provenance_path(out_dir, resolved, plan.name)
                     _save_results(path, results, extra, save_samples)
                     store.append("leaderboard", rows)
-                    info = {"seconds": round(time.monotonic() - start, 1), "max_length": length, "lm_eval_json": str(path)}
+                    info = {"seconds": round(time.monotonic() - start, 1), "max_length": length, "lm_eval_json": str(path),
+                            "seeds": seeds}
                     if plan.name in mirror_data and "subjects" in mirror_data[plan.name]:
                         info["subjects"] = mirror_data[plan.name]["subjects"]
                     manifest.cell(cell, "done", **info)
