@@ -1,8 +1,8 @@
 """The lm-eval bridge on random:tiny (native context 256, byte tokenizer) with small local data
 written here in the original datasets' column layouts."""
 import json
-import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -298,47 +298,34 @@ def test_offline_hub_task_fails_in_one_sentence_and_others_run(tiny, tmp_path, m
     assert {"truthfulqa_mc2_local", "yes_no_local"} <= tasks_done and "arc_challenge" not in tasks_done
 
 
-def _module(path):
-    import importlib.util
+# mirror → lm-eval's own task file, and the keys a mirror may set beside the data source
+OWN_TASKS = {"arc_challenge_local": ("arc/arc_challenge.yaml", {"validation_split", "num_fewshot"}),
+             "hellaswag_local": ("hellaswag/hellaswag.yaml", {"num_fewshot"}),
+             "truthfulqa_mc2_local": ("truthfulqa/truthfulqa_mc2.yaml", set()),
+             "truthfulqa_mc1_local": ("truthfulqa/truthfulqa_mc1.yaml", set()),
+             "mmlu_local_anatomy": ("mmlu/default/mmlu_anatomy.yaml", {"num_fewshot", "process_docs"})}
+DATA_SOURCE = {"dataset_path", "dataset_name", "dataset_kwargs"}
 
-    spec = importlib.util.spec_from_file_location(f"mirror_{path.parent.name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-def test_mirror_prompts_match_lm_eval_tasks():
-    """Same prompt text, choices and targets as lm-eval's own YAMLs (read from the installed package)."""
-    from pathlib import Path
-
-    import lm_eval
+def test_mirrors_are_lm_evals_own_tasks_with_local_data(data_dir, tmp_path):
+    """Each prepared mirror, read with lm-eval's own YAML loader, is lm-eval's task config with only
+    the data source (and the paper's shot count / MMLU's subject filter) replaced."""
     from lm_eval.tasks._yaml_loader import load_yaml
-    from lm_eval.utils import apply_template
 
-    shipped = Path(lm_eval.__file__).parent / "tasks"
-    ours = lb.TASKS_DIR
-    arc, theirs = _module(ours / "arc_challenge_local" / "utils.py"), load_yaml(shipped / "arc" / "arc_challenge.yaml", resolve_func=False)
-    doc = arc_rows(3, "x")[2]
-    assert arc.question_prompt(doc) == apply_template(theirs["doc_to_text"], doc)
-    assert str(arc.answer_index(doc)) == apply_template(theirs["doc_to_target"], doc)
-    assert str(arc.answer_texts(doc)) == apply_template(theirs["doc_to_choice"], doc)
-
-    tqa, theirs = _module(ours / "truthfulqa_local" / "utils.py"), load_yaml(shipped / "truthfulqa" / "truthfulqa_mc1.yaml", resolve_func=False)
-    doc = truthfulqa_rows(1)[0]
-    assert tqa.qa_prompt(doc) == apply_template(theirs["doc_to_text"], doc)
-    results = [(-1.0, False), (-2.0, False), (-0.5, False), (-3.0, False)]
-    probs = [math.exp(ll) for ll, _ in results]
-    assert tqa.mc2_score(doc, results)["acc"] == pytest.approx((probs[0] + probs[1]) / sum(probs))
-
-    mmlu, theirs = _module(ours / "mmlu_local" / "utils.py"), load_yaml(shipped / "mmlu" / "default" / "mmlu_anatomy.yaml", resolve_func=False)
-    doc = mmlu_rows({"anatomy": 1}, "test")[0]
-    assert mmlu.question_prompt(doc) == apply_template(theirs["doc_to_text"], doc)
-    assert theirs["doc_to_choice"] == ["A", "B", "C", "D"] and theirs["fewshot_config"] == {"sampler": "first_n"}
-
-    ours_hs = _module(ours / "hellaswag_local" / "utils.py")
-    theirs_hs = _module(shipped / "hellaswag" / "utils.py")
-    for text in ["Making tea: A man [title] boils water. [step] He pours it  in.", " x [header] y [title] z "]:
-        assert ours_hs.clean(text) == theirs_hs.preprocess(text)
+    out = lb.copy_tasks(tmp_path / "tasks")
+    for name in ("arc_challenge_local", "hellaswag_local", "mmlu_local", "truthfulqa_mc2_local", "truthfulqa_mc1_local"):
+        lb.point_mirror(out, name, data_dir)
+    for task, (own_file, overridden) in OWN_TASKS.items():
+        (mirror_file,) = out.rglob(f"{task}.yaml")
+        mirror = load_yaml(mirror_file, resolve_func=False)
+        own = load_yaml(lb.lm_eval_tasks_dir() / own_file, resolve_func=False)
+        assert mirror["dataset_path"] == "json" and mirror["dataset_name"] is None, task
+        splits = mirror["dataset_kwargs"]["data_files"]
+        assert all(Path(p).is_absolute() and Path(p).is_file() for paths in splits.values() for p in paths), task
+        ignored = DATA_SOURCE | {"task", "tag", "metadata"} | overridden
+        assert {k: v for k, v in mirror.items() if k not in ignored} == {
+            k: v for k, v in own.items() if k not in ignored}, task  # MMLU: same description and alias too
+    assert load_yaml(out / "arc_challenge_local" / "arc_challenge_local.yaml", resolve_func=False)["num_fewshot"] == 25
 
 
 def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatch):

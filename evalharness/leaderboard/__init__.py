@@ -37,8 +37,8 @@ results → rows, provenance JSON), `run` (`run_leaderboard`), `passkey_data` (p
 from .extract import leaf_tasks, macro_mean, provenance_path, result_rows
 from .lm import wrap_model
 from .mirrors import (
-    DATA_FORMATS, LOCAL_MIRROR_OF, MIRRORS, TASKS_DIR, Mirror, copy_tasks, local_data_files, point_mirror,
-    split_files, write_mmlu_subject_tasks,
+    DATA_FORMATS, LM_EVAL_TASKS, LOCAL_MIRROR_OF, MIRRORS, TASKS_DIR, Mirror, copy_tasks, lm_eval_tasks_dir,
+    local_data_files, point_mirror, resolve_lm_eval_includes, split_files, write_mmlu_subject_tasks,
 )
 from .offline import offline_message
 from .passkey_data import passkey_documents, write_jsonl
@@ -47,9 +47,10 @@ from .protocol import MACRO_GROUPS, PAPER_TASKS, LeaderboardError, default_max_l
 from .run import run_leaderboard
 
 __all__ = [
-    "DATA_FORMATS", "LOCAL_MIRROR_OF", "MACRO_GROUPS", "MIRRORS", "PAPER_TASKS", "TASKS_DIR",
-    "LeaderboardError", "Mirror", "TaskPlan", "check_task_names", "copy_tasks", "default_max_length",
-    "leaf_tasks", "lm_eval_seeds", "local_data_files", "macro_mean", "offline_message",
-    "passkey_documents", "plan_tasks", "point_mirror", "provenance_path", "result_rows",
-    "run_leaderboard", "split_files", "wrap_model", "write_jsonl", "write_mmlu_subject_tasks",
+    "DATA_FORMATS", "LM_EVAL_TASKS", "LOCAL_MIRROR_OF", "MACRO_GROUPS", "MIRRORS", "PAPER_TASKS",
+    "TASKS_DIR", "LeaderboardError", "Mirror", "TaskPlan", "check_task_names", "copy_tasks",
+    "default_max_length", "leaf_tasks", "lm_eval_seeds", "lm_eval_tasks_dir", "local_data_files",
+    "macro_mean", "offline_message", "passkey_documents", "plan_tasks", "point_mirror",
+    "provenance_path", "resolve_lm_eval_includes", "result_rows", "run_leaderboard", "split_files",
+    "wrap_model", "write_jsonl", "write_mmlu_subject_tasks",
 ]

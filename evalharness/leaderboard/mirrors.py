@@ -1,10 +1,15 @@
-"""Offline mirrors: the lm-eval task YAMLs shipped in `tasks/` (package data) that read local files
-in the original datasets' column layouts, and pointing a copy of them at a data folder.
+"""Offline mirrors: lm-eval's own task YAMLs, through lm-eval's `include:`, with only the data source
+replaced by local files in the original datasets' column layouts.
 
-Contract: `copy_tasks` copies the shipped folder; `point_mirror` rewrites one mirror's `_data.yaml`
-in that copy to the files found under DIR/<dataset>/ (absolute paths; lm-eval YAMLs cannot expand
-environment variables) and, for mmlu_local, writes one task YAML per subject present in the data.
-Bad data raises `LeaderboardError` with one sentence.
+The YAMLs shipped in `tasks/` (package data) name lm-eval's task file as
+`include: "LM_EVAL_TASKS/<path in lm_eval/tasks>"` and hold no data source. Contract: `copy_tasks`
+copies the folder and resolves LM_EVAL_TASKS/ to the installed lm-eval's task folder;
+`point_mirror` writes the data source (`dataset_path: json|parquet`, `dataset_name: null`,
+`dataset_kwargs.data_files` with absolute paths of the files under DIR/<dataset>/, or the shipped
+`_data.yaml` defaults) into that mirror's YAML in the copy, and for mmlu_local one task YAML per
+subject present in the data. The data keys are appended to the YAML that includes lm-eval's (one
+`include:` per file: lm-eval versions merge several includes in different orders). Bad data
+raises `LeaderboardError` with one sentence.
 """
 from __future__ import annotations
 
@@ -19,13 +24,15 @@ from typing import Sequence
 from .protocol import LeaderboardError
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+LM_EVAL_TASKS = "LM_EVAL_TASKS/"  # placeholder for the installed lm-eval's task folder in shipped YAMLs
 DATA_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
 class Mirror:
     """An offline task shipped in tasks/: lm-eval name, the paper task it mirrors (if any), its
-    folder in tasks/, its folder under the data dir, and the splits it reads."""
+    folder in tasks/, its folder under the data dir, the splits it reads, their columns, and the
+    YAML in its folder that receives the data source."""
 
     task: str
     paper: str | None
@@ -33,20 +40,23 @@ class Mirror:
     data_subdir: str
     splits: tuple[str, ...]
     columns: str
+    data_yaml: str
 
 
 MIRRORS: dict[str, Mirror] = {m.task: m for m in (
     Mirror("arc_challenge_local", "arc_challenge", "arc_challenge_local", "arc_challenge", ("train", "test"),
-           "id, question, choices {text, label}, answerKey"),
+           "id, question, choices {text, label}, answerKey", "arc_challenge_local.yaml"),
     Mirror("hellaswag_local", "hellaswag", "hellaswag_local", "hellaswag", ("train", "validation"),
-           "ind, activity_label, ctx_a, ctx_b, ctx, endings, source_id, split, split_type, label"),
-    Mirror("mmlu_local", "mmlu", "mmlu_local", "mmlu", ("dev", "test"), "question, subject, choices, answer"),
+           "ind, activity_label, ctx_a, ctx_b, ctx, endings, source_id, split, split_type, label",
+           "hellaswag_local.yaml"),
+    Mirror("mmlu_local", "mmlu", "mmlu_local", "mmlu", ("dev", "test"), "question, subject, choices, answer",
+           "_subject_template.yaml"),
     Mirror("truthfulqa_mc2_local", "truthfulqa_mc2", "truthfulqa_local", "truthfulqa", ("validation",),
-           "question, mc1_targets {choices, labels}, mc2_targets {choices, labels}"),
+           "question, mc1_targets {choices, labels}, mc2_targets {choices, labels}", "truthfulqa_mc2_local.yaml"),
     Mirror("truthfulqa_mc1_local", None, "truthfulqa_local", "truthfulqa", ("validation",),
-           "question, mc1_targets {choices, labels}, mc2_targets {choices, labels}"),
+           "question, mc1_targets {choices, labels}, mc2_targets {choices, labels}", "truthfulqa_mc1_local.yaml"),
     Mirror("passkey_local", None, "passkey_local", "passkey", ("test",),
-           "prompt, passkey, context_length, prompt_tokens, depth, trial, seed"),
+           "prompt, passkey, context_length, prompt_tokens, depth, trial, seed", "passkey_local.yaml"),
 )}
 LOCAL_MIRROR_OF = {m.paper: m.task for m in MIRRORS.values() if m.paper}
 
@@ -92,35 +102,65 @@ def _yaml_dump(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
+def lm_eval_tasks_dir() -> Path:
+    """The installed lm-eval's task folder (what LM_EVAL_TASKS/ stands for)."""
+    import lm_eval
+
+    return Path(lm_eval.__file__).resolve().parent / "tasks"
+
+
+def resolve_lm_eval_includes(folder: str | os.PathLike) -> None:
+    """Replace LM_EVAL_TASKS/ by the installed lm-eval's task folder in every YAML under folder;
+    LeaderboardError when lm-eval lacks a task file a mirror includes."""
+    tasks = lm_eval_tasks_dir()
+    for path in sorted(Path(folder).rglob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        if LM_EVAL_TASKS not in text:
+            continue
+        for included in re.findall(rf'"{re.escape(LM_EVAL_TASKS)}([^"]+)"', text):
+            if not (tasks / included).is_file():
+                raise LeaderboardError(f"{path.name} includes lm-eval's {included}, which the installed lm-eval "
+                                       f"({tasks}) does not have; install the lm-eval version in pyproject.toml.")
+        path.write_text(text.replace(f'"{LM_EVAL_TASKS}', f'{json.dumps(str(tasks))[:-1]}/'), encoding="utf-8")
+
+
 def copy_tasks(out_dir: str | os.PathLike, tasks_dir: str | os.PathLike | None = None) -> Path:
-    """Copy the harness's task folder (tasks/) to out_dir."""
+    """Copy the harness's task folder (tasks/) to out_dir and resolve its lm-eval includes."""
     source = Path(tasks_dir) if tasks_dir else TASKS_DIR
     if not source.is_dir():
         raise LeaderboardError(f"the harness's task folder {source} is missing; pass tasks_dir or run from the repository.")
     out = Path(out_dir)
     shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    resolve_lm_eval_includes(out)
     return out
 
 
 def point_mirror(tasks_copy: str | os.PathLike, name: str, data_dir: str | os.PathLike | None = None) -> dict:
-    """In a copy of tasks/, point one mirror at the files under data_dir (rewrite its
-    `_data.yaml`; without data_dir keep the location written there) and, for mmlu_local, generate
-    its per-subject tasks. Returns {"dataset_path", "data_files"[, "subjects"]}."""
+    """In a copy of tasks/, point one mirror at the files under data_dir (without data_dir: the
+    shipped `_data.yaml` defaults): its data source is appended to the mirror's YAML (and written
+    to `_data.yaml` for the record); for mmlu_local, generate its per-subject tasks. Returns
+    {"dataset_path", "data_files"[, "subjects"]}."""
     import yaml
 
     mirror = MIRRORS[name]
-    data_yaml = Path(tasks_copy) / mirror.folder / "_data.yaml"
+    folder = Path(tasks_copy) / mirror.folder
     if data_dir is not None:
         builder, files = local_data_files(mirror, data_dir)
-        data_yaml.write_text(
-            f"# written by evalharness.leaderboard from {Path(data_dir).expanduser().resolve()}\n"
-            + _yaml_dump({"dataset_path": builder, "dataset_kwargs": {"data_files": files}}))
-    config = yaml.safe_load(data_yaml.read_text())
+        config = {"dataset_path": builder, "dataset_kwargs": {"data_files": files}}
+        origin = f"--leaderboard-data {Path(data_dir).expanduser().resolve()}"
+        (folder / "_data.yaml").write_text(f"# written by evalharness.leaderboard from {origin}\n" + _yaml_dump(config))
+    else:
+        config = yaml.safe_load((folder / "_data.yaml").read_text())
+        origin = "the shipped _data.yaml"
+    source = {"dataset_path": config["dataset_path"], "dataset_name": None,
+              "dataset_kwargs": {"data_files": config["dataset_kwargs"]["data_files"]}}
+    with (folder / mirror.data_yaml).open("a", encoding="utf-8") as fh:
+        fh.write(f"# data source, written by evalharness.leaderboard.point_mirror from {origin}\n" + _yaml_dump(source))
     used = {"dataset_path": config["dataset_path"], "data_files": config["dataset_kwargs"]["data_files"]}
     if name == "mmlu_local":
         subjects = _mmlu_subjects(config)
         used["subjects"] = len(subjects)
-        write_mmlu_subject_tasks(Path(tasks_copy) / mirror.folder, subjects)
+        write_mmlu_subject_tasks(folder, subjects)
     return used
 
 

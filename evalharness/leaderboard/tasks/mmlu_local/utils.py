@@ -1,18 +1,12 @@
-"""MMLU prompt and the per-subject document filters.
+"""The per-subject document filters of mmlu_local (one file holds every subject, as cais/mmlu's
+`all` config; lm-eval's own MMLU tasks read one dataset config per subject instead).
 
 `only_<subject>` (any subject name made of lower-case letters, digits and underscores) is created
 on demand: it keeps the rows of a split whose `subject` column equals <subject>.
 """
 import re
 
-_LETTERS = "ABCD"
 _SUBJECT = re.compile(r"[a-z0-9_]+")
-
-
-def question_prompt(doc: dict) -> str:
-    lines = [doc["question"].strip()]
-    lines += [f"{letter}. {choice}" for letter, choice in zip(_LETTERS, doc["choices"])]
-    return "\n".join(lines) + "\nAnswer:"
 
 
 def subject_filter(subject: str):
