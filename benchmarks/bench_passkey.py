@@ -12,6 +12,8 @@ For each method × length, on `--prompts` passkey prompts (depths spread over [0
             what a model that never answers with a number costs.
 Printed: seconds per prompt, paper/forward and full10/forward, forwards and cached steps per prompt.
 Random weights never answer with a number, so there paper = full10; a real model stops earlier.
+Clock: this process's CPU time on a CPU device (a shared machine's load does not inflate it; set
+OMP_NUM_THREADS to fix the thread count), wall time with a CUDA synchronize on a GPU.
 
     python benchmarks/bench_passkey.py --model random:tiny --lengths 1k,2k,4k
     python benchmarks/bench_passkey.py --model smollm2-135m --methods base,yarn:2,dynamic-yarn --lengths 4k
@@ -39,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--attn-impl", default="sdpa")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
+                   help="auto: process CPU time on a CPU device, wall time on a GPU")
     args = p.parse_args(argv)
     args.length_list = parse_lengths(args.lengths)
     return args
@@ -51,12 +55,15 @@ def synchronize():
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter
+
+
 def timed(fn):
     synchronize()
-    start = time.perf_counter()
+    start = CLOCK()
     value = fn()
     synchronize()
-    return time.perf_counter() - start, value
+    return CLOCK() - start, value
 
 
 def one_forward(model, input_ids):
@@ -80,8 +87,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     model, tokenizer, info = models.load(args.model, dtype=args.dtype, device=args.device, attn_impl=args.attn_impl)
     device = PK._device(model)
+    global CLOCK
+    cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu")
+    CLOCK = time.process_time if cpu_clock else time.perf_counter
     print(f"model {info.name} ({args.model}), device {device}, dtype {next(model.parameters()).dtype}, "
-          f"torch threads {torch.get_num_threads()}, {args.prompts} prompts per row")
+          f"torch threads {torch.get_num_threads()}, {args.prompts} prompts per row, "
+          f"{'process CPU' if cpu_clock else 'wall'} seconds")
     depths = PK.depth_grid(args.prompts)
     header = (f"{'method':<16}{'length':>7}{'forward s':>11}{'paper s':>10}{'full10 s':>10}"
               f"{'paper/fwd':>11}{'full10/fwd':>12}{'forwards':>10}{'cached':>8}{'correct':>9}")
