@@ -14,7 +14,9 @@ Sources:
 * Debian packages, usable fully offline: ``coq-stdlib`` (the ``.v`` sources of
   ``libcoq-stdlib``) and ``debian-policy`` (the plain-text manuals of
   ``debian-policy``).
-* ``local:PATH``: a folder of ``.txt`` files, a ``.jsonl`` file or a ``.parquet`` file.
+* ``local:PATH``: a folder of ``.txt`` files, a ``.jsonl`` file (read line by line: document id =
+  line index, blank lines skipped, each bad line named) or a ``.parquet`` file (read with the
+  ``datasets`` parquet builder: document id = row index).
 * ``NAME=DIR`` for a Hugging Face corpus NAME: a local copy of that dataset in its hub
   layout (``DIR/<split>.jsonl``, ``.json``, ``.parquet`` or shards ``<split>-*.parquet``),
   read with the ``datasets`` json/parquet builders; same field, same document ids
@@ -331,19 +333,32 @@ class ParquetSource(_SingleFileSource):
         return f"local Parquet file: {self.path}"
 
     def documents(self, text_field: str | None = None) -> Iterator[Document]:
-        """Yield one document per row, text from ``text_field`` (default "text")."""
-        import pyarrow.parquet as pq
-
+        """Yield one document per row (read with the ``datasets`` parquet builder, as a hub copy is),
+        text from ``text_field`` (default "text")."""
         field = text_field or self.default_field
-        parquet = pq.ParquetFile(self.path)
-        names = parquet.schema_arrow.names
-        if field not in names:
-            raise _missing_field_error(self.path, field, names)
-        row = 0
-        for batch in parquet.iter_batches(columns=[field], batch_size=256):
-            for value in batch.column(0).to_pylist():
-                yield Document(str(row), _check_text_value(value, self.path, field, row))
-                row += 1
+        dataset = _read_with_builder("parquet", [self.path], "the local Parquet file")
+        if field not in dataset.column_names:
+            raise _missing_field_error(self.path, field, dataset.column_names)
+        for row, value in enumerate(_column_values(dataset, field)):
+            yield Document(str(row), _check_text_value(value, self.path, field, row))
+
+
+def _read_with_builder(builder: str, files: Sequence[Path], what: str):
+    """One split of local files read by the ``datasets`` json/parquet builder; CorpusError naming
+    ``what`` and the files when they cannot be read."""
+    import datasets  # lazy: heavy import
+
+    try:
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except Exception as exc:  # noqa: BLE001 - the builders raise many kinds; one sentence names the files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorpusError(f"could not read {what} ({', '.join(map(str, files))}): {first}") from exc
+
+
+def _column_values(dataset, field: str) -> Iterator[object]:
+    """The values of one column of a ``datasets.Dataset``, in row order."""
+    for batch in dataset.select_columns([field]).iter(batch_size=64):
+        yield from batch[field]
 
 
 # ------------------------------------------------------------------ HF datasets
@@ -487,29 +502,18 @@ class HubCopySource(CorpusSource):
 
     def documents(self, text_field: str | None = None) -> Iterator[Document]:
         """Load the files with the ``datasets`` json/parquet builder and yield one document per row."""
-        import datasets  # lazy: heavy import
-
         spec, files = self._located()
-        builder = _SPLIT_FORMATS[files[0].suffix]
-        try:
-            dataset = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-        except Exception as exc:  # noqa: BLE001 - the builders raise many kinds; one sentence names the files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CorpusError(f"could not read the local copy of {self.name!r} ({', '.join(map(str, files))}): "
-                              f"{first}") from exc
+        dataset = _read_with_builder(_SPLIT_FORMATS[files[0].suffix], files, f"the local copy of {self.name!r}")
         candidates = [text_field] if text_field else [s.field for s in self.hub.specs if s.split == spec.split]
         field = next((f for f in candidates if f in dataset.column_names), None)
         if field is None:
             names = ", ".join(repr(c) for c in dataset.column_names)
             raise CorpusError(f"the local copy of {self.name!r} in {self.folder} has no field "
                               f"{' or '.join(map(repr, candidates))} (the hub layout's); fields present: {names}.")
-        row = 0
-        for batch in dataset.select_columns([field]).iter(batch_size=64):
-            for value in batch[field]:
-                if not isinstance(value, str):
-                    raise CorpusError(f"field {field!r} of row {row} in {self.folder} is not text.")
-                yield Document(f"{spec.split}/{row}", value)
-                row += 1
+        for row, value in enumerate(_column_values(dataset, field)):
+            if not isinstance(value, str):
+                raise CorpusError(f"field {field!r} of row {row} in {self.folder} is not text.")
+            yield Document(f"{spec.split}/{row}", value)
 
 
 # --------------------------------------------------------------------- registry
