@@ -7,7 +7,8 @@
     python run_eval.py compare results/run1      # next to the paper's published numbers
 
 Exit codes: 0 all cells done; 1 some cells failed (recorded in manifest.json, the rest ran);
-2 bad input (one sentence on stderr, nothing computed); 130 interrupted.
+2 bad input (one sentence on stderr, nothing computed); 3 a result file could not be written
+(disk full; the rows written before are intact); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_WRITE_FAILED = 3
 TASKS = ("perplexity", "passkey", "leaderboard", "temperature-sweep")
 DEFAULT_TEMPERATURES = "1.0:1.4:0.05"
 DEFAULT_STRIDE = 256
@@ -386,6 +388,9 @@ def plan_run(args: argparse.Namespace) -> RunContext:
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder (new, or an earlier run's to resume).")
+    from .results import check_run_folder
+
+    check_run_folder(out)  # unrepairable tables stop here; repairable ones are announced
     return RunContext(args, out, tasks, lengths)
 
 
@@ -542,10 +547,11 @@ def cmd_eval(argv: list[str]) -> int:
     main_store, main_manifest = ResultStore(plan.out), Manifest(plan.out)
     if shard.active:
         folder = parallel.shard_dir(plan.out, shard.rank)
-        store, manifest = ResultStore(folder, resume_from=[plan.out]), Manifest(folder)
+        store = ResultStore(folder, resume_from=[plan.out], lock_dir=plan.out)
+        manifest = Manifest(folder, lock_dir=plan.out)
     else:
         store, manifest = main_store, main_manifest
-    store.remove_stale_temp_files()  # this process is the folder's only writer (a rank writes its shard)
+    store.remove_stale_temp_files()  # only those of writers that are gone
     if shard.rank == 0:
         main_store.remove_stale_temp_files()
     session = Session(args, plan, model, tokenizer, info, specs, store, manifest, shard)
@@ -580,7 +586,8 @@ def cmd_eval(argv: list[str]) -> int:
         parallel.barrier(shard)
         if shard.rank == 0:
             parallel.merge_shards(plan.out, shard.world, main_store, main_manifest)
-            main_store.replace("perplexity", aggregate_perplexity(main_store.read("perplexity_docs"), seed=args.seed))
+            main_store.derive("perplexity", "perplexity_docs",
+                              lambda docs: aggregate_perplexity(docs, seed=args.seed))
             failed = list(main_manifest.failed_cells())
         parallel.barrier(shard)
         parallel.shutdown(shard)
@@ -590,7 +597,8 @@ def cmd_eval(argv: list[str]) -> int:
     print_summary(main_store)
     if not args.no_plots:
         try:
-            paths = write_figures_and_report(plan.out)
+            with main_store.locked():  # two runs into one folder draw one after the other
+                paths = write_figures_and_report(plan.out)
             print(f"figures and report: {', '.join(str(p) for p in paths)}", file=sys.stderr)
         except Exception as exc:  # a figure must never cost the numbers
             print(f"warning: could not draw figures ({type(exc).__name__}: {exc})", file=sys.stderr)
@@ -675,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     from .leaderboard import LeaderboardError
     from .methods import MethodError
     from .models import ModelLoadError
+    from .results import ResultFolderError, ResultWriteError
     from .scaling import ScalingError
 
     commands = {"methods": cmd_methods, "plot": cmd_plot, "compare": cmd_compare}
@@ -684,6 +693,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
         return cmd_eval(argv)
-    except (UsageError, MethodError, ModelLoadError, CorpusError, ScalingError, LeaderboardError) as exc:
+    except (UsageError, MethodError, ModelLoadError, CorpusError, ScalingError, LeaderboardError,
+            ResultFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ResultWriteError as exc:
+        print(f"error: {exc.strerror}.", file=sys.stderr)
+        return EXIT_WRITE_FAILED

@@ -66,7 +66,9 @@ __all__ = [
 ]
 
 LOCAL_PREFIX = "local:"
-_CACHE_FORMAT = 1  # bump when the cache layout or the tokenization procedure changes
+# Bump when the cache layout or the tokenization procedure changes (2: documents that are not
+# UTF-8 are rejected, no longer decoded with U+FFFD, so older caches may hold such documents).
+_CACHE_FORMAT = 2
 _TOKENIZE_BATCH = 64  # documents per tokenizer call
 
 
@@ -121,12 +123,22 @@ def _reject_text_field(kind: str, text_field: str | None) -> None:
         )
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError, where: str = "") -> CorpusError:
+    """One sentence for a document that is not UTF-8 text (never decoded with replacement characters)."""
+    return CorpusError(f"{path}{where} is not UTF-8 text (byte {exc.start}: {exc.reason}); convert it to "
+                       "UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it from the corpus.")
+
+
 def _read_text_file(path: Path) -> str:
-    """Read a (possibly gzipped) UTF-8 text file exactly, without newline translation."""
+    """Read a (possibly gzipped) UTF-8 text file exactly, without newline translation; a file that
+    is not valid UTF-8 is an error naming it, never silently decoded."""
     data = path.read_bytes()
     if path.suffix == ".gz":
         data = gzip.decompress(data)
-    return data.decode("utf-8", errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
 
 
 def _files_identity(files: Sequence[tuple[str, Path]]) -> str:
@@ -305,8 +317,12 @@ class JsonlSource(_SingleFileSource):
     def documents(self, text_field: str | None = None) -> Iterator[Document]:
         """Yield one document per non-blank line, text from ``text_field`` (default "text")."""
         field = text_field or self.default_field
-        with self.path.open("r", encoding="utf-8") as fh:
-            for index, line in enumerate(fh):
+        with self.path.open("rb") as fh:
+            for index, raw in enumerate(fh):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _not_utf8(self.path, exc, f" line {index}") from None
                 if not line.strip():
                     continue
                 record = self._parse(line, index)

@@ -22,8 +22,9 @@ One entry point, :func:`load`, turns a *model reference* into a
     :func:`build_byte_tokenizer`.  Weights are a pure function of the seed.
 
 Every failure that is the caller's fault (bad name, missing file, offline hub,
-unsupported architecture) raises :class:`ModelLoadError` with one sentence
-naming the bad value and what would be valid.
+unsupported architecture, a truncated or corrupt GGUF, config, tokenizer or
+weights file) raises :class:`ModelLoadError` with one sentence naming the bad
+value and what would be valid.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -444,9 +446,32 @@ def _check_model_dir(path: Path, allow_pickle_weights: bool = False) -> None:
         )
 
 
+def _check_checkpoint_files(path: Path) -> None:
+    """Raise naming the file if a checkpoint's JSON files (config, tokenizer, index) do not parse
+    or a safetensors file's header is cut off; cheap (headers only), before any weight is read."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            json_error = isinstance(exc, json.JSONDecodeError)
+            where = f" at line {exc.lineno} column {exc.colno}" if json_error else ""
+            raise ModelLoadError(f"{file} is not valid JSON{where}, so the checkpoint is damaged (a cut-off "
+                                 "download?); download or save it again") from None
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                weights.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            raise ModelLoadError(f"weights file {file} is damaged ({_first_line(exc)}); download or save the "
+                                 "checkpoint again") from None
+
+
 def _load_local_dir(path: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
     """Load a local checkpoint folder, turning transformers' errors into ModelLoadError."""
     _check_model_dir(path, model_kwargs.get("use_safetensors") is None)
+    _check_checkpoint_files(path)
     try:
         return _load_pretrained(str(path), model_kwargs, tok_kwargs)
     except OSError as exc:
@@ -538,6 +563,33 @@ def _unsupported_gguf(path: Path, exc: Exception) -> ModelLoadError | None:
     )
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def _check_gguf_magic(path: Path) -> None:
+    """Raise unless the file starts with the GGUF magic bytes (cheap: reads 4 bytes)."""
+    with path.open("rb") as handle:
+        head = handle.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        raise ModelLoadError(f"{str(path)!r} is not a GGUF file (it does not start with the bytes 'GGUF'); "
+                             "pass a .gguf model file or a checkpoint folder")
+
+
+def _gguf_damage(path: Path) -> str | None:
+    """Why gguf's own reader rejects the file (truncated or corrupt), or None if it reads it."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        size = path.stat().st_size
+        for tensor in reader.tensors:
+            if int(tensor.data_offset) + int(tensor.n_bytes) > size:
+                return f"tensor {tensor.name} ends past the end of the file"
+    except Exception as exc:  # noqa: BLE001 - any reader error means the file is damaged
+        return f"gguf's reader fails: {_first_line(exc).rstrip('.')}"
+    return None
+
+
 def _gguf_dense_kwargs() -> dict[str, Any]:
     """Ask transformers for a fully de-quantised (plain ``nn.Linear``) model.
 
@@ -576,10 +628,15 @@ def _convert_gguf(path: Path, out_dir: Path) -> None:
             folder, gguf_file=filename, dtype=torch.float32, **_gguf_dense_kwargs()
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    except (ValueError, KeyError, NotImplementedError) as exc:
+    except (ValueError, KeyError, NotImplementedError, IndexError, EOFError, OverflowError,
+            struct.error) as exc:  # struct.error: a GGUF cut off inside its header
         err = _unsupported_gguf(path, exc)
         if err is not None:
             raise err from exc
+        damage = _gguf_damage(path)
+        if damage is not None:
+            raise ModelLoadError(f"GGUF file {str(path)!r} ({path.stat().st_size} bytes) is truncated or "
+                                 f"corrupt ({damage}); download it again") from None
         raise ModelLoadError(f"transformers could not convert GGUF file {str(path)!r}: {_first_line(exc)}") from exc
     _drop_gguf_quantizer(model)
     model.save_pretrained(out_dir)
@@ -672,6 +729,7 @@ def _load_path(ref: str, cache_dir: Path, model_kwargs: dict[str, Any], tok_kwar
     if path.is_dir():
         return _load_local_dir(path, model_kwargs, tok_kwargs)
     if path.suffix.lower() == ".gguf":
+        _check_gguf_magic(path)
         return _load_gguf(path.resolve(), cache_dir, model_kwargs, tok_kwargs)
     raise ModelLoadError(f"model path {ref!r} is a file but not a .gguf file; pass a .gguf file or a checkpoint folder")
 

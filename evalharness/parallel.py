@@ -65,21 +65,22 @@ def shutdown(shard: Shard) -> None:
 
 
 def merge_shards(out: Path, world: int, store, manifest, tables=("perplexity_docs", "passkey", "leaderboard")) -> None:
-    """Rank 0, after the barrier: move every shard's rows and cell statuses into `out`."""
+    """Rank 0, after the barrier: move every shard's rows and cell statuses into `out`, holding
+    the folder's lock (shards share it) so nothing is written into a shard while it is merged."""
     from .results import Manifest, ResultStore
 
-    for rank in range(world):
-        folder = shard_dir(out, rank)
-        if not folder.exists():
-            continue
-        shard_store = ResultStore(folder)
-        for table in tables:
-            if shard_store.path(table).exists():
-                store.append(table, shard_store.read(table).to_dict("records"))
-        for name, cell in Manifest(folder).data["cells"].items():
-            manifest.data["cells"][name] = dict(cell, rank=rank)
-        manifest.save()
-        shutil.rmtree(folder)
-    shards = Path(out) / "shards"
-    if shards.exists() and not any(shards.iterdir()):
-        shards.rmdir()
+    with store.locked():
+        for rank in range(world):
+            folder = shard_dir(out, rank)
+            if not folder.exists():
+                continue
+            shard_store = ResultStore(folder, lock_dir=store.lock_dir)
+            for table in tables:
+                if shard_store.path(table).exists():
+                    store.append(table, shard_store.read(table).to_dict("records"))
+            cells = Manifest(folder, lock_dir=store.lock_dir).data["cells"]
+            manifest.merge_cells({name: dict(cell, rank=rank) for name, cell in cells.items()})
+            shutil.rmtree(folder)
+        shards = Path(out) / "shards"
+        if shards.exists() and not any(shards.iterdir()):
+            shards.rmdir()

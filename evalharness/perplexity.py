@@ -308,7 +308,8 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
             finally:
                 bar.close()
             if not shard.active:
-                store.replace("perplexity", aggregate_perplexity(store.read("perplexity_docs"), seed=seed))
+                store.derive("perplexity", "perplexity_docs",
+                             lambda docs: aggregate_perplexity(docs, seed=seed))
     return failed
 
 

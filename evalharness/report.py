@@ -9,7 +9,6 @@ section states its rules in one sentence each. Markdown tables are formatted her
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .plots import plot_run
-from .results import atomic_write_text
+from .results import atomic_write_text, read_manifest
 from .tables import (
     BOOTSTRAP_RESAMPLES,
     PASSKEY_THRESHOLD,
@@ -437,7 +436,7 @@ def build_report(results_dir: str | os.PathLike, seed: int = 0) -> str:
     bootstrap intervals."""
     results_dir = Path(results_dir)
     manifest_path = results_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = read_manifest(manifest_path) if manifest_path.exists() else {}
     lines = [f"# Report: {results_dir.name}", ""]
     lines += _run_section(manifest)
     ppl = load_perplexity(results_dir)

@@ -43,6 +43,26 @@ def files(tmp_path_factory):
     writer.write_tensors_to_file()
     writer.close()
     (root / "a_file").write_text("not a folder")
+    # corrupt model files: a GGUF cut off inside its header (the issue's struct.error), a file that is
+    # no GGUF at all, and a saved llama checkpoint with each of config, tokenizer and weights cut in half
+    (root / "cut.gguf").write_bytes((root / "other.gguf").read_bytes()[:100])
+    (root / "notgguf.gguf").write_bytes(b"PK\x03\x04 a zip file renamed")
+    from evalharness.models import random_model
+
+    model, tokenizer = random_model("tiny", torch.float32, "cpu")
+    for damaged in ("config.json", "tokenizer.json", "model.safetensors"):
+        folder = root / f"cut-{damaged}"
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        data = (folder / damaged).read_bytes()
+        (folder / damaged).write_bytes(data[: len(data) // 2])
+    # text that is not UTF-8: a latin-1 document in a .txt folder, a latin-1 line in a .jsonl
+    latin = root / "latin1"
+    latin.mkdir()
+    (latin / "a.txt").write_text(" ".join(["induction"] * 200))
+    (latin / "b.txt").write_bytes(("théorème " * 200).encode("latin-1"))
+    (root / "latin1.jsonl").write_bytes(json.dumps({"text": "ok " * 100}).encode() + b"\n"
+                                        + b'{"text": "th\xe9or\xe8me"}\n')
     return root
 
 
@@ -82,6 +102,13 @@ CASES = [
     ("task YAML missing", {"tasks": "leaderboard", "leaderboard_tasks": "{root}/mine.yaml"}, "mine.yaml does not exist"),
     ("passkey prompt too short", {"tasks": "passkey", "lengths": "200,400"}, "shorter than the prompt without filler"),
     ("temperature grid", {"tasks": "temperature-sweep", "temperatures": "1:x:0.1"}, "start:stop:step"),
+    ("GGUF cut off in its header", {"model": "{root}/cut.gguf"}, "cut.gguf' (100 bytes) is truncated"),
+    ("not a GGUF file", {"model": "{root}/notgguf.gguf"}, "is not a GGUF file"),
+    ("config cut off", {"model": "{root}/cut-config.json"}, "cut-config.json/config.json is not valid JSON"),
+    ("tokenizer cut off", {"model": "{root}/cut-tokenizer.json"}, "json/tokenizer.json is not valid"),
+    ("weights cut off", {"model": "{root}/cut-model.safetensors"}, "model.safetensors is damaged"),
+    ("text not UTF-8", {"dataset": "local:{root}/latin1"}, "latin1/b.txt is not UTF-8 text (byte 2"),
+    ("JSON line not UTF-8", {"dataset": "local:{root}/latin1.jsonl"}, "latin1.jsonl line 1 is not UTF-8"),
 ]
 
 

@@ -253,7 +253,9 @@ def spy_from_pretrained(monkeypatch):
 def _fake_checkpoint(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))  # a valid header: load checks it
     return folder
 
 

@@ -102,3 +102,325 @@ def test_sigterm_finishes_the_row_and_exits_cleanly(corpus, tmp_path, uninterrup
     resumed = subprocess.run(command(corpus, out), cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert_same(tables(out), uninterrupted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged run folders: resume repairs what it can (with a warning), refuses the rest (one sentence)
+# ---------------------------------------------------------------------------------------------
+
+def small_argv(corpus, out, methods="base,yarn"):
+    return ["--model", "random:tiny", "--method", methods, "--factor", "2", "--dataset", f"local:{corpus}",
+            "--lengths", "64:192:64", "--out", str(out), "--no-progress", "--no-plots"]
+
+
+@pytest.fixture
+def quiet_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def small_reference(corpus, tmp_path_factory):
+    """A finished small run (in process): the folder every damage test copies and compares with."""
+    from evalharness import cli
+
+    tmp = tmp_path_factory.mktemp("small")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    previous = os.environ.get("EVALHARNESS_CACHE")
+    os.environ["EVALHARNESS_CACHE"] = str(tmp / "cache")
+    try:
+        assert cli.main(small_argv(corpus, tmp / "out")) == cli.EXIT_OK
+    finally:
+        if previous is None:
+            os.environ.pop("EVALHARNESS_CACHE")
+        else:
+            os.environ["EVALHARNESS_CACHE"] = previous
+    return tmp / "out"
+
+
+def copy_run(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    return out
+
+
+def csv_tables(out):
+    return tables(out)
+
+
+def damaged_copies(out, name):
+    return sorted(out.glob(f"{name}.damaged-*"))
+
+
+TABLE_DAMAGE = [
+    ("last row cut off", lambda text: text[:-15], "its last row is incomplete"),
+    ("cut inside the header", lambda text: text[:20], "its header is incomplete"),
+    ("empty file", lambda text: "", "it is empty"),
+]
+
+
+@pytest.mark.parametrize("name, damage, message", TABLE_DAMAGE, ids=[c[0] for c in TABLE_DAMAGE])
+def test_damaged_table_is_repaired_on_resume(corpus, tmp_path, small_reference, quiet_cache, capsys,
+                                             name, damage, message):
+    from evalharness import cli
+
+    out = copy_run(small_reference, tmp_path)
+    path = out / "perplexity_docs.csv"
+    damaged = damage(path.read_text()).encode()
+    path.write_bytes(damaged)
+    assert cli.main(small_argv(corpus, out)) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert f"warning: {path}: {message}" in err and "will be recomputed" in err, err
+    assert "Traceback" not in err
+    assert_same(csv_tables(out), csv_tables(small_reference))  # the missing rows were recomputed
+    (kept,) = damaged_copies(out, "perplexity_docs.csv")
+    assert kept.read_bytes() == damaged  # nothing written is deleted
+
+
+MANIFEST_DAMAGE = [
+    ("truncated", lambda data: data[: len(data) // 2]),
+    ("empty", lambda data: b""),
+    ("not UTF-8", lambda data: b"\xff\xfe" + data),
+    ("a JSON list", lambda data: b"[1, 2]"),
+]
+
+
+@pytest.mark.parametrize("name, damage", MANIFEST_DAMAGE, ids=[c[0] for c in MANIFEST_DAMAGE])
+def test_damaged_manifest_is_rebuilt_from_the_tables(corpus, tmp_path, small_reference, quiet_cache, capsys,
+                                                     name, damage):
+    from evalharness import cli
+
+    out = copy_run(small_reference, tmp_path)
+    damaged = damage((out / "manifest.json").read_bytes())
+    (out / "manifest.json").write_bytes(damaged)
+    tables_before = {p.name: p.read_bytes() for p in out.glob("*.csv")}
+    assert cli.main(small_argv(corpus, out)) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "manifest.json was damaged" in err and "rebuilt it from the tables" in err, err
+    assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == tables_before  # nothing recomputed
+    (kept,) = damaged_copies(out, "manifest.json")
+    assert kept.read_bytes() == damaged
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = len(pd.read_csv(out / "perplexity_docs.csv"))
+    assert manifest["rebuilt"]["tables"]["perplexity_docs"] == {"rows": rows, "cells": rows}
+    assert manifest["rebuilt"]["damaged_copy"] == kept.name
+    assert manifest["runs"][-1]["status"] == "finished"  # this run is recorded after the rebuild
+
+
+UNREPAIRABLE = [
+    ("broken row before the end", lambda text: text.replace("\n", "\nx,y\n", 1), "row 2 has 2 fields"),
+    ("not UTF-8", lambda text: "\udcff" + text, "is not UTF-8 text"),
+    ("not a table", lambda text: "foo,bar\n1,2\n", "has no model, method, factor, original_ctx column"),
+]
+
+
+@pytest.mark.parametrize("name, damage, message", UNREPAIRABLE, ids=[c[0] for c in UNREPAIRABLE])
+def test_unrepairable_table_is_one_sentence_and_nothing_is_touched(corpus, tmp_path, small_reference,
+                                                                   quiet_cache, capsys, name, damage,
+                                                                   message):
+    from evalharness import cli
+
+    out = copy_run(small_reference, tmp_path)
+    path = out / "perplexity_docs.csv"
+    path.write_bytes(damage(path.read_text()).encode("utf-8", errors="surrogateescape"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert cli.main(small_argv(corpus, out)) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}") and message in err, err
+    assert len(err.splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_unterminated_quote_at_the_end_is_a_cut_off_row(tmp_path):
+    from evalharness.results import SCHEMAS, ResultStore, write_table
+
+    rows = [{**{column: 1 for column in SCHEMAS["passkey"]}, "model": "m", "method": "base",
+             "continuation": f"{key}\nand more"} for key in (12345, 67890)]
+    write_table(tmp_path / "passkey.csv", pd.DataFrame(rows, columns=SCHEMAS["passkey"]))
+    text = (tmp_path / "passkey.csv").read_text()
+    cut = text[: text.rindex("\n", 0, len(text) - 1) + 1]  # ends with a newline, inside the last quoted field
+    assert cut.endswith('"67890\n')
+    (tmp_path / "passkey.csv").write_text(cut)
+    frame = ResultStore(tmp_path).read("passkey")
+    assert len(frame) == 1 and frame.loc[0, "continuation"] == "12345\nand more"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection: the disk fills up while a result file is written
+# ---------------------------------------------------------------------------------------------
+
+def result_files(out):
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+class DiskFullAfter:
+    """Stands in for the `os` module inside evalharness.results: the temp file of write number
+    `n` (0-based) gets half its text, then `OSError: No space left on device`."""
+
+    def __init__(self, n, out):
+        self.n, self.out, self.target, self.snapshot = n, out, None, None
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def fdopen(self, fd, *args, **kwargs):
+        handle = os.fdopen(fd, *args, **kwargs)
+        self.n -= 1
+        return handle if self.n >= 0 else HalfWriter(handle, self)
+
+
+class HalfWriter:
+    def __init__(self, handle, fault):
+        self.handle, self.fault = handle, fault
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def write(self, text):
+        import errno
+
+        self.handle.write(text[: len(text) // 2])
+        self.handle.flush()
+        out = self.fault.out
+        (temp,) = [p for p in out.glob(".*.tmp")]
+        self.fault.target = out / temp.name[1:].rsplit(".", 3)[0]
+        self.fault.snapshot = result_files(out)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("write_number", [0, 1, 2, 5])
+def test_disk_full_while_writing_keeps_what_was_written(corpus, tmp_path, small_reference, quiet_cache,
+                                                        capsys, monkeypatch, write_number):
+    from evalharness import cli, results
+
+    out = tmp_path / "out"
+    fault = DiskFullAfter(write_number, out)
+    monkeypatch.setattr(results, "os", fault)
+    assert cli.main(small_argv(corpus, out)) == cli.EXIT_WRITE_FAILED
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: could not write {fault.target} (No space left on device); its previous version "
+                   "and every row written before are intact — free the space or fix the folder and rerun the "
+                   "same command to resume."), err
+    assert result_files(out) == fault.snapshot  # the file being written and all before it are untouched
+    assert not list(out.glob(".*.tmp"))
+    assert cli.main(small_argv(corpus, out)) == cli.EXIT_OK  # the same command resumes
+    assert_same(csv_tables(out), csv_tables(small_reference))
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency: several processes writing into one run folder
+# ---------------------------------------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from evalharness.results import Manifest, ResultStore
+out, name, count, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+store, manifest = ResultStore(out), Manifest(out)
+while not go.exists():
+    time.sleep(0.005)
+for i in range(count):
+    store.append("perplexity_docs", [dict(model="m", method=name, factor=1.0, original_ctx=64, dataset="d",
+        doc_id=str(i), doc_tokens=100, protocol="truncated", context_length=64, stride=0, scored_tokens=63,
+        nll_sum=1.0 * i, n_windows=1, ppl=1.0, ppl_window_mean=1.0)])
+    manifest.cell(f"{name}|{i}", "done")
+"""
+
+
+def test_concurrent_writers_lose_no_row_and_no_cell(tmp_path):
+    out, go, count = tmp_path / "out", tmp_path / "go", 25
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), name, str(count), str(go)], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.PIPE)
+             for name in ("pi", "ntk", "yarn")]
+    time.sleep(3)  # both have imported pandas and wait at the start line
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    frame = pd.read_csv(out / "perplexity_docs.csv")
+    expected = sorted((m, i) for m in ("pi", "ntk", "yarn") for i in range(count))
+    assert sorted(zip(frame.method, frame.doc_id)) == expected
+    cells = json.loads((out / "manifest.json").read_text())["cells"]
+    assert set(cells) == {f"{m}|{i}" for m in ("pi", "ntk", "yarn") for i in range(count)}
+
+
+HOLDER = """
+import json, os, sys, time
+from pathlib import Path
+from evalharness.results import folder_lock
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
+run = {"command": ["run_eval.py", "--out", "X"], "pid": os.getpid(), "end": None}
+(out / "manifest.json").write_text(json.dumps({"runs": [run], "cells": {}}))
+with folder_lock(out):
+    print("held", flush=True)
+    time.sleep(2.0)
+"""
+
+
+def test_a_waiting_writer_names_the_holder(tmp_path, capsys, monkeypatch):
+    from evalharness import results
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert holder.stdout.readline().strip() == b"held"
+    monkeypatch.setattr(results, "LOCK_NOTICE_AFTER_S", 0.2)
+    start = time.monotonic()
+    row = dict(model="m", method="base", factor=1.0, original_ctx=64, task="t", metric="acc", value=0.5)
+    results.ResultStore(out).append("leaderboard", [row])
+    waited = time.monotonic() - start
+    holder.wait(timeout=30)
+    err = capsys.readouterr().err
+    assert f"waiting for pid {holder.pid} (run_eval.py --out X) to finish writing into {out}" in err, err
+    assert waited > 0.5  # it really waited for the holder instead of writing at once
+    assert len(pd.read_csv(out / "leaderboard.csv")) == 1
+
+
+def two_task_argv(corpus, out, methods):
+    return ["--model", "random:tiny", "--tasks", "perplexity,passkey", "--method", methods, "--factor", "2,4",
+            "--dataset", f"local:{corpus}", "--docs", "2", "--lengths", "320,448", "--depths", "2",
+            "--out", str(out), "--no-progress", "--no-plots"]
+
+
+def sorted_table(out, name, key):
+    frame = pd.read_csv(out / f"{name}.csv", keep_default_na=False, na_values=[""],
+                        dtype={"continuation": str})
+    return frame.sort_values(key).reset_index(drop=True)
+
+
+def test_two_runs_into_one_folder_equal_the_union_of_separate_runs(corpus, tmp_path, monkeypatch):
+    """The issue's reproduction: different --method sets into one --out at the same time, perplexity and
+    passkey; every row of both runs ends up in the tables."""
+    from evalharness import cli
+
+    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
+    method_sets = ("base,yarn", "pi,ntk")
+    for i, methods in enumerate(method_sets):  # the separate runs, in process
+        assert cli.main(two_task_argv(corpus, tmp_path / f"alone{i}", methods)) == cli.EXIT_OK
+    shared = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "run_eval.py")] + two_task_argv(corpus, shared, m),
+                              cwd=ROOT, env=environment(tmp_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+             for m in method_sets]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()
+    keys = {"perplexity_docs": ["method", "factor", "doc_id", "context_length"],
+            "perplexity": ["method", "factor", "context_length"],
+            "passkey": ["method", "factor", "context_length", "depth", "trial"]}
+    for name, key in keys.items():
+        alone = [sorted_table(tmp_path / f"alone{i}", name, key) for i in range(2)]
+        union = pd.concat(alone, ignore_index=True).sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(sorted_table(shared, name, key), union)
+    manifest = json.loads((shared / "manifest.json").read_text())
+    assert [run["status"] for run in manifest["runs"]] == ["finished", "finished"]
+    alone_cells = set()
+    for i in range(2):
+        alone_cells |= set(json.loads((tmp_path / f"alone{i}" / "manifest.json").read_text())["cells"])
+    assert set(manifest["cells"]) == alone_cells

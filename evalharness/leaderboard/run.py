@@ -50,7 +50,7 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
     """
     import lm_eval
 
-    from ..results import key_row, record_failure
+    from ..results import ResultWriteError, key_row, record_failure
     from ..scaling import apply_scaling
 
     plans = plan_tasks(tasks, data_dir)
@@ -123,7 +123,7 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
                     if plan.name in mirror_data and "subjects" in mirror_data[plan.name]:
                         info["subjects"] = mirror_data[plan.name]["subjects"]
                     manifest.cell(cell, "done", **info)
-                except KeyboardInterrupt:
+                except (KeyboardInterrupt, ResultWriteError):  # stop the run; written rows are intact
                     raise
                 except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise anything; one cell fails
                     record_failure(manifest, failed, cell, _failure_text(plan, exc, bool(offline)))
