@@ -340,7 +340,7 @@ def test_concurrent_writers_lose_no_row_and_no_cell(tmp_path):
     time.sleep(3)  # both have imported pandas and wait at the start line
     go.touch()
     for proc in procs:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=900)  # generous: the machine may be shared
         assert proc.returncode == 0, err.decode()
     frame = pd.read_csv(out / "perplexity_docs.csv")
     expected = sorted((m, i) for m in ("pi", "ntk", "yarn") for i in range(count))
