@@ -1,4 +1,5 @@
-"""Command line: arguments → run plan → tasks → tables.
+"""Command line: arguments → run plan → tasks → tables. Subcommands (argparse) in `COMMANDS`; a
+first argument that is not a command name means `eval`:
 
     python run_eval.py --model smollm2-135m --method base,pi,ntk,yarn --factor 2 \\
         --tasks perplexity --dataset coq-stdlib --lengths 2k:16k:2k --docs 2 --out results/run1
@@ -13,20 +14,21 @@ Exit codes: 0 all cells done; 1 some cells failed (recorded in manifest.json, th
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
+
+from .errors import EvalHarnessError, UsageError
+from .options import parse_count, parse_factors, parse_grid, parse_lengths
+from .runner import TASKS
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE_FAILED = 3
-TASKS = ("perplexity", "passkey", "leaderboard", "temperature-sweep")
 DEFAULT_TEMPERATURES = "1.0:1.4:0.05"
 DEFAULT_STRIDE = 256
-IMPLEMENTED_TASKS = TASKS
 
 
 class StoreGiven(argparse.Action):
@@ -37,56 +39,9 @@ class StoreGiven(argparse.Action):
         setattr(namespace, f"{self.dest}_given", True)
 
 
-class UsageError(ValueError):
-    """Bad command-line input."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Parsing helpers (pure)
 # ---------------------------------------------------------------------------------------------
-
-def parse_count(text: str) -> int:
-    """'16384', '16k' (×1024), '128K' → int."""
-    match = re.fullmatch(r"\s*(\d+)\s*([kK]?)\s*", str(text))
-    if not match:
-        raise UsageError(f"{text!r} is not a token count; write e.g. 4096 or 4k.")
-    return int(match.group(1)) * (1024 if match.group(2) else 1)
-
-
-def parse_lengths(text: str) -> list[int]:
-    """'2k:16k:2k' (start:stop:step, stop included) or '4096,8192' → strictly increasing lengths."""
-    text = str(text).strip()
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise UsageError(f"lengths {text!r} must be start:stop:step (e.g. 2k:16k:2k) or a comma list.")
-        start, stop, step = (parse_count(p) for p in parts)
-        if step <= 0 or start <= 0 or stop < start:
-            raise UsageError(f"lengths {text!r} need 0 < start <= stop and step > 0.")
-        lengths = list(range(start, stop + 1, step))
-    else:
-        lengths = [parse_count(p) for p in text.split(",") if p.strip()]
-    if not lengths:
-        raise UsageError(f"lengths {text!r} name no length.")
-    if any(n < 2 for n in lengths):
-        raise UsageError(f"lengths {text!r} must all be ≥ 2 tokens.")
-    if any(b <= a for a, b in zip(lengths, lengths[1:])):
-        raise UsageError(f"lengths {text!r} must be strictly increasing.")
-    return lengths
-
-
-def parse_factors(text: str) -> list[float]:
-    factors = []
-    for part in str(text).split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise UsageError(f"factor {part.strip()!r} is not a number; write e.g. --factor 2 or --factor 2,4,8.") from None
-        if not value > 0:
-            raise UsageError(f"factor {part.strip()!r} must be > 0.")
-        factors.append(value)
-    return factors
-
 
 def build_specs(methods: str, factors: str, original_ctx: int | None) -> list:
     """The method × factor grid as ScalingSpecs (methods that ignore the factor appear once).
@@ -163,14 +118,7 @@ def sliding_window_setup(model, option, lengths: list[int], tasks: list[str]) ->
     return {"config": configured, "option": option, "applied": sliding_window(model)}
 
 
-def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="run_eval.py",
-        description="Evaluate RoPE context-extension methods (PI, NTK, NTK-by-parts, YaRN, dynamic variants) "
-        "with the YaRN paper's protocols. Subcommands: `methods` (frequency tables), `plot RESULTS_DIR`, "
-        "`compare RUN_DIR` (against the paper's published numbers).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="smollm2-135m",
                    help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF) or random:NAME (tiny, llama2-7b, ...)")
@@ -232,15 +180,11 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="run folder (default results/<timestamp>); rerun into it to resume")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-plots", action="store_true", help="skip figures and report.md at the end of the run")
-    return p
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the plan (cells, tokens, done vs to do in --out, peak-memory estimate) and stop")
 
 
-def methods_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="run_eval.py methods",
-        description="Print each method's frequency table summary: first/last inv_freq, ramp bounds, attention scale.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_methods_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="read |D|, rope base and L from this model (else give them)")
     p.add_argument("--method", default="base,pi,ntk,ntk-by-parts,yarn,dynamic-pi,dynamic-ntk,dynamic-yarn")
     p.add_argument("--factor", default="2")
@@ -248,17 +192,26 @@ def methods_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotary-dim", type=int, default=None)
     p.add_argument("--rope-theta", type=float, default=None)
     p.add_argument("--seq-len", type=parse_count, default=None, help="sequence length for dynamic methods")
-    return p
+
+
+def add_plot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR")
+    p.add_argument("--no-report", action="store_true", help="figures only")
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--model", default=None, help="compare as this published model (default: the run's model name)")
+    p.add_argument("--csv", default=None, help="also write the comparison to this CSV file")
 
 
 # ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
 
-def cmd_methods(argv: list[str]) -> int:
+def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import describe
 
-    args = methods_parser().parse_args(argv)
     rotary_dim, theta, native = args.rotary_dim, args.rope_theta, args.original_ctx
     if args.model:
         from . import models
@@ -286,12 +239,7 @@ def _num(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) and not float(value).is_integer() else str(int(value))
 
 
-def cmd_plot(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="run_eval.py plot",
-                                description="Figures (PNG + PDF under DIR/figures) and DIR/report.md from a run's tables.")
-    p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR")
-    p.add_argument("--no-report", action="store_true", help="figures only")
-    args = p.parse_args(argv)
+def cmd_plot(args: argparse.Namespace) -> int:
     for folder in map(Path, args.results_dirs):
         if not folder.is_dir():
             raise UsageError(f"results folder {str(folder)!r} does not exist; give a run's --out folder.")
@@ -302,18 +250,10 @@ def cmd_plot(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def cmd_compare(argv: list[str]) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     """`compare RUN_DIR`: the run's numbers next to the paper's published ones (evalharness.paper)."""
     from .paper import CompareError, compare_run, format_comparison
 
-    p = argparse.ArgumentParser(prog="run_eval.py compare",
-                                description="Put a run's perplexity / passkey / leaderboard numbers next to the "
-                                            "YaRN paper's published ones for the same model, with the relative "
-                                            "difference (run - paper) / paper.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--model", default=None, help="compare as this published model (default: the run's model name)")
-    p.add_argument("--csv", default=None, help="also write the comparison to this CSV file")
-    args = p.parse_args(argv)
     try:
         table = compare_run(args.run_dir, args.model)
     except CompareError as exc:
@@ -344,12 +284,10 @@ class RunContext:
 
 def plan_run(args: argparse.Namespace) -> RunContext:
     """Validate everything that can be validated before loading anything heavy."""
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     for task in tasks:
         if task not in TASKS:
             raise UsageError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}.")
-        if task not in IMPLEMENTED_TASKS:
-            raise UsageError(f"task {task!r} is planned but not implemented yet; available: {', '.join(IMPLEMENTED_TASKS)}.")
     lengths = parse_lengths(args.lengths)
     build_specs(args.method, args.factor, args.original_ctx)  # raises on bad methods / factors
     if args.docs is not None and args.docs <= 0:
@@ -394,75 +332,21 @@ def plan_run(args: argparse.Namespace) -> RunContext:
     return RunContext(args, out, tasks, lengths)
 
 
-@dataclass
-class Session:
-    """What every task of one run shares: the loaded model, the specs, the store."""
-
-    args: argparse.Namespace
-    plan: RunContext
-    model: object
-    tokenizer: object
-    info: object
-    specs: list
-    store: object
-    manifest: object
-    shard: object = None
-
-    @property
-    def show_progress(self) -> bool:
-        return not self.args.no_progress
-
-
-def load_documents(session: Session) -> list:
+def load_documents(args: argparse.Namespace, lengths: list[int], tokenizer, bos: int | None) -> list:
+    """The corpus documents a perplexity-type task reads (`--dataset` and its selection options)."""
     from . import corpora
 
-    args, bos = session.args, session.info.bos_token_id
     min_tokens = args.min_tokens
     if min_tokens is None:
-        min_tokens = max(session.plan.lengths) - (bos is not None) if args.protocol == "truncated" else 0
-    docs = corpora.load_corpus(args.dataset, session.tokenizer, min_tokens=min_tokens, n_docs=args.docs,
+        min_tokens = max(lengths) - (bos is not None) if args.protocol == "truncated" else 0
+    docs = corpora.load_corpus(args.dataset, tokenizer, min_tokens=min_tokens, n_docs=args.docs,
                                sample=args.sample, seed=args.seed, text_field=args.text_field)
     if args.protocol == "truncated":
         shortest = min(d.ids.numel() for d in docs) + (bos is not None)
-        if shortest < max(session.plan.lengths):
-            raise UsageError(f"length {max(session.plan.lengths)} is longer than a selected document ({shortest} "
+        if shortest < max(lengths):
+            raise UsageError(f"length {max(lengths)} is longer than a selected document ({shortest} "
                              "tokens with BOS); lower --lengths or raise --min-tokens.")
     return docs
-
-
-def temperature_specs(session: Session) -> list:
-    """YaRN at each factor with attention_factor √(1/t) over --temperatures, plus the formula."""
-    from .methods import ScalingSpec
-
-    values = [float(v) for v in parse_grid(session.args.temperatures)]
-    specs = []
-    for factor in parse_factors(session.args.factor):
-        specs.append(ScalingSpec("yarn", factor, original_ctx=session.specs[0].original_ctx))
-        specs += [ScalingSpec("yarn", factor, original_ctx=session.specs[0].original_ctx, attention_factor=v)
-                  for v in values]
-    return specs
-
-
-def parse_grid(text: str) -> list[float]:
-    """'1.0:1.5:0.05' (start:stop:step, stop included) or '1.0,1.1' → floats (rounded to 6 places)."""
-    try:
-        if ":" in text:
-            start, stop, step = (float(p) for p in text.split(":"))
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            return [round(start + i * step, 6) for i in range(count)]
-        return [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise UsageError(f"grid {text!r} must be start:stop:step or a comma list of numbers.") from None
-
-
-def task_perplexity(session: Session, docs, specs=None) -> list[str]:
-    from .corpora import dataset_label
-    from .perplexity import PerplexityTask, run_perplexity
-
-    args = session.args
-    task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(session.plan.lengths), args.stride or 0, args.chunk_size)
-    return run_perplexity(session.model, session.info.name, session.info.bos_token_id, specs or session.specs, docs,
-                          task, session.store, session.manifest, args.seed, session.show_progress, session.shard)
 
 
 def check_conflicts(args: argparse.Namespace, tasks: list[str]) -> None:
@@ -497,37 +381,34 @@ def check_specs_against_lengths(specs, lengths: list[int]) -> None:
                 f"ask for lengths above {spec.original_ctx} or lower --original-ctx.")
 
 
-def task_passkey(session: Session) -> list[str]:
-    from .passkey import run_passkey
+def memory_estimate(model, dtype, chunk_size: int | None):
+    """`cell → estimated peak bytes` (`memory.estimate_peak_bytes` at the cell's longest forward;
+    None for a cell that does not know its length)."""
+    from .memory import estimate_peak_bytes
 
-    args = session.args
-    return run_passkey(session.model, session.tokenizer, session.info.name, session.specs, session.plan.lengths,
-                       args.depths, args.trials, args.seed, session.store, session.manifest,
-                       session.show_progress)
+    n_params = sum(p.numel() for p in model.parameters())
+    attn_impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
 
+    def estimate(cell) -> float | None:
+        if not cell.length:
+            return None
+        return estimate_peak_bytes(model.config, dtype, cell.length, kv_cache=cell.kv_cache, chunk_size=chunk_size,
+                                   attn_impl=attn_impl, n_params=n_params)["total"]
 
-def task_leaderboard(session: Session) -> list[str]:
-    from .leaderboard import run_leaderboard
-
-    args = session.args
-    return run_leaderboard(session.model, session.tokenizer, session.info.name, session.specs,
-                           args.leaderboard_tasks.split(","), session.store, session.manifest, session.store.out_dir,
-                           limit=args.limit, batch_size=args.batch_size, max_length=args.max_length,
-                           seed=args.seed if getattr(args, "seed_given", False) else None,
-                           show_progress=session.show_progress, data_dir=args.leaderboard_data,
-                           save_samples=args.save_samples)
+    return estimate
 
 
-def cmd_eval(argv: list[str]) -> int:
-    args = eval_parser().parse_args(argv)
+def cmd_eval(args: argparse.Namespace) -> int:
     plan = plan_run(args)
-    from . import models, parallel
+    from . import models, parallel, runner
+    from .plan import describe
     from .results import Manifest, ResultStore
-    from .scaling import check_supported, native_context, rope_note
+    from .scaling import check_supported, rope_note
     from .tables import aggregate_perplexity
 
     shard = parallel.shard_from_env()
-    parallel.init_process_group(shard)
+    if not args.dry_run:
+        parallel.init_process_group(shard)
     device = args.device
     if shard.active and device == "auto" and args.device_map is None:
         import torch
@@ -538,8 +419,7 @@ def cmd_eval(argv: list[str]) -> int:
                                          allow_pickle_weights=args.allow_pickle_weights)
     check_supported(model)
     window_info = sliding_window_setup(model, args.sliding_window_attention, plan.lengths, plan.tasks)
-    specs = [s if s.original_ctx else s.with_original_ctx(native_context(model))
-             for s in build_specs(args.method, args.factor, args.original_ctx)]
+    specs = runner.resolve_specs(model, build_specs(args.method, args.factor, args.original_ctx))
     if {"perplexity", "passkey", "temperature-sweep"} & set(plan.tasks):
         check_specs_against_lengths(specs, plan.lengths)
     if "passkey" in plan.tasks:
@@ -551,33 +431,31 @@ def cmd_eval(argv: list[str]) -> int:
         manifest = Manifest(folder, lock_dir=plan.out)
     else:
         store, manifest = main_store, main_manifest
+    session = runner.Session(model, tokenizer, info.name, store, manifest, shard, not args.no_progress, info, plan.out)
+    inputs = runner.RunInputs(args, specs, plan.lengths,
+                              lambda: load_documents(args, plan.lengths, tokenizer, info.bos_token_id))
+    tasks = [runner.task_class(name).from_inputs(inputs, session) for name in plan.tasks]
+    run_plan = runner.build_plan(tasks, session)
+    if args.dry_run:
+        if shard.rank == 0:
+            status = runner.plan_status(run_plan, {task.name: task for task in tasks}, store)
+            print(describe(status, memory_estimate(model, info.dtype, args.chunk_size), shard.world))
+        return EXIT_OK
     store.remove_stale_temp_files()  # only those of writers that are gone
     if shard.rank == 0:
         main_store.remove_stale_temp_files()
-    session = Session(args, plan, model, tokenizer, info, specs, store, manifest, shard)
-    needs_docs = {"perplexity", "temperature-sweep"} & set(plan.tasks)
-    docs = load_documents(session) if needs_docs else []
     plan.out.mkdir(parents=True, exist_ok=True)
     run_info = {"model_info": info.__dict__, "specs": [str(s) for s in specs], "world_size": shard.world,
-                "documents": [(d.doc_id, int(d.ids.numel())) for d in docs], "rope": rope_note(model),
-                "sliding_window_attention": window_info}
+                "documents": [(d.doc_id, int(d.ids.numel())) for d in inputs.loaded_documents()],
+                "rope": rope_note(model), "sliding_window_attention": window_info}
     if shard.rank == 0:
         main_manifest.start(sys.argv, vars(args), run_info)
         print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
               f"native {info.native_ctx}, {info.dtype} on {info.device}; tasks {', '.join(plan.tasks)}; "
               f"methods {', '.join(s.short for s in specs)}; out {plan.out}"
               + (f"; {shard.world} processes" if shard.active else ""), file=sys.stderr)
-    failed: list[str] = []
     try:
-        for task in plan.tasks:
-            if task == "perplexity":
-                failed += task_perplexity(session, docs)
-            elif task == "temperature-sweep":
-                failed += task_perplexity(session, docs, temperature_specs(session))
-            elif task == "leaderboard":
-                failed += task_leaderboard(session)
-            elif task == "passkey":
-                failed += task_passkey(session)
+        failed = runner.run_cells(run_plan, tasks, session)
     except KeyboardInterrupt:
         main_manifest.finish("interrupted")
         print(f"interrupted; finished rows are in {plan.out} (rerun the same command to resume).", file=sys.stderr)
@@ -655,6 +533,52 @@ def print_summary(store) -> None:
                 print(board.pivot_table(index="spec", columns="task", values="value", sort=False).round(4).to_string())
 
 
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# Subcommands; `eval` is the default (`run_eval.py --model ...` means `run_eval.py eval --model ...`).
+COMMANDS: dict[str, Command] = {
+    "eval": Command("run an evaluation (default)",
+                    "Evaluate RoPE context-extension methods (PI, NTK, NTK-by-parts, YaRN, dynamic variants) with "
+                    "the YaRN paper's protocols.", add_eval_arguments, cmd_eval),
+    "methods": Command("frequency tables of the methods",
+                       "Print each method's frequency table summary: first/last inv_freq, ramp bounds, attention "
+                       "scale.", add_methods_arguments, cmd_methods),
+    "plot": Command("figures and report.md from a run's tables",
+                    "Figures (PNG + PDF under DIR/figures) and DIR/report.md from a run's tables.",
+                    add_plot_arguments, cmd_plot),
+    "compare": Command("a run next to the paper's published numbers",
+                       "Put a run's perplexity / passkey / leaderboard numbers next to the YaRN paper's published "
+                       "ones for the same model, with the relative difference (run - paper) / paper.",
+                       add_compare_arguments, cmd_compare),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="run_eval.py", description=COMMANDS["eval"].description,
+        epilog="Without a command, `eval` is meant: `run_eval.py --model M ...` = `run_eval.py eval --model M ...` "
+               "(`run_eval.py eval --help` lists its options).")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.summary, description=command.description,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command.add_arguments(sub)
+    return top
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Arguments of one invocation; a first argument that is no command name (nor -h) means `eval`."""
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["eval", *argv]
+    return build_parser().parse_args(argv)
+
+
 def _quiet_libraries() -> None:
     """Our own progress bars and one-sentence errors; not the libraries' weight-loading bars."""
     import transformers
@@ -679,22 +603,14 @@ def _terminate_like_ctrl_c() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .corpora import CorpusError
-    from .leaderboard import LeaderboardError
-    from .methods import MethodError
-    from .models import ModelLoadError
-    from .results import ResultFolderError, ResultWriteError
-    from .scaling import ScalingError
-
-    commands = {"methods": cmd_methods, "plot": cmd_plot, "compare": cmd_compare}
     _terminate_like_ctrl_c()
     _quiet_libraries()
+    from .results import ResultWriteError
+
     try:
-        if argv and argv[0] in commands:
-            return commands[argv[0]](argv[1:])
-        return cmd_eval(argv)
-    except (UsageError, MethodError, ModelLoadError, CorpusError, ScalingError, LeaderboardError,
-            ResultFolderError) as exc:
+        args = parse_args(argv)
+        return COMMANDS[args.command].run(args)
+    except EvalHarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ResultWriteError as exc:

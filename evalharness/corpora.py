@@ -48,6 +48,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from . import hub
+from .errors import EvalHarnessError
 from .hub import default_cache_dir
 
 __all__ = [
@@ -72,7 +73,7 @@ _CACHE_FORMAT = 2
 _TOKENIZE_BATCH = 64  # documents per tokenizer call
 
 
-class CorpusError(ValueError):
+class CorpusError(EvalHarnessError, ValueError):
     """A corpus name, path, field or selection that cannot be served."""
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .errors import EvalHarnessError
 from .method_facts import (
     ALIASES,
     METHOD_FACTS,
@@ -28,7 +29,8 @@ from .method_facts import (
 )
 
 
-class MethodError(ValueError):
+
+class MethodError(EvalHarnessError, ValueError):
     """A scaling spec that does not make sense (unknown method, bad factor, ...)."""
 
 

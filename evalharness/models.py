@@ -55,6 +55,7 @@ from transformers import (
 )
 
 from . import hub
+from .errors import EvalHarnessError
 from .hub import default_cache_dir
 
 __all__ = [
@@ -74,7 +75,7 @@ __all__ = [
 ]
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(EvalHarnessError, ValueError):
     """A model reference or load option is invalid or cannot be satisfied."""
 
 

@@ -59,7 +59,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from .errors import EvalHarnessError
 from .perplexity import NonFiniteError, logit_transform
+from .plan import Cell, Plan, cell_name
+from .runner import Task
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
          "I will quiz you about the important information there.")
@@ -78,7 +81,7 @@ _INTEGER = re.compile(r"\d+")
 assert " ".join(FILLER_SENTENCES) == FILLER
 
 
-class PasskeyError(ValueError):
+class PasskeyError(EvalHarnessError, ValueError):
     """A prompt cannot be built as asked (target too short, tokenizer boundary problem)."""
 
 
@@ -479,64 +482,78 @@ def passkey_row(key: dict, prompt: PasskeyPrompt, score: PasskeyScore, trial: in
                 continuation=score.continuation, correct=score.correct, key_forced_argmax=score.key_forced_argmax)
 
 
+class PasskeyCells(Task):
+    """Cells: one prompt each, (spec, length, depth, trial), length-major (an interrupted run has
+    whole lengths for every method), then spec, depth, trial. Prompts do not depend on the method
+    and are built once per length. Each prompt's row is appended to passkey.csv as soon as it is
+    scored; a prompt whose scoring fails (out of memory, NaN logits) is a failed cell, and a rerun
+    retries it. Memory: the greedy decode keeps a KV cache of up to length + MAX_NEW_TOKENS."""
+
+    name = "passkey"
+    table = "passkey"
+
+    def __init__(self, model_name: str, tokenizer, specs, lengths: Sequence[int], depths: int | Sequence[float],
+                 trials: int, seed: int):
+        self.model_name, self.tokenizer, self.specs = model_name, tokenizer, list(specs)
+        self.lengths, self.depths, self.trials = [int(n) for n in lengths], depth_grid(depths), int(trials)
+        self.seed = int(seed)
+        self._prompts: dict[tuple[int, float, int], PasskeyPrompt] = {}
+
+    @classmethod
+    def from_inputs(cls, inputs, session):
+        args = inputs.args
+        return cls(session.model_name, session.tokenizer, inputs.specs, inputs.lengths, args.depths, args.trials,
+                   args.seed)
+
+    def _row_key(self, spec, length: int, depth: float, trial: int) -> dict:
+        from .results import key_row
+
+        return dict(key_row(self.model_name, spec), context_length=length, depth=depth, trial=trial, seed=self.seed,
+                    scoring=SCORING)
+
+    def cells(self, session) -> list[Cell]:
+        cells = []
+        for length in self.lengths:
+            for spec in self.specs:
+                for depth in self.depths:
+                    for trial in range(self.trials):
+                        name = cell_name("passkey", self.model_name, spec.short, length, SCORING,
+                                         f"depth={depth:g}", f"trial={trial}")
+                        cells.append(Cell(self.name, spec, (length, depth, trial), name, tokens=length,
+                                          length=length + MAX_NEW_TOKENS, kv_cache=True))
+        return cells
+
+    def pending(self, cell: Cell, done: set) -> bool:
+        from .results import cell_key
+
+        return cell_key(self.table, self._row_key(cell.spec, *cell.unit)) not in done
+
+    def _prompt(self, length: int, depth: float, trial: int) -> PasskeyPrompt:
+        if self._prompts and next(iter(self._prompts))[0] != length:
+            self._prompts.clear()  # keep only the current length's prompts in memory
+        key = (length, depth, trial)
+        if key not in self._prompts:
+            self._prompts[key] = build_prompt(self.tokenizer, length, depth, seed=self.seed, trial=trial)
+        return self._prompts[key]
+
+    def run(self, cell: Cell, pending, session) -> dict:
+        from .results import key_row
+
+        length, depth, trial = cell.unit
+        prompt = self._prompt(length, depth, trial)
+        score = score_prompt(session.model, self.tokenizer, prompt)
+        session.store.append(self.table, [passkey_row(key_row(self.model_name, cell.spec), prompt, score, trial,
+                                                      self.seed)])
+        return {"correct": bool(score.correct), "forwards": score.forwards}
+
+
 def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int], depths: int | Sequence[float],
-                trials: int, seed: int, store, manifest, show_progress: bool = True) -> list[str]:
-    """Score every (length, spec, depth, trial) cell not already in `store`; return the failed cells.
+                trials: int, seed: int, store, manifest, show_progress: bool = True, shard=None) -> list[str]:
+    """Score every (spec, length, depth, trial) prompt not already in `store` through the runner;
+    return the failed cells (library entry point; the CLI builds the same cells)."""
+    from .parallel import Shard
+    from .runner import Session, resolve_specs, run_cells
 
-    Order: length-major (an interrupted run has whole lengths for every method), then spec, depth,
-    trial. Prompts do not depend on the method and are built once per length. One row per prompt is
-    appended to passkey.csv as soon as it is scored. A manifest cell is one (spec, length); when a
-    prompt of it fails (OOM, NaN, RuntimeError, a length too short for the fixed text) the cell is
-    recorded as failed with the error, its remaining prompts are skipped (they would fail the same
-    way), and the run continues with the next cell; a rerun retries the missing rows.
-    """
-    from tqdm.auto import tqdm
-
-    from .results import CELL_ERRORS, key_row, record_failure
-    from .scaling import apply_scaling
-
-    depth_values = depth_grid(depths)
-    points = [(d, t) for d in depth_values for t in range(int(trials))]
-    failed: list[str] = []
-    scoring = SCORING
-    done = store.done("passkey")
-    plan = []
-    for length in lengths:
-        for spec in specs:
-            resolved = apply_scaling(model, spec)
-            key = key_row(model_name, resolved)
-            missing = [(d, t) for d, t in points
-                       if store.cell_key("passkey", dict(key, context_length=int(length), depth=d, trial=t,
-                                                         seed=int(seed), scoring=scoring)) not in done]
-            if missing:
-                plan.append((int(length), spec, missing))
-    bar = tqdm(total=sum(len(m) for _, _, m in plan), unit="prompt", disable=not show_progress,
-               dynamic_ncols=True, desc="passkey")
-    prompts: dict[tuple[int, float, int], PasskeyPrompt] = {}
-    try:
-        for length, spec, missing in plan:
-            if prompts and next(iter(prompts))[0] != length:
-                prompts.clear()  # keep only the current length's prompts in memory
-            resolved = apply_scaling(model, spec)
-            key = key_row(model_name, resolved)
-            cell = f"passkey|{model_name}|{resolved.short}|{length}|{scoring}"
-            bar.set_description(f"passkey {resolved.short} {length}")
-            n_correct = n_rows = 0
-            try:
-                for depth, trial in missing:
-                    prompt = prompts.get((length, depth, trial))
-                    if prompt is None:
-                        prompt = build_prompt(tokenizer, length, depth, seed=seed, trial=trial)
-                        prompts[(length, depth, trial)] = prompt
-                    score = score_prompt(model, tokenizer, prompt)
-                    store.append("passkey", [passkey_row(key, prompt, score, trial, seed)])
-                    n_rows += 1
-                    n_correct += score.correct
-                    bar.update(1)
-                    bar.set_postfix(acc=f"{n_correct / n_rows:.2f}")
-                manifest.cell(cell, "done", rows=n_rows, correct=n_correct, scoring=scoring)
-            except CELL_ERRORS as exc:
-                record_failure(manifest, failed, cell, exc)
-    finally:
-        bar.close()
-    return failed
+    session = Session(model, tokenizer, model_name, store, manifest, shard or Shard(), show_progress)
+    grid = PasskeyCells(model_name, tokenizer, resolve_specs(model, specs), lengths, depths, trials, seed)
+    return run_cells(Plan(grid.cells(session)), [grid], session)

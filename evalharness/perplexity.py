@@ -25,11 +25,11 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import NonFiniteError
+from .plan import Cell, Plan, cell_name
+from .runner import Task
+
 DEFAULT_HEAD_BYTES = 256 * 2**20  # logits chunk budget (fp32) for the LM head
-
-
-class NonFiniteError(ArithmeticError):
-    """A NaN or infinite NLL: the cell fails instead of writing a meaningless number."""
 
 
 @dataclass(frozen=True)
@@ -233,13 +233,25 @@ class PerplexityTask:
 
 
 class LayerProgress:
-    """Advance a tqdm bar as decoder layers finish, so a 4-minute forward shows live tokens/s."""
+    """Advance a tqdm bar as decoder layers finish, so a 4-minute forward shows live tokens/s.
+
+    Set `tokens` before each forward: the forward's tokens are spread over its layers in whole
+    numbers (layer k of n adds ⌊k·T/n⌋ − ⌊(k−1)·T/n⌋), so the bar ends exactly at its total."""
 
     def __init__(self, model, bar):
         self.bar = bar
         self.layers = _decoder_layers(model)
-        self.tokens = 0
+        self._tokens = 0
+        self._layers_done = 0
         self.handles = []
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, value: int) -> None:
+        self._tokens, self._layers_done = int(value), 0
 
     def __enter__(self):
         for layer in self.layers:
@@ -247,8 +259,10 @@ class LayerProgress:
         return self
 
     def _hook(self, module, args, output):
-        if self.tokens and self.layers:
-            self.bar.update(self.tokens / len(self.layers))
+        n = len(self.layers)
+        if self._tokens and self._layers_done < n:
+            k = self._layers_done = self._layers_done + 1
+            self.bar.update(k * self._tokens // n - (k - 1) * self._tokens // n)
 
     def __exit__(self, *exc):
         for handle in self.handles:
@@ -260,57 +274,124 @@ def _decoder_layers(model) -> list:
     return list(max(lists, key=len)) if lists else []
 
 
+def window_tokens(task: PerplexityTask, spec, n_tokens: int, lengths: Sequence[int]) -> int:
+    """Tokens the forwards of one document's cell process (BOS included in `n_tokens`): the
+    truncated passes (`passes_for_lengths`), or every sliding window of every length."""
+    if task.protocol == "truncated":
+        return sum(length for length, _ in passes_for_lengths(lengths, spec.is_dynamic, spec.original_ctx))
+    return sum(w.end - w.begin for length in lengths for w in sliding_windows(n_tokens, length, task.stride))
+
+
+class PerplexityCells(Task):
+    """Cells: (spec, document) for one protocol over all lengths, document-major (an interrupted
+    run has whole documents, every method). Rows go to perplexity_docs.csv as soon as a pass
+    finishes; perplexity.csv is re-aggregated after each cell in a single process (by rank 0
+    after the merge otherwise). For truncated lengths ≤ L, dynamic methods reuse an earlier pass at
+    scale 1 (base) of the same document."""
+
+    name = "perplexity"
+    table = "perplexity_docs"
+
+    def __init__(self, model_name: str, bos_id: int | None, specs, docs, task: PerplexityTask, seed: int = 0):
+        self.model_name, self.bos_id, self.specs, self.task, self.seed = model_name, bos_id, list(specs), task, seed
+        self.docs = {doc.doc_id: doc for doc in docs}
+        self._unit_scale_passes: dict[str, torch.Tensor] = {}  # doc_id → per-token NLL at scale 1
+
+    @classmethod
+    def from_inputs(cls, inputs, session):
+        from .corpora import dataset_label
+
+        args = inputs.args
+        task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(inputs.lengths), args.stride or 0, args.chunk_size)
+        return cls(session.model_name, session.info.bos_token_id, cls.specs_of(inputs), inputs.documents(), task,
+                   args.seed)
+
+    @staticmethod
+    def specs_of(inputs) -> list:
+        return inputs.specs
+
+    def _base_row(self, spec, doc) -> dict:
+        from .results import key_row
+
+        task = self.task
+        return dict(key_row(self.model_name, spec), dataset=task.dataset, doc_id=doc.doc_id,
+                    doc_tokens=int(doc.ids.numel()), protocol=task.protocol,
+                    stride=task.stride if task.protocol == "sliding" else 0)
+
+    def cells(self, session) -> list[Cell]:
+        task, cells = self.task, []
+        for doc in self.docs.values():
+            n_tokens = int(doc.ids.numel()) + (self.bos_id is not None)
+            for spec in self.specs:
+                cells.append(Cell(self.name, spec, (doc.doc_id, task.protocol),
+                                  cell_name("perplexity", self.model_name, spec.short, task.dataset, doc.doc_id,
+                                            task.protocol),
+                                  tokens=window_tokens(task, spec, n_tokens, task.lengths),
+                                  length=max(task.lengths)))
+        return cells
+
+    def pending(self, cell: Cell, done: set) -> list[int]:
+        from .results import cell_key
+
+        base_row = self._base_row(cell.spec, self.docs[cell.unit[0]])
+        return [n for n in self.task.lengths if cell_key(self.table, dict(base_row, context_length=n)) not in done]
+
+    def run(self, cell: Cell, missing: list[int], session) -> dict:
+        from tqdm.auto import tqdm
+
+        from .tables import aggregate_perplexity
+
+        doc, spec = self.docs[cell.unit[0]], cell.spec
+        if doc.doc_id not in self._unit_scale_passes:
+            self._unit_scale_passes.clear()  # keep only the current document's pass
+        base_row = self._base_row(spec, doc)
+        bar = tqdm(total=0, unit="tok", unit_scale=True, disable=not session.show_progress, leave=False,
+                   desc=f"{spec.short} {doc.doc_id[-28:]}", dynamic_ncols=True)
+        try:
+            if self.task.protocol == "truncated":
+                _truncated_cell(session.model, self.bos_id, spec, doc, missing, self.task, base_row, session.store,
+                                bar, self._unit_scale_passes)
+            else:
+                _sliding_cell(session.model, self.bos_id, doc, missing, self.task, base_row, session.store, bar)
+            seconds = round(bar.format_dict["elapsed"], 1)
+        finally:
+            bar.close()
+            if not session.shard.active:
+                session.store.derive("perplexity", "perplexity_docs",
+                                     lambda docs: aggregate_perplexity(docs, seed=self.seed))
+        return {"seconds": seconds}
+
+
+class TemperatureSweepCells(PerplexityCells):
+    """Perplexity cells of YaRN at each factor with attention_factor √(1/t) over the temperature
+    grid (`--temperatures`), plus YaRN with its own formula (paper §3.4, Fig. 2)."""
+
+    name = "temperature-sweep"
+
+    @staticmethod
+    def specs_of(inputs) -> list:
+        from .methods import ScalingSpec
+        from .options import parse_factors, parse_grid
+
+        original_ctx = inputs.specs[0].original_ctx
+        specs = []
+        for factor in parse_factors(inputs.args.factor):
+            specs.append(ScalingSpec("yarn", factor, original_ctx=original_ctx))
+            specs += [ScalingSpec("yarn", factor, original_ctx=original_ctx, attention_factor=value)
+                      for value in parse_grid(inputs.args.temperatures)]
+        return specs
+
+
 def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task: PerplexityTask, store, manifest,
                    seed: int = 0, show_progress: bool = True, shard=None) -> list[str]:
-    """Evaluate every (spec, document) cell not already in the store; return the failed cells.
-
-    Rows are appended as soon as a pass finishes; `perplexity.csv` is re-aggregated after each cell
-    (by rank 0 after the merge when `shard` splits the grid across processes). For truncated
-    lengths ≤ L, dynamic methods reuse an earlier pass at scale 1 (base) of the same document.
-    """
-    from tqdm.auto import tqdm
-
+    """Evaluate every (spec, document) cell not already in the store through the runner; return
+    the failed cells (library entry point; the CLI builds the same cells from its arguments)."""
     from .parallel import Shard
-    from .results import CELL_ERRORS, key_row, record_failure
-    from .tables import aggregate_perplexity
-    from .scaling import apply_scaling
+    from .runner import Session, resolve_specs, run_cells
 
-    shard = shard or Shard()
-    failed: list[str] = []
-    cell_index = -1
-    for doc in docs:  # document-major: an interrupted run has whole documents, all methods
-        unit_scale_passes: dict[str, torch.Tensor] = {}  # doc_id → per-token NLL of a pass at scale 1
-        done = store.done("perplexity_docs")
-        for spec in specs:
-            cell_index += 1
-            if not shard.owns(cell_index):
-                continue
-            resolved = apply_scaling(model, spec)
-            key = key_row(model_name, resolved)
-            base_row = dict(key, dataset=task.dataset, doc_id=doc.doc_id, doc_tokens=int(doc.ids.numel()),
-                            protocol=task.protocol, stride=task.stride if task.protocol == "sliding" else 0)
-            missing = [n for n in task.lengths
-                       if store.cell_key("perplexity_docs", dict(base_row, context_length=n)) not in done]
-            if not missing:
-                continue
-            cell = f"perplexity|{model_name}|{resolved.short}|{task.dataset}|{doc.doc_id}|{task.protocol}"
-            bar = tqdm(total=0, unit="tok", unit_scale=True, disable=not show_progress, leave=False,
-                       desc=f"{resolved.short} {doc.doc_id[-28:]}", dynamic_ncols=True)
-            try:
-                if task.protocol == "truncated":
-                    _truncated_cell(model, bos_id, resolved, doc, missing, task, base_row, store, bar,
-                                    unit_scale_passes)
-                else:
-                    _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar)
-                manifest.cell(cell, "done", seconds=round(bar.format_dict["elapsed"], 1))
-            except CELL_ERRORS as exc:
-                record_failure(manifest, failed, cell, exc)
-            finally:
-                bar.close()
-            if not shard.active:
-                store.derive("perplexity", "perplexity_docs",
-                             lambda docs: aggregate_perplexity(docs, seed=seed))
-    return failed
+    session = Session(model, None, model_name, store, manifest, shard or Shard(), show_progress)
+    cells_task = PerplexityCells(model_name, bos_id, resolve_specs(model, specs), docs, task, seed)
+    return run_cells(Plan(cells_task.cells(session)), [cells_task], session)
 
 
 def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, bar, unit_scale_passes) -> None:

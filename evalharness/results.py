@@ -39,6 +39,8 @@ from typing import Sequence
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from .errors import EvalHarnessError
+
 KEY_COLUMNS = ["model", "method", "factor", "original_ctx"]
 
 SCHEMAS: dict[str, list[str]] = {
@@ -69,7 +71,7 @@ LOCK_NAME = ".evalharness.lock"
 LOCK_NOTICE_AFTER_S = 5.0  # wait this long for a folder's lock before saying whom we wait for
 
 
-class ResultFolderError(Exception):
+class ResultFolderError(EvalHarnessError):
     """A run folder file that cannot be read or repaired (one sentence naming the file). Not a
     ValueError on purpose: cell loops catch ValueError as a failed cell, this must stop the run."""
 
@@ -269,6 +271,9 @@ def read_csv_text(path: Path, table: str) -> tuple[pd.DataFrame, str | None]:
         raise ResultFolderError(f"{path} has no {', '.join(missing)} column, so it is not a {table} table; "
                                 "move it away and rerun.")
     return frame, damage
+def cell_key(table: str, row: dict) -> tuple:
+    """The identity of a row's cell in `table` (`CELL_COLUMNS`), normalised for CSV round trips."""
+    return tuple(_normalise_key(row.get(column)) for column in CELL_COLUMNS[table])
 
 
 class ResultStore:
@@ -323,7 +328,7 @@ class ResultStore:
         write_table(self.path(table), frame.reindex(columns=SCHEMAS[table]))
 
     def cell_key(self, table: str, row: dict) -> tuple:
-        return tuple(_normalise_key(row.get(column)) for column in CELL_COLUMNS[table])
+        return cell_key(table, row)
 
     def done(self, table: str) -> set[tuple]:
         """Keys of every cell already in the table."""
@@ -546,23 +551,6 @@ def check_run_folder(folder: str | os.PathLike) -> None:
         if store.path(table).exists():
             store.read(table)
     read_manifest(folder / "manifest.json")
-
-
-# What one evaluation cell may raise without stopping the run: NaN/inf (NonFiniteError is an
-# ArithmeticError), out of memory (torch.OutOfMemoryError is a RuntimeError), bad lengths.
-CELL_ERRORS = (ArithmeticError, RuntimeError, ValueError)
-
-
-def record_failure(manifest: "Manifest", failed: list, cell: str, error: BaseException | str) -> None:
-    """Note a failed cell in the manifest and the run's list, and give back cached GPU memory so
-    the next cell starts clean."""
-    failed.append(cell)
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    manifest.cell(cell, "failed", error=text)
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def now() -> str:

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import EvalHarnessError
 from .methods import ScalingSpec, native_display, native_type_is_dynamic, ntk_aware_base, rope_frequencies
 
 _ORIGINAL = "_evalharness_original_rotary"
 _NATIVE_CTX = "_evalharness_native_ctx"
 
 
-class ScalingError(ValueError):
+class ScalingError(EvalHarnessError, ValueError):
     """The model cannot be scaled (no RoPE, unknown rotary layout)."""
 
 

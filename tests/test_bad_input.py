@@ -1,9 +1,4 @@
 """Every bad input costs a second: one sentence on stderr, exit code 2, no table written."""
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import json
 import random
 
@@ -13,6 +8,9 @@ import torch
 import transformers
 
 from evalharness import cli
+
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +62,6 @@ def files(tmp_path_factory):
     (root / "latin1.jsonl").write_bytes(json.dumps({"text": "ok " * 100}).encode() + b"\n"
                                         + b'{"text": "th\xe9or\xe8me"}\n')
     return root
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
 
 
 CASES = [

@@ -1,9 +1,4 @@
 """The command line end to end on random:tiny and a local corpus the tests write."""
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import math
 import random
 
@@ -15,6 +10,9 @@ from evalharness import cli, perplexity
 from evalharness.cli import UsageError, parse_lengths
 
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus")
@@ -23,11 +21,6 @@ def corpus(tmp_path_factory):
         rng = random.Random(i)
         (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(150 + 40 * i)))
     return folder
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
 
 
 def run(argv):

@@ -1,24 +1,20 @@
 """Tests for evalharness.corpora: sources, selection, token cache, Debian corpora, HF offline."""
 
+import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import pandas as pd
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
-
-from evalharness import corpora, hub  # noqa: E402
-from evalharness.corpora import (  # noqa: E402
+from evalharness import corpora, hub
+from evalharness.corpora import (
     CORPORA,
     CorpusError,
     Document,

@@ -1,21 +1,17 @@
 """Tests for evalharness.models: references, random models, byte tokenizer, GGUF cache."""
 
+import math
 import os
+import time
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import math  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from evalharness import models as M  # noqa: E402
-from evalharness.models import ModelInfo, ModelLoadError  # noqa: E402
+from evalharness import models as M
+from evalharness.models import ModelInfo, ModelLoadError
 
 
 def _n_params(model) -> int:

@@ -44,11 +44,12 @@ from .offline import offline_message
 from .passkey_data import passkey_documents, write_jsonl
 from .planning import TaskPlan, check_task_names, plan_tasks
 from .protocol import MACRO_GROUPS, PAPER_TASKS, LeaderboardError, default_max_length, lm_eval_seeds
-from .run import run_leaderboard
+from .run import LeaderboardCells, LeaderboardTaskFailure, run_leaderboard
 
 __all__ = [
     "DATA_FORMATS", "LM_EVAL_TASKS", "LOCAL_MIRROR_OF", "MACRO_GROUPS", "MIRRORS", "PAPER_TASKS",
-    "TASKS_DIR", "LeaderboardError", "Mirror", "TaskPlan", "check_task_names", "copy_tasks",
+    "TASKS_DIR", "LeaderboardCells", "LeaderboardError", "LeaderboardTaskFailure", "Mirror", "TaskPlan",
+    "check_task_names", "copy_tasks",
     "default_max_length", "leaf_tasks", "lm_eval_seeds", "lm_eval_tasks_dir", "local_data_files",
     "macro_mean", "offline_message", "passkey_documents", "plan_tasks", "point_mirror",
     "provenance_path", "resolve_lm_eval_includes", "result_rows", "run_leaderboard", "split_files",

@@ -8,6 +8,8 @@ sampler 1234) unless the user gives one seed for all four.
 """
 from __future__ import annotations
 
+from ..errors import EvalHarnessError
+
 # name → (num_fewshot, metric of the paper's table)
 PAPER_TASKS: dict[str, tuple[int, str]] = {
     "arc_challenge": (25, "acc_norm"),
@@ -20,7 +22,7 @@ PAPER_TASKS: dict[str, tuple[int, str]] = {
 MACRO_GROUPS = ("mmlu", "mmlu_local")
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(EvalHarnessError, ValueError):
     """A leaderboard task cannot run (missing local data, unknown task, dataset offline)."""
 
 

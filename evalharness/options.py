@@ -1,0 +1,64 @@
+"""Parsers of command-line values (pure; no torch): token counts, length grids, factors, number
+grids. Each raises `UsageError` with one sentence naming the bad text and the valid forms."""
+from __future__ import annotations
+
+import math
+import re
+
+from .errors import UsageError
+
+
+def parse_count(text: str) -> int:
+    """'16384', '16k' (×1024), '128K' → int."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kK]?)\s*", str(text))
+    if not match:
+        raise UsageError(f"{text!r} is not a token count; write e.g. 4096 or 4k.")
+    return int(match.group(1)) * (1024 if match.group(2) else 1)
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'2k:16k:2k' (start:stop:step, stop included) or '4096,8192' → strictly increasing lengths."""
+    text = str(text).strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise UsageError(f"lengths {text!r} must be start:stop:step (e.g. 2k:16k:2k) or a comma list.")
+        start, stop, step = (parse_count(p) for p in parts)
+        if step <= 0 or start <= 0 or stop < start:
+            raise UsageError(f"lengths {text!r} need 0 < start <= stop and step > 0.")
+        lengths = list(range(start, stop + 1, step))
+    else:
+        lengths = [parse_count(p) for p in text.split(",") if p.strip()]
+    if not lengths:
+        raise UsageError(f"lengths {text!r} name no length.")
+    if any(n < 2 for n in lengths):
+        raise UsageError(f"lengths {text!r} must all be ≥ 2 tokens.")
+    if any(b <= a for a, b in zip(lengths, lengths[1:])):
+        raise UsageError(f"lengths {text!r} must be strictly increasing.")
+    return lengths
+
+
+def parse_factors(text: str) -> list[float]:
+    factors = []
+    for part in str(text).split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(f"factor {part.strip()!r} is not a number; "
+                             "write e.g. --factor 2 or --factor 2,4,8.") from None
+        if not value > 0:
+            raise UsageError(f"factor {part.strip()!r} must be > 0.")
+        factors.append(value)
+    return factors
+
+
+def parse_grid(text: str) -> list[float]:
+    """'1.0:1.5:0.05' (start:stop:step, stop included) or '1.0,1.1' → floats (rounded to 6 places)."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(p) for p in text.split(":"))
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            return [round(start + i * step, 6) for i in range(count)]
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UsageError(f"grid {text!r} must be start:stop:step or a comma list of numbers.") from None

@@ -1,0 +1,77 @@
+"""The run plan: the list of evaluation cells a command asks for, before anything is computed.
+
+A `Cell` is one unit of work of one task under one scaling spec, with a stable `name` (the key of
+its entry in manifest.json):
+
+    perplexity|MODEL|SPEC|DATASET|DOC_ID|PROTOCOL         one document, every length, one protocol
+    passkey|MODEL|SPEC|LENGTH|SCORING|depth=D|trial=T     one prompt
+    leaderboard|MODEL|SPEC|TASK                          one lm-eval task or group
+
+(the temperature sweep's cells are perplexity cells whose SPEC carries its attention factor).
+`tokens` is the number of tokens the cell's forward passes process (0 when the task cannot know,
+as for lm-eval tasks), `length` its longest forward (what sets peak memory) and `kv_cache`
+whether that forward keeps a KV cache. `describe` renders a plan for `--dry-run`.
+No torch import here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    spec: Any  # methods.ScalingSpec, resolved (original_ctx set)
+    unit: tuple  # the task's unit of work, e.g. (doc_id, protocol) or (length, depth, trial)
+    name: str
+    tokens: int = 0
+    length: int = 0
+    kv_cache: bool = False
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def tasks(self) -> list[str]:
+        return list(dict.fromkeys(cell.task for cell in self.cells))
+
+
+def cell_name(*parts: Any) -> str:
+    return "|".join(str(part) for part in parts)
+
+
+def _gib(n_bytes: float | None) -> str:
+    return "?" if n_bytes is None else f"{n_bytes / 2**30:.2f} GiB"
+
+
+def describe(status: Sequence[tuple[Cell, Any]], memory: Callable[[Cell], float | None] | None = None,
+             world: int = 1) -> str:
+    """The dry-run text: one line per cell (done / to do, tokens, peak memory estimate), then per
+    task and overall totals. `status` pairs each cell with what is still pending (falsy = done);
+    `memory(cell)` estimates the cell's peak bytes (None: unknown)."""
+    lines = [f"{'state':<6} {'tokens':>12} {'peak mem':>11}  cell"]
+    totals: dict[str, list[int]] = {}
+    for cell, pending in status:
+        todo = bool(pending)
+        peak = memory(cell) if memory else None
+        lines.append(f"{'to do' if todo else 'done':<6} {cell.tokens if cell.tokens else '?':>12} "
+                     f"{_gib(peak):>11}  {cell.name}")
+        total = totals.setdefault(cell.task, [0, 0, 0])
+        total[0] += 1
+        total[1] += todo
+        total[2] += cell.tokens if todo else 0
+    lines.append("")
+    for task, (n, todo, tokens) in totals.items():
+        lines.append(f"{task}: {n} cells, {n - todo} done, {todo} to do, {tokens:,} tokens to process")
+    n_cells = sum(t[0] for t in totals.values())
+    n_todo = sum(t[1] for t in totals.values())
+    text = f"plan: {n_cells} cells, {n_cells - n_todo} done, {n_todo} to do"
+    if world > 1:
+        text += f" (split over {world} processes)"
+    lines.append(text + "; nothing computed (--dry-run).")
+    return "\n".join(lines)

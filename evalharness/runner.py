@@ -1,0 +1,193 @@
+"""One runner for every task: execute a plan's cells against one loaded model.
+
+Contract:
+- Tasks are classes registered by name in `TASKS` ("module:Class", imported on first use, so
+  listing names costs no import). A task turns its options into cells (`cells`), says which part
+  of a cell is still missing from the result store (`pending`), computes a cell (`run`), and may
+  aggregate after the last cell (`finish`). Adding a task is one module and one `TASKS` entry.
+- `run_cells` walks the cells in plan order. Cell i belongs to rank i mod world (`Shard.owns`):
+  under torchrun / accelerate every task's cells are split across ranks, each computed once.
+  A cell whose rows are all in the store (or in the folders it resumes from) is skipped.
+- Before a cell runs, its scaling spec is applied to the model in place.
+- Failure policy: an exception for which `errors.is_cell_failure` holds (out of memory, a
+  non-finite result, an lm-eval task error, any `CellFailure`) is recorded in the manifest as the
+  cell's failure and the run goes on; every other exception (a bug, a user error) propagates.
+- Progress: one overall bar (cells done / to do, tokens/s, ETA) above the task's per-cell bar.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import UsageError, failure_text, is_cell_failure
+from .parallel import Shard
+from .plan import Cell, Plan
+
+# name → "module:Class" of the task's implementation (a `Task` subclass).
+TASKS: dict[str, str] = {
+    "perplexity": "evalharness.perplexity:PerplexityCells",
+    "passkey": "evalharness.passkey:PasskeyCells",
+    "leaderboard": "evalharness.leaderboard:LeaderboardCells",
+    "temperature-sweep": "evalharness.perplexity:TemperatureSweepCells",
+}
+
+
+def task_names() -> list[str]:
+    return list(TASKS)
+
+
+def task_class(name: str) -> type["Task"]:
+    """The registered class of a task name (UsageError listing the names when unknown)."""
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}.")
+    module, _, attribute = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass
+class Session:
+    """What every cell of one run shares: the loaded model, where rows go, which rank this is."""
+
+    model: Any
+    tokenizer: Any
+    model_name: str
+    store: Any
+    manifest: Any
+    shard: Shard = field(default_factory=Shard)
+    show_progress: bool = True
+    info: Any = None  # models.ModelInfo when the CLI loaded the model
+    run_dir: Any = None  # the run folder (`--out`); a rank's store writes to a shard folder inside it
+
+    @property
+    def out_dir(self) -> Path:
+        """Where files other than the tables go (the run folder, also under data parallelism)."""
+        return Path(self.run_dir if self.run_dir is not None else self.store.out_dir)
+
+
+@dataclass
+class RunInputs:
+    """What the command line asked, for tasks to build their cells from (`Task.from_inputs`):
+    the parsed arguments, the resolved method specs, the lengths, and the corpus documents
+    (loaded on first use and shared by every task that reads them)."""
+
+    args: Any
+    specs: list
+    lengths: list[int]
+    load_documents: Callable[[], list]
+    _documents: list | None = None
+
+    def documents(self) -> list:
+        if self._documents is None:
+            self._documents = self.load_documents()
+        return self._documents
+
+    def loaded_documents(self) -> list:
+        return self._documents or []
+
+
+class Task:
+    """A kind of evaluation. Subclasses set `name` and `table` and implement `cells`, `pending`
+    and `run`; `finish` and `close` are optional."""
+
+    name: str = ""
+    table: str = ""  # the result table its rows go to (`results.SCHEMAS`)
+
+    @classmethod
+    def from_inputs(cls, inputs: RunInputs, session: Session) -> "Task":
+        """The task as the command line asked for it."""
+        raise NotImplementedError
+
+    def cells(self, session: Session) -> list[Cell]:
+        """Every cell of this task in run order (done or not)."""
+        raise NotImplementedError
+
+    def pending(self, cell: Cell, done: set) -> Any:
+        """The part of `cell` still to compute, given the cell keys already in `self.table`
+        (`ResultStore.done`); falsy when the cell is complete."""
+        raise NotImplementedError
+
+    def run(self, cell: Cell, pending: Any, session: Session) -> dict:
+        """Compute the pending part of a cell (its spec already applied to the model), append its
+        rows to `session.store`, and return extra manifest fields for the cell."""
+        raise NotImplementedError
+
+    def finish(self, session: Session) -> None:
+        """After this process's last cell (derived tables; single process only)."""
+
+    def close(self) -> None:
+        """Release what the task holds (temporary folders); called once, also after an error."""
+
+
+def resolve_specs(model, specs: Sequence) -> list:
+    """Specs with `original_ctx` filled in from the model's native context where missing."""
+    from .scaling import native_context
+
+    return [s if s.original_ctx else s.with_original_ctx(native_context(model)) for s in specs]
+
+
+def build_plan(tasks: Sequence[Task], session: Session) -> Plan:
+    return Plan([cell for task in tasks for cell in task.cells(session)])
+
+
+def plan_status(plan: Plan, tasks: dict[str, Task], store) -> list[tuple[Cell, Any]]:
+    """(cell, pending) for every cell of the plan against the store's finished rows."""
+    done = {name: store.done(task.table) for name, task in tasks.items()}
+    return [(cell, tasks[cell.task].pending(cell, done[cell.task])) for cell in plan.cells]
+
+
+def record_failure(session: Session, failed: list, cell: str, error: BaseException | str) -> None:
+    """Note a failed cell in the manifest and the run's list, and give back cached accelerator
+    memory so the next cell starts clean."""
+    failed.append(cell)
+    session.manifest.cell(cell, "failed", error=failure_text(error))
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
+    """Compute every cell of `plan` this rank owns and the store lacks; return the failed cells'
+    names. Tasks are closed at the end, also when an exception propagates."""
+    from tqdm.auto import tqdm
+
+    from .scaling import apply_scaling
+
+    by_name = {task.name: task for task in tasks}
+    try:
+        status = plan_status(plan, by_name, session.store)
+        todo = [(cell, pending) for index, (cell, pending) in enumerate(status)
+                if session.shard.owns(index) and pending]
+        failed: list[str] = []
+        overall = tqdm(total=len(todo), unit="cell", desc="cells", position=0, dynamic_ncols=True,
+                       disable=not session.show_progress or not todo)
+        tokens, start = 0, time.monotonic()
+        try:
+            for cell, pending in todo:
+                task = by_name[cell.task]
+                apply_scaling(session.model, cell.spec)
+                overall.set_description(f"cells ({cell.task})")
+                try:
+                    info = task.run(cell, pending, session)
+                    session.manifest.cell(cell.name, "done", **(info or {}))
+                except Exception as exc:  # the policy is in is_cell_failure; the rest propagates
+                    if not is_cell_failure(exc):
+                        raise
+                    record_failure(session, failed, cell.name, exc)
+                tokens += cell.tokens
+                overall.update(1)
+                elapsed = time.monotonic() - start
+                if tokens and elapsed > 0:
+                    overall.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
+        finally:
+            overall.close()
+        if not session.shard.active:
+            for task in tasks:
+                task.finish(session)
+        return failed
+    finally:
+        for task in tasks:
+            task.close()

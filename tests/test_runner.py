@@ -1,0 +1,276 @@
+"""The plan and the cell runner: the task registry, the failure policy, --dry-run, and data-parallel
+sharding of every task (passkey and leaderboard under 2 gloo processes compute each cell once)."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, subprocess_env, write_corpus
+from evalharness import cli, perplexity, runner
+from evalharness.errors import NonFiniteError, UsageError
+from evalharness.methods import ScalingSpec
+from evalharness.plan import Cell, Plan
+from evalharness.results import Manifest, ResultStore
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
+WORDS = "we prove the theorem by induction and rewrite with the lemma"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 2, WORDS, 200)
+
+
+@pytest.fixture(scope="module")
+def leaderboard_data(tmp_path_factory):
+    from test_leaderboard import write_data
+
+    return write_data(tmp_path_factory.mktemp("lbdata"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and failure policy
+# ---------------------------------------------------------------------------------------------
+
+def test_registry_names_every_task_and_loads_its_class():
+    assert set(runner.task_names()) == {"perplexity", "passkey", "leaderboard", "temperature-sweep"}
+    for name in runner.task_names():
+        task = runner.task_class(name)
+        assert issubclass(task, runner.Task) and task.name == name
+    with pytest.raises(UsageError, match="unknown task 'ppl'"):
+        runner.task_class("ppl")
+
+
+class ScriptedTask(runner.Task):
+    """A task whose cells raise what the test asks for: the runner's policy, seen from outside."""
+
+    name, table = "scripted", "passkey"
+
+    def __init__(self, outcomes):
+        self.outcomes, self.ran, self.closed, self.finished = outcomes, [], False, False
+
+    def cells(self, session):
+        spec = ScalingSpec("base", original_ctx=256)
+        return [Cell(self.name, spec, (i,), f"scripted|{i}") for i in range(len(self.outcomes))]
+
+    def pending(self, cell, done):
+        return True
+
+    def run(self, cell, pending, session):
+        self.ran.append(cell.unit[0])
+        outcome = self.outcomes[cell.unit[0]]
+        if outcome is not None:
+            raise outcome
+        return {"note": "ok"}
+
+    def finish(self, session):
+        self.finished = True
+
+    def close(self):
+        self.closed = True
+
+
+def scripted_session(tiny, out):
+    model, tokenizer, _ = tiny
+    return runner.Session(model, tokenizer, "tiny", ResultStore(out), Manifest(out), show_progress=False)
+
+
+def test_computation_failures_are_recorded_and_the_run_goes_on(tiny, tmp_path):
+    task = ScriptedTask([NonFiniteError("NaN"), None, torch.OutOfMemoryError("CUDA out of memory"),
+                         RuntimeError("DefaultCPUAllocator: can't allocate memory: 9 GB"),
+                         None])
+    session = scripted_session(tiny, tmp_path)
+    failed = runner.run_cells(Plan(task.cells(session)), [task], session)
+    assert task.ran == [0, 1, 2, 3, 4] and task.finished and task.closed
+    assert failed == ["scripted|0", "scripted|2", "scripted|3"]
+    cells = Manifest(tmp_path).data["cells"]
+    assert cells["scripted|1"] == {**cells["scripted|1"], "status": "done", "note": "ok"}
+    assert "NonFiniteError: NaN" == cells["scripted|0"]["error"]
+    assert "OutOfMemoryError" in cells["scripted|2"]["error"]
+
+
+@pytest.mark.parametrize("bug", [ValueError("a programming mistake"), KeyError("column"),
+                                 RuntimeError("shape mismatch"), UsageError("bad input")])
+def test_anything_else_surfaces(tiny, tmp_path, bug):
+    task = ScriptedTask([None, bug, None])
+    session = scripted_session(tiny, tmp_path)
+    with pytest.raises(type(bug)):
+        runner.run_cells(Plan(task.cells(session)), [task], session)
+    assert task.ran == [0, 1] and task.closed  # stopped at the bug, resources released
+    assert list(Manifest(tmp_path).data["cells"]) == ["scripted|0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# --dry-run
+# ---------------------------------------------------------------------------------------------
+
+def tiny_args(out, *extra):
+    return ["--model", "random:tiny", "--out", str(out), "--no-progress", "--no-plots", *extra]
+
+
+def plan_lines(text):
+    """{cell name: (state, tokens)} from the dry-run table."""
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] == ["done"] or parts[:2] == ["to", "do"]:
+            state = "done" if parts[0] == "done" else "to do"
+            rest = parts[1:] if state == "done" else parts[2:]
+            rows[rest[-1]] = (state, rest[0])
+    return rows
+
+
+@pytest.mark.parametrize("task, extra, n_cells", [
+    ("perplexity", ["--method", "base,yarn", "--lengths", "128,256"], 2 * 2),
+    ("temperature-sweep", ["--temperatures", "1.0,1.2", "--lengths", "128,256"], 2 * 3),
+    ("passkey", ["--method", "base,yarn", "--lengths", "300,400", "--depths", "2"], 2 * 2 * 2),
+    ("leaderboard", ["--method", "base", "--leaderboard-tasks", "arc_challenge,mmlu"], 2),
+])
+def test_dry_run_prints_the_plan_and_computes_nothing(task, extra, n_cells, corpus, leaderboard_data,
+                                                      tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("--dry-run ran a forward pass")
+
+    monkeypatch.setattr(transformers.LlamaModel, "forward", no_forward)  # random:tiny is a Llama
+    monkeypatch.setattr(runner, "run_cells", no_forward)
+    out = tmp_path / "out"
+    args = tiny_args(out, "--tasks", task, "--dataset", f"local:{corpus}", *extra, "--dry-run")
+    if task == "leaderboard":
+        args += ["--leaderboard-data", str(leaderboard_data)]
+    assert cli.main(args) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    rows = plan_lines(text)
+    assert len(rows) == n_cells and all(state == "to do" for state, _ in rows.values())
+    assert f"plan: {n_cells} cells, 0 done, {n_cells} to do" in text
+    assert not out.exists()  # nothing written, not even the folder
+
+
+def test_dry_run_after_a_partial_run(corpus, tmp_path, capsys):
+    from evalharness.memory import estimate_peak_bytes
+
+    out = tmp_path / "out"
+    common = ["--tasks", "perplexity", "--dataset", f"local:{corpus}", "--lengths", "128,256"]
+    assert cli.main(tiny_args(out, *common, "--method", "base")) == cli.EXIT_OK
+    before = {p.name: p.read_bytes() for p in out.glob("*.csv")}
+    capsys.readouterr()
+    dry_run = tiny_args(out, *common, "--method", "base,pi", "--factor", "2", "--dry-run")
+    assert cli.main(dry_run) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    rows = plan_lines(text)
+    assert {name: state for name, (state, _) in rows.items()} == {
+        f"perplexity|random:tiny|{spec}|local:{corpus}|doc{i}.txt|truncated": state
+        for i in range(2) for spec, state in (("base", "done"), ("pi:2", "to do"))}
+    # a static method needs one pass at the longest length per document: 256 tokens
+    assert all(tokens == "256" for _, tokens in rows.values())
+    assert "perplexity: 4 cells, 2 done, 2 to do, 512 tokens to process" in text
+    # the memory column is memory.estimate_peak_bytes at the cell's longest forward
+    from evalharness.models import load
+
+    model, _, info = load("random:tiny", dtype="float32", device="cpu")
+    expected = estimate_peak_bytes(model.config, info.dtype, 256, kv_cache=False,
+                                   attn_impl=model.config._attn_implementation or "sdpa",
+                                   n_params=sum(p.numel() for p in model.parameters()))["total"]
+    assert f"{expected / 2**30:.2f} GiB" in text
+    assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == before  # nothing computed or written
+
+
+# ---------------------------------------------------------------------------------------------
+# Every task is sharded: 2 processes compute each cell once and give the one-process tables
+# ---------------------------------------------------------------------------------------------
+
+def test_passkey_and_leaderboard_cells_split_across_two_processes(leaderboard_data, tmp_path):
+    env = subprocess_env(tmp_path)
+    args = ["run_eval.py", "--model", "random:tiny", "--method", "base,yarn", "--factor", "2",
+            "--tasks", "passkey,leaderboard", "--lengths", "300,400", "--depths", "2",
+            "--leaderboard-tasks", "arc_challenge,mmlu", "--leaderboard-data", str(leaderboard_data),
+            "--limit", "2", "--no-progress", "--no-plots"]
+    single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=1800)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29533"]
+    double = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=1800)
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert "2 processes" in double.stderr
+
+    cells_one = json.loads((tmp_path / "one" / "manifest.json").read_text())["cells"]
+    cells_two = json.loads((tmp_path / "two" / "manifest.json").read_text())["cells"]
+    n_passkey, n_leaderboard = 2 * 2 * 2, 2 * 2
+    assert len(cells_one) == len(cells_two) == n_passkey + n_leaderboard
+    assert set(cells_one) == set(cells_two)
+    # plan order: passkey cells (length, spec, depth), then leaderboard cells (spec, task); cell i
+    # belongs to rank i mod 2. Had both ranks computed a cell, the merge would show the last rank.
+    order = [f"passkey|random:tiny|{spec}|{length}|paper|depth={depth}|trial=0"
+             for length in (300, 400) for spec in ("base", "yarn:2") for depth in (0, 1)]
+    order += [f"leaderboard|random:tiny|{spec}|{task}" for spec in ("base", "yarn:2")
+              for task in ("arc_challenge_local", "mmlu_local")]
+    ranks_seen = {name: cell["rank"] for name, cell in cells_two.items()}
+    assert ranks_seen == {name: i % 2 for i, name in enumerate(order)}
+    ranks = [cell["rank"] for cell in cells_two.values()]
+    assert ranks.count(0) == ranks.count(1) == len(order) // 2
+    lm_eval_files = sorted(p.name for p in (tmp_path / "two" / "lm_eval").glob("*.json"))
+    assert lm_eval_files == sorted(p.name for p in (tmp_path / "one" / "lm_eval").glob("*.json"))
+
+    for table, key in (("passkey", ["method", "factor", "context_length", "depth", "trial"]),
+                       ("leaderboard", ["method", "factor", "task", "metric"])):
+        one = pd.read_csv(tmp_path / "one" / f"{table}.csv").sort_values(key).reset_index(drop=True)
+        two = pd.read_csv(tmp_path / "two" / f"{table}.csv").sort_values(key).reset_index(drop=True)
+        assert len(one) > 0
+        pd.testing.assert_frame_equal(one, two)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------------
+
+def test_layer_progress_ends_exactly_at_the_forward_tokens():
+    """25 tokens over 6 layers: six float steps of 25/6 sum to more than 25 (tqdm then warns
+    "clamping frac"); whole-number steps end exactly at 25, window after window."""
+    import io
+    import warnings
+
+    import transformers
+    from tqdm import tqdm
+
+    assert sum([25 / 6] * 6) > 25  # the overshoot the integer split avoids
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=6,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(1, 97, (25,), generator=torch.Generator().manual_seed(0))
+    bar = tqdm(total=50, file=io.StringIO())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with perplexity.LayerProgress(model, bar) as progress:
+            for done in (25, 50):
+                progress.tokens = 25
+                perplexity.token_nll(model, ids)
+                assert bar.n == done
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+
+def test_bare_form_means_eval_and_commands_parse_their_own_options():
+    bare = cli.parse_args(["--model", "random:tiny", "--lengths", "64,128"])
+    explicit = cli.parse_args(["eval", "--model", "random:tiny", "--lengths", "64,128"])
+    assert bare.command == explicit.command == "eval" and vars(bare) == vars(explicit)
+    assert cli.parse_args([]).command == "eval"
+    plot = cli.parse_args(["plot", "a", "b", "--no-report"])
+    assert (plot.command, plot.results_dirs, plot.no_report) == ("plot", ["a", "b"], True)
+    methods = cli.parse_args(["methods", "--rotary-dim", "64"])
+    assert (methods.command, methods.rotary_dim) == ("methods", 64)
+    assert set(cli.COMMANDS) >= {"eval", "methods", "plot", "compare"}
+    with pytest.raises(SystemExit) as exit_info:  # an option of another command is refused
+        cli.parse_args(["plot", "a", "--model", "x"])
+    assert exit_info.value.code == 2
