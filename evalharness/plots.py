@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
+from . import tables
 from .method_facts import yarn_mscale
 from .tables import (
     format_number,
@@ -38,9 +39,7 @@ from .tables import (
     passkey_accuracy,
     read_table,
     split_label,
-    sweep_length,
     task_display,
-    temperature_rows,
     varying,
 )
 
@@ -132,18 +131,6 @@ def _new_figure(n_panels: int, ncols: int | None = None, panel_size=(6.0, 4.2), 
     return fig, axes[:n_panels]
 
 
-def _panels(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[dict, pd.DataFrame]]:
-    """Groups of a frame by the given columns (absent columns ignored), in sorted order."""
-    columns = [c for c in columns if c in frame.columns]
-    if not columns:
-        return [({}, frame)]
-    out = []
-    for values, group in frame.groupby(columns, sort=True, dropna=False):
-        values = values if isinstance(values, tuple) else (values,)
-        out.append((dict(zip(columns, values)), group))
-    return out
-
-
 def _empty_figure(message: str) -> Figure:
     fig, (ax,) = _new_figure(1)
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
@@ -156,7 +143,11 @@ def _empty_figure(message: str) -> Figure:
 # ---------------------------------------------------------------------------------------------
 
 def save_figure(fig: Figure, path_without_ext: str | os.PathLike, dpi: int = 150) -> list[Path]:
-    """Write `<path>.png` and `<path>.pdf` (folders created); return both paths."""
+    """Writes `<path>.png` and `<path>.pdf` (folders created).
+
+    Returns:
+        Both paths.
+    """
     base = str(path_without_ext)
     Path(base).parent.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -185,10 +176,19 @@ def _ppl_panel_title(key: dict, stride_varies: bool) -> str:
 
 def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = False,
                     ylim: tuple[float, float] | None = None, title: str | None = None) -> Figure:
-    """Perplexity against context length, one line per (method, factor) (and per model / run when
-    those vary), log y, a dashed vertical line at each original context L; one panel per
-    (dataset, protocol[, stride]). `value`: `ppl` (token-weighted) or `ppl_window_mean`;
-    `ci=True` shades the bootstrap interval (ppl only). Non-finite values are left out."""
+    """Perplexity against context length (the paper's Figure 1).
+
+    One line per (method, factor) (and per model / run when those vary), log y, a dashed vertical
+    line at each original context L; one panel per (dataset, protocol[, stride]). Non-finite
+    values are left out.
+
+    Args:
+        frame: perplexity.csv rows.
+        value: the column to draw: `ppl` (token-weighted) or `ppl_window_mean`.
+        ci: shade the bootstrap interval `ppl_ci_low/high` (ppl only).
+        ylim: fixed y range.
+        title: a figure title.
+    """
     frame = frame.copy()
     if frame.empty:
         return _empty_figure("no perplexity rows")
@@ -199,7 +199,7 @@ def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = False,
     stride_varies = ("stride" in frame
                      and frame.groupby(["dataset", "protocol"])["stride"].nunique().gt(1).any())
     panel_columns = ["dataset", "protocol"] + (["stride"] if "stride" in frame else [])
-    panels = _panels(frame, panel_columns)
+    panels = ordered_groups(frame, panel_columns)
     fig, axes = _new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(7.0, 4.8))
     extra = _extra_keys(frame)
     styler = _Styler(frame)
@@ -328,9 +328,12 @@ def _task_text(task: str, metric: str, fewshot=None) -> str:
 
 
 def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
-    """Grouped bars: one group per (task, metric), methods side by side with base first
-    (grey, hatched) and a dashed base level across each group; error bars from `stderr`.
-    Bar heights are the `value`s as stored."""
+    """Leaderboard scores as grouped bars.
+
+    One group per (task, metric), methods side by side with base first (grey, hatched) and a
+    dashed base level across each group; error bars from `stderr`. Bar heights are the `value`s
+    as stored.
+    """
     if frame.empty:
         return _empty_figure("no leaderboard rows")
     frame = frame.copy()
@@ -384,41 +387,32 @@ def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
 
 def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = None,
                            value: str = "ppl") -> Figure:
-    """Perplexity against √(1/t) for several s, one line per s (from static-YaRN rows, x read from
-    `yarn:attention_factor=X` labels, 0.1·ln(s)+1 for plain `yarn`), a star at each line's
-    minimum and a dotted vertical line at the formula value 0.1·ln(s)+1. Uses the rows of one
-    context length: `context_length`, or the only one, or the largest one every s has.
-    One panel per (dataset, protocol)."""
-    rows = temperature_rows(frame)
-    if rows.empty:
-        return _empty_figure("no YaRN rows to sweep")
-    rows = rows.copy()
-    rows[value] = pd.to_numeric(rows[value], errors="coerce")
-    rows = rows[np.isfinite(rows[value])]
-    if context_length is None:
-        context_length = sweep_length(rows)
-    rows = rows[rows["context_length"].astype(float) == float(context_length)]
-    if rows.empty:
-        return _empty_figure(f"no YaRN rows at context length {context_length}")
-    panels = _panels(rows, ["dataset", "protocol"])
+    """Perplexity against √(1/t) for several s (`tables.temperature_sweep`).
+
+    One line per s (static-YaRN rows: x read from `yarn:attention_factor=X` labels, 0.1·ln(s)+1
+    for plain `yarn`), a star at each line's minimum and a dotted vertical line at the formula
+    value 0.1·ln(s)+1; one panel per (dataset, protocol). Uses the rows of one context length:
+    `context_length`, or the only one, or the largest one every s has.
+    """
+    length, curves = tables.temperature_sweep(frame, context_length, value)
+    if curves.empty:
+        return _empty_figure("no YaRN rows to sweep" if context_length is None
+                             else f"no YaRN rows at context length {context_length}")
+    panels = ordered_groups(curves, ["dataset", "protocol"])
     fig, axes = _new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(6.4, 4.6))
-    extra = _extra_keys(rows)
+    extra = _extra_keys(curves)
     cmap_colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
                    "tab:gray", "tab:olive", "tab:cyan"]
-    factor_list = sorted({float(f) for f in rows["factor"]})
+    factor_list = sorted({float(f) for f in curves["factor"]})
     for ax, (key, panel) in zip(axes, panels):
-        keys = extra + ["factor", "variant"]
-        groups = sorted(panel.groupby(keys, sort=False), key=lambda kg: (tuple(str(v) for v in kg[0][:-2]),
-                                                                          float(kg[0][-2]), kg[0][-1]))
+        groups = ordered_groups(panel, extra + ["factor", "variant"])
         for n, (gkey, group) in enumerate(groups):
-            gkey = dict(zip(keys, gkey))
             s = float(gkey["factor"])
-            group = group.groupby("sqrt_inv_t", as_index=False)[value].mean().sort_values("sqrt_inv_t")
             slot = factor_list.index(s) if len(groups) == len(factor_list) else n
             color = cmap_colors[slot % len(cmap_colors)]
             x = group["sqrt_inv_t"].to_numpy(dtype=float)
-            y = group[value].to_numpy(dtype=float)
-            best = int(np.argmin(y))
+            y = group["value"].to_numpy(dtype=float)
+            best = int(np.flatnonzero(group["best"].to_numpy())[0])
             prefix = " / ".join(str(gkey[c]) for c in extra)
             label = f"s={format_number(s)}"
             if gkey["variant"] != "yarn":
@@ -434,7 +428,7 @@ def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = Non
         ax.set_xlabel("√(1/t)  (YaRN attention factor; star: minimum, dotted: 0.1·ln(s)+1)")
         ax.set_ylabel(PPL_YLABEL)
         dataset, protocol = key.get("dataset", ""), key.get("protocol", "")
-        ax.set_title(f"{dataset} ({protocol}), context {_length_text(context_length)}")
+        ax.set_title(f"{dataset} ({protocol}), context {_length_text(length)}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", frameon=False)
     return fig
@@ -445,10 +439,14 @@ def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = Non
 # ---------------------------------------------------------------------------------------------
 
 def plot_run(results_dir: str | os.PathLike) -> list[Path]:
-    """Every figure the folder's tables allow, written to `<dir>/figures/<name>.png|pdf`:
+    """Writes every figure the folder's tables allow to `<dir>/figures/<name>.png|pdf`.
+
     `perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a sweep
     exists), `temperature`, `passkey`, `leaderboard`. Missing or empty tables are skipped.
-    Returns the written paths."""
+
+    Returns:
+        The written paths.
+    """
     results_dir = Path(results_dir)
     figures = results_dir / "figures"
     written: list[Path] = []
@@ -469,8 +467,3 @@ def plot_run(results_dir: str | os.PathLike) -> list[Path]:
     if not leaderboard.empty:
         written += save_figure(plot_leaderboard(leaderboard), figures / "leaderboard")
     return written
-
-
-def plot_runs(results_dirs: Iterable[str | os.PathLike]) -> dict[Path, list[Path]]:
-    """`plot_run` over several folders."""
-    return {Path(d): plot_run(d) for d in results_dirs}

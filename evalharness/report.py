@@ -36,6 +36,7 @@ from .tables import (
     perplexity_ratios,
     read_table,
     task_display,
+    temperature_sweep,
     varying,
 )
 
@@ -275,6 +276,29 @@ def _ratio_table(ratios: pd.DataFrame, block_key: dict, lengths: Sequence[float]
             markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
 
 
+def _temperature_section(ppl: pd.DataFrame) -> list[str]:
+    length, curves = temperature_sweep(ppl)
+    if curves.empty or curves.groupby(["dataset", "protocol", "factor", "variant"]).size().max() < 2:
+        return []
+    keys = [c for c in ("run", "model", "dataset", "protocol", "factor", "variant") if c in curves.columns]
+    rows = []
+    for key, curve in ordered_groups(curves, keys):
+        best = curve[curve["best"]].iloc[0]
+        at_formula = curve[np.isclose(curve["sqrt_inv_t"], curve["formula"])]
+        label = f"s={format_number(key['factor'])}"
+        if key["variant"] != "yarn":
+            label += " (" + key["variant"].split(":", 1)[1] + ")"
+        rows.append([f"{key['dataset']}, {key['protocol']}", label, f"{best['formula']:.3f}",
+                     f"{best['sqrt_inv_t']:.3g}", fmt_ppl(best["value"]),
+                     fmt_ppl(at_formula["value"].iloc[0]) if len(at_formula) else "—"])
+    return ["## Attention temperature", "",
+            f"- Perplexity of static YaRN at {fmt_length(length)} tokens against √(1/t), the factor on cos "
+            "and sin; best: the √(1/t) with the lowest perplexity among those run.",
+            "- Formula: the paper's 0.1·ln(s)+1 (— when no run used it).", "",
+            markdown_table(["data", "s", "formula", "best √(1/t)", "ppl at best", "ppl at formula"], rows,
+                           align=["l", "l", "r", "r", "r", "r"]), ""]
+
+
 def _scoring_text(passkey: pd.DataFrame) -> str:
     rules = sorted({str(v) for v in passkey["scoring"].dropna()}) if "scoring" in passkey else []
     return f" (scoring: {', '.join(rules)})" if rules else ""
@@ -442,6 +466,7 @@ def build_report(results_dir: str | os.PathLike, seed: int = 0) -> str:
     ppl = load_perplexity(results_dir)
     if not ppl.empty:
         lines += _perplexity_section(ppl, read_table(results_dir, "perplexity_docs"), seed)
+        lines += _temperature_section(ppl)
     passkey = read_table(results_dir, "passkey")
     if not passkey.empty:
         lines += _passkey_section(passkey, seed)

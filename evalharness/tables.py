@@ -479,6 +479,42 @@ def sweep_length(rows: pd.DataFrame) -> float:
     return max(shared) if shared else lengths[-1]
 
 
+def temperature_sweep(frame: pd.DataFrame, context_length: float | None = None,
+                      value: str = "ppl") -> tuple[float, pd.DataFrame]:
+    """The attention-temperature curves of a perplexity frame at one context length.
+
+    Args:
+        frame: perplexity rows; the static-YaRN ones are used (`temperature_rows`).
+        context_length: the length to show; default `sweep_length` of the rows.
+        value: the perplexity column.
+
+    Returns:
+        (the length, one row per curve point): run / model when present, `dataset`, `protocol`,
+        `factor`, `variant`, `sqrt_inv_t`, `value` (the mean over rows with the same point),
+        `formula` = 0.1·ln(s)+1 and `best` (the curve's minimum). Curves in display order, points
+        by √(1/t). Non-finite values are left out.
+    """
+    keys = [c for c in ("run", "model") if c in frame.columns] + ["dataset", "protocol", "factor", "variant"]
+    columns = keys + ["sqrt_inv_t", "value", "formula", "best"]
+    rows = temperature_rows(frame)
+    if not rows.empty:
+        rows = rows.assign(value=pd.to_numeric(rows[value], errors="coerce"))
+        rows = rows[np.isfinite(rows["value"])]
+    if rows.empty:
+        return (math.nan if context_length is None else float(context_length)), pd.DataFrame(columns=columns)
+    length = sweep_length(rows) if context_length is None else float(context_length)
+    rows = rows[rows["context_length"].astype(float) == length]
+    curves = []
+    for key, group in ordered_groups(rows, keys):
+        points = group.groupby("sqrt_inv_t", as_index=False)["value"].mean().sort_values("sqrt_inv_t")
+        points = points.assign(**key, formula=yarn_mscale(float(key["factor"])), best=False)
+        points.loc[points["value"].idxmin(), "best"] = True
+        curves.append(points)
+    if not curves:
+        return length, pd.DataFrame(columns=columns)
+    return length, pd.concat(curves, ignore_index=True)[columns]
+
+
 # ---------------------------------------------------------------------------------------------
 # Passkey
 # ---------------------------------------------------------------------------------------------

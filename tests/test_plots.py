@@ -267,7 +267,8 @@ def test_report_has_the_papers_tables_failed_cells_and_figures(run_folder):
     assert "n = 9 prompts per cell" in text and "Wilson 95 % score interval" in text
     assert "longest tested length with accuracy ≥ 80%" in text
     eight_of_nine = "88.9 [56.5, 98.0]"  # Wilson 8/9: (0.5650, 0.9801)
-    base_row = f"| Base | {eight_of_nine} | {eight_of_nine} | 0.0 [0.0, 29.9] | 128 | 59.3 [40.7, 75.5] (n=27) |"
+    base_row = (f"| Base | {eight_of_nine} | {eight_of_nine} | 0.0 [0.0, 29.9] | 128 "
+                "| 59.3 [40.7, 75.5] (n=27) |")
     assert base_row in text
     assert f"| YaRN s=2 | 100.0 [70.1, 100.0] | 100.0 [70.1, 100.0] | {eight_of_nine} | 256 |" in text
     # paired difference to base: yarn retrieves every key base retrieves at 256, and 8 more of 9
@@ -334,3 +335,13 @@ def test_plots_and_report_only_read_a_run_folder_being_written(run_folder):
     write_report(run_folder)
     assert in_flight.exists()
     assert {p.name for p in run_folder.iterdir()} - before == {"figures", "report.md"}
+
+
+def test_report_shows_the_temperature_sweep(tmp_path):
+    folder = tmp_path / "sweep"
+    ResultStore(folder).replace("perplexity", sweep_frame())
+    text = write_report(folder, figures=False).read_text()
+    assert "## Attention temperature" in text and "0.1·ln(s)+1" in text
+    at_formula = {s: 10 + 100 * (0.1 * math.log(s) + 1 - best) ** 2 for s, best in ((2, 1.1), (4, 1.15))}
+    assert f"| d1, truncated | s=2 | 1.069 | 1.1 | 10.00 | {at_formula[2]:.2f} |" in text
+    assert f"| d1, truncated | s=4 | 1.139 | 1.15 | 10.00 | {at_formula[4]:.2f} |" in text

@@ -75,9 +75,9 @@ def test_tables_plots_and_registry_facts_work_with_torch_unimportable(tmp_path):
         assert len(ppl) == 4, ppl
         assert tables.passkey_effective_context(tables.read_table({str(tmp_path / 'run')!r}, "passkey"))[
             "effective_context"].tolist() == [4096.0]
-        paths = plots.plot_run({str(tmp_path / 'run')!r})
-        assert sorted(p.name for p in paths) == ["passkey.pdf", "passkey.png", "perplexity.pdf",
-                                                 "perplexity.png"]
+        figure = plots.plot_perplexity(ppl)
+        assert [line.get_label() for line in figure.axes[0].lines if line.get_gid() == "series"] == [
+            "Base", "YaRN s=2"]
         text = report.build_report({str(tmp_path / 'run')!r})
         assert "## Passkey retrieval" in text and "Ratio to Base" in text
         assert "torch" not in sys.modules or sys.modules["torch"] is None
@@ -85,7 +85,7 @@ def test_tables_plots_and_registry_facts_work_with_torch_unimportable(tmp_path):
     """)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            timeout=300)
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
 
@@ -346,3 +346,36 @@ def test_leaderboard_means_and_deltas():
     assert means.loc["base", "mean"] == pytest.approx(0.45) and means.loc["yarn", "n_tasks"] == 1
     (delta,) = T.leaderboard_deltas(frame, reference="base").to_dict("records")
     assert (delta["method"], delta["task"]) == ("yarn", "mmlu") and delta["delta"] == pytest.approx(-0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention temperature
+# ---------------------------------------------------------------------------------------------
+
+def test_temperature_sweep_curves_have_their_minimum_and_the_formula():
+    rows = []
+    for s, best in ((2.0, 1.1), (4.0, 1.2)):
+        for x in (1.0, 1.1, 1.2, 1.3):
+            for length in (128, 256):
+                value = 10 + 100 * (x - best) ** 2 if length == 256 else 50.0
+                rows.append(dict(model="m", method=f"yarn:attention_factor={x}", factor=s, original_ctx=64,
+                                 dataset="d", protocol="truncated", context_length=length, ppl=value))
+        rows.append(dict(model="m", method="yarn", factor=s, original_ctx=64, dataset="d",
+                         protocol="truncated", context_length=256, ppl=7.0 + s))
+    rows.append(dict(model="m", method="base", factor=1.0, original_ctx=64, dataset="d", protocol="truncated",
+                     context_length=256, ppl=30.0))
+    length, curves = T.temperature_sweep(pd.DataFrame(rows))
+    assert length == 256  # the largest length every s has
+    assert [(k["factor"]) for k, _ in T.ordered_groups(curves, ["factor", "variant"])] == [2.0, 4.0]
+    two = curves[curves["factor"] == 2.0]
+    assert two["sqrt_inv_t"].tolist() == pytest.approx(sorted([1.0, 1.1, 1.2, 1.3, 0.1 * math.log(2) + 1]))
+    assert (two["formula"] == yarn_mscale(2.0)).all()
+    # plain `yarn` sits at the formula's √(1/t) with its own perplexity, and is the minimum here
+    (best,) = two[two["best"]].to_dict("records")
+    assert best["sqrt_inv_t"] == pytest.approx(0.1 * math.log(2) + 1) and best["value"] == 9.0
+    four = curves[(curves["factor"] == 4.0) & curves["best"]]
+    assert four["value"].item() == 10.0 and four["sqrt_inv_t"].item() == pytest.approx(1.2)
+    length, at_128 = T.temperature_sweep(pd.DataFrame(rows), context_length=128)
+    assert length == 128 and (at_128["value"] == 50.0).all()
+    assert T.temperature_sweep(pd.DataFrame(rows[-1:]))[1].empty  # base only: nothing to sweep
+    assert T.temperature_sweep(pd.DataFrame(rows), context_length=512)[1].empty
