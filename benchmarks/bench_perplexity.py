@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--phase", phase]
         print(f"[bench] {phase} …", file=sys.stderr, flush=True)
         proc = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
+        line = next((row for row in proc.stdout.splitlines() if row.startswith("BENCH ")), None)
         if proc.returncode != 0 or line is None:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             print(f"[bench] {phase} failed: {' | '.join(tail)}", file=sys.stderr)

@@ -121,7 +121,8 @@ def sliding_window_setup(model, option, lengths: list[int], tasks: list[str]) ->
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="smollm2-135m",
-                   help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF) or random:NAME (tiny, llama2-7b, ...)")
+                   help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF) or random:NAME (tiny, "
+                        "llama2-7b, ...)")
     g.add_argument("--dtype", default="auto", help="auto (cuda→bf16, cpu→fp32), float32, bfloat16, float16")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--attn-impl", default=None, help="attention implementation: sdpa, eager, flash_attention_2")
@@ -161,9 +162,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperatures", default=None,
                    help="temperature-sweep: grid of YaRN attention factors sqrt(1/t), start:stop:step or list "
                         f"(default {DEFAULT_TEMPERATURES})")
-    g.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: 256 MB of logits)")
+    g.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: 256 MB of "
+                                                                "logits)")
     g = p.add_argument_group("passkey")
-    g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1] (--lengths are the prompt lengths)")
+    g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1] (--lengths are "
+                                                          "the prompt lengths)")
     g.add_argument("--trials", type=int, default=1, help="trials (keys) per (length, depth)")
     g = p.add_argument_group("leaderboard (lm-eval)")
     g.add_argument("--leaderboard-tasks", default="arc_challenge,hellaswag,mmlu,truthfulqa_mc2",
@@ -224,7 +227,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         raise UsageError("methods needs --model, or all of --rotary-dim, --rope-theta and --original-ctx.")
     specs = build_specs(args.method, args.factor, native)
     seq_len = args.seq_len or 2 * native
-    header = f"{'spec':<16}{'s':>7}{'ramp':>10}{'inv_freq[0]':>13}{'inv_freq[-1]':>14}{'max λ':>12}{'interp.':>9}{'attn':>8}"
+    header = (f"{'spec':<16}{'s':>7}{'ramp':>10}{'inv_freq[0]':>13}{'inv_freq[-1]':>14}{'max λ':>12}"
+              f"{'interp.':>9}{'attn':>8}")
     print(f"|D|={rotary_dim}, b={theta:g}, L={native}; dynamic methods shown at l={seq_len}")
     print(header)
     for spec in specs:

@@ -277,20 +277,23 @@ class TextFolderSource(_FileListSource):
         """``(relative path, path)`` of every .txt file, sorted."""
         found = [p for p in self.root.rglob("*.txt") if p.is_file()]
         if not found:
-            raise CorpusError(f"local corpus folder '{self.root}' contains no .txt files; put one document per .txt file there.")
+            raise CorpusError(f"local corpus folder '{self.root}' contains no .txt files; put one document per .txt "
+                              f"file there.")
         return _relative_files(self.root, found)
 
 
 def _missing_field_error(path: Path, field: str, fields: Iterable[str], where: str = "") -> CorpusError:
     """Error naming the requested field and the fields that exist."""
     names = ", ".join(repr(f) for f in fields) or "none"
-    return CorpusError(f"text field {field!r} is not in {path}{where}; fields present: {names} (choose one with text_field).")
+    return CorpusError(f"text field {field!r} is not in {path}{where}; fields present: {names} (choose one with "
+                       f"text_field).")
 
 
 def _check_text_value(value: object, path: Path, field: str, row: int) -> str:
     """Return ``value`` if it is a string, else raise naming the row."""
     if not isinstance(value, str):
-        raise CorpusError(f"field {field!r} of row {row} in {path} is {type(value).__name__}, not text; pick a text field.")
+        raise CorpusError(f"field {field!r} of row {row} in {path} is {type(value).__name__}, not text; pick a text "
+                          f"field.")
     return value
 
 
@@ -336,9 +339,11 @@ class JsonlSource(_SingleFileSource):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CorpusError(f"line {index} of {self.path} is not valid JSON ({exc.msg}); each line must be one JSON object.") from None
+            raise CorpusError(f"line {index} of {self.path} is not valid JSON ({exc.msg}); each line must be one "
+                              f"JSON object.") from None
         if not isinstance(record, dict):
-            raise CorpusError(f"line {index} of {self.path} is a JSON {type(record).__name__}, not an object; each line must be one JSON object.")
+            raise CorpusError(f"line {index} of {self.path} is a JSON {type(record).__name__}, not an object; each "
+                              f"line must be one JSON object.")
         return record
 
 
@@ -605,7 +610,8 @@ def get_corpus(name: str) -> CorpusSource:
         return CORPORA[name]
     except KeyError:
         valid = ", ".join(available_corpora())
-        raise CorpusError(f"unknown corpus {name!r}; valid names are {valid}, or local:PATH for a folder of .txt files, a .jsonl or a .parquet file.") from None
+        raise CorpusError(f"unknown corpus {name!r}; valid names are {valid}, or local:PATH for a folder of .txt "
+                          f"files, a .jsonl or a .parquet file.") from None
 
 
 def _primed(documents: Iterator[Document]) -> Iterator[Document]:

@@ -163,7 +163,7 @@ def decoder_peak_bytes(shape: ModelShape, b: int, length: int, attn_impl: str | 
       (pre-softmax scores b, their fp32 copy 4, fp32 softmax 4) and nh·T²·8 in float32.
     - gated MLP: residual and norm output 2·T·H·b + 3·T·I·b (act(gate), up, their product).
     """
-    T, H, Q, K, I = length, shape.hidden, shape.q_width, shape.kv_width, shape.intermediate
+    T, H, Q, K, I = length, shape.hidden, shape.q_width, shape.kv_width, shape.intermediate  # noqa: E741 (the formulas' symbols)
     resident = 2 * INT64 * T + 2 * T * shape.head_dim * b + (2 if shape.layers > 1 else 1) * T * H * b
     norm = T * H * b + 8 * T * H
     if _attention_kind(attn_impl) == "eager":

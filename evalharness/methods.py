@@ -29,7 +29,6 @@ from .method_facts import (
 )
 
 
-
 class MethodError(EvalHarnessError, ValueError):
     """A scaling spec that does not make sense (unknown method, bad factor, ...)."""
 

@@ -694,7 +694,8 @@ def _load_gguf(path: Path, cache_dir: Path, model_kwargs: dict[str, Any], tok_kw
         return _load_pretrained(str(folder), model_kwargs, tok_kwargs)
     except OSError as exc:
         raise ModelLoadError(
-            f"cached conversion {str(folder)!r} of {str(path)!r} is unreadable ({_first_line(exc)}); delete it and retry"
+            f"cached conversion {str(folder)!r} of {str(path)!r} is unreadable ({_first_line(exc)}); delete it and "
+            f"retry"
         ) from exc
 
 

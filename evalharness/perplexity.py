@@ -135,7 +135,8 @@ def with_bos(doc_ids: torch.Tensor, bos_id: int | None) -> torch.Tensor:
     return torch.cat([torch.tensor([bos_id], dtype=torch.long), doc_ids])
 
 
-def truncated_nll(model, doc_ids: torch.Tensor, length: int, bos_id: int | None, chunk_size: int | None = None) -> torch.Tensor:
+def truncated_nll(model, doc_ids: torch.Tensor, length: int, bos_id: int | None,
+                  chunk_size: int | None = None) -> torch.Tensor:
     """Per-token NLL of the first `length`-token window of a document (BOS included in the
     length): a tensor of `length`−1 values on CPU; entry i scores window token i+1."""
     sequence = with_bos(doc_ids, bos_id)
@@ -184,7 +185,8 @@ def sliding_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
 
 
 def sliding_scores(model, doc_ids: torch.Tensor, window: int, stride: int, bos_id: int | None,
-                   chunk_size: int | None = None, before_window: Callable[[int], None] | None = None) -> list[WindowScore]:
+                   chunk_size: int | None = None,
+                   before_window: Callable[[int], None] | None = None) -> list[WindowScore]:
     """Sliding-window protocol over a whole document: one WindowScore per window.
     `before_window(n_tokens)` is called before each window's forward (progress reporting)."""
     sequence = with_bos(doc_ids, bos_id)
@@ -302,7 +304,8 @@ class PerplexityCells(Task):
         from .corpora import dataset_label
 
         args = inputs.args
-        task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(inputs.lengths), args.stride or 0, args.chunk_size)
+        task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(inputs.lengths), args.stride or 0,
+                              args.chunk_size)
         return cls(session.model_name, session.info.bos_token_id, cls.specs_of(inputs), inputs.documents(), task,
                    args.seed)
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .errors import EvalHarnessError
-from .methods import ScalingSpec, native_display, native_type_is_dynamic, ntk_aware_base, rope_frequencies
+from .methods import ScalingSpec, native_display, ntk_aware_base, rope_frequencies
 
 _ORIGINAL = "_evalharness_original_rotary"
 _NATIVE_CTX = "_evalharness_native_ctx"

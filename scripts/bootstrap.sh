@@ -58,6 +58,8 @@ case "$cmd" in
     apt_packages
     python_env
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+    say "ruff check (lint config in pyproject.toml)"
+    "$PY" -m ruff check .
     exec "$PY" -m pytest -q "$@"
     ;;
   *)

@@ -9,7 +9,6 @@ import transformers
 
 from evalharness import cli
 
-
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
@@ -71,7 +70,8 @@ CASES = [
     ("factor negative", {"factor": "-2"}, "factor '-2' must be > 0"),
     ("factor below 1", {"method": "yarn", "factor": "0.5"}, "factor 0.5 is < 1"),
     ("original context zero", {"original_ctx": "0"}, "--original-ctx 0 must be ≥ 1"),
-    ("dynamic below L only", {"method": "dynamic-yarn", "lengths": "64,128"}, "dynamic-yarn equals base at every length"),
+    ("dynamic below L only", {"method": "dynamic-yarn", "lengths": "64,128"}, "dynamic-yarn equals base at every "
+                                                                              "length"),
     ("lengths decreasing", {"lengths": "256,128"}, "must be strictly increasing"),
     ("length zero", {"lengths": "0,128"}, "must all be ≥ 2 tokens"),
     ("lengths not a count", {"lengths": "lots"}, "'lots' is not a token count"),
@@ -90,9 +90,12 @@ CASES = [
     ("docs and sample", {"docs": "1", "sample": "1"}, "exclude each other"),
     ("stride without sliding", {"stride": "64"}, "--stride only applies with --protocol sliding"),
     ("passkey trials zero", {"tasks": "passkey", "lengths": "300,400", "trials": "0"}, "--trials 0 must be ≥ 1"),
-    ("stride above window", {"protocol": "sliding", "lengths": "64,128", "stride": "100"}, "larger than the smallest window"),
-    ("unknown lm-eval task", {"tasks": "leaderboard", "leaderboard_tasks": "arc_chalenge"}, "unknown lm-eval task 'arc_chalenge'"),
-    ("task YAML missing", {"tasks": "leaderboard", "leaderboard_tasks": "{root}/mine.yaml"}, "mine.yaml does not exist"),
+    ("stride above window", {"protocol": "sliding", "lengths": "64,128", "stride": "100"}, "larger than the "
+                                                                                           "smallest window"),
+    ("unknown lm-eval task", {"tasks": "leaderboard", "leaderboard_tasks": "arc_chalenge"}, "unknown lm-eval task "
+                                                                                            "'arc_chalenge'"),
+    ("task YAML missing", {"tasks": "leaderboard", "leaderboard_tasks": "{root}/mine.yaml"},
+     "mine.yaml does not exist"),
     ("passkey prompt too short", {"tasks": "passkey", "lengths": "200,400"}, "shorter than the prompt without filler"),
     ("temperature grid", {"tasks": "temperature-sweep", "temperatures": "1:x:0.1"}, "start:stop:step"),
     ("GGUF cut off in its header", {"model": "{root}/cut.gguf"}, "cut.gguf' (100 bytes) is truncated"),

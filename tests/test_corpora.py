@@ -488,7 +488,8 @@ def test_hf_documents_from_loaded_dataset(monkeypatch, byte_tok, cache):
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     docs = list(iter_documents("govreport"))
-    assert calls == [("tau/scrolls", "gov_report", "test", False), ("ccdv/govreport-summarization", None, "test", False)]
+    assert calls == [("tau/scrolls", "gov_report", "test", False),
+                     ("ccdv/govreport-summarization", None, "test", False)]
     assert [(d.doc_id, d.text) for d in docs] == [("test/0", "r0"), ("test/1", "report one")]
     assert [d.text for d in iter_documents("govreport", text_field="summary")] == ["s", "ss"]
     with pytest.raises(CorpusError, match=r"'input'.*'report', 'summary'"):
@@ -506,5 +507,6 @@ def test_hf_non_connection_error_is_reported(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", broken)
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
-    with pytest.raises(CorpusError, match=r"could not load HF dataset 'emozilla/pg19-test'.*ValueError: bad split test"):
+    with pytest.raises(CorpusError, match=r"could not load HF dataset 'emozilla/pg19-test'.*ValueError: bad split "
+                                           "test"):
         iter_documents("pg19")

@@ -8,11 +8,10 @@ import json  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from test_corpora import make_byte_tokenizer  # noqa: E402
 
 from evalharness import cli, corpora, hub  # noqa: E402
 from evalharness.corpora import CorpusError, dataset_label, iter_documents, load_corpus  # noqa: E402
-
-from test_corpora import make_byte_tokenizer  # noqa: E402
 
 # Rows in each dataset's hub layout; the text field differs per dataset (SCROLLS: `input`).
 HUB_ROWS = {

@@ -24,7 +24,8 @@ def write_jsonl(path, rows):
 
 def arc_rows(n, prefix):
     labels = ["A", "B", "C", "D"]
-    return [{"id": f"{prefix}-{i}", "question": f"Which of these would a student use to measure item {i} of set {prefix}?",
+    return [{"id": f"{prefix}-{i}", "question": f"Which of these would a student use to measure item {i} of set "
+                                                f"{prefix}?",
              "choices": {"text": [f"a ruler {i}", f"a scale {i}", f"a clock {i}", f"a jar {i}"], "label": labels},
              "answerKey": labels[i % 4]} for i in range(n)]
 
@@ -105,7 +106,8 @@ def test_default_max_length():
 def test_plan_tasks(tmp_path):
     (tmp_path / "mmlu").mkdir()
     plans = {p.requested: p for p in lb.plan_tasks(["arc_challenge", "mmlu", "passkey_local", "winogrande"], tmp_path)}
-    assert (plans["arc_challenge"].kind, plans["arc_challenge"].name) == ("hub", "arc_challenge")  # no DIR/arc_challenge
+    # no DIR/arc_challenge: the hub task
+    assert (plans["arc_challenge"].kind, plans["arc_challenge"].name) == ("hub", "arc_challenge")
     assert (plans["mmlu"].kind, plans["mmlu"].name, plans["mmlu"].metric) == ("mirror", "mmlu_local", "acc_macro")
     assert plans["mmlu"].num_fewshot == 5
     assert plans["passkey_local"].kind == "mirror" and plans["passkey_local"].metric is None
@@ -144,7 +146,8 @@ def test_macro_mean_differs_from_weighted():
     nested = dict(results, group_subtasks={"mmlu": ["mmlu_stem"], "mmlu_stem": ["mmlu_local_a", "mmlu_local_b"]})
     nested["results"] = {"mmlu": {"acc,none": 0.25}, "mmlu_stem": {"acc,none": 0.25}, **{
         k: v for k, v in results["results"].items() if k != "mmlu_local"}}
-    rows = {(r["task"], r["metric"]): r["value"] for r in lb.result_rows(nested, {}, lb.TaskPlan("mmlu", "mmlu", "hub", 5, "acc_macro"))}
+    plan = lb.TaskPlan("mmlu", "mmlu", "hub", 5, "acc_macro")
+    rows = {(r["task"], r["metric"]): r["value"] for r in lb.result_rows(nested, {}, plan)}
     assert rows["mmlu", "acc_macro"] == 0.5 and rows["mmlu_stem", "acc_weighted"] == 0.25
 
 
@@ -196,7 +199,8 @@ def test_mirrors_end_to_end_and_resume(tiny, data_dir, tmp_path, monkeypatch):
     assert {t for t, _ in rows if t.startswith("mmlu_local_")} == {"mmlu_local_anatomy", "mmlu_local_astronomy"}
     saved = json.loads((tmp_path / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
     assert saved["evalharness"]["max_length"] == 1024 and saved["n-shot"]["arc_challenge_local"] == 25
-    assert saved["evalharness"]["data"]["data_files"]["test"] == [str((data_dir / "arc_challenge" / "test.jsonl").resolve())]
+    test_file = str((data_dir / "arc_challenge" / "test.jsonl").resolve())
+    assert saved["evalharness"]["data"]["data_files"]["test"] == [test_file]
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished cell ran again")
@@ -313,7 +317,8 @@ def test_mirrors_are_lm_evals_own_tasks_with_local_data(data_dir, tmp_path):
     from lm_eval.tasks._yaml_loader import load_yaml
 
     out = lb.copy_tasks(tmp_path / "tasks")
-    for name in ("arc_challenge_local", "hellaswag_local", "mmlu_local", "truthfulqa_mc2_local", "truthfulqa_mc1_local"):
+    mirrors = ("arc_challenge_local", "hellaswag_local", "mmlu_local", "truthfulqa_mc2_local", "truthfulqa_mc1_local")
+    for name in mirrors:
         lb.point_mirror(out, name, data_dir)
     for task, (own_file, overridden) in OWN_TASKS.items():
         (mirror_file,) = out.rglob(f"{task}.yaml")
@@ -346,9 +351,9 @@ def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatc
     assert (out / "lm_eval").is_dir() and len(list((out / "lm_eval").glob("*.json"))) == 4
     saved = json.loads((out / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
     assert saved["evalharness"]["seeds"] == lb.lm_eval_seeds(None)  # no --seed: lm-eval's own seeds
-    given = cli.eval_parser().parse_args(["--model", "random:tiny", "--seed", "0"])
+    given = cli.parse_args(["--model", "random:tiny", "--seed", "0"])
     assert (given.seed, getattr(given, "seed_given", False)) == (0, True)
-    assert getattr(cli.eval_parser().parse_args(["--model", "random:tiny"]), "seed_given", False) is False
+    assert getattr(cli.parse_args(["--model", "random:tiny"]), "seed_given", False) is False
 
 
 def test_wheel_ships_every_task_file(tmp_path):

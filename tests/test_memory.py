@@ -181,7 +181,7 @@ def test_default_chunk_is_the_engines():
 
 def test_hand_worked_7b_at_128k():
     """llama2-7b shape, bf16, 128k tokens, SDPA: every term by hand."""
-    T, H, I, V, L, b = 131072, 4096, 11008, 32000, 32, 2
+    T, H, I, V, L, b = 131072, 4096, 11008, 32000, 32, 2  # noqa: E741 (the formulas' symbols)
     est = memory.estimate_peak_bytes(RANDOM_SHAPES["llama2-7b"], "bfloat16", T)
     n_params = 2 * V * H + H + L * (4 * H * H + 3 * H * I + 2 * H)
     assert n_params == 6_738_415_616  # Llama-2-7B's published parameter count

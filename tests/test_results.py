@@ -2,9 +2,6 @@
 import json
 import math
 
-import pandas as pd
-import pytest
-
 from evalharness.results import SCHEMAS, Manifest, ResultStore
 
 

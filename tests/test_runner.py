@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, subprocess_env, write_corpus
+
 from evalharness import cli, perplexity, runner
 from evalharness.errors import NonFiniteError, UsageError
 from evalharness.methods import ScalingSpec

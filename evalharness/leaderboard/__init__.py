@@ -37,8 +37,19 @@ results → rows, provenance JSON), `run` (`run_leaderboard`), `passkey_data` (p
 from .extract import leaf_tasks, macro_mean, provenance_path, result_rows
 from .lm import wrap_model
 from .mirrors import (
-    DATA_FORMATS, LM_EVAL_TASKS, LOCAL_MIRROR_OF, MIRRORS, TASKS_DIR, Mirror, copy_tasks, lm_eval_tasks_dir,
-    local_data_files, point_mirror, resolve_lm_eval_includes, split_files, write_mmlu_subject_tasks,
+    DATA_FORMATS,
+    LM_EVAL_TASKS,
+    LOCAL_MIRROR_OF,
+    MIRRORS,
+    TASKS_DIR,
+    Mirror,
+    copy_tasks,
+    lm_eval_tasks_dir,
+    local_data_files,
+    point_mirror,
+    resolve_lm_eval_includes,
+    split_files,
+    write_mmlu_subject_tasks,
 )
 from .offline import offline_message
 from .passkey_data import passkey_documents, write_jsonl

@@ -128,7 +128,8 @@ def copy_tasks(out_dir: str | os.PathLike, tasks_dir: str | os.PathLike | None =
     """Copy the harness's task folder (tasks/) to out_dir and resolve its lm-eval includes."""
     source = Path(tasks_dir) if tasks_dir else TASKS_DIR
     if not source.is_dir():
-        raise LeaderboardError(f"the harness's task folder {source} is missing; pass tasks_dir or run from the repository.")
+        raise LeaderboardError(f"the harness's task folder {source} is missing; pass tasks_dir or run from the "
+                               f"repository.")
     out = Path(out_dir)
     shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     resolve_lm_eval_includes(out)
@@ -175,11 +176,13 @@ def _mmlu_subjects(data_config: dict) -> list[str]:
         raise LeaderboardError(f"mmlu_local: cannot read its test split {files.get('test')} ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''}).") from exc
     if "subject" not in test.column_names:
-        raise LeaderboardError(f"mmlu_local: the test split has no 'subject' column (columns: {', '.join(test.column_names)}).")
+        raise LeaderboardError(f"mmlu_local: the test split has no 'subject' column (columns: "
+                               f"{', '.join(test.column_names)}).")
     subjects = sorted(set(test["subject"]))
     bad = [s for s in subjects if not re.fullmatch(r"[a-z0-9_]+", str(s))]
     if bad:
-        raise LeaderboardError(f"mmlu_local: subject names must be lower-case words joined by '_' like cais/mmlu's; got {bad[:3]}.")
+        raise LeaderboardError(f"mmlu_local: subject names must be lower-case words joined by '_' like cais/mmlu's; "
+                               f"got {bad[:3]}.")
     return subjects
 
 

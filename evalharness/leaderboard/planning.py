@@ -82,7 +82,8 @@ def _yaml_plan(path_text: str) -> TaskPlan:
     try:
         config = load_yaml(path, resolve_func=False)  # read only: `!function` tags stay unresolved
     except Exception as exc:  # noqa: BLE001
-        return TaskPlan(path_text, path.stem, "yaml", error=f"cannot read task YAML {path_text} ({type(exc).__name__}: {exc}).")
+        return TaskPlan(path_text, path.stem, "yaml", error=f"cannot read task YAML {path_text} "
+                                                            f"({type(exc).__name__}: {exc}).")
     name = config.get("group") or config.get("task")
     if not isinstance(name, str):
         return TaskPlan(path_text, path.stem, "yaml", error=f"task YAML {path_text} names no `task` or `group`.")

@@ -32,7 +32,8 @@ def _done_cells(done_keys: set) -> tuple[set, set]:
 def _is_done(plan: TaskPlan, key: dict, done: tuple[set, set]) -> bool:
     from ..results import _normalise_key
 
-    base = tuple(_normalise_key(key[c]) for c in ("model", "method", "factor", "original_ctx")) + (_normalise_key(plan.name),)
+    key_columns = ("model", "method", "factor", "original_ctx")
+    base = tuple(_normalise_key(key[c]) for c in key_columns) + (_normalise_key(plan.name),)
     if plan.metric:
         return base + (_normalise_key(plan.metric),) in done[0]
     return base in done[1]
@@ -195,7 +196,8 @@ class LeaderboardCells(Task):
 
 
 def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[str], store, manifest, out_dir,
-                    limit: int | float | dict[str, int] | None = None, batch_size: int = 1, max_length: int | None = None, seed: int | None = None,
+                    limit: int | float | dict[str, int] | None = None, batch_size: int = 1,
+                    max_length: int | None = None, seed: int | None = None,
                     show_progress: bool = True, data_dir: str | os.PathLike | None = None,
                     save_samples: bool = False, bootstrap_iters: int = 1000, shard=None) -> list[str]:
     """Evaluate every (spec, task) cell not already in the store through the runner; return the
