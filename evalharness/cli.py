@@ -152,6 +152,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--protocol", choices=("truncated", "sliding"), default="truncated",
                    help="perplexity protocol: first L tokens per doc, or sliding window L with --stride")
     g.add_argument("--stride", type=parse_count, default=None, help="sliding-window stride S (default 256)")
+    g.add_argument("--window-bos", choices=("every", "first"), default=None,
+                   help="sliding: BOS + L−1 document tokens in every window (the authors' algorithm, default) "
+                        "or BOS only at the document start (the transformers perplexity recipe)")
+    g.add_argument("--position-bucket", type=parse_count, default=None,
+                   help="width in tokens of the loss-by-position buckets (default: original context L / 8)")
     g.add_argument("--docs", type=int, default=None, help="first N documents after the length filter (paper)")
     g.add_argument("--sample", type=int, default=None, help="instead: a seeded random sample of N documents")
     g.add_argument("--min-tokens", type=parse_count, default=None,
@@ -312,6 +317,15 @@ def plan_run(args: argparse.Namespace) -> RunContext:
         if args.stride > min(lengths):
             raise UsageError(f"--stride {args.stride} is larger than the smallest window {min(lengths)}: "
                              "tokens would go unscored.")
+        args.window_bos = args.window_bos or "every"
+        if args.window_bos == "every" and args.stride > min(lengths) - 1:
+            raise UsageError(f"--stride {args.stride} is larger than the {min(lengths) - 1} document tokens the "
+                             f"smallest window {min(lengths)} holds besides its BOS (--window-bos every): "
+                             "tokens would go unscored.")
+    else:
+        args.window_bos = "first"  # truncated: one window per document, BOS at its start
+    if args.position_bucket is not None and args.position_bucket <= 0:
+        raise UsageError(f"--position-bucket {args.position_bucket} must be ≥ 1 token.")
     if args.original_ctx is not None and args.original_ctx <= 0:
         raise UsageError(f"--original-ctx {args.original_ctx} must be ≥ 1.")
     if "leaderboard" in tasks:
@@ -357,6 +371,7 @@ def check_conflicts(args: argparse.Namespace, tasks: list[str]) -> None:
     """Flags that only mean something for a task or protocol that is not asked for."""
     rules = [
         (args.stride is not None and args.protocol != "sliding", "--stride", "--protocol sliding"),
+        (args.window_bos is not None and args.protocol != "sliding", "--window-bos", "--protocol sliding"),
         (args.temperatures is not None and "temperature-sweep" not in tasks, "--temperatures",
          "--tasks temperature-sweep"),
         (args.device_map is not None and args.device not in ("auto", None), "--device-map", "--device auto"),
@@ -408,7 +423,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .plan import describe
     from .results import Manifest, ResultStore
     from .scaling import check_supported, rope_note
-    from .tables import aggregate_perplexity
+    from .tables import aggregate_perplexity, aggregate_positions
 
     shard = parallel.shard_from_env()
     if not args.dry_run:
@@ -470,6 +485,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             parallel.merge_shards(plan.out, shard.world, main_store, main_manifest)
             main_store.derive("perplexity", "perplexity_docs",
                               lambda docs: aggregate_perplexity(docs, seed=args.seed))
+            main_store.derive("perplexity_positions", "perplexity_positions_docs", aggregate_positions)
             failed = list(main_manifest.failed_cells())
         parallel.barrier(shard)
         parallel.shutdown(shard)

@@ -64,7 +64,8 @@ def shutdown(shard: Shard) -> None:
         dist.destroy_process_group()
 
 
-def merge_shards(out: Path, world: int, store, manifest, tables=("perplexity_docs", "passkey", "leaderboard")) -> None:
+def merge_shards(out: Path, world: int, store, manifest,
+                 tables=("perplexity_positions_docs", "perplexity_docs", "passkey", "leaderboard")) -> None:
     """Rank 0, after the barrier: move every shard's rows and cell statuses into `out`, holding
     the folder's lock (shards share it) so nothing is written into a shard while it is merged."""
     from .results import Manifest, ResultStore

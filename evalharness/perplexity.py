@@ -6,15 +6,28 @@ hidden states in chunks of positions, accumulating in float32. The full [T, voca
 exist (at 128k tokens × 32k vocab they would be 17 GB in fp32); only positions that are scored
 pass through the head.
 
-Protocols (YaRN paper §4.3 and the authors' evaluation scripts):
+Protocols (YaRN paper §4.3 and the authors' final `eval/perplexity.py`; documents are token ids
+without special tokens):
 - truncated: for each length L, the first L tokens of the document in one window — BOS (when the
-  tokenizer has one) + L−1 document tokens — scoring every token after the first. Because the
-  model is causal, token t's NLL does not depend on tokens after t, so for a static method one pass
-  at L_max gives the curve at every L ≤ L_max (`truncated_curve`).
-- sliding window L, stride S: the first window scores all its tokens, each next window (shifted by
-  S) scores only its last ≤ S tokens that no earlier window scored (`sliding_windows`).
-Perplexity = exp(Σ nll / Σ scored tokens) (token-weighted); the authors' number averages the
-per-window mean NLLs instead (`WindowScore.mean_nll`).
+  tokenizer has one) + L−1 document tokens — scoring every token after the first (all L−1 document
+  tokens, the first one given BOS alone). Because the model is causal, token t's NLL does not depend
+  on tokens after t, so for a static method one pass at L_max gives the curve at every L ≤ L_max
+  (`truncated_curve`). This is the authors' `--truncate` mode exactly.
+- sliding window L, stride S (`document_windows`), two ways to place BOS:
+  `every` (the authors' algorithm, the default): window k reads BOS + document tokens
+  [k·S, k·S + L−1); it scores the tokens past the previous window's end (the first window scores all
+  of its document tokens, the first one given BOS alone).
+  `first` (the transformers perplexity recipe): BOS once, before the document; windows of L tokens of
+  that sequence start every S tokens; the first scores all its tokens but the first, each later one
+  the tokens past the previous window's end.
+  Without a BOS token both read windows of L document tokens.
+Aggregates of a document (`DocScore`): token-weighted exp(Σ nll / Σ scored tokens), and the authors'
+exp(mean over windows of each window's mean NLL) (`ppl_paper`); `results.aggregate_perplexity` takes
+the latter over all windows of all documents, as the authors do.
+
+Loss by position (`PositionBuckets`): the same per-token NLLs, summed per bucket of positions inside
+the window the model read (position 0 = the window's first token, BOS when there is one), so a
+pass yields the NLL-vs-position curve with no extra forward.
 """
 from __future__ import annotations
 
@@ -46,6 +59,27 @@ class WindowScore:
     @property
     def ppl(self) -> float:
         return math.exp(self.mean_nll)
+
+
+@dataclass(frozen=True)
+class DocScore:
+    """A document's totals under one protocol and length: tokens and NLL over all its windows, and
+    the sum over windows of each window's mean NLL (what the authors average)."""
+
+    scored_tokens: int
+    nll_sum: float
+    n_windows: int
+    window_nll_sum: float
+
+    @property
+    def ppl(self) -> float:
+        """Token-weighted: exp(Σ nll / Σ scored tokens)."""
+        return math.exp(self.nll_sum / self.scored_tokens)
+
+    @property
+    def ppl_paper(self) -> float:
+        """The authors' averaging over this document's windows: exp(mean of window mean NLLs)."""
+        return math.exp(self.window_nll_sum / self.n_windows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +191,9 @@ def truncated_curve(nll: torch.Tensor, lengths: Iterable[int]) -> dict[int, Wind
     return curve
 
 
+WINDOW_BOS = ("every", "first")  # sliding protocol: BOS in every window (authors) | at the document start
+
+
 @dataclass(frozen=True)
 class Window:
     begin: int  # first token of the window (inclusive)
@@ -165,9 +202,9 @@ class Window:
 
 
 def sliding_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
-    """Windows of `window` tokens starting every `stride` tokens until one reaches the end; the
-    first scores all of its tokens but the first, each later one only the tokens past the previous
-    window's end (≤ stride of them)."""
+    """Windows of `window` tokens of one sequence starting every `stride` tokens until one reaches
+    the end; the first scores all of its tokens but the first, each later one only the tokens past
+    the previous window's end (≤ stride of them). The `first` placement of BOS, over BOS + document."""
     if window < 2 or stride < 1:
         raise ValueError(f"window {window} must be ≥ 2 and stride {stride} ≥ 1.")
     if stride > window:
@@ -184,26 +221,114 @@ def sliding_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
     return windows
 
 
+@dataclass(frozen=True)
+class DocumentWindow:
+    """One forward of the sliding protocol in document coordinates: the model reads
+    ([BOS] if `bos`) + doc[begin:end] and scores doc[first_scored:end]."""
+
+    begin: int
+    end: int
+    first_scored: int
+    bos: bool
+
+    def input_ids(self, doc_ids: torch.Tensor, bos_id: int | None) -> torch.Tensor:
+        part = doc_ids.reshape(-1).long()[self.begin : self.end]
+        return with_bos(part, bos_id) if self.bos else part
+
+    @property
+    def first_scored_position(self) -> int:
+        """Position inside the window (0 = its first token) of the first scored token."""
+        return self.first_scored - self.begin + int(self.bos)
+
+
+def authors_windows(n_doc_tokens: int, window: int, stride: int, has_bos: bool) -> list[DocumentWindow]:
+    """The authors' sliding windows (YaRN `eval/perplexity.py`): each window is BOS + the next
+    window−1 document tokens (window tokens when there is no BOS), windows begin every `stride`
+    document tokens, each scores the document tokens past the previous window's end; the first
+    scores all of its document tokens (all but the first without BOS), the last reaches the end."""
+    doc_per_window = window - int(has_bos)
+    if doc_per_window < 1 or window < 2 or stride < 1:
+        raise ValueError(f"window {window} must be ≥ 2 and stride {stride} ≥ 1.")
+    if stride > doc_per_window:
+        raise ValueError(f"stride {stride} is larger than the {doc_per_window} document tokens a window of "
+                         f"{window} holds: tokens would go unscored.")
+    windows, previous_end = [], 0
+    for begin in range(0, n_doc_tokens, stride):
+        end = min(begin + doc_per_window, n_doc_tokens)
+        first = max(previous_end, begin + (0 if has_bos else 1))
+        if end > first:
+            windows.append(DocumentWindow(begin, end, first, has_bos))
+        previous_end = end
+        if end == n_doc_tokens:
+            break
+    return windows
+
+
+def document_windows(n_doc_tokens: int, window: int, stride: int, has_bos: bool,
+                     window_bos: str = "every") -> list[DocumentWindow]:
+    """The sliding protocol's windows for one document, BOS placed per `window_bos` (`WINDOW_BOS`)."""
+    if window_bos == "every":
+        return authors_windows(n_doc_tokens, window, stride, has_bos)
+    if window_bos != "first":
+        raise ValueError(f"window_bos {window_bos!r} is not one of {', '.join(WINDOW_BOS)}.")
+    shift = int(has_bos)  # sequence index j is document token j − shift
+    return [DocumentWindow(max(w.begin - shift, 0), w.end - shift, w.first_scored - shift, has_bos and w.begin == 0)
+            for w in sliding_windows(n_doc_tokens + shift, window, stride)]
+
+
+class PositionBuckets:
+    """NLL totals per bucket [k·width, (k+1)·width) of positions inside the window the model read;
+    float64 sums, integer token counts."""
+
+    def __init__(self, width: int):
+        if width < 1:
+            raise ValueError(f"position bucket width {width} must be ≥ 1.")
+        self.width = width
+        self.tokens = torch.zeros(0, dtype=torch.long)
+        self.nll_sum = torch.zeros(0, dtype=torch.float64)
+
+    def add(self, nll: torch.Tensor, first_position: int) -> None:
+        """Token NLLs at consecutive window positions first_position, first_position + 1, …"""
+        if nll.numel() == 0:
+            return
+        bucket = torch.arange(first_position, first_position + nll.numel()) // self.width
+        size = max(int(bucket[-1]) + 1, self.tokens.numel())
+        self.tokens = _grown(self.tokens, size) + torch.bincount(bucket, minlength=size)
+        self.nll_sum = _grown(self.nll_sum, size).index_add(0, bucket, nll.detach().cpu().double())
+
+    def rows(self) -> list[dict]:
+        """One row per non-empty bucket: position_start, position_end (exclusive), tokens, nll_sum, mean_nll."""
+        return [dict(position_start=k * self.width, position_end=(k + 1) * self.width, tokens=int(n),
+                     nll_sum=float(total), mean_nll=float(total) / int(n))
+                for k, (n, total) in enumerate(zip(self.tokens.tolist(), self.nll_sum.tolist())) if n]
+
+
+def _grown(values: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.cat([values, values.new_zeros(size - values.numel())]) if size > values.numel() else values
+
+
 def sliding_scores(model, doc_ids: torch.Tensor, window: int, stride: int, bos_id: int | None,
-                   chunk_size: int | None = None,
-                   before_window: Callable[[int], None] | None = None) -> list[WindowScore]:
-    """Sliding-window protocol over a whole document: one WindowScore per window.
-    `before_window(n_tokens)` is called before each window's forward (progress reporting)."""
-    sequence = with_bos(doc_ids, bos_id)
+                   chunk_size: int | None = None, before_window: Callable[[int], None] | None = None, *,
+                   window_bos: str = "every", positions: PositionBuckets | None = None) -> list[WindowScore]:
+    """Sliding-window protocol over a whole document: one WindowScore per window, BOS per
+    `window_bos`. `before_window(n_tokens)` is called before each window's forward (progress
+    reporting); `positions`, when given, receives every scored token's NLL at its window position."""
     scores = []
-    for w in sliding_windows(sequence.shape[0], window, stride):
+    for w in document_windows(doc_ids.numel(), window, stride, bos_id is not None, window_bos):
+        ids = w.input_ids(doc_ids, bos_id)
         if before_window:
-            before_window(w.end - w.begin)
-        nll = token_nll(model, sequence[w.begin : w.end], w.first_scored - w.begin, chunk_size)
+            before_window(ids.numel())
+        nll = token_nll(model, ids, w.first_scored_position, chunk_size)
+        if positions is not None:
+            positions.add(nll, w.first_scored_position)
         scores.append(WindowScore(nll.numel(), float(nll.double().sum())))
     return scores
 
 
-def combine(scores: Sequence[WindowScore]) -> tuple[WindowScore, float]:
-    """(token-weighted total, authors' window-mean perplexity exp(mean of window mean NLLs))."""
-    total = WindowScore(sum(s.scored_tokens for s in scores), sum(s.nll_sum for s in scores))
-    window_mean = math.exp(sum(s.mean_nll for s in scores) / len(scores))
-    return total, window_mean
+def combine(scores: Sequence[WindowScore]) -> DocScore:
+    """A document's totals from its windows: Σ tokens, Σ nll, and Σ of the window mean NLLs."""
+    return DocScore(sum(s.scored_tokens for s in scores), sum(s.nll_sum for s in scores), len(scores),
+                    sum(s.mean_nll for s in scores))
 
 
 def passes_for_lengths(lengths: Sequence[int], dynamic: bool, original_ctx: int) -> list[tuple[int, list[int]]]:
@@ -232,6 +357,16 @@ class PerplexityTask:
     lengths: tuple[int, ...]
     stride: int = 256  # sliding only; recorded as 0 for truncated rows
     chunk_size: int | None = None
+    window_bos: str = "every"  # sliding only (WINDOW_BOS); truncated rows record "first"
+    position_bucket: int | None = None  # loss-by-position bucket width; None: original context // 8
+
+    @property
+    def row_window_bos(self) -> str:
+        """The `window_bos` column: truncated has one window with BOS at the document start."""
+        return self.window_bos if self.protocol == "sliding" else "first"
+
+    def bucket_width(self, spec) -> int:
+        return self.position_bucket or max(1, spec.original_ctx // 8)
 
 
 class LayerProgress:
@@ -305,7 +440,8 @@ class PerplexityCells(Task):
 
         args = inputs.args
         task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(inputs.lengths), args.stride or 0,
-                              args.chunk_size)
+                              args.chunk_size, window_bos=getattr(args, "window_bos", None) or "every",
+                              position_bucket=getattr(args, "position_bucket", None))
         return cls(session.model_name, session.info.bos_token_id, cls.specs_of(inputs), inputs.documents(), task,
                    args.seed)
 
@@ -318,8 +454,8 @@ class PerplexityCells(Task):
 
         task = self.task
         return dict(key_row(self.model_name, spec), dataset=task.dataset, doc_id=doc.doc_id,
-                    doc_tokens=int(doc.ids.numel()), protocol=task.protocol,
-                    stride=task.stride if task.protocol == "sliding" else 0)
+                    doc_tokens=int(doc.ids.numel()), protocol=task.protocol, window_bos=task.row_window_bos,
+                    stride=task.stride if task.protocol == "sliding" else 0, bucket_width=task.bucket_width(spec))
 
     def cells(self, session) -> list[Cell]:
         task, cells = self.task, []
@@ -328,7 +464,8 @@ class PerplexityCells(Task):
             for spec in self.specs:
                 cells.append(Cell(self.name, spec, (doc.doc_id, task.protocol),
                                   cell_name("perplexity", self.model_name, spec.short, task.dataset, doc.doc_id,
-                                            task.protocol),
+                                            task.protocol, *([f"bos={task.window_bos}"]
+                                                             if task.protocol == "sliding" else [])),
                                   tokens=window_tokens(task, spec, n_tokens, task.lengths),
                                   length=max(task.lengths)))
         return cells
@@ -342,7 +479,7 @@ class PerplexityCells(Task):
     def run(self, cell: Cell, missing: list[int], session) -> dict:
         from tqdm.auto import tqdm
 
-        from .tables import aggregate_perplexity
+        from .tables import aggregate_perplexity, aggregate_positions
 
         doc, spec = self.docs[cell.unit[0]], cell.spec
         if doc.doc_id not in self._unit_scale_passes:
@@ -362,6 +499,7 @@ class PerplexityCells(Task):
             if not session.shard.active:
                 session.store.derive("perplexity", "perplexity_docs",
                                      lambda docs: aggregate_perplexity(docs, seed=self.seed))
+                session.store.derive("perplexity_positions", "perplexity_positions_docs", aggregate_positions)
         return {"seconds": seconds}
 
 
@@ -413,15 +551,26 @@ def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, ba
                 nll = truncated_nll(model, doc.ids, pass_length, bos_id, task.chunk_size)
             if at_unit_scale:
                 unit_scale_passes[doc.doc_id] = nll
-        rows = []
+        rows, position_rows = [], []
         for length, score in truncated_curve(nll, served).items():
-            rows.append(dict(base_row, context_length=length, scored_tokens=score.scored_tokens,
-                             nll_sum=score.nll_sum, n_windows=1, ppl=score.ppl, ppl_window_mean=score.ppl))
+            doc_score = DocScore(score.scored_tokens, score.nll_sum, 1, score.mean_nll)
+            rows.append(_doc_row(base_row, length, doc_score))
+            positions = PositionBuckets(base_row["bucket_width"])
+            positions.add(nll[: length - 1], first_position=1)
+            position_rows += [dict(base_row, context_length=length, **r) for r in positions.rows()]
+        store.append("perplexity_positions_docs", position_rows)
         store.append("perplexity_docs", rows)
+
+
+def _doc_row(base_row: dict, length: int, score: DocScore) -> dict:
+    return dict(base_row, context_length=length, scored_tokens=score.scored_tokens, nll_sum=score.nll_sum,
+                n_windows=score.n_windows, window_nll_sum=score.window_nll_sum, ppl=score.ppl,
+                ppl_paper=score.ppl_paper)
 
 
 def _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar) -> None:
     for window in missing:
+        positions = PositionBuckets(base_row["bucket_width"])
         with LayerProgress(model, bar) as progress:
 
             def before_window(n_tokens: int) -> None:
@@ -429,8 +578,8 @@ def _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar) -> No
                 bar.total += n_tokens
                 bar.refresh()
 
-            scores = sliding_scores(model, doc.ids, window, task.stride, bos_id, task.chunk_size, before_window)
-        total, window_mean = combine(scores)
-        store.append("perplexity_docs", [dict(base_row, context_length=window, scored_tokens=total.scored_tokens,
-                                              nll_sum=total.nll_sum, n_windows=len(scores), ppl=total.ppl,
-                                              ppl_window_mean=window_mean)])
+            scores = sliding_scores(model, doc.ids, window, task.stride, bos_id, task.chunk_size, before_window,
+                                    window_bos=task.window_bos, positions=positions)
+        store.append("perplexity_positions_docs",
+                     [dict(base_row, context_length=window, **r) for r in positions.rows()])
+        store.append("perplexity_docs", [_doc_row(base_row, window, combine(scores))])

@@ -169,6 +169,8 @@ def _ppl_panel_title(key: dict, stride_varies: bool) -> str:
     stride = key.get("stride")
     if protocol == "sliding" and stride is not None and not is_missing(stride) and float(stride) > 0:
         title += f", stride {format_number(stride)}"
+        if key.get("window_bos") in ("every", "first"):
+            title += ", BOS every window" if key["window_bos"] == "every" else ", BOS at start"
     elif stride_varies and stride is not None and not is_missing(stride):
         title += f", stride {format_number(stride)}"
     return title + (")" if protocol else "")
@@ -179,12 +181,12 @@ def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = False,
     """Perplexity against context length (the paper's Figure 1).
 
     One line per (method, factor) (and per model / run when those vary), log y, a dashed vertical
-    line at each original context L; one panel per (dataset, protocol[, stride]). Non-finite
+    line at each original context L; one panel per (dataset, protocol[, window_bos][, stride]). Non-finite
     values are left out.
 
     Args:
         frame: perplexity.csv rows.
-        value: the column to draw: `ppl` (token-weighted) or `ppl_window_mean`.
+        value: the column to draw: `ppl` (token-weighted) or `ppl_paper`.
         ci: shade the bootstrap interval `ppl_ci_low/high` (ppl only).
         ylim: fixed y range.
         title: a figure title.
@@ -198,7 +200,7 @@ def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = False,
         return _empty_figure("no finite perplexity values")
     stride_varies = ("stride" in frame
                      and frame.groupby(["dataset", "protocol"])["stride"].nunique().gt(1).any())
-    panel_columns = ["dataset", "protocol"] + (["stride"] if "stride" in frame else [])
+    panel_columns = ["dataset", "protocol"] + [c for c in ("window_bos", "stride") if c in frame]
     panels = ordered_groups(frame, panel_columns)
     fig, axes = _new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(7.0, 4.8))
     extra = _extra_keys(frame)

@@ -47,7 +47,8 @@ FIGURE_CAPTIONS = {
     "passkey": "Passkey accuracy by context length and depth.",
     "leaderboard": "Leaderboard tasks (base hatched, dashed base level).",
 }
-FIGURE_ORDER = ["perplexity", "temperature", "passkey", "leaderboard"]
+FIGURE_ORDER = ["perplexity", "positions", "temperature", "passkey", "leaderboard"]
+BOS_PLACEMENT = {"every": "in every window", "first": "at the document start only"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,18 +189,19 @@ def _run_section(manifest: dict) -> list[str]:
 def _perplexity_section(ppl: pd.DataFrame, docs: pd.DataFrame, seed: int) -> list[str]:
     lines = ["## Perplexity", ""]
     ppl = ppl.copy()
-    for column in ("ppl", "ppl_window_mean", "ppl_ci_low", "ppl_ci_high", "n_docs"):
+    for column in ("ppl", "ppl_paper", "ppl_ci_low", "ppl_ci_high", "n_docs"):
         if column in ppl:
             ppl[column] = pd.to_numeric(ppl[column], errors="coerce")
     show = varying(ppl, ["model", "original_ctx"])
     ratios = perplexity_ratios(docs, REFERENCE, seed=seed) if not docs.empty else pd.DataFrame()
-    for key, block in ordered_groups(ppl, ["dataset", "protocol", "stride"]):
+    for key, block in ordered_groups(ppl, [c for c in ("dataset", "protocol", "window_bos", "stride")
+                                           if c in ppl.columns]):
         lengths = _lengths(block)
         grid = _grid(block, SERIES, lengths)
         heading = f"### {key.get('dataset', '')}, {key.get('protocol', '')}"
         stride = key.get("stride")
         if key.get("protocol") == "sliding" and not pd.isna(stride):
-            heading += f" (stride {fmt_length(stride)})"
+            heading += f" (stride {fmt_length(stride)}, BOS {BOS_PLACEMENT.get(key.get('window_bos'), '?')})"
         docs_used = sorted({int(v) for v in block["n_docs"].dropna()}) if "n_docs" in block else []
         ctxs = sorted({int(v) for v in block["original_ctx"].dropna()}) if "original_ctx" in block else []
         n_text = (f"{docs_used[0]}" if len(docs_used) == 1 else f"{docs_used[0]}–{docs_used[-1]}"
@@ -232,10 +234,10 @@ def _perplexity_section(ppl: pd.DataFrame, docs: pd.DataFrame, seed: int) -> lis
                 row.append(text)
             rows.append(row)
         lines += [markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
-        if "ppl_window_mean" in block:
-            lines += ["The authors' averaging (`ppl_window_mean`: mean over documents of exp(mean of the "
-                      "window mean losses)):", ""]
-            rows = [[_row_label(skey, show)] + [fmt_ppl(r["ppl_window_mean"]) if r is not None else "—"
+        if "ppl_paper" in block and block["ppl_paper"].notna().any():
+            lines += ["The authors' aggregation (`ppl_paper`: exp of the mean over all windows of all documents "
+                      "of each window's mean NLL):", ""]
+            rows = [[_row_label(skey, show)] + [fmt_ppl(r["ppl_paper"]) if r is not None else "—"
                                                 for r in cells] for skey, cells in grid]
             lines += [markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
         lines += _ratio_table(ratios, key, lengths, show)

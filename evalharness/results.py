@@ -45,12 +45,20 @@ KEY_COLUMNS = ["model", "method", "factor", "original_ctx"]
 
 SCHEMAS: dict[str, list[str]] = {
     "perplexity_docs": KEY_COLUMNS + [
-        "dataset", "doc_id", "doc_tokens", "protocol", "context_length", "stride", "scored_tokens",
-        "nll_sum", "n_windows", "ppl", "ppl_window_mean",
+        "dataset", "doc_id", "doc_tokens", "protocol", "window_bos", "context_length", "stride", "scored_tokens",
+        "nll_sum", "n_windows", "window_nll_sum", "ppl", "ppl_paper",
     ],
     "perplexity": KEY_COLUMNS + [
-        "dataset", "protocol", "context_length", "stride", "n_docs", "scored_tokens", "ppl",
-        "ppl_window_mean", "ppl_ci_low", "ppl_ci_high",
+        "dataset", "protocol", "window_bos", "context_length", "stride", "n_docs", "scored_tokens", "n_windows",
+        "ppl", "ppl_paper", "ppl_ci_low", "ppl_ci_high",
+    ],
+    "perplexity_positions_docs": KEY_COLUMNS + [
+        "dataset", "doc_id", "protocol", "window_bos", "context_length", "stride", "bucket_width",
+        "position_start", "position_end", "tokens", "nll_sum", "mean_nll",
+    ],
+    "perplexity_positions": KEY_COLUMNS + [
+        "dataset", "protocol", "window_bos", "context_length", "stride", "bucket_width",
+        "position_start", "position_end", "n_docs", "tokens", "nll_sum", "mean_nll",
     ],
     "passkey": KEY_COLUMNS + [
         "context_length", "prompt_tokens", "depth", "trial", "seed", "scoring", "passkey", "continuation", "correct",
@@ -61,7 +69,9 @@ SCHEMAS: dict[str, list[str]] = {
 
 # Columns that identify one cell of each table (rows with equal values are the same observation).
 CELL_COLUMNS: dict[str, list[str]] = {
-    "perplexity_docs": KEY_COLUMNS + ["dataset", "doc_id", "protocol", "context_length", "stride"],
+    "perplexity_docs": KEY_COLUMNS + ["dataset", "doc_id", "protocol", "window_bos", "context_length", "stride"],
+    "perplexity_positions_docs": KEY_COLUMNS + ["dataset", "doc_id", "protocol", "window_bos", "context_length",
+                                                "stride", "bucket_width", "position_start"],
     "passkey": KEY_COLUMNS + ["context_length", "depth", "trial", "seed", "scoring"],
     "leaderboard": KEY_COLUMNS + ["task", "metric"],
 }
@@ -309,6 +319,7 @@ class ResultStore:
         if not path.exists():
             return pd.DataFrame(columns=SCHEMAS[table]), None
         frame, damage = read_csv_text(path, table)
+        frame = upgrade_columns(table, frame)
         if damage:
             stat = path.stat()
             if (str(path), stat.st_size, stat.st_mtime_ns) not in _WARNED:
@@ -365,6 +376,23 @@ class ResultStore:
         an aggregate never reflects a stale view of its source."""
         with self.locked():
             self.replace(table, function(self.read(source)))
+
+
+def upgrade_columns(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Tables written before a column existed, in today's terms: a missing `window_bos` is `first`
+    (BOS only at the document start, the one placement there was); an old per-document
+    `ppl_window_mean` (exp of the mean of the document's window mean NLLs) is today's per-document
+    `ppl_paper`, and n_windows · ln of it the `window_nll_sum`. An old aggregate's
+    `ppl_window_mean` (a mean over documents of per-document values) has no successor: dropped."""
+    if table.startswith("perplexity") and "window_bos" not in frame.columns and "protocol" in frame.columns:
+        frame.insert(frame.columns.get_loc("protocol") + 1, "window_bos", "first")
+    if "ppl_window_mean" in frame.columns:
+        if table == "perplexity_docs" and "ppl_paper" not in frame.columns:
+            old = frame["ppl_window_mean"].astype(float)
+            frame["window_nll_sum"] = frame["n_windows"].astype(float) * old.map(math.log)
+            frame["ppl_paper"] = old
+        frame = frame.drop(columns="ppl_window_mean")
+    return frame
 
 
 # ---------------------------------------------------------------------------------------------

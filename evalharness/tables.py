@@ -75,9 +75,10 @@ def read_table(results_dir: str | os.PathLike, table: str) -> pd.DataFrame:
 
 
 def load_perplexity(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """Returns perplexity.csv, or the aggregate of perplexity_docs.csv when only that exists."""
+    """Returns perplexity.csv, or the aggregate of perplexity_docs.csv when only that exists or
+    when perplexity.csv predates `ppl_paper` (an older folder)."""
     frame = read_table(results_dir, "perplexity")
-    if frame.empty:
+    if frame.empty or "ppl_paper" not in frame.columns:
         docs = read_table(results_dir, "perplexity_docs")
         if not docs.empty:
             frame = aggregate_perplexity(docs)
@@ -335,12 +336,13 @@ def paired_accuracy_difference_interval(correct: Sequence[float], reference_corr
 def aggregate_perplexity(docs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """perplexity.csv from perplexity_docs.csv.
 
-    Per (key, dataset, protocol, length, stride): token-weighted `ppl` = exp(Σ nll / Σ tokens);
-    `ppl_window_mean` = mean over documents of each document's exp(mean of its window mean NLLs)
-    (the authors' scripts); `ppl_ci_low/high` from `bootstrap_ppl_interval` (documents sorted by
-    id, `seed`).
+    Per (key, dataset, protocol, window_bos, length, stride): token-weighted `ppl` = exp(Σ nll /
+    Σ tokens); `ppl_paper` = the authors' number, exp(mean over all windows of all documents of each
+    window's mean NLL) = exp(Σ window_nll_sum / Σ n_windows) (YaRN `eval/perplexity.py`: the mean of
+    every window's loss); `ppl_ci_low/high` from `bootstrap_ppl_interval` (documents sorted by id,
+    `seed`).
     """
-    group_columns = KEY_COLUMNS + ["dataset", "protocol", "context_length", "stride"]
+    group_columns = KEY_COLUMNS + ["dataset", "protocol", "window_bos", "context_length", "stride"]
     rows = []
     if docs.empty:
         return pd.DataFrame(columns=SCHEMAS["perplexity"])
@@ -350,18 +352,37 @@ def aggregate_perplexity(docs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         group = group.sort_values("doc_id")
         nll = group["nll_sum"].astype(float).tolist()
         tokens = group["scored_tokens"].astype(int).tolist()
+        windows = group["n_windows"].astype(int).tolist()
         low, high = bootstrap_ppl_interval(nll, tokens, seed)
         row = dict(zip(group_columns, key))
         row.update(
             n_docs=len(group),
             scored_tokens=sum(tokens),
+            n_windows=sum(windows),
             ppl=math.exp(sum(nll) / sum(tokens)),
-            ppl_window_mean=float(group["ppl_window_mean"].astype(float).mean()),
+            ppl_paper=math.exp(sum(group["window_nll_sum"].astype(float).tolist()) / sum(windows)),
             ppl_ci_low=low,
             ppl_ci_high=high,
         )
         rows.append(row)
     return pd.DataFrame(rows, columns=SCHEMAS["perplexity"])
+
+
+def aggregate_positions(docs: pd.DataFrame) -> pd.DataFrame:
+    """perplexity_positions.csv from perplexity_positions_docs.csv: per (key, dataset, protocol,
+    window_bos, length, stride, bucket width, bucket) the documents' token counts and NLL sums added
+    up, and mean_nll = nll_sum / tokens."""
+    group_columns = KEY_COLUMNS + ["dataset", "protocol", "window_bos", "context_length", "stride",
+                                   "bucket_width", "position_start", "position_end"]
+    if docs.empty:
+        return pd.DataFrame(columns=SCHEMAS["perplexity_positions"])
+    docs = docs.copy()
+    docs["original_ctx"] = docs["original_ctx"].astype("int64")
+    frame = (docs.groupby(group_columns, sort=True, dropna=False)
+             .agg(n_docs=("doc_id", "nunique"), tokens=("tokens", "sum"), nll_sum=("nll_sum", "sum"))
+             .reset_index())
+    frame["mean_nll"] = frame["nll_sum"] / frame["tokens"]
+    return frame[SCHEMAS["perplexity_positions"]]
 
 
 def parse_reference(text: str) -> tuple[str, float | None]:
@@ -403,13 +424,14 @@ def perplexity_ratios(docs: pd.DataFrame, reference: str = "base", seed: int = 0
         `ratio` and `ratio_ci_low/high` (`paired_ppl_ratio_interval`). Empty when the reference
         has no rows.
     """
-    columns = [c for c in SERIES_COLUMNS if c in docs.columns] + ["dataset", "protocol", "stride",
+    bos = ["window_bos"] if "window_bos" in docs.columns else []  # runs of each BOS placement apart
+    columns = [c for c in SERIES_COLUMNS if c in docs.columns] + ["dataset", "protocol", *bos, "stride",
                                                                    "context_length", "reference", "n_docs",
                                                                    "ratio", "ratio_ci_low", "ratio_ci_high"]
     ref = _reference_rows(docs, reference)
     if docs.empty or ref.empty:
         return pd.DataFrame(columns=columns)
-    join = [c for c in ("run", "model") if c in docs.columns] + DOCUMENT_COLUMNS
+    join = [c for c in ("run", "model") if c in docs.columns] + DOCUMENT_COLUMNS + bos
     ref = ref[join + ["nll_sum", "scored_tokens"]].rename(
         columns={"nll_sum": "ref_nll", "scored_tokens": "ref_tokens"})
     if ref.duplicated(join).any():
@@ -419,7 +441,7 @@ def perplexity_ratios(docs: pd.DataFrame, reference: str = "base", seed: int = 0
     others = docs[[tuple(r) not in ref_ids for r in docs[SERIES_COLUMNS[1:]].astype(str).to_numpy()]]
     paired = others.merge(ref, on=join, how="inner")
     rows = []
-    group_keys = [c for c in SERIES_COLUMNS if c in paired.columns] + ["dataset", "protocol", "stride",
+    group_keys = [c for c in SERIES_COLUMNS if c in paired.columns] + ["dataset", "protocol", *bos, "stride",
                                                                         "context_length"]
     for key, group in ordered_groups(paired, group_keys):
         group = group.sort_values("doc_id")

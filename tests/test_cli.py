@@ -1,4 +1,5 @@
 """The command line end to end on random:tiny and a local corpus the tests write."""
+import json
 import math
 import random
 
@@ -139,6 +140,20 @@ def test_sliding_protocol(corpus, tmp_path):
     assert (docs["scored_tokens"] == doc_len).all()
     windows_64 = docs.loc[docs.context_length == 64, "n_windows"]
     assert (windows_64 > docs.loc[docs.context_length == 128, "n_windows"].values).all()
+    assert set(docs["window_bos"]) == {"every"}  # the authors' placement by default
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runs"][-1]["args"]["window_bos"] == "every"
+    # the transformers recipe into the same folder: new cells beside the old, never counted as them
+    assert run(args + ["--window-bos", "first"]) == cli.EXIT_OK
+    table = pd.read_csv(out / "perplexity.csv")
+    assert sorted(set(table["window_bos"])) == ["every", "first"] and len(table) == 2 * 2 * 2
+    every, first = (table[table.window_bos == b].set_index(["method", "context_length"])
+                    for b in ("every", "first"))
+    assert (every["scored_tokens"] == first["scored_tokens"]).all()
+    assert (every["ppl"] != first["ppl"]).all()  # later windows lack or have BOS
+    positions = pd.read_csv(out / "perplexity_positions.csv")
+    assert set(positions["window_bos"]) == {"every", "first"}
+    assert (positions["position_start"] < positions["context_length"]).all()
 
 
 @pytest.mark.parametrize("error", [perplexity.NonFiniteError("3 of 127 token NLLs are NaN or infinite."),

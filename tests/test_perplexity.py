@@ -5,12 +5,19 @@ import pytest
 import torch
 import transformers
 
+from evalharness.corpora import TokenizedDoc
 from evalharness.methods import ScalingSpec
 from evalharness.perplexity import (
+    DocScore,
     NonFiniteError,
+    PerplexityTask,
+    PositionBuckets,
     WindowScore,
+    authors_windows,
     combine,
+    document_windows,
     passes_for_lengths,
+    run_perplexity,
     sliding_scores,
     sliding_windows,
     token_nll,
@@ -18,6 +25,7 @@ from evalharness.perplexity import (
     truncated_nll,
     with_bos,
 )
+from evalharness.results import Manifest, ResultStore
 from evalharness.scaling import apply_scaling
 
 L = 64
@@ -60,11 +68,12 @@ def test_truncated_matches_transformers_loss(spec, doc):
         assert nll.double().sum().item() == pytest.approx(reference_nll_sum(model, window, 1), rel=1e-5)
 
 
-def test_sliding_matches_transformers_loss_per_window(doc):
+def test_sliding_bos_first_matches_transformers_loss_per_window(doc):
+    """`--window-bos first`: the transformers recipe over BOS + document, windows of that sequence."""
     model = tiny_llama()
     apply_scaling(model, "yarn:2")
     window, stride = 128, 48  # stride smaller than the window
-    scores = sliding_scores(model, doc, window, stride, BOS)
+    scores = sliding_scores(model, doc, window, stride, BOS, window_bos="first")
     sequence = with_bos(doc, BOS)
     windows = sliding_windows(sequence.shape[0], window, stride)
     assert len(scores) == len(windows) > 3
@@ -153,9 +162,10 @@ def test_nan_is_an_error_not_a_number(doc):
 
 def test_combine_token_weighted_and_window_mean():
     scores = [WindowScore(3, 3.0), WindowScore(1, 2.0)]
-    total, window_mean = combine(scores)
-    assert total.scored_tokens == 4 and total.ppl == pytest.approx(math.exp(5 / 4))
-    assert window_mean == pytest.approx(math.exp((1.0 + 2.0) / 2))
+    total = combine(scores)
+    assert total == DocScore(scored_tokens=4, nll_sum=5.0, n_windows=2, window_nll_sum=3.0)
+    assert total.ppl == pytest.approx(math.exp(5 / 4))
+    assert total.ppl_paper == pytest.approx(math.exp((1.0 + 2.0) / 2))
 
 
 def test_bf16_runs_and_is_close_to_fp32(doc):
@@ -190,3 +200,208 @@ def test_attention_takes_the_causal_path_without_a_mask_tensor(doc, monkeypatch)
     model = transformers.LlamaForCausalLM(config).eval()
     token_nll(model, with_bos(doc, BOS)[:200], 1)
     assert calls == [(True, True), (True, True)]  # one call per layer, no mask, causal flag
+
+
+# ---------------------------------------------------------------------------------------------
+# The authors' sliding window (BOS in every window) and their aggregation
+# ---------------------------------------------------------------------------------------------
+
+def authors_sliding_ppl(model, docs, window, stride, bos):
+    """YaRN `eval/perplexity.py`, re-derived the slow obvious way: per document, windows begin every
+    `stride` document tokens; each is BOS + the next window−1 document tokens; its labels are the
+    last (end − previous end) tokens (the rest −100), transformers computes the window's mean loss;
+    the number is exp(mean over all windows of all documents of those losses)."""
+    losses = []
+    with torch.inference_mode():
+        for doc_ids in docs:
+            previous_end = 0
+            for begin in range(0, doc_ids.numel(), stride):
+                end = min(begin + window - 1, doc_ids.numel())
+                target_len = end - previous_end
+                ids = torch.cat([torch.tensor([bos]), doc_ids[begin:end]])[None]
+                labels = ids.clone()
+                labels[:, :-target_len] = -100
+                losses.append(model(ids, labels=labels, use_cache=False).loss.double())
+                previous_end = end
+                if end == doc_ids.numel():
+                    break
+    return math.exp(torch.stack(losses).mean().item()), len(losses)
+
+
+def run_grid(model, docs, specs, task, folder):
+    store = ResultStore(folder)
+    failed = run_perplexity(model, "tiny", BOS, specs, [TokenizedDoc(str(i), d) for i, d in enumerate(docs)],
+                            task, store, Manifest(folder), show_progress=False)
+    assert failed == []
+    return store
+
+
+@pytest.fixture(scope="module")
+def several_docs():
+    generator = torch.Generator().manual_seed(5)
+    return [torch.randint(2, 97, (n,), generator=generator) for n in (300, 211, 157)]
+
+
+@pytest.mark.parametrize("spec", ["base", "yarn:2"])
+def test_ppl_paper_equals_the_authors_sliding_algorithm(spec, several_docs, tmp_path):
+    model = tiny_llama().double()
+    window, stride = 64, 40
+    expected, n_windows = authors_sliding_ppl(apply_scaling(model, spec) and model, several_docs, window, stride, BOS)
+    assert n_windows > 3 * len(several_docs) - 1  # several windows per document
+    task = PerplexityTask("d", "sliding", (window,), stride)  # window_bos defaults to the authors' "every"
+    store = run_grid(model, several_docs, [spec], task, tmp_path)
+    (row,) = store.read("perplexity").to_dict("records")
+    assert row["window_bos"] == "every" and row["n_windows"] == n_windows
+    assert row["ppl_paper"] == pytest.approx(expected, rel=1e-6)
+    assert row["ppl"] != pytest.approx(expected, rel=1e-4)  # token-weighting is a different number
+    docs = store.read("perplexity_docs")
+    assert (docs["scored_tokens"] == docs["doc_tokens"]).all()  # every document token once, the first after BOS
+
+
+def test_bos_placement_changes_later_windows_only(doc):
+    model = tiny_llama()
+    every = sliding_scores(model, doc, 64, 40, BOS, window_bos="every")
+    first = sliding_scores(model, doc, 64, 40, BOS, window_bos="first")
+    assert sum(s.scored_tokens for s in every) == sum(s.scored_tokens for s in first) == doc.numel()
+    assert every[0].nll_sum == pytest.approx(first[0].nll_sum, rel=1e-6)  # same first window
+    assert abs(every[1].nll_sum - first[1].nll_sum) > 1e-3
+
+
+def test_authors_windows_worked_by_hand():
+    # 10 document tokens, window 4 (BOS + 3), stride 2: [0,3) scores 0..2; [2,5) 3..4; [4,7) 5..6; [6,9) 7..8;
+    # [8,10) 9 (the last window reaches the end)
+    assert [(w.begin, w.end, w.first_scored) for w in authors_windows(10, 4, 2, has_bos=True)] == [
+        (0, 3, 0), (2, 5, 3), (4, 7, 5), (6, 9, 7), (8, 10, 9)]
+    assert all(w.bos for w in authors_windows(10, 4, 2, has_bos=True))
+    assert authors_windows(10, 4, 2, True)[1].first_scored_position == 2  # BOS, doc 2, doc 3 ← scored
+    # stride = window − 1: windows tile the document, each scores all of its document tokens
+    assert [(w.begin, w.end, w.first_scored) for w in authors_windows(7, 4, 3, True)] == [
+        (0, 3, 0), (3, 6, 3), (6, 7, 6)]
+    # no BOS: windows of 4 document tokens; the very first token has no context
+    assert [(w.begin, w.end, w.first_scored) for w in authors_windows(10, 4, 3, False)] == [
+        (0, 4, 1), (3, 7, 4), (6, 10, 7)]
+    with pytest.raises(ValueError, match="stride 4 is larger than the 3 document tokens"):
+        authors_windows(10, 4, 4, True)
+
+
+def test_bos_first_windows_are_the_old_sequence_windows():
+    """`first` = windows over BOS + document (the previous behaviour), in document coordinates."""
+    for n, window, stride in ((10, 4, 3), (10, 4, 2), (3, 8, 2), (100, 16, 5)):
+        old = sliding_windows(n + 1, window, stride)
+        new = document_windows(n, window, stride, has_bos=True, window_bos="first")
+        sequence = with_bos(torch.arange(2, n + 2), BOS)
+        for w_old, w_new in zip(old, new, strict=True):
+            assert torch.equal(w_new.input_ids(torch.arange(2, n + 2), BOS), sequence[w_old.begin:w_old.end])
+            assert w_new.first_scored_position == w_old.first_scored - w_old.begin
+    with pytest.raises(ValueError, match="window_bos 'sometimes'"):
+        document_windows(10, 4, 2, True, "sometimes")
+
+
+def test_truncated_ppl_paper_equals_token_weighted_for_equal_lengths(several_docs, tmp_path):
+    model = tiny_llama()
+    task = PerplexityTask("d", "truncated", (32, 100, 150), 0)
+    store = run_grid(model, several_docs, ["base", "yarn:2", "dynamic-ntk"], task, tmp_path)
+    table = store.read("perplexity")
+    assert len(table) == 9 and (table["window_bos"] == "first").all() and (table["n_windows"] == 3).all()
+    assert table["ppl_paper"].tolist() == pytest.approx(table["ppl"].tolist(), rel=1e-9)
+    docs = store.read("perplexity_docs")
+    # per document: one window, its mean NLL = nll_sum / scored tokens
+    assert docs["window_nll_sum"].tolist() == pytest.approx((docs["nll_sum"] / docs["scored_tokens"]).tolist(),
+                                                            rel=1e-9)
+
+
+def test_truncated_nll_sums_are_those_of_the_previous_code(several_docs, tmp_path):
+    """The truncated rows keep main's numbers: nll_sum = the float64 sum of the first L−1 token NLLs
+    of one BOS + document pass (computed here the way the previous code did, from token_nll)."""
+    model = tiny_llama()
+    store = run_grid(model, several_docs, ["yarn:2"], PerplexityTask("d", "truncated", (32, 150), 0), tmp_path)
+    apply_scaling(model, "yarn:2")
+    for row in store.read("perplexity_docs").to_dict("records"):
+        doc_ids = several_docs[int(row["doc_id"])]
+        nll = token_nll(model, with_bos(doc_ids, BOS)[:150], 1).cpu()
+        expected = float(nll[: row["context_length"] - 1].double().sum())
+        assert row["nll_sum"] == float(f"{expected:.10g}")  # identical up to the CSV's 10 digits
+        assert row["scored_tokens"] == row["context_length"] - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss by position
+# ---------------------------------------------------------------------------------------------
+
+def test_position_buckets_by_hand():
+    buckets = PositionBuckets(width=4)
+    buckets.add(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), first_position=2)  # positions 2..6
+    buckets.add(torch.tensor([10.0]), first_position=9)
+    assert buckets.rows() == [
+        dict(position_start=0, position_end=4, tokens=2, nll_sum=3.0, mean_nll=1.5),
+        dict(position_start=4, position_end=8, tokens=3, nll_sum=12.0, mean_nll=4.0),
+        dict(position_start=8, position_end=12, tokens=1, nll_sum=10.0, mean_nll=10.0),
+    ]
+    with pytest.raises(ValueError, match="width 0"):
+        PositionBuckets(0)
+
+
+@pytest.mark.parametrize("protocol, window_bos", [("truncated", "first"), ("sliding", "every"),
+                                                  ("sliding", "first")])
+def test_positions_sum_back_to_the_document_nll(protocol, window_bos, several_docs, tmp_path):
+    model = tiny_llama()
+    lengths = (32, 100, 150) if protocol == "truncated" else (48, 64)
+    task = PerplexityTask("d", protocol, lengths, 20, window_bos=window_bos, position_bucket=24)
+    store = run_grid(model, several_docs, ["base", "dynamic-yarn"], task, tmp_path)
+    docs = store.read("perplexity_docs")
+    positions = store.read("perplexity_positions_docs")
+    cell = ["method", "doc_id", "context_length"]
+    per_doc = positions.groupby(cell).agg(bucket_tokens=("tokens", "sum"), bucket_nll=("nll_sum", "sum"),
+                                          last=("position_start", "max"))
+    joined = docs.set_index(cell).join(per_doc)
+    assert len(joined) == len(docs) == 2 * 3 * len(lengths)
+    assert (joined["bucket_tokens"] == joined["scored_tokens"]).all()  # every scored token in exactly one bucket
+    # the CSV keeps 10 significant digits; the buckets add up in another order than the document sum
+    assert joined["bucket_nll"].tolist() == pytest.approx(joined["nll_sum"].tolist(), rel=1e-9)
+    assert (joined["last"] < joined.index.get_level_values("context_length")).all()  # positions inside the window
+    assert (positions["bucket_width"] == 24).all() and (positions["position_start"] % 24 == 0).all()
+    total = store.read("perplexity_positions")
+    by_cell = total.groupby(["method", "context_length"])[["tokens", "nll_sum"]].sum()
+    agg = store.read("perplexity").set_index(["method", "context_length"])
+    assert (by_cell["tokens"] == agg["scored_tokens"]).all()
+    doc_totals = docs.groupby(["method", "context_length"])["nll_sum"].sum()
+    assert by_cell["nll_sum"].tolist() == pytest.approx(doc_totals.loc[by_cell.index].tolist(), rel=1e-9)
+    assert (total["n_docs"] == 3).all()
+    assert total["mean_nll"].tolist() == pytest.approx((total["nll_sum"] / total["tokens"]).tolist(), rel=1e-9)
+
+
+def test_positions_in_memory_sum_exactly_to_float64_rounding(doc):
+    model = tiny_llama()
+    buckets = PositionBuckets(width=7)
+    scores = sliding_scores(model, doc, 64, 24, BOS, positions=buckets)
+    rows = buckets.rows()
+    assert sum(r["tokens"] for r in rows) == sum(s.scored_tokens for s in scores) == doc.numel()
+    assert math.fsum(r["nll_sum"] for r in rows) == pytest.approx(math.fsum(s.nll_sum for s in scores), rel=1e-12)
+    assert max(r["position_start"] for r in rows) < 64  # a window holds positions 0..63
+
+
+def test_bucket_width_defaults_to_an_eighth_of_the_original_context(several_docs, tmp_path):
+    model = tiny_llama()  # native context L = 64
+    store = run_grid(model, several_docs[:1], ["yarn:2"], PerplexityTask("d", "truncated", (150,), 0), tmp_path)
+    positions = store.read("perplexity_positions")
+    assert set(positions["bucket_width"]) == {8}
+    assert positions["position_start"].tolist() == list(range(0, 150, 8))
+    assert positions["tokens"].tolist()[:2] == [7, 8]  # position 0 is BOS, never scored
+
+
+@pytest.mark.slow
+def test_smollm2_ppl_paper_equals_the_authors_algorithm(tmp_path):
+    """SmolLM2-135M on a few thousand tokens of a Coq source, window 512, stride 256."""
+    from evalharness import corpora, models
+
+    model, tokenizer, info = models.load("smollm2-135m", dtype="float32", device="cpu")
+    (document,) = corpora.load_corpus("coq-stdlib", tokenizer, min_tokens=3000, n_docs=1)
+    ids = document.ids[:3000]
+    expected, n_windows = authors_sliding_ppl(apply_scaling(model, "base") and model, [ids], 512, 256,
+                                              info.bos_token_id)
+    store = ResultStore(tmp_path)
+    run_perplexity(model, "smollm2", info.bos_token_id, ["base"], [TokenizedDoc("0", ids)],
+                   PerplexityTask("coq", "sliding", (512,), 256), store, Manifest(tmp_path), show_progress=False)
+    (row,) = store.read("perplexity").to_dict("records")
+    assert row["n_windows"] == n_windows > 10
+    assert row["ppl_paper"] == pytest.approx(expected, rel=1e-5)

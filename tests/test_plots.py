@@ -39,8 +39,9 @@ def ppl_value(method, factor, length, dataset="d1"):
 def ppl_row(method, factor, length, dataset="d1", protocol="truncated", stride=0, value=None, model="m"):
     value = ppl_value(method, factor, length, dataset) if value is None else value
     return dict(model=model, method=method, factor=factor, original_ctx=L, dataset=dataset, protocol=protocol,
-                context_length=length, stride=stride, n_docs=2, scored_tokens=2 * length, ppl=value,
-                ppl_window_mean=value + 0.25, ppl_ci_low=value - 0.5, ppl_ci_high=value + 0.5)
+                window_bos="every" if protocol == "sliding" else "first", context_length=length, stride=stride,
+                n_docs=2, scored_tokens=2 * length, n_windows=2, ppl=value, ppl_paper=value + 0.25,
+                ppl_ci_low=value - 0.5, ppl_ci_high=value + 0.5)
 
 
 def perplexity_frame(datasets=(("d1", "truncated", 0),)):
@@ -261,7 +262,7 @@ def test_report_has_the_papers_tables_failed_cells_and_figures(run_folder):
     assert f"| Base | {first} | **{base[1]:.2f}** [" in text
     yarn = ppl_value("yarn", 2, 64)
     assert f"| YaRN s=2 | {yarn:.2f} [{yarn - 0.5:.2f}, {yarn + 0.5:.2f}] |" in text
-    assert "ppl_window_mean" in text and f"{ppl_value('pi', 2, 64) + 0.25:.2f}" in text
+    assert "ppl_paper" in text and f"{ppl_value('pi', 2, 64) + 0.25:.2f}" in text
     assert "95 % percentile bootstrap interval over documents" in text
     # passkey: accuracy (%) [Wilson interval] per length, n, the effective context, all lengths
     assert "n = 9 prompts per cell" in text and "Wilson 95 % score interval" in text

@@ -22,11 +22,12 @@ Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 # Hand-made tables
 # ---------------------------------------------------------------------------------------------
 
-def doc_row(doc_id, length, tokens, nll_sum, method="yarn", factor=2.0, window_mean=None, model="m"):
+def doc_row(doc_id, length, tokens, nll_sum, method="yarn", factor=2.0, window_nll_sum=None, model="m"):
+    window_nll_sum = 3 * nll_sum / tokens if window_nll_sum is None else window_nll_sum
     return dict(model=model, method=method, factor=factor, original_ctx=64, dataset="d", doc_id=doc_id,
-                doc_tokens=1000, protocol="sliding", context_length=length, stride=16, scored_tokens=tokens,
-                nll_sum=nll_sum, n_windows=3, ppl=math.exp(nll_sum / tokens),
-                ppl_window_mean=window_mean or math.exp(nll_sum / tokens))
+                doc_tokens=1000, protocol="sliding", window_bos="every", context_length=length, stride=16,
+                scored_tokens=tokens, nll_sum=nll_sum, n_windows=3, window_nll_sum=window_nll_sum,
+                ppl=math.exp(nll_sum / tokens), ppl_paper=math.exp(window_nll_sum / 3))
 
 
 def passkey_rows(curves, depths=(0.5,), trials=10):
@@ -233,12 +234,12 @@ def test_paired_accuracy_difference_matches_a_naive_loop_with_the_same_seed():
 # ---------------------------------------------------------------------------------------------
 
 def test_aggregate_is_token_weighted_and_keeps_the_authors_mean():
-    docs = pd.DataFrame([doc_row("a", 128, 100, 200.0, window_mean=7.0),
-                         doc_row("b", 128, 300, 300.0, window_mean=3.0)])
+    docs = pd.DataFrame([doc_row("a", 128, 100, 200.0, window_nll_sum=6.0),
+                         doc_row("b", 128, 300, 300.0, window_nll_sum=3.0)])
     (row,) = T.aggregate_perplexity(docs).to_dict("records")
-    assert row["n_docs"] == 2 and row["scored_tokens"] == 400
+    assert row["n_docs"] == 2 and row["scored_tokens"] == 400 and row["n_windows"] == 6
     assert row["ppl"] == pytest.approx(math.exp(500 / 400))  # not the mean of exp(2) and exp(1)
-    assert row["ppl_window_mean"] == pytest.approx(5.0)
+    assert row["ppl_paper"] == pytest.approx(math.exp(9 / 6))  # mean over all 6 windows
     expected = T.bootstrap_ppl_interval([200.0, 300.0], [100, 300], seed=0)
     assert (row["ppl_ci_low"], row["ppl_ci_high"]) == expected
     assert list(T.aggregate_perplexity(docs).columns) == SCHEMAS["perplexity"]
