@@ -5,7 +5,11 @@ On the same model and documents, for lengths 2k … L_max step 2k:
   (a) reference — the authors' protocol done the usual way: per length one
       `model(input_ids, labels=...)` call (full [T, vocab] logits, KV cache at its default);
   (b) engine    — evalharness: one decoder pass at L_max, LM head + cross-entropy in chunks;
-  (c) floor     — one bare decoder forward at L_max: no head, no loss (the engine's lower bound).
+  (c) floor     — one bare decoder forward at L_max: no head, no loss (the engine's lower bound);
+  (d) positions — the engine plus the loss-by-position buckets of every length, as a run writes
+      them to perplexity_positions*.csv (phase off by default: --phases engine,positions).
+Every phase counts the decoder forwards it runs (a hook on the decoder): positions must run
+exactly as many as the engine — the buckets come from the same per-token NLLs.
 Each phase runs in its own child process so its peak memory is its own (RSS on CPU via
 getrusage; torch.cuda.max_memory_allocated on GPU). Printed: wall times, peaks, the largest
 relative difference between (a) and (b) perplexities, and the ratios
@@ -105,8 +109,8 @@ def phase_reference(model, info, docs, lengths):
     return out
 
 
-def phase_engine(model, info, docs, lengths):
-    from evalharness.perplexity import passes_for_lengths, truncated_curve, truncated_nll
+def phase_engine(model, info, docs, lengths, positions: bool = False):
+    from evalharness.perplexity import PositionBuckets, passes_for_lengths, truncated_curve, truncated_nll
     from evalharness.scaling import current_spec
 
     spec = current_spec(model)
@@ -116,7 +120,16 @@ def phase_engine(model, info, docs, lengths):
             nll = truncated_nll(model, doc, pass_length, info.bos_token_id)
             for length, score in truncated_curve(nll, served).items():
                 out[f"{i}:{length}"] = score.nll_sum
+                if positions:
+                    buckets = PositionBuckets(max(1, spec.original_ctx // 8))
+                    buckets.add(nll[: length - 1], first_position=1)
+                    total = sum(row["nll_sum"] for row in buckets.rows())
+                    assert abs(total - score.nll_sum) <= 1e-9 * abs(score.nll_sum), (total, score.nll_sum)
     return out
+
+
+def phase_positions(model, info, docs, lengths):
+    return phase_engine(model, info, docs, lengths, positions=True)
 
 
 def phase_floor(model, info, docs, lengths):
@@ -132,7 +145,19 @@ def phase_floor(model, info, docs, lengths):
     return {}
 
 
-PHASES = {"reference": phase_reference, "engine": phase_engine, "floor": phase_floor}
+PHASES = {"reference": phase_reference, "engine": phase_engine, "floor": phase_floor, "positions": phase_positions}
+
+
+def count_decoder_forwards(model) -> list[int]:
+    """A one-element list that counts calls of the model's decoder (backbone) from now on."""
+    backbone = model.base_model if model.base_model is not model else model.get_decoder()
+    count = [0]
+
+    def hook(module, args, output):
+        count[0] += 1
+
+    backbone.register_forward_hook(hook)
+    return count
 
 
 def run_child(args) -> None:
@@ -143,6 +168,7 @@ def run_child(args) -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    forwards = count_decoder_forwards(model)
     synchronize()
     start = time.perf_counter()
     values = PHASES[args.phase](model, info, docs, args.length_list)
@@ -155,6 +181,7 @@ def run_child(args) -> None:
         "rss_after_load_gb": rss_before / 2**20,
         "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "values": values,
+        "forwards": forwards[0],
         "info": {"layers": info.num_layers, "device": info.device, "dtype": info.dtype, "vocab": info.vocab_size},
         "flops": model_flops(model, max(args.length_list)) * len(docs),
         "estimated_peak_gb": estimated_peak(model, args) / 2**30,
@@ -215,10 +242,10 @@ def report(args, results) -> None:
           f"{args.docs} doc(s), lengths {args.length_list[0]}…{args.length_list[-1]} ({len(args.length_list)} lengths)")
     if args.model.startswith("random:"):
         print("(random weights: the perplexities are meaningless; time and memory are what this measures)")
-    print(f"{'phase':<10}{'wall s':>10}{'peak GB':>10}  ({memory_key})")
+    print(f"{'phase':<10}{'wall s':>10}{'peak GB':>10}{'forwards':>10}  ({memory_key})")
     for name, r in results.items():
         if r:
-            print(f"{name:<10}{r['seconds']:>10.1f}{r[memory_key]:>10.2f}")
+            print(f"{name:<10}{r['seconds']:>10.1f}{r[memory_key]:>10.2f}{r['forwards']:>10}")
         else:
             print(f"{name:<10}{'failed':>10}")
     ref, eng, flo = results.get("reference"), results.get("engine"), results.get("floor")
@@ -233,6 +260,11 @@ def report(args, results) -> None:
               f"(measured {eng[memory_key]:.2f}; on CPU the RSS also holds the libraries)")
     if eng and flo:
         print(f"engine/floor time:       {eng['seconds'] / flo['seconds']:.3f}")
+    pos = results.get("positions")
+    if eng and pos:
+        same = pos["values"] == eng["values"] and pos["forwards"] == eng["forwards"]
+        print(f"positions/engine time:   {pos['seconds'] / eng['seconds']:.3f}  (forwards {pos['forwards']} vs "
+              f"{eng['forwards']}; nll sums {'identical' if same else 'DIFFER'})")
     if ref and flo:
         print(f"reference/floor time:    {ref['seconds'] / flo['seconds']:.2f}  (the ideal reference/engine)")
     if eng and eng["peak_cuda_gb"]:

@@ -359,6 +359,7 @@ def load_documents(args: argparse.Namespace, lengths: list[int], tokenizer, bos:
         min_tokens = max(lengths) - (bos is not None) if args.protocol == "truncated" else 0
     docs = corpora.load_corpus(args.dataset, tokenizer, min_tokens=min_tokens, n_docs=args.docs,
                                sample=args.sample, seed=args.seed, text_field=args.text_field)
+    corpora.check_token_ids(docs, session.info.vocab_size, args.dataset)  # stored input_ids of another tokenizer
     if args.protocol == "truncated":
         shortest = min(d.ids.numel() for d in docs) + (bos is not None)
         if shortest < max(lengths):

@@ -23,6 +23,12 @@ Sources:
   (``<split>/<row>``) and same selection as the hub path, and :func:`dataset_label`
   is ``NAME``.
 
+A source that stores token ids in an ``input_ids`` column (the authors' pre-tokenized sets, e.g.
+``emozilla/proofpile-test-tokenized``; local ``.jsonl``/``.parquet`` files, hub corpora and their
+local copies) is read as it is, without tokenizing (unless another ``text_field`` is named): the ids
+count as document tokens without special tokens, so the protocols add BOS as for text, and
+:func:`check_token_ids` refuses ids outside the model's vocabulary.
+
 Token ids of whole corpora are cached on disk, keyed by the corpus (name, text
 field, identity of its files or dataset) and by a fingerprint of the tokenizer,
 so a second :func:`load_corpus` call does not tokenize again.
@@ -58,6 +64,7 @@ __all__ = [
     "Document",
     "TokenizedDoc",
     "available_corpora",
+    "check_token_ids",
     "dataset_label",
     "default_cache_dir",
     "get_corpus",
@@ -760,15 +767,117 @@ def _save_cache(path: Path, table: _TokenTable, fingerprint: str) -> None:
 
 
 def _token_table(name: str, tokenizer, text_field: str | None, cache_dir) -> _TokenTable:
-    """All documents' token ids, from the disk cache or by tokenizing (then cached)."""
+    """All documents' token ids, from the disk cache, else as stored in an ``input_ids`` column
+    (:func:`_stored_token_ids`), else by tokenizing the text (then cached)."""
     source = get_corpus(name)
+    stored_path = _cache_file(cache_dir, _corpus_key(name, source, text_field), PRETOKENIZED)
+    table = _load_cache(stored_path, PRETOKENIZED) if text_field in (None, PRETOKENIZED_FIELD) else None
+    if table is not None:
+        return table
     fingerprint = tokenizer_fingerprint(tokenizer)
     path = _cache_file(cache_dir, _corpus_key(name, source, text_field), fingerprint)
     table = _load_cache(path, fingerprint)
     if table is None:
+        stored = _stored_token_ids(source, text_field)
+        if stored is not None:
+            table = _table_from_rows(stored)
+            _save_cache(stored_path, table, PRETOKENIZED)
+            return table
         table = _tokenize_corpus(_primed(source.documents(text_field)), tokenizer)
         _save_cache(path, table, fingerprint)
     return table
+
+
+# ------------------------------------------------------------ pre-tokenized data
+
+PRETOKENIZED_FIELD = "input_ids"
+PRETOKENIZED = "pretokenized"  # the cache's "tokenizer fingerprint" of ids read as stored
+
+
+def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[tuple[str, object]] | None:
+    """``(doc_id, ids)`` per row when the source stores token ids in an ``input_ids`` column (the
+    authors' pre-tokenized sets, e.g. ``emozilla/proofpile-test-tokenized``) and no other field was
+    asked for; None otherwise. The ids are used as they are: no re-tokenization, and they are taken
+    as document tokens without special tokens (how the authors' sets are made), so the protocols
+    add BOS exactly as for text. Doc ids follow the source's text path (line/row index, split/row)."""
+    if text_field not in (None, PRETOKENIZED_FIELD):
+        return None
+    field = PRETOKENIZED_FIELD
+    if isinstance(source, JsonlSource):
+        with source.path.open("r", encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), None)
+        if first is None or field not in source._parse(first, 0):
+            return None
+        return _jsonl_token_ids(source)
+    if isinstance(source, ParquetSource):
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(source.path)
+        if field not in parquet.schema_arrow.names:
+            return None
+        batches = (b.column(0).to_pylist() for b in parquet.iter_batches(columns=[field], batch_size=256))
+        return ((str(i), ids) for i, ids in enumerate(itertools.chain.from_iterable(batches)))
+    if isinstance(source, (HFDatasetSource, HubCopySource)):
+        dataset, split = _hf_dataset(source)
+        if field not in dataset.column_names:
+            return None
+        rows = (ids for batch in dataset.select_columns([field]).iter(batch_size=64) for ids in batch[field])
+        return ((f"{split}/{i}", ids) for i, ids in enumerate(rows))
+    return None
+
+
+def _jsonl_token_ids(source: JsonlSource) -> Iterator[tuple[str, object]]:
+    with source.path.open("r", encoding="utf-8") as fh:
+        for index, line in enumerate(fh):
+            if line.strip():
+                record = source._parse(line, index)
+                if PRETOKENIZED_FIELD not in record:
+                    raise _missing_field_error(source.path, PRETOKENIZED_FIELD, record.keys(), f" (line {index})")
+                yield str(index), record[PRETOKENIZED_FIELD]
+
+
+def _hf_dataset(source: CorpusSource):
+    """(dataset, split) of a hub corpus or of its local copy, loaded the way its text path loads it."""
+    if isinstance(source, HFDatasetSource):
+        dataset, spec = source._load()
+        return dataset, spec.split
+    import datasets
+
+    spec, files = source._located()
+    try:
+        dataset = datasets.load_dataset(_SPLIT_FORMATS[files[0].suffix], data_files=[str(f) for f in files],
+                                        split="train")
+    except Exception as exc:  # noqa: BLE001 - as in HubCopySource.documents
+        raise CorpusError(f"could not read the local copy of {source.name!r} ({', '.join(map(str, files))}): "
+                          f"{type(exc).__name__}") from exc
+    return dataset, spec.split
+
+
+def _table_from_rows(rows: Iterable[tuple[str, object]]) -> _TokenTable:
+    """A token table from stored ids, each row checked to be a list of integers."""
+    doc_ids, chunks = [], []
+    for doc_id, ids in rows:
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise CorpusError(f"{PRETOKENIZED_FIELD!r} of document {doc_id} is not a list of integer token ids.")
+        doc_ids.append(doc_id)
+        chunks.append(torch.tensor(ids, dtype=torch.int64))
+    if not doc_ids:
+        raise CorpusError(f"the {PRETOKENIZED_FIELD!r} column holds no document.")
+    lengths = torch.tensor([c.numel() for c in chunks], dtype=torch.int64)
+    offsets = torch.zeros(len(chunks) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    return _TokenTable(doc_ids, torch.cat(chunks), offsets)
+
+
+def check_token_ids(docs: Sequence[TokenizedDoc], vocab_size: int, corpus: str) -> None:
+    """Every id must index the model's embedding: pre-tokenized ids made with another tokenizer
+    would otherwise crash (or silently read another token) deep inside the forward pass."""
+    for doc in docs:
+        if doc.ids.numel() and (int(doc.ids.min()) < 0 or int(doc.ids.max()) >= vocab_size):
+            bad = int(doc.ids.max()) if int(doc.ids.max()) >= vocab_size else int(doc.ids.min())
+            raise CorpusError(f"document {doc.doc_id} of corpus {corpus!r} holds token id {bad}, outside the "
+                              f"model's vocabulary 0…{vocab_size - 1}; its input_ids were made for another "
+                              "tokenizer.")
 
 
 # -------------------------------------------------------------------- selection

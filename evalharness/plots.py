@@ -444,7 +444,8 @@ def plot_run(results_dir: str | os.PathLike) -> list[Path]:
     """Writes every figure the folder's tables allow to `<dir>/figures/<name>.png|pdf`.
 
     `perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a sweep
-    exists), `temperature`, `passkey`, `leaderboard`. Missing or empty tables are skipped.
+    exists), `positions` (NLL vs token position, `position_plot`), `temperature`, `passkey`,
+    `leaderboard`. Missing or empty tables are skipped.
 
     Returns:
         The written paths.
@@ -462,6 +463,11 @@ def plot_run(results_dir: str | os.PathLike) -> list[Path]:
             if (~swept).any():
                 ppl = ppl[~swept]
         written += save_figure(plot_perplexity(ppl), figures / "perplexity")
+    positions = read_table(results_dir, "perplexity_positions")
+    if not positions.empty:
+        from .position_plot import plot_nll_by_position  # it builds on this module's helpers
+
+        written += save_figure(plot_nll_by_position(positions), figures / "positions")
     passkey = read_table(results_dir, "passkey")
     if not passkey.empty:
         written += save_figure(plot_passkey_heatmap(passkey), figures / "passkey")

@@ -43,6 +43,7 @@ from .tables import (
 REFERENCE = "base"
 FIGURE_CAPTIONS = {
     "perplexity": "Perplexity vs context window (dashed: original context L).",
+    "positions": "Mean NLL vs token position in the window, at the largest length (dashed: original context L).",
     "temperature": "Perplexity vs √(1/t) for several s (star: minimum; dotted: 0.1·ln(s)+1).",
     "passkey": "Passkey accuracy by context length and depth.",
     "leaderboard": "Leaderboard tasks (base hatched, dashed base level).",
