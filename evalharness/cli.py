@@ -350,7 +350,8 @@ def plan_run(args: argparse.Namespace) -> RunContext:
     return RunContext(args, out, tasks, lengths)
 
 
-def load_documents(args: argparse.Namespace, lengths: list[int], tokenizer, bos: int | None) -> list:
+def load_documents(args: argparse.Namespace, lengths: list[int], tokenizer, bos: int | None,
+                   vocab_size: int | None = None) -> list:
     """The corpus documents a perplexity-type task reads (`--dataset` and its selection options)."""
     from . import corpora
 
@@ -359,7 +360,8 @@ def load_documents(args: argparse.Namespace, lengths: list[int], tokenizer, bos:
         min_tokens = max(lengths) - (bos is not None) if args.protocol == "truncated" else 0
     docs = corpora.load_corpus(args.dataset, tokenizer, min_tokens=min_tokens, n_docs=args.docs,
                                sample=args.sample, seed=args.seed, text_field=args.text_field)
-    corpora.check_token_ids(docs, session.info.vocab_size, args.dataset)  # stored input_ids of another tokenizer
+    if vocab_size is not None:  # stored input_ids made for another tokenizer
+        corpora.check_token_ids(docs, vocab_size, args.dataset)
     if args.protocol == "truncated":
         shortest = min(d.ids.numel() for d in docs) + (bos is not None)
         if shortest < max(lengths):
@@ -453,7 +455,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         store, manifest = main_store, main_manifest
     session = runner.Session(model, tokenizer, info.name, store, manifest, shard, not args.no_progress, info, plan.out)
     inputs = runner.RunInputs(args, specs, plan.lengths,
-                              lambda: load_documents(args, plan.lengths, tokenizer, info.bos_token_id))
+                              lambda: load_documents(args, plan.lengths, tokenizer, info.bos_token_id,
+                                                     info.vocab_size))
     tasks = [runner.task_class(name).from_inputs(inputs, session) for name in plan.tasks]
     run_plan = runner.build_plan(tasks, session)
     if args.dry_run:

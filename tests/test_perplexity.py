@@ -230,6 +230,7 @@ def authors_sliding_ppl(model, docs, window, stride, bos):
 
 def run_grid(model, docs, specs, task, folder):
     store = ResultStore(folder)
+    specs = [ScalingSpec.parse(s) for s in specs]
     failed = run_perplexity(model, "tiny", BOS, specs, [TokenizedDoc(str(i), d) for i, d in enumerate(docs)],
                             task, store, Manifest(folder), show_progress=False)
     assert failed == []
@@ -400,7 +401,7 @@ def test_smollm2_ppl_paper_equals_the_authors_algorithm(tmp_path):
     expected, n_windows = authors_sliding_ppl(apply_scaling(model, "base") and model, [ids], 512, 256,
                                               info.bos_token_id)
     store = ResultStore(tmp_path)
-    run_perplexity(model, "smollm2", info.bos_token_id, ["base"], [TokenizedDoc("0", ids)],
+    run_perplexity(model, "smollm2", info.bos_token_id, [ScalingSpec.parse("base")], [TokenizedDoc("0", ids)],
                    PerplexityTask("coq", "sliding", (512,), 256), store, Manifest(tmp_path), show_progress=False)
     (row,) = store.read("perplexity").to_dict("records")
     assert row["n_windows"] == n_windows > 10
