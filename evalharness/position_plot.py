@@ -17,12 +17,10 @@ from .plots import (
     _length_text,
     _new_figure,
     _ordered_series,
-    _panels,
     _ppl_panel_title,
     _Styler,
-    method_display,
-    split_label,
 )
+from .tables import method_display, ordered_groups, split_label
 
 POSITION_XLABEL = "Token position in the window"
 NLL_YLABEL = "Mean NLL per token (lower is better)"
@@ -42,7 +40,7 @@ def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None)
     frame = _without_temperature_variants(frame.copy())
     for column in ("mean_nll", "position_start", "position_end", "context_length"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    panels = _panels(frame, ["dataset", "protocol", "window_bos", "stride"])
+    panels = ordered_groups(frame, [c for c in ("dataset", "protocol", "window_bos", "stride") if c in frame])
     fig, axes = _new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(7.0, 4.8))
     extra = _extra_keys(frame)
     styler = _Styler(frame)

@@ -2,6 +2,9 @@
 import json
 import math
 
+import pandas as pd
+import pytest
+
 from evalharness.results import SCHEMAS, Manifest, ResultStore
 from evalharness.tables import aggregate_perplexity
 
@@ -38,8 +41,8 @@ def test_window_bos_is_part_of_the_cell(tmp_path):
     assert sorted(table["window_bos"]) == ["every", "first"] and (table["n_docs"] == 1).all()
 
 
-OLD_DOCS_CSV = """model,method,factor,original_ctx,dataset,doc_id,doc_tokens,protocol,context_length,stride,scored_tokens,\
-nll_sum,n_windows,ppl,ppl_window_mean
+OLD_DOCS_CSV = """model,method,factor,original_ctx,dataset,doc_id,doc_tokens,protocol,context_length,stride,\
+scored_tokens,nll_sum,n_windows,ppl,ppl_window_mean
 m,base,1,64,d,a,1000,truncated,128,0,127,254.0,1,7.389056099,7.389056099
 m,base,1,64,d,b,1000,sliding,128,32,1000,1500.0,3,4.48168907,4.0
 """.replace("\\\n", "")
