@@ -393,6 +393,11 @@ def cache_reusable(model, built_at: int, length: int) -> bool:
     return spec.scale_at(built_at) == spec.scale_at(length)
 
 
+def _free_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _stop_tokens(model, tokenizer) -> set[int]:
     """The ids that end generation, as `model.generate` reads them: the generation config's
     eos_token_id (int or list), else the tokenizer's."""
@@ -415,7 +420,9 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
     when `cache_reusable(model, built_at, P + i)` (always for static methods, so the rule costs one
     prefill + ≤ max_new_tokens − 1 one-token steps); otherwise it runs the whole sequence without
     cache, so a dynamic method rotates every key with the scale of the current length, as a
-    cache-free `generate` does. Only the last position goes through the LM head. Stops at a stop
+    cache-free `generate` does. When the KV cache does not fit in memory (OutOfMemoryError in a
+    forward that keeps it), that forward is redone without cache and the remaining steps are full
+    forwards: same tokens, more time. Only the last position goes through the LM head. Stops at a stop
     token (not kept), after `max_new_tokens`, or (when `stop_when_decided`) once
     `outcome_decided`: the paper's score can no longer change, and the tokens are a prefix of
     what `generate` returns.
@@ -425,17 +432,29 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
     stop = _stop_tokens(model, tokenizer)
     new: list[int] = []
     text = ""
-    cache, built_at = None, 0
+    cache, built_at, cache_fits = None, 0, True
     forwards = cached_steps = 0
     for step in range(int(max_new_tokens)):
         length = prompt_tokens + step
         more = step + 1 < max_new_tokens
+        hidden = None
         if cache is not None and cache_reusable(model, built_at, length):
-            hidden, cache = _decoder_last_hidden(model, ids[:, -1:], cache, use_cache=more)
-            cached_steps += 1
-        else:
-            keep = more and cache_reusable(model, length, length + 1)
-            hidden, cache = _decoder_last_hidden(model, ids, use_cache=keep)
+            try:
+                hidden, cache = _decoder_last_hidden(model, ids[:, -1:], cache, use_cache=more)
+                cached_steps += 1
+            except torch.OutOfMemoryError:
+                cache, cache_fits = None, False
+        if hidden is None:
+            keep = cache_fits and more and cache_reusable(model, length, length + 1)
+            try:
+                hidden, cache = _decoder_last_hidden(model, ids, use_cache=keep)
+            except torch.OutOfMemoryError:
+                if not keep:
+                    raise
+                cache, cache_fits = None, False  # the KV cache does not fit: full forwards from here
+            if hidden is None:  # retried outside the handler, so the failed forward's tensors are freed
+                _free_accelerator_memory()
+                hidden, _ = _decoder_last_hidden(model, ids)
             built_at = length
         forwards += 1
         token = int(_logits_at(model, hidden).argmax(-1)[0])

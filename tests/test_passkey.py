@@ -506,6 +506,30 @@ def test_static_method_decodes_on_the_cache(sharp_llama):
     apply_scaling(model, "base")
 
 
+def test_kv_cache_out_of_memory_falls_back_to_full_forwards(sharp_llama, monkeypatch):
+    """A KV cache that does not fit: the forward is redone without it and every later step is a
+    full forward; the tokens are those of the cached decode."""
+    model, tok = sharp_llama
+    apply_scaling(model, "yarn:2")
+    ids = torch.randint(3, 250, (300,), generator=torch.Generator().manual_seed(1))
+    expected = PK.greedy_decode(model, tok, ids, 10, stop_when_decided=False)
+    real = PK._decoder_last_hidden
+    requested = []
+
+    def no_room_for_a_cache(model_, ids_, cache=None, use_cache=False):
+        requested.append(use_cache)
+        if use_cache:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model_, ids_, cache, use_cache)
+
+    monkeypatch.setattr(PK, "_decoder_last_hidden", no_room_for_a_cache)
+    got = PK.greedy_decode(model, tok, ids, 10, stop_when_decided=False)
+    assert got.token_ids == expected.token_ids and expected.cached_steps == 9
+    assert got.cached_steps == 0 and got.forwards == 10
+    assert requested == [True] + [False] * 10  # asked once, then never again
+    apply_scaling(model, "base")
+
+
 @pytest.fixture(scope="module")
 def copy_byte(byte_tok):
     return CopyLM(byte_tok, n=8)
