@@ -38,6 +38,7 @@ from .tables import (
     task_display,
     temperature_sweep,
     varying,
+    without_subtasks,
 )
 
 REFERENCE = "base"
@@ -366,7 +367,7 @@ def _passkey_difference_table(passkey: pd.DataFrame, keys: Sequence[str], length
 
 
 def _leaderboard_section(leaderboard: pd.DataFrame) -> list[str]:
-    frame = leaderboard.copy()
+    frame = without_subtasks(leaderboard).copy()
     for column in ("value", "stderr", "n_samples", "num_fewshot"):
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")

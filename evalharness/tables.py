@@ -650,6 +650,14 @@ def passkey_differences(passkey: pd.DataFrame, reference: str = "base", seed: in
 # Leaderboard
 # ---------------------------------------------------------------------------------------------
 
+def without_subtasks(leaderboard: pd.DataFrame) -> pd.DataFrame:
+    """The rows of group-level tasks only: a task named `<other task in the table>_<suffix>` (an MMLU
+    subject beside `mmlu_local`) is a subtask, kept in the CSV but left out of summaries."""
+    tasks = set(leaderboard["task"].astype(str))
+    subtask = [any(t != g and t.startswith(g + "_") for g in tasks) for t in leaderboard["task"].astype(str)]
+    return leaderboard[[not s for s in subtask]]
+
+
 def leaderboard_columns(leaderboard: pd.DataFrame) -> list[tuple[str, str]]:
     """The (task, metric) pairs of a leaderboard table in the paper's order."""
     return sorted({(t, m) for t, m in zip(leaderboard["task"], leaderboard["metric"])},

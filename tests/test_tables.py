@@ -380,3 +380,11 @@ def test_temperature_sweep_curves_have_their_minimum_and_the_formula():
     assert length == 128 and (at_128["value"] == 50.0).all()
     assert T.temperature_sweep(pd.DataFrame(rows[-1:]))[1].empty  # base only: nothing to sweep
     assert T.temperature_sweep(pd.DataFrame(rows), context_length=512)[1].empty
+
+
+def test_subject_rows_stay_out_of_leaderboard_summaries():
+    frame = pd.DataFrame({"task": ["mmlu_local", "mmlu_local_anatomy", "mmlu_local_virology", "arc_challenge_local",
+                                   "truthfulqa_mc1_local", "truthfulqa_mc2_local"],
+                          "metric": ["acc_macro", "acc", "acc", "acc_norm", "acc", "acc"]})
+    kept = T.without_subtasks(frame)
+    assert list(kept["task"]) == ["mmlu_local", "arc_challenge_local", "truthfulqa_mc1_local", "truthfulqa_mc2_local"]
