@@ -804,9 +804,8 @@ def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[
         return None
     field = PRETOKENIZED_FIELD
     if isinstance(source, JsonlSource):
-        with source.path.open("r", encoding="utf-8") as fh:
-            first = next((line for line in fh if line.strip()), None)
-        if first is None or field not in source._parse(first, 0):
+        first = next(_jsonl_lines(source.path), None)
+        if first is None or field not in source._parse(first[1], first[0]):
             return None
         return _jsonl_token_ids(source)
     if isinstance(source, ParquetSource):
@@ -826,14 +825,25 @@ def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[
     return None
 
 
-def _jsonl_token_ids(source: JsonlSource) -> Iterator[tuple[str, object]]:
-    with source.path.open("r", encoding="utf-8") as fh:
-        for index, line in enumerate(fh):
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line index, text) of each non-blank line, decoded line by line so that a line that is not
+    UTF-8 is an error naming it (a text-mode file would fail on a read-ahead block instead)."""
+    with path.open("rb") as fh:
+        for index, raw in enumerate(fh):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, exc, f" line {index}") from None
             if line.strip():
-                record = source._parse(line, index)
-                if PRETOKENIZED_FIELD not in record:
-                    raise _missing_field_error(source.path, PRETOKENIZED_FIELD, record.keys(), f" (line {index})")
-                yield str(index), record[PRETOKENIZED_FIELD]
+                yield index, line
+
+
+def _jsonl_token_ids(source: JsonlSource) -> Iterator[tuple[str, object]]:
+    for index, line in _jsonl_lines(source.path):
+        record = source._parse(line, index)
+        if PRETOKENIZED_FIELD not in record:
+            raise _missing_field_error(source.path, PRETOKENIZED_FIELD, record.keys(), f" (line {index})")
+        yield str(index), record[PRETOKENIZED_FIELD]
 
 
 def _hf_dataset(source: CorpusSource):
