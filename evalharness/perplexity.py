@@ -493,14 +493,13 @@ class PerplexityCells(Task):
                                 bar, self._unit_scale_passes)
             else:
                 _sliding_cell(session.model, self.bos_id, doc, missing, self.task, base_row, session.store, bar)
-            seconds = round(bar.format_dict["elapsed"], 1)
         finally:
             bar.close()
             if not session.shard.active:
                 session.store.derive("perplexity", "perplexity_docs",
                                      lambda docs: aggregate_perplexity(docs, seed=self.seed))
                 session.store.derive("perplexity_positions", "perplexity_positions_docs", aggregate_positions)
-        return {"seconds": seconds}
+        return {}
 
 
 class TemperatureSweepCells(PerplexityCells):

@@ -176,9 +176,11 @@ def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
                 task = by_name[cell.task]
                 apply_scaling(session.model, cell.spec)
                 overall.set_description(f"cells ({cell.task})")
+                cell_start = time.monotonic()
                 try:
                     info = task.run(cell, pending, session)
-                    session.manifest.cell(cell.name, "done", **(info or {}))
+                    seconds = round(time.monotonic() - cell_start, 1)
+                    session.manifest.cell(cell.name, "done", **{"seconds": seconds, **(info or {})})
                 except Exception as exc:  # the policy is in is_cell_failure; the rest propagates
                     if not is_cell_failure(exc):
                         raise

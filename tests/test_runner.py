@@ -3,6 +3,7 @@ sharding of every task (passkey and leaderboard under 2 gloo processes compute e
 import json
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -91,6 +92,18 @@ def test_computation_failures_are_recorded_and_the_run_goes_on(tiny, tmp_path):
     assert cells["scripted|1"] == {**cells["scripted|1"], "status": "done", "note": "ok"}
     assert "NonFiniteError: NaN" == cells["scripted|0"]["error"]
     assert "OutOfMemoryError" in cells["scripted|2"]["error"]
+
+
+def test_every_done_cell_records_its_wall_time_also_without_progress_bars(tiny, tmp_path):
+    class SlowTask(ScriptedTask):
+        def run(self, cell, pending, session):
+            time.sleep(0.3)
+            return super().run(cell, pending, session)
+
+    task = SlowTask([None])
+    session = scripted_session(tiny, tmp_path)
+    runner.run_cells(Plan(task.cells(session)), [task], session)
+    assert Manifest(tmp_path).data["cells"]["scripted|0"]["seconds"] >= 0.3
 
 
 @pytest.mark.parametrize("bug", [ValueError("a programming mistake"), KeyError("column"),
