@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import EvalHarnessError, UsageError
-from .options import parse_count, parse_factors, parse_grid, parse_lengths
+from .options import parse_count, parse_factors, parse_grid, parse_lengths, positive_count
 from .runner import TASKS
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -70,14 +70,8 @@ def build_specs(methods: str, factors: str, original_ctx: int | None) -> list:
 def parse_limit(text: str) -> int | dict[str, int]:
     """`--limit`: one count for every task (`100`) or one per task (`arc_challenge=100,mmlu=2`)."""
     def count(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if number < 1:
-            raise argparse.ArgumentTypeError(f"--limit {text!r}: {value!r} is not a count ≥ 1 "
-                                             "(give N or TASK=N,TASK=N).")
-        return number
+        return positive_count(value, f"--limit {text!r}: {value!r} is not a count ≥ 1 "
+                                     "(give N or TASK=N,TASK=N).")
     if "=" not in text:
         return count(text)
     limits = {}
@@ -93,14 +87,8 @@ def parse_window(text: str) -> int | str:
     """`--sliding-window-attention`: `off` or a token count (`4096`, `4k`)."""
     if str(text).strip().lower() == "off":
         return "off"
-    try:
-        window = parse_count(text)
-    except UsageError:
-        window = 0
-    if window < 1:
-        raise argparse.ArgumentTypeError(f"--sliding-window-attention {text!r} is not valid; give a size ≥ 1 "
-                                         "(e.g. 4096 or 4k) or off.")
-    return window
+    return positive_count(text, f"--sliding-window-attention {text!r} is not valid; give a size ≥ 1 "
+                                "(e.g. 4096 or 4k) or off.")
 
 
 def sliding_window_setup(model, option, lengths: list[int], tasks: list[str]) -> dict:

@@ -1,7 +1,10 @@
 """Parsers of command-line values (pure; no torch): token counts, length grids, factors, number
-grids. Each raises `UsageError` with one sentence naming the bad text and the valid forms."""
+grids. Each raises `UsageError` with one sentence naming the bad text and the valid forms, except
+`positive_count`, an argparse `type` helper, which raises `argparse.ArgumentTypeError` with the
+caller's sentence (argparse prints it and exits with code 2)."""
 from __future__ import annotations
 
+import argparse
 import math
 import re
 
@@ -14,6 +17,18 @@ def parse_count(text: str) -> int:
     if not match:
         raise UsageError(f"{text!r} is not a token count; write e.g. 4096 or 4k.")
     return int(match.group(1)) * (1024 if match.group(2) else 1)
+
+
+def positive_count(text: str, error: str) -> int:
+    """`text` as a count ≥ 1 in `parse_count`'s forms (`7`, `4096`, `4k`); anything else raises
+    `argparse.ArgumentTypeError(error)`, `error` being the option's one-sentence message."""
+    try:
+        count = parse_count(text)
+    except UsageError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(error)
+    return count
 
 
 def parse_lengths(text: str) -> list[int]:

@@ -223,6 +223,7 @@ def test_methods_command_prints_the_table(capsys):
 def test_limit_is_one_count_or_one_per_task():
     assert cli.parse_limit("7") == 7
     assert cli.parse_limit("arc_challenge=50,mmlu=2") == {"arc_challenge": 50, "mmlu": 2}
+    assert cli.parse_limit("mmlu=1k") == {"mmlu": 1024}  # the token-count forms of options.positive_count
     for bad in ("0", "x", "arc_challenge=0", "=3"):
         with pytest.raises(Exception, match="--limit"):
             cli.parse_limit(bad)
