@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything evalharness needs on a fresh Debian machine with only Python and pip, then run
-# the default evaluation (`eval`) or the test suite (`test`). Idempotent: the second time it skips
-# what is already done. Extra arguments go to run_eval.py (eval) or pytest (test).
+# the default evaluation (`eval`), the test suite (`test`) or the notebooks (`notebooks`).
+# Idempotent: the second time it skips what is already done. Extra arguments go to run_eval.py (eval) or pytest (test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,8 +62,17 @@ case "$cmd" in
     "$PY" -m ruff check .
     exec "$PY" -m pytest -q "$@"
     ;;
+  notebooks)
+    python_env
+    # Executes the notebooks in place against the committed results/ (redraws figures, rewrites
+    # report.md files), so their outputs show where the repository is browsed.
+    for nb in notebooks/paper_figures.ipynb notebooks/compare_methods.ipynb; do
+      say "executing $nb"
+      "$PY" -m jupyter execute --inplace "$nb"
+    done
+    ;;
   *)
-    echo "usage: bash scripts/bootstrap.sh eval|test [args...]" >&2
+    echo "usage: bash scripts/bootstrap.sh eval|test|notebooks [args...]" >&2
     exit 2
     ;;
 esac

@@ -2,6 +2,7 @@
 import json
 import math
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -304,9 +305,18 @@ def test_notebook_runs_headless_against_a_results_folder(name, run_folder, tmp_p
     ResultStore(other).replace("perplexity", perplexity_frame())
     monkeypatch.setenv("EVALHARNESS_RESULTS", f"{run_folder},{other}")
 
+    positions = pd.DataFrame([dict(model="m", method=method, factor=factor, original_ctx=16, dataset="d",
+                                   protocol="truncated", window_bos="first", context_length=32, stride=0,
+                                   bucket_width=8, position_start=start, position_end=start + 8, n_docs=1,
+                                   tokens=8, nll_sum=8 * nll, mean_nll=nll)
+                              for method, factor, nll in (("base", 1, 2.0), ("yarn", 2, 1.5))
+                              for start in (0, 8, 16, 24)])
+    ResultStore(other).replace("perplexity_positions", positions)
+
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    assert all(not cell.get("outputs") for cell in code), "outputs not cleared"
+    for cell in code:  # the committed notebooks carry the outputs of the committed results
+        cell.outputs, cell.execution_count = [], None
     # the notebooks import the installed package; they do not edit sys.path
     assert not any("sys.path" in cell.source for cell in code)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
@@ -314,17 +324,18 @@ def test_notebook_runs_headless_against_a_results_folder(name, run_folder, tmp_p
     client.execute()  # raises CellExecutionError if a cell raises
 
     printed = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
-    assert f"python: {sys.executable}" in printed
+    assert f"evalharness {version('evalharness')} imported from evalharness" in printed
     errors = [out for cell in nb.cells for out in cell.get("outputs", []) if out.output_type == "error"]
     assert not errors
     outputs = [out for cell in nb.cells for out in cell.get("outputs", [])]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     if name == "compare_methods":
-        assert len(images) == 3  # perplexity, passkey, leaderboard
+        assert len(images) == 4  # perplexity, loss by position (other), passkey, leaderboard
     else:
-        assert len(images) == 4  # three figures of run_folder, one of other
+        assert len(images) == 5  # three figures of run_folder; perplexity and loss by position of other
         assert (run_folder / "figures" / "perplexity.png").exists()
         assert (other / "figures" / "perplexity.pdf").exists()
+        assert len(list((other / "figures").glob("*.png"))) == 2
         assert (run_folder / "report.md").exists()
 
 
