@@ -6,6 +6,7 @@ first argument that is not a command name means `eval`:
     python run_eval.py methods --model smollm2-135m --method yarn --factor 2
     python run_eval.py plot results/run1
     python run_eval.py compare results/run1      # next to the paper's published numbers
+    python run_eval.py effective-context results/ppl results/passkey   # effective context per method
 
 Exit codes: 0 all cells done; 1 some cells failed (recorded in manifest.json, the rest ran);
 2 bad input (one sentence on stderr, nothing computed); 3 a result file could not be written
@@ -178,6 +179,49 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-plots", action="store_true", help="skip figures and report.md at the end of the run")
     g.add_argument("--dry-run", action="store_true",
                    help="print the plan (cells, tokens, done vs to do in --out, peak-memory estimate) and stop")
+    add_effective_context_arguments(p)
+
+
+def add_effective_context_arguments(p: argparse.ArgumentParser) -> None:
+    """The thresholds of the effective-context table (report.md and `effective-context`)."""
+    g = p.add_argument_group("effective context (tables.effective_context)")
+    g.add_argument("--ppl-tolerance", type=float, default=None,
+                   help="perplexity rule: ppl(l) <= (1 + tolerance) * best ppl at lengths <= L "
+                        "(default 0.10)")
+    g.add_argument("--passkey-threshold", type=float, default=None,
+                   help="passkey rule: accuracy >= threshold (default 0.8)")
+    g.add_argument("--ruler-fraction", type=float, default=None,
+                   help="RULER rule: mean score >= fraction * base's mean at the longest length <= L/2 "
+                        "(default 0.85)")
+    g.add_argument("--ruler-threshold", type=float, default=None,
+                   help="RULER rule with an absolute threshold on the mean score instead (0-1)")
+
+
+def effective_context_rules(args: argparse.Namespace):
+    """`tables.EffectiveContextRules` from the options of `add_effective_context_arguments`;
+    UsageError (one sentence) for a value outside its range."""
+    import math
+
+    from .tables import EffectiveContextRules
+
+    defaults = EffectiveContextRules()
+    checks = [("--ppl-tolerance", args.ppl_tolerance, lambda v: 0 <= v < math.inf,
+               "a number >= 0 (0.10 = 10 %)"),
+              ("--passkey-threshold", args.passkey_threshold, lambda v: 0 < v <= 1, "in (0, 1]"),
+              ("--ruler-fraction", args.ruler_fraction, lambda v: 0 < v < math.inf, "a number > 0"),
+              ("--ruler-threshold", args.ruler_threshold, lambda v: 0 < v <= 1, "in (0, 1]")]
+    for flag, value, valid, text in checks:
+        if value is not None and not valid(value):
+            raise UsageError(f"{flag} {value:g} is out of range; give {text}.")
+    if args.ruler_fraction is not None and args.ruler_threshold is not None:
+        raise UsageError("--ruler-fraction (relative to base) and --ruler-threshold (absolute) exclude each "
+                         "other; give one.")
+    return EffectiveContextRules(
+        ppl_tolerance=defaults.ppl_tolerance if args.ppl_tolerance is None else args.ppl_tolerance,
+        passkey_threshold=(defaults.passkey_threshold if args.passkey_threshold is None
+                           else args.passkey_threshold),
+        ruler_fraction=defaults.ruler_fraction if args.ruler_fraction is None else args.ruler_fraction,
+        ruler_threshold=args.ruler_threshold)
 
 
 def add_methods_arguments(p: argparse.ArgumentParser) -> None:
@@ -193,6 +237,15 @@ def add_methods_arguments(p: argparse.ArgumentParser) -> None:
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR")
     p.add_argument("--no-report", action="store_true", help="figures only")
+    add_effective_context_arguments(p)
+
+
+def add_effective_context_command_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run folders; series are matched across them by model, method, factor, original_ctx")
+    p.add_argument("--csv", default=None, help="also write the table (one row per series and criterion) to "
+                                               "this CSV file")
+    add_effective_context_arguments(p)
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -237,12 +290,13 @@ def _num(value) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    rules = effective_context_rules(args)
     for folder in map(Path, args.results_dirs):
         if not folder.is_dir():
             raise UsageError(f"results folder {str(folder)!r} does not exist; give a run's --out folder.")
         if not any(folder.glob("*.csv")):
             raise UsageError(f"results folder {str(folder)!r} holds no result table (*.csv) to plot.")
-        for path in write_figures_and_report(folder, report=not args.no_report):
+        for path in write_figures_and_report(folder, report=not args.no_report, rules=rules):
             print(path)
     return EXIT_OK
 
@@ -261,13 +315,49 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def write_figures_and_report(folder: Path, report: bool = True) -> list[Path]:
+def check_run_folder_given(folder: Path) -> None:
+    """A folder named on the command line is a run folder: a manifest.json or a result table."""
+    from .results import SCHEMAS
+
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"run folder {str(folder)!r} {state}; give a run's --out folder.")
+    if not (folder / "manifest.json").exists() and not any((folder / f"{t}.csv").exists()
+                                                           for t in [*SCHEMAS, "ruler"]):
+        raise UsageError(f"{str(folder)!r} is not a run folder (no manifest.json and no result table); "
+                         "give a run's --out folder.")
+
+
+def cmd_effective_context(args: argparse.Namespace) -> int:
+    """`effective-context RUN_DIR...`: the effective context of every series by perplexity, passkey and
+    RULER, from the tables of all the folders together, as a markdown table."""
+    rules = effective_context_rules(args)
+    folders = [Path(folder) for folder in args.run_dirs]
+    for folder in folders:
+        check_run_folder_given(folder)
+    from .report import effective_context_lines
+    from .tables import effective_context, load_effective_context_tables
+
+    tables = load_effective_context_tables(folders)
+    if all(frame.empty for frame in tables.values()):
+        raise UsageError(f"{', '.join(str(f) for f in folders)}: no perplexity, passkey or ruler table, so "
+                         "there is no effective context to compute; give the run folders of those tasks.")
+    table = effective_context(tables["perplexity"], tables["passkey"], tables["ruler"], rules)
+    print("\n".join(effective_context_lines(table, rules)).rstrip())
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return EXIT_OK
+
+
+def write_figures_and_report(folder: Path, report: bool = True, rules=None) -> list[Path]:
+    """Figures, then report.md (`rules`: the effective-context thresholds, default the tables' own)."""
     from . import plots
     from .report import write_report
+    from .tables import EffectiveContextRules
 
     paths = plots.plot_run(folder)
     if report:
-        paths.append(write_report(folder, figures=False))
+        paths.append(write_report(folder, figures=False, rules=rules or EffectiveContextRules()))
     return paths
 
 
@@ -410,6 +500,7 @@ def memory_estimate(model, dtype, chunk_size: int | None):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     plan = plan_run(args)
+    rules = effective_context_rules(args)
     from . import models, parallel, runner
     from .plan import describe
     from .results import Manifest, ResultStore
@@ -488,7 +579,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.no_plots:
         try:
             with main_store.locked():  # two runs into one folder draw one after the other
-                paths = write_figures_and_report(plan.out)
+                paths = write_figures_and_report(plan.out, rules=rules)
             print(f"figures and report: {', '.join(str(p) for p in paths)}", file=sys.stderr)
         except Exception as exc:  # a figure must never cost the numbers
             print(f"warning: could not draw figures ({type(exc).__name__}: {exc})", file=sys.stderr)
@@ -568,6 +659,11 @@ COMMANDS: dict[str, Command] = {
                        "Put a run's perplexity / passkey / leaderboard numbers next to the YaRN paper's published "
                        "ones for the same model, with the relative difference (run - paper) / paper.",
                        add_compare_arguments, cmd_compare),
+    "effective-context": Command("effective context per method from one or more run folders",
+                                 "The longest length at which each method x factor keeps perplexity within a "
+                                 "tolerance of its best at <= L, passkey accuracy and the RULER mean above "
+                                 "thresholds, from the tables of all RUN_DIRs together (markdown table).",
+                                 add_effective_context_command_arguments, cmd_effective_context),
 }
 
 

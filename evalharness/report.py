@@ -3,7 +3,8 @@
 What ran (command, model, versions from manifest.json), the tables the paper reports with their
 uncertainty (perplexity with its bootstrap interval over documents and the paired ratio to base,
 passkey accuracy with its Wilson interval, n and the effective passkey context, leaderboard scores
-± lm-eval's standard error with their mean and the change from base), failed cells, and the
+± lm-eval's standard error with their mean and the change from base), the effective context per
+series by perplexity, passkey and RULER (`tables.effective_context`), failed cells, and the
 figures of `plots.plot_run` embedded by relative path. Every number comes from `tables.py`; each
 section states its rules in one sentence each. Markdown tables are formatted here.
 """
@@ -23,10 +24,14 @@ from .results import atomic_write_text, read_manifest
 from .tables import (
     BOOTSTRAP_RESAMPLES,
     PASSKEY_THRESHOLD,
+    EffectiveContextRules,
+    effective_context,
     format_number,
+    is_missing,
     leaderboard_columns,
     leaderboard_deltas,
     leaderboard_means,
+    load_effective_context_tables,
     load_perplexity,
     method_display,
     ordered_groups,
@@ -421,6 +426,71 @@ def _leaderboard_section(leaderboard: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _effective_context_text(row: dict | None) -> str:
+    if row is None:
+        return "—"
+    if pd.isna(row["effective_context"]):
+        return "none"
+    text = fmt_length(row["effective_context"])
+    if _number(row["effective_context"]) >= _number(row["max_length_tested"]):
+        text = "≥" + text
+    gap = row.get("shorter_failure")
+    return text + ("†" if not is_missing(gap) and bool(gap) else "")
+
+
+def _ruler_rule_text(table: pd.DataFrame, rules: EffectiveContextRules) -> str:
+    if rules.ruler_threshold is not None:
+        return f"RULER: the RULER mean (mean score over the tasks at ℓ) ≥ {fmt_pct(rules.ruler_threshold)} %."
+    text = (f"RULER: the RULER mean m(ℓ) (mean score over the tasks at ℓ) ≥ θ = {rules.ruler_fraction:g} · "
+            f"m_{REFERENCE}(ℓ_ref), ℓ_ref = the longest length ≤ L/2 at which {method_display(REFERENCE)} "
+            "has RULER scores")
+    ruler = table[table["criterion"] == "ruler"]
+    refs = []
+    for key, group in ordered_groups(ruler, ["model", "original_ctx"]):
+        first = group.iloc[0]
+        where = f"{key['model']}, L = {fmt_length(key['original_ctx'])}"
+        if pd.isna(first["threshold"]):
+            refs.append(f"{where}: no {method_display(REFERENCE)} RULER score at ≤ L/2, so none")
+        else:
+            refs.append(f"{where}: ℓ_ref = {fmt_length(first['reference_length'])}, "
+                        f"θ = {fmt_pct(first['threshold'])} %")
+    return text + (" (" + "; ".join(refs) + ")." if refs else ".")
+
+
+def effective_context_lines(table: pd.DataFrame,
+                            rules: EffectiveContextRules = EffectiveContextRules()) -> list[str]:
+    """The effective-context table (`tables.effective_context`'s frame) in markdown with its rules:
+    one row per series, one column per perplexity data, then passkey and RULER."""
+    show = varying(table, ["model", "original_ctx"]) if not table.empty else []
+    datasets = [data for data in dict.fromkeys(table.loc[table["criterion"] == "perplexity", "data"])]
+    columns = [("perplexity", d) for d in datasets] or [("perplexity", "")]
+    passkey_data = list(dict.fromkeys(table.loc[table["criterion"] == "passkey", "data"])) or [""]
+    columns += [("passkey", d) for d in passkey_data] + [("ruler", "")]
+    headers = ["method"] + [f"perplexity ({d})" if c == "perplexity" and d else
+                            "RULER" if c == "ruler" else f"{c} ({d})" if d else c for c, d in columns]
+    rows = []
+    for key, group in ordered_groups(table, SERIES):
+        cells = {(r["criterion"], r["data"]): r for r in group.to_dict("records")}
+        rows.append([_row_label(key, show)] + [_effective_context_text(cells.get(c)) for c in columns])
+    return ["- Effective context: the longest tested length ℓ that meets the rule, counted also when a "
+            "shorter tested length fails (the paper's passkey definition; † marks such a gap, for perplexity "
+            "between the best length and ℓ); ≥: met at the longest length tested; none: no tested length "
+            "meets it; —: not measured.",
+            f"- Perplexity: ppl(ℓ) ≤ (1 + {rules.ppl_tolerance:g}) · min_{{ℓ' ≤ L}} ppl(ℓ'), token-weighted "
+            "perplexity on that data, L = the series' original context.",
+            f"- Passkey: accuracy ≥ {fmt_pct(rules.passkey_threshold, 0)} % over depths and trials.",
+            "- " + _ruler_rule_text(table, rules), "",
+            markdown_table(headers, rows), ""]
+
+
+def _effective_context_section(results_dir: Path, rules: EffectiveContextRules) -> list[str]:
+    tables = load_effective_context_tables([results_dir])
+    table = effective_context(tables["perplexity"], tables["passkey"], tables["ruler"], rules)
+    if table.empty:
+        return []
+    return ["## Effective context", ""] + effective_context_lines(table, rules)
+
+
 def _cells_section(manifest: dict) -> list[str]:
     cells = manifest.get("cells", {}) or {}
     if not cells:
@@ -459,9 +529,10 @@ def _figures_section(results_dir: Path) -> list[str]:
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
-def build_report(results_dir: str | os.PathLike, seed: int = 0) -> str:
+def build_report(results_dir: str | os.PathLike, seed: int = 0,
+                 rules: EffectiveContextRules = EffectiveContextRules()) -> str:
     """The markdown text of the report (without writing figures); `seed` drives the paired
-    bootstrap intervals."""
+    bootstrap intervals, `rules` holds the effective-context thresholds."""
     results_dir = Path(results_dir)
     manifest_path = results_dir / "manifest.json"
     manifest = read_manifest(manifest_path) if manifest_path.exists() else {}
@@ -477,20 +548,22 @@ def build_report(results_dir: str | os.PathLike, seed: int = 0) -> str:
     leaderboard = read_table(results_dir, "leaderboard")
     if not leaderboard.empty:
         lines += _leaderboard_section(leaderboard)
+    lines += _effective_context_section(results_dir, rules)
     lines += _cells_section(manifest)
     lines += _figures_section(results_dir)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(results_dir: str | os.PathLike, figures: bool = True) -> Path:
+def write_report(results_dir: str | os.PathLike, figures: bool = True,
+                 rules: EffectiveContextRules = EffectiveContextRules()) -> Path:
     """Writes `<dir>/report.md`; with `figures=True` the figures of `plot_run` first, so the
     report embeds current ones. Returns the report's path."""
     results_dir = Path(results_dir)
     if figures:
         plot_run(results_dir)
     path = results_dir / "report.md"
-    atomic_write_text(path, build_report(results_dir))
+    atomic_write_text(path, build_report(results_dir, rules=rules))
     return path
 
 
-__all__ = ["write_report", "build_report", "markdown_table"]
+__all__ = ["write_report", "build_report", "markdown_table", "effective_context_lines"]

@@ -12,6 +12,11 @@ Each rule has one definition here:
   95 % score interval (`wilson_interval`).
 - Effective passkey context: the longest tested length whose accuracy is ≥ `PASSKEY_THRESHOLD`
   (80 %); NaN (shown as "none") when no length reaches it.
+- Effective context by criterion (`effective_context`): the longest tested length ℓ that passes,
+  also after a failing shorter one (`longest_passing_length`, the passkey definition). Perplexity:
+  ppl(ℓ) ≤ (1 + τ)·min_{ℓ' ≤ L} ppl(ℓ'), τ = 0.10; passkey: accuracy ≥ 80 %; RULER: the mean score
+  over the tasks at ℓ ≥ 85 % of base's mean at ℓ_ref, the longest base length ≤ L/2
+  (`EffectiveContextRules` holds the thresholds).
 - Paired comparisons (methods run on the same documents / prompts): percentile bootstrap over the
   shared documents of the perplexity ratio method / reference, and over the shared prompts of the
   accuracy difference method − reference (`paired_ppl_ratio_interval`,
@@ -26,6 +31,8 @@ from __future__ import annotations
 import math
 import os
 import random
+from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import Iterator, Sequence
 
@@ -329,6 +336,25 @@ def paired_accuracy_difference_interval(correct: Sequence[float], reference_corr
     return value, low, high
 
 
+def longest_passing_length(passes: pd.Series) -> tuple[float, bool]:
+    """The effective-context rule shared by every criterion: the longest tested length that passes.
+
+    With T the tested lengths (the index of `passes`) and pass(ℓ) the criterion at ℓ:
+    effective = max{ℓ ∈ T : pass(ℓ)}, NaN when no length passes. A length that passes after a failing
+    shorter one counts (the paper's passkey definition).
+
+    Returns:
+        (effective, shorter_failure): shorter_failure is True when some ℓ ∈ T below the effective
+        length fails (the criterion does not hold at every length up to it).
+    """
+    passes = passes.astype(bool)
+    passing = [float(x) for x, ok in passes.items() if ok]
+    if not passing:
+        return math.nan, False
+    effective = max(passing)
+    return effective, any(float(x) < effective and not ok for x, ok in passes.items())
+
+
 # ---------------------------------------------------------------------------------------------
 # Perplexity
 # ---------------------------------------------------------------------------------------------
@@ -587,24 +613,29 @@ def passkey_effective_context(passkey: pd.DataFrame, threshold: float = PASSKEY_
     """The effective passkey context of each series.
 
     The longest tested length whose accuracy (over all depths and trials) is ≥ `threshold`, also
-    when a shorter length fails (the paper's definition); NaN when no length reaches it.
+    when a shorter length fails (the paper's definition); NaN when no length reaches it
+    (`longest_passing_length`).
 
     Returns:
         The series columns, `effective_context`, `accuracy_at_context`, `n_at_context` (NaN when
-        none) and `max_length_tested`.
+        none), `shorter_failure` (a tested length below the effective context misses the threshold)
+        and `max_length_tested`.
     """
     by_length = passkey_accuracy(passkey, by=("context_length",))
     keys = _passkey_series_columns(passkey)
-    columns = keys + ["effective_context", "accuracy_at_context", "n_at_context", "max_length_tested"]
+    columns = keys + ["effective_context", "accuracy_at_context", "n_at_context", "shorter_failure",
+                      "max_length_tested"]
     rows = []
     for key, group in ordered_groups(by_length, keys):
-        passing = group[group["accuracy"] >= threshold - 1e-12]
-        best = passing.loc[passing["context_length"].astype(float).idxmax()] if len(passing) else None
-        rows.append({**key,
-                     "effective_context": float(best["context_length"]) if best is not None else math.nan,
+        group = group.assign(context_length=group["context_length"].astype(float)).set_index("context_length")
+        passes = group["accuracy"] >= threshold - 1e-12
+        effective, shorter_failure = longest_passing_length(passes)
+        best = group.loc[effective] if not math.isnan(effective) else None
+        rows.append({**key, "effective_context": effective,
                      "accuracy_at_context": float(best["accuracy"]) if best is not None else math.nan,
                      "n_at_context": float(best["n"]) if best is not None else math.nan,
-                     "max_length_tested": float(group["context_length"].astype(float).max())})
+                     "shorter_failure": shorter_failure,
+                     "max_length_tested": float(group.index.max())})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -697,3 +728,263 @@ def leaderboard_deltas(leaderboard: pd.DataFrame, reference: str = "base") -> pd
     out["reference"] = reference
     out["delta"] = out["value"] - out["reference_value"]
     return out[columns].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Effective context
+# ---------------------------------------------------------------------------------------------
+
+PPL_TOLERANCE = 0.10
+RULER_FRACTION = 0.85
+REFERENCE_METHOD = "base"
+# ruler.csv as ruler.py writes it: one row per series × RULER task × length (score in [0, 1]).
+RULER_COLUMNS = KEY_COLUMNS + ["task", "context_length", "score", "n", "stderr"]
+# Columns of perplexity.csv that tell perplexity data apart: one effective context per series and data.
+PERPLEXITY_DATA_COLUMNS = ["dataset", "protocol", "window_bos", "stride"]
+# The cells of the tables the effective context reads; a cell found in several run folders is taken
+# from the first folder given.
+EFFECTIVE_CONTEXT_CELLS = {
+    "perplexity": KEY_COLUMNS + PERPLEXITY_DATA_COLUMNS + ["context_length"],
+    "passkey": KEY_COLUMNS + PROMPT_COLUMNS,
+    "ruler": KEY_COLUMNS + ["task", "context_length"],
+}
+CRITERIA = ("perplexity", "passkey", "ruler")
+EFFECTIVE_CONTEXT_COLUMNS = KEY_COLUMNS + ["criterion", "data", "threshold", "reference_length",
+                                           "effective_context", "value_at_context", "shorter_failure",
+                                           "max_length_tested"]
+
+
+@dataclass(frozen=True)
+class EffectiveContextRules:
+    """The thresholds of the three effective-context criteria (the command-line options).
+
+    Attributes:
+        ppl_tolerance: τ in ppl(ℓ) ≤ (1 + τ) · min_{ℓ' ≤ L} ppl(ℓ') (`--ppl-tolerance`).
+        passkey_threshold: the minimum passkey accuracy (`--passkey-threshold`).
+        ruler_fraction: f in m(ℓ) ≥ f · m_base(ℓ_ref) (`--ruler-fraction`).
+        ruler_threshold: an absolute threshold on the RULER mean instead of f · m_base(ℓ_ref)
+            (`--ruler-threshold`; None: the fraction of base).
+    """
+
+    ppl_tolerance: float = PPL_TOLERANCE
+    passkey_threshold: float = PASSKEY_THRESHOLD
+    ruler_fraction: float = RULER_FRACTION
+    ruler_threshold: float | None = None
+
+
+def load_ruler(results_dir: str | os.PathLike) -> pd.DataFrame:
+    """ruler.csv of a run folder (`RULER_COLUMNS`), or an empty frame with those columns when the
+    folder has none."""
+    if not (Path(results_dir) / "ruler.csv").exists():
+        return pd.DataFrame(columns=RULER_COLUMNS)
+    if "ruler" in SCHEMAS:
+        return read_table(results_dir, "ruler")
+    return pd.read_csv(Path(results_dir) / "ruler.csv")  # before results.py knows the table
+
+
+def load_effective_context_tables(folders: Sequence[str | os.PathLike]) -> dict[str, pd.DataFrame]:
+    """The perplexity (aggregated), passkey and RULER tables of several run folders, each the
+    concatenation over the folders; a cell (`EFFECTIVE_CONTEXT_CELLS`) found in more than one folder
+    is taken from the first folder given. Series of different folders are the same series when their
+    model, method, factor and original_ctx are equal."""
+    readers = {"perplexity": load_perplexity, "passkey": lambda d: read_table(d, "passkey"),
+               "ruler": load_ruler}
+    out = {}
+    for table, read in readers.items():
+        frames = [frame for frame in (read(folder) for folder in folders) if not frame.empty]
+        if not frames:
+            out[table] = read(folders[0]) if folders else pd.DataFrame()
+            continue
+        frame = pd.concat(frames, ignore_index=True)
+        cells = [c for c in EFFECTIVE_CONTEXT_CELLS[table] if c in frame.columns]
+        out[table] = frame[~frame[cells].astype(str).duplicated(keep="first")].reset_index(drop=True)
+    return out
+
+
+def perplexity_data_label(key: dict) -> str:
+    """The perplexity data of a row: `coq-stdlib, truncated`; `govreport, sliding (stride 256)`,
+    with `, BOS first` when the sliding windows have BOS only at the document start."""
+    text = f"{key.get('dataset', '?')}, {key.get('protocol', '?')}"
+    if key.get("protocol") == "sliding":
+        bos = key.get("window_bos")
+        bos = "" if is_missing(bos) or bos == "every" else f", BOS {bos}"
+        stride = key.get("stride")
+        text += f" (stride {format_number(stride)}{bos})" if not is_missing(stride) else ""
+    return text
+
+
+def perplexity_effective_context(ppl: pd.DataFrame, tolerance: float = PPL_TOLERANCE,
+                                 value: str = "ppl") -> pd.DataFrame:
+    """The effective perplexity context of each series on each perplexity data.
+
+    With T the tested lengths, L the series' original_ctx and ppl(ℓ) its `value` at ℓ (token-weighted
+    by default):
+
+        best = min{ppl(ℓ') : ℓ' ∈ T, ℓ' ≤ L, ppl(ℓ') finite},  θ = (1 + tolerance) · best,
+        effective = max{ℓ ∈ T : ppl(ℓ) ≤ θ}   (`longest_passing_length`).
+
+    A length counts also when a shorter one fails (as the passkey rule); a non-finite ppl fails. Since
+    best is reached at some ℓ' ≤ L, the result is NaN only when no length ≤ L has a finite ppl, and
+    lengths below the best one cannot change it: they are left out of `shorter_failure` (perplexity
+    of a shorter window is usually higher, each token having less context, so they often fail).
+
+    Returns:
+        The series and data columns (`PERPLEXITY_DATA_COLUMNS`), `best_length`, `best`, `threshold`
+        θ, `effective_context`, `value_at_context`, `shorter_failure` (a length between best_length
+        and the effective context fails), `max_length_tested`.
+    """
+    keys = [c for c in SERIES_COLUMNS if c in ppl.columns] + [c for c in PERPLEXITY_DATA_COLUMNS
+                                                               if c in ppl.columns]
+    columns = keys + ["best_length", "best", "threshold", "effective_context", "value_at_context",
+                      "shorter_failure", "max_length_tested"]
+    rows = []
+    for key, group in (ordered_groups(ppl, keys) if not ppl.empty else []):
+        values = pd.to_numeric(group[value], errors="coerce").astype(float)
+        values = values.groupby(group["context_length"].astype(float)).mean().sort_index()
+        within = values[(values.index <= float(key["original_ctx"])) & np.isfinite(values.to_numpy())]
+        best_length = float(within.idxmin()) if len(within) else math.nan
+        best = float(within.min()) if len(within) else math.nan
+        threshold = (1 + tolerance) * best
+        from_best = values[values.index >= best_length] if len(within) else values
+        effective, shorter_failure = longest_passing_length(from_best <= threshold * (1 + 1e-12))
+        rows.append({**key, "best_length": best_length, "best": best, "threshold": threshold,
+                     "effective_context": effective,
+                     "value_at_context": float(values[effective]) if not math.isnan(effective) else math.nan,
+                     "shorter_failure": shorter_failure, "max_length_tested": float(values.index.max())})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ruler_means(ruler: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """The RULER mean of each series and length: m(ℓ) = (1/|K|) Σ_{k ∈ K} score_k(ℓ), K the tasks the
+    series has at ℓ (its rows of ruler.csv). Columns: `keys` (default the series columns),
+    `context_length`, `mean_score`, `n_tasks`."""
+    keys = [c for c in (SERIES_COLUMNS if keys is None else keys) if c in ruler.columns]
+    columns = keys + ["context_length", "mean_score", "n_tasks"]
+    rows = []
+    frame = ruler.assign(score=pd.to_numeric(ruler["score"], errors="coerce")).dropna(subset=["score"])
+    for key, group in (ordered_groups(frame, keys + ["context_length"]) if not frame.empty else []):
+        rows.append({**key, "context_length": float(key["context_length"]),
+                     "mean_score": float(group["score"].mean()), "n_tasks": int(group["task"].nunique())})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ruler_reference(ruler: pd.DataFrame, fraction: float = RULER_FRACTION,
+                    reference: str = REFERENCE_METHOD) -> pd.DataFrame:
+    """The RULER threshold of each (model, original context L), from the reference (base) series.
+
+        ℓ_ref = max{ℓ : the reference has RULER rows at ℓ, ℓ ≤ L/2}   (L/2 itself when tested),
+        θ = fraction · m_ref(ℓ_ref),
+
+    m_ref the reference's RULER mean (`ruler_means`, over the reference's rows of that model and L).
+
+    Returns:
+        `run` (when present), `model`, `original_ctx`, `reference_length` ℓ_ref, `reference_mean`,
+        `threshold` θ; NaN where the reference has no length ≤ L/2.
+    """
+    group_keys = [c for c in ("run", "model", "original_ctx") if c in ruler.columns]
+    columns = group_keys + ["reference_length", "reference_mean", "threshold"]
+    if ruler.empty:
+        return pd.DataFrame(columns=columns)
+    means = ruler_means(_reference_rows(ruler, reference), group_keys)
+    rows = []
+    for key, _ in ordered_groups(ruler, group_keys):
+        mine = means
+        for column in group_keys:
+            mine = mine[mine[column].astype(str) == str(key[column])]
+        eligible = mine[mine["context_length"] <= float(key["original_ctx"]) / 2]
+        if eligible.empty:
+            rows.append({**key, "reference_length": math.nan, "reference_mean": math.nan,
+                         "threshold": math.nan})
+            continue
+        at = eligible.loc[eligible["context_length"].idxmax()]
+        rows.append({**key, "reference_length": float(at["context_length"]),
+                     "reference_mean": float(at["mean_score"]),
+                     "threshold": fraction * float(at["mean_score"])})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ruler_effective_context(ruler: pd.DataFrame, fraction: float = RULER_FRACTION,
+                            threshold: float | None = None,
+                            reference: str = REFERENCE_METHOD) -> pd.DataFrame:
+    """The effective RULER context of each series.
+
+        effective = max{ℓ ∈ T : m(ℓ) ≥ θ}   (`longest_passing_length`),
+
+    T the lengths the series has RULER rows at, m(ℓ) its mean score over the RULER tasks at ℓ
+    (`ruler_means`), θ = `threshold` when given, else fraction · m_base(ℓ_ref) of the same model and L
+    (`ruler_reference`: ℓ_ref the longest base length ≤ L/2). A length counts also when a shorter one
+    fails (as the passkey rule); NaN when no length passes or θ is unknown (no base RULER rows ≤ L/2).
+
+    Returns:
+        The series columns, `threshold`, `reference_length` (NaN for an absolute threshold),
+        `effective_context`, `value_at_context` (m there), `n_tasks_at_context`, `shorter_failure`,
+        `max_length_tested`.
+    """
+    keys = [c for c in SERIES_COLUMNS if c in ruler.columns]
+    columns = keys + ["threshold", "reference_length", "effective_context", "value_at_context",
+                      "n_tasks_at_context", "shorter_failure", "max_length_tested"]
+    means = ruler_means(ruler)
+    if means.empty:
+        return pd.DataFrame(columns=columns)
+    refs = ruler_reference(ruler, fraction, reference) if threshold is None else None
+    rows = []
+    for key, group in ordered_groups(means, keys):
+        if refs is None:
+            theta, ref_length = float(threshold), math.nan
+        else:
+            mine = refs
+            for column in ("run", "model", "original_ctx"):
+                if column in key:
+                    mine = mine[mine[column].astype(str) == str(key[column])]
+            theta = float(mine["threshold"].iloc[0]) if len(mine) else math.nan
+            ref_length = float(mine["reference_length"].iloc[0]) if len(mine) else math.nan
+        group = group.set_index("context_length").sort_index()
+        effective, shorter_failure = longest_passing_length(group["mean_score"] >= theta - 1e-12)
+        at = group.loc[effective] if not math.isnan(effective) else None
+        rows.append({**key, "threshold": theta, "reference_length": ref_length,
+                     "effective_context": effective,
+                     "value_at_context": float(at["mean_score"]) if at is not None else math.nan,
+                     "n_tasks_at_context": float(at["n_tasks"]) if at is not None else math.nan,
+                     "shorter_failure": shorter_failure, "max_length_tested": float(group.index.max())})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def effective_context(perplexity: pd.DataFrame, passkey: pd.DataFrame, ruler: pd.DataFrame,
+                      rules: EffectiveContextRules = EffectiveContextRules()) -> pd.DataFrame:
+    """The effective context of every series by every criterion it was measured on (tidy).
+
+    One row per series × criterion: `perplexity` (one row per perplexity data,
+    `perplexity_effective_context` with `rules.ppl_tolerance`), `passkey`
+    (`passkey_effective_context` with `rules.passkey_threshold`), `ruler` (`ruler_effective_context`
+    with `rules.ruler_fraction` or `rules.ruler_threshold`). A criterion without rows for a series
+    (not measured) has no row; a measured criterion that no length passes has effective_context NaN.
+
+    Returns:
+        `EFFECTIVE_CONTEXT_COLUMNS` (with `run` first when the inputs have it): `data` names the
+        perplexity data (`perplexity_data_label`) or the passkey scoring rule when several are mixed,
+        else ""; `threshold` is θ of the rule (perplexity: (1 + τ)·best; passkey: the accuracy;
+        RULER: the mean score); `reference_length` is where the reference value was taken
+        (perplexity: the length of best; RULER: ℓ_ref; passkey: NaN).
+    """
+    parts = []
+    if not perplexity.empty:
+        part = perplexity_effective_context(perplexity, rules.ppl_tolerance)
+        parts.append(part.assign(criterion="perplexity", data=[perplexity_data_label(r) for r in
+                                                               part.to_dict("records")],
+                                 reference_length=part["best_length"]))
+    if not passkey.empty:
+        part = passkey_effective_context(passkey, rules.passkey_threshold)
+        data = part["scoring"].map(lambda s: f"scoring {s}") if "scoring" in part.columns else ""
+        parts.append(part.assign(criterion="passkey", data=data, threshold=rules.passkey_threshold,
+                                 reference_length=math.nan, value_at_context=part["accuracy_at_context"]))
+    if not ruler.empty:
+        part = ruler_effective_context(ruler, rules.ruler_fraction, rules.ruler_threshold)
+        parts.append(part.assign(criterion="ruler", data=""))
+    run = ["run"] if any("run" in p.columns for p in parts) else []
+    columns = run + EFFECTIVE_CONTEXT_COLUMNS
+    parts = [p.reindex(columns=columns) for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    frame = pd.concat(parts, ignore_index=True)
+    ordered = ordered_groups(frame, run + KEY_COLUMNS)
+    return pd.concat([group for _, group in ordered], ignore_index=True)[columns]
