@@ -328,18 +328,16 @@ class JsonlSource(_SingleFileSource):
     def documents(self, text_field: str | None = None) -> Iterator[Document]:
         """Yield one document per non-blank line, text from ``text_field`` (default "text")."""
         field = text_field or self.default_field
-        with self.path.open("rb") as fh:
-            for index, raw in enumerate(fh):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise _not_utf8(self.path, exc, f" line {index}") from None
-                if not line.strip():
-                    continue
-                record = self._parse(line, index)
-                if field not in record:
-                    raise _missing_field_error(self.path, field, record.keys(), f" (line {index})")
-                yield Document(str(index), _check_text_value(record[field], self.path, field, index))
+        for index, value in self._field_values(field):
+            yield Document(str(index), _check_text_value(value, self.path, field, index))
+
+    def _field_values(self, field: str) -> Iterator[tuple[int, object]]:
+        """(line index, value of ``field``) of each non-blank line; a line without it is an error."""
+        for index, line in _jsonl_lines(self.path):
+            record = self._parse(line, index)
+            if field not in record:
+                raise _missing_field_error(self.path, field, record.keys(), f" (line {index})")
+            yield index, record[field]
 
     def _parse(self, line: str, index: int) -> dict:
         """Parse one line as a JSON object."""
@@ -807,7 +805,7 @@ def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[
         first = next(_jsonl_lines(source.path), None)
         if first is None or field not in source._parse(first[1], first[0]):
             return None
-        return _jsonl_token_ids(source)
+        return ((str(index), ids) for index, ids in source._field_values(PRETOKENIZED_FIELD))
     if isinstance(source, ParquetSource):
         import pyarrow.parquet as pq
 
@@ -836,14 +834,6 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
                 raise _not_utf8(path, exc, f" line {index}") from None
             if line.strip():
                 yield index, line
-
-
-def _jsonl_token_ids(source: JsonlSource) -> Iterator[tuple[str, object]]:
-    for index, line in _jsonl_lines(source.path):
-        record = source._parse(line, index)
-        if PRETOKENIZED_FIELD not in record:
-            raise _missing_field_error(source.path, PRETOKENIZED_FIELD, record.keys(), f" (line {index})")
-        yield str(index), record[PRETOKENIZED_FIELD]
 
 
 def _hf_dataset(source: CorpusSource):
