@@ -100,6 +100,7 @@ CASES = [
      "larger than the 63 document tokens"),
     ("window-bos without sliding", {"window_bos": "every"}, "--window-bos only applies with --protocol sliding"),
     ("position bucket zero", {"position_bucket": "0"}, "--position-bucket 0 must be ≥ 1"),
+    ("effective-context fraction zero", {"ruler_fraction": "0"}, "--ruler-fraction 0 is out of range"),
     ("passkey prompt too short", {"tasks": "passkey", "lengths": "200,400"}, "shorter than the prompt without filler"),
     ("temperature grid", {"tasks": "temperature-sweep", "temperatures": "1:x:0.1"}, "start:stop:step"),
     ("GGUF cut off in its header", {"model": "{root}/cut.gguf"}, "cut.gguf' (100 bytes) is truncated"),
