@@ -475,7 +475,7 @@ def effective_context_lines(table: pd.DataFrame,
     return ["- Effective context: the longest tested length ℓ that meets the rule, counted also when a "
             "shorter tested length fails (the paper's passkey definition; † marks such a gap, for perplexity "
             "between the best length and ℓ); ≥: met at the longest length tested; none: no tested length "
-            "meets it; —: not measured.",
+            "meets it; —: not measured (perplexity: also when no length ≤ L was run, which leaves no reference).",
             f"- Perplexity: ppl(ℓ) ≤ (1 + {rules.ppl_tolerance:g}) · min_{{ℓ' ≤ L}} ppl(ℓ'), token-weighted "
             "perplexity on that data, L = the series' original context.",
             f"- Passkey: accuracy ≥ {fmt_pct(rules.passkey_threshold, 0)} % over depths and trials.",

@@ -823,8 +823,9 @@ def perplexity_effective_context(ppl: pd.DataFrame, tolerance: float = PPL_TOLER
         best = min{ppl(ℓ') : ℓ' ∈ T, ℓ' ≤ L, ppl(ℓ') finite},  θ = (1 + tolerance) · best,
         effective = max{ℓ ∈ T : ppl(ℓ) ≤ θ}   (`longest_passing_length`).
 
-    A length counts also when a shorter one fails (as the passkey rule); a non-finite ppl fails. Since
-    best is reached at some ℓ' ≤ L, the result is NaN only when no length ≤ L has a finite ppl, and
+    A length counts also when a shorter one fails (as the passkey rule); a non-finite ppl fails. A
+    series without a finite ppl at some length ≤ L has no reference, so no row (not measurable: a
+    sliding run at 2·L only, say); otherwise best passes itself, so the result is never NaN, and
     lengths below the best one cannot change it: they are left out of `shorter_failure` (perplexity
     of a shorter window is usually higher, each token having less context, so they often fail).
 
@@ -842,14 +843,14 @@ def perplexity_effective_context(ppl: pd.DataFrame, tolerance: float = PPL_TOLER
         values = pd.to_numeric(group[value], errors="coerce").astype(float)
         values = values.groupby(group["context_length"].astype(float)).mean().sort_index()
         within = values[(values.index <= float(key["original_ctx"])) & np.isfinite(values.to_numpy())]
-        best_length = float(within.idxmin()) if len(within) else math.nan
-        best = float(within.min()) if len(within) else math.nan
+        if within.empty:
+            continue
+        best_length, best = float(within.idxmin()), float(within.min())
         threshold = (1 + tolerance) * best
-        from_best = values[values.index >= best_length] if len(within) else values
-        effective, shorter_failure = longest_passing_length(from_best <= threshold * (1 + 1e-12))
+        effective, shorter_failure = longest_passing_length(values[values.index >= best_length]
+                                                            <= threshold * (1 + 1e-12))
         rows.append({**key, "best_length": best_length, "best": best, "threshold": threshold,
-                     "effective_context": effective,
-                     "value_at_context": float(values[effective]) if not math.isnan(effective) else math.nan,
+                     "effective_context": effective, "value_at_context": float(values[effective]),
                      "shorter_failure": shorter_failure, "max_length_tested": float(values.index.max())})
     return pd.DataFrame(rows, columns=columns)
 

@@ -113,11 +113,14 @@ def test_perplexity_tolerance_changes_the_answer():
     assert strict.loc["yarn", "effective_context"] == 2048 and strict.loc["base", "effective_context"] == 4096
 
 
-def test_perplexity_without_a_length_at_most_L_is_nan():
-    # lengths 8192 and 16384 only, L = 4096: no best value, so no effective context
-    ctx = T.perplexity_effective_context(ppl_rows({("yarn", 2.0): {8192: 5.0, 16384: 5.1}}))
-    assert math.isnan(ctx.loc[0, "best"]) and math.isnan(ctx.loc[0, "effective_context"])
-    assert ctx.loc[0, "max_length_tested"] == 16384
+def test_perplexity_without_a_length_at_most_L_is_not_measured():
+    # yarn: lengths 8192 and 16384 only, L = 4096: no reference, so no row ("—", not "none");
+    # base has 4096 and keeps its row
+    curves = {("yarn", 2.0): {8192: 5.0, 16384: 5.1}, ("base", 1.0): {4096: 5.0, 8192: 9.0}}
+    ctx = T.perplexity_effective_context(ppl_rows(curves))
+    assert list(ctx["method"]) == ["base"] and ctx.loc[0, "effective_context"] == 4096
+    table = T.effective_context(ppl_rows(curves), pd.DataFrame(), pd.DataFrame())
+    assert list(table["method"]) == ["base"]
 
 
 def test_perplexity_is_per_data():
