@@ -186,6 +186,15 @@ def _stale_temp_file(path: Path) -> bool:
     return True
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; ResultFolderError (one sentence) when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ResultFolderError(f"{path} cannot be read ({exc.strerror or exc}); fix its permissions or move "
+                                "it away and rerun.") from None
+
+
 def _keep_damaged(path: Path) -> Path:
     """Copy a damaged file to `NAME.damaged-<UTC time>` (never overwriting an earlier copy)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -264,13 +273,10 @@ def read_csv_text(path: Path, table: str) -> tuple[pd.DataFrame, str | None]:
     Raises ResultFolderError for a file that is not a table (not UTF-8, no key columns, a broken
     row before the end)."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ResultFolderError(f"{path} is not UTF-8 text (byte {exc.start}), so it is not a table this "
                                 "harness wrote; move it away and rerun.") from None
-    except OSError as exc:
-        raise ResultFolderError(f"{path} cannot be read ({exc.strerror or exc}); fix its permissions or move "
-                                "it away and rerun.") from None
     end, damage = _complete_prefix(path, text)
     if end == 0:
         return pd.DataFrame(columns=SCHEMAS[table]), damage or ("it is empty" if not text.strip() else None)
@@ -461,10 +467,7 @@ def _load_manifest(path: Path) -> tuple[dict, str | None]:
     if not path.exists():
         return {"runs": [], "cells": {}}, None
     try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ResultFolderError(f"{path} cannot be read ({exc.strerror or exc}); fix its permissions or move "
-                                "it away and rerun.") from None
+        text = _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
         return {}, f"not UTF-8 text at byte {exc.start}"
     try:

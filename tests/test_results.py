@@ -105,3 +105,14 @@ def test_manifest_records_cells_and_survives_reload(tmp_path):
     data = json.loads((tmp_path / "manifest.json").read_text())
     assert data["runs"][0]["environment"]["torch"]
     assert data["runs"][0]["end"] is not None
+
+
+def test_a_table_or_manifest_that_cannot_be_read_is_one_sentence(tmp_path):
+    from evalharness.results import ResultFolderError, read_manifest
+
+    (tmp_path / "perplexity.csv").mkdir()  # read_bytes raises IsADirectoryError, as an unreadable file would
+    (tmp_path / "manifest.json").mkdir()
+    with pytest.raises(ResultFolderError, match=r"perplexity\.csv cannot be read \(Is a directory\); fix its "):
+        ResultStore(tmp_path).read("perplexity")
+    with pytest.raises(ResultFolderError, match=r"manifest\.json cannot be read \(Is a directory\); fix its "):
+        read_manifest(tmp_path / "manifest.json")
