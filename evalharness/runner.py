@@ -124,14 +124,9 @@ class Task:
 def resolve_specs(model, specs: Sequence) -> list:
     """Specs as their rows will name them: `native` resolved with what ships (rope_type, factor, L),
     the others with `original_ctx` filled in from the model's native context where missing."""
-    from .scaling import native_context, resolve_native
+    from .scaling import resolve_spec
 
-    def resolved(spec):
-        if spec.method == "native":
-            return resolve_native(spec, model.config)
-        return spec if spec.original_ctx else spec.with_original_ctx(native_context(model))
-
-    return [resolved(s) for s in specs]
+    return [resolve_spec(model, s) for s in specs]
 
 
 def build_plan(tasks: Sequence[Task], session: Session) -> Plan:

@@ -230,6 +230,15 @@ def resolve_native(spec: ScalingSpec, config) -> ScalingSpec:
                                original_ctx=shipped.original_ctx)
 
 
+def resolve_spec(model: nn.Module, spec: ScalingSpec) -> ScalingSpec:
+    """`spec` as applying it to `model` runs it and its rows name it: `native` resolved with what
+    ships (`resolve_native`), any other method with `original_ctx` defaulting to the model's
+    pre-trained context (`native_context`). Resolving a resolved spec returns it unchanged."""
+    if spec.method == "native":
+        return resolve_native(spec, model.config)
+    return spec if spec.original_ctx is not None else spec.with_original_ctx(native_context(model))
+
+
 def check_supported(model: nn.Module) -> list:
     """The model's rotary modules; ScalingError naming the model class when there are none."""
     modules = rotary_modules(model)
@@ -250,11 +259,10 @@ def apply_scaling(model: nn.Module, spec: ScalingSpec | str) -> ScalingSpec:
     if isinstance(spec, str):
         spec = ScalingSpec.parse(spec)
     modules = check_supported(model)
+    native_context(model)
+    spec = resolve_spec(model, spec)
     if spec.method == "native":
         return apply_native(model, spec, modules)
-    if spec.original_ctx is None:
-        spec = spec.with_original_ctx(native_context(model))
-    native_context(model)
     geometry = rope_geometry(model.config)
     _warn_if_shipped_scaling(model.config)
     for parent, name, module in modules:
@@ -264,16 +272,14 @@ def apply_scaling(model: nn.Module, spec: ScalingSpec | str) -> ScalingSpec:
     return spec
 
 
-def apply_native(model: nn.Module, spec: ScalingSpec, modules: list | None = None) -> ScalingSpec:
-    """Put back the model's own rotary modules (stateless for length-dependent rope_types) and
-    return `spec` resolved with what ships (`resolve_native`)."""
-    native_context(model)
-    resolved = resolve_native(spec, model.config)
-    for parent, name, module in modules if modules is not None else check_supported(model):
+def apply_native(model: nn.Module, spec: ScalingSpec, modules: list) -> ScalingSpec:
+    """Put back the model's own rotary modules (stateless for length-dependent rope_types);
+    `spec` is `native` already resolved (`resolve_spec`)."""
+    for parent, name, module in modules:
         original = module.original[0] if isinstance(module, _WRAPPERS) else module
-        setattr(parent, name, StatelessNativeRotary(original) if resolved.is_dynamic else original)
-    model._evalharness_spec = resolved
-    return resolved
+        setattr(parent, name, StatelessNativeRotary(original) if spec.is_dynamic else original)
+    model._evalharness_spec = spec
+    return spec
 
 
 def restore_original(model: nn.Module) -> None:
