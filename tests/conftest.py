@@ -1,5 +1,6 @@
 """Shared test setup: offline Hugging Face libraries, an isolated harness cache, the tiny random
-model, small text corpora written on the fly, and the environment for subprocess runs.
+model, small text corpora written on the fly, the environment for subprocess runs, and the wheel
+of this checkout (built once per session).
 
 The offline variables are set here, before any test module imports `datasets` or
 `huggingface_hub` (both read them at import time): no test touches the network.
@@ -54,3 +55,24 @@ def tiny():
     from evalharness.models import load
 
     return load("random:tiny", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def wheel_names(tmp_path_factory) -> set[str]:
+    """The file names inside a wheel built from a copy of this checkout's sources (setuptools
+    builds in the source tree, so not in the checkout itself): what a non-editable install gets."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "evalharness", source / "evalharness",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-q", "-w", str(tmp / "dist"), str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp / "dist").glob("evalharness-*.whl")
+    return set(zipfile.ZipFile(wheel).namelist())
