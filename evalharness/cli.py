@@ -180,6 +180,27 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dry-run", action="store_true",
                    help="print the plan (cells, tokens, done vs to do in --out, peak-memory estimate) and stop")
     add_effective_context_arguments(p)
+    add_reference_argument(p)
+
+
+def add_reference_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", default=None, metavar="SPECS",
+                   help="report.md: also compare every method with these series, paired on the same "
+                        "documents and prompts (--method syntax, comma-separated, e.g. ntk:2,yarn:2); "
+                        "base is always a reference")
+
+
+def parse_references(text: str | None) -> tuple[str, ...]:
+    """`--reference` → the reference series (`tables.parse_reference` syntax); UsageError naming a bad one."""
+    from .tables import parse_reference
+
+    references = tuple(part.strip() for part in (text or "").split(",") if part.strip())
+    for reference in references:
+        try:
+            parse_reference(reference)
+        except ValueError as exc:
+            raise UsageError(f"--reference: {exc}") from None
+    return references
 
 
 def add_effective_context_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,6 +259,7 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR")
     p.add_argument("--no-report", action="store_true", help="figures only")
     add_effective_context_arguments(p)
+    add_reference_argument(p)
 
 
 def add_effective_context_command_arguments(p: argparse.ArgumentParser) -> None:
@@ -290,13 +312,14 @@ def _num(value) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    rules = effective_context_rules(args)
+    rules, references = effective_context_rules(args), parse_references(args.reference)
     for folder in map(Path, args.results_dirs):
         if not folder.is_dir():
             raise UsageError(f"results folder {str(folder)!r} does not exist; give a run's --out folder.")
         if not any(folder.glob("*.csv")):
             raise UsageError(f"results folder {str(folder)!r} holds no result table (*.csv) to plot.")
-        for path in write_figures_and_report(folder, report=not args.no_report, rules=rules):
+        for path in write_figures_and_report(folder, report=not args.no_report, rules=rules,
+                                             references=references):
             print(path)
     return EXIT_OK
 
@@ -349,15 +372,17 @@ def cmd_effective_context(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def write_figures_and_report(folder: Path, report: bool = True, rules=None) -> list[Path]:
-    """Figures, then report.md (`rules`: the effective-context thresholds, default the tables' own)."""
+def write_figures_and_report(folder: Path, report: bool = True, rules=None, references=()) -> list[Path]:
+    """Figures, then report.md (`rules`: the effective-context thresholds, default the tables' own;
+    `references`: series compared with, besides base)."""
     from . import plots
     from .report import write_report
     from .tables import EffectiveContextRules
 
     paths = plots.plot_run(folder)
     if report:
-        paths.append(write_report(folder, figures=False, rules=rules or EffectiveContextRules()))
+        paths.append(write_report(folder, figures=False, rules=rules or EffectiveContextRules(),
+                                  references=references))
     return paths
 
 
@@ -500,7 +525,7 @@ def memory_estimate(model, dtype, chunk_size: int | None):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     plan = plan_run(args)
-    rules = effective_context_rules(args)
+    rules, references = effective_context_rules(args), parse_references(args.reference)
     from . import models, parallel, runner
     from .plan import describe
     from .results import Manifest, ResultStore
@@ -579,7 +604,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.no_plots:
         try:
             with main_store.locked():  # two runs into one folder draw one after the other
-                paths = write_figures_and_report(plan.out, rules=rules)
+                paths = write_figures_and_report(plan.out, rules=rules, references=references)
             print(f"figures and report: {', '.join(str(p) for p in paths)}", file=sys.stderr)
         except Exception as exc:  # a figure must never cost the numbers
             print(f"warning: could not draw figures ({type(exc).__name__}: {exc})", file=sys.stderr)

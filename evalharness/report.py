@@ -35,6 +35,7 @@ from .tables import (
     load_perplexity,
     method_display,
     ordered_groups,
+    parse_reference,
     passkey_accuracy,
     passkey_differences,
     passkey_effective_context,
@@ -193,14 +194,21 @@ def _run_section(manifest: dict) -> list[str]:
     return lines
 
 
-def _perplexity_section(ppl: pd.DataFrame, docs: pd.DataFrame, seed: int) -> list[str]:
+def _reference_display(reference: str) -> str:
+    method, factor = parse_reference(reference)
+    return method_display(method, factor)
+
+
+def _perplexity_section(ppl: pd.DataFrame, docs: pd.DataFrame, seed: int,
+                        references: Sequence[str] = (REFERENCE,)) -> list[str]:
     lines = ["## Perplexity", ""]
     ppl = ppl.copy()
     for column in ("ppl", "ppl_paper", "ppl_ci_low", "ppl_ci_high", "n_docs"):
         if column in ppl:
             ppl[column] = pd.to_numeric(ppl[column], errors="coerce")
     show = varying(ppl, ["model", "original_ctx"])
-    ratios = perplexity_ratios(docs, REFERENCE, seed=seed) if not docs.empty else pd.DataFrame()
+    ratios = {reference: perplexity_ratios(docs, reference, seed=seed) if not docs.empty else pd.DataFrame()
+              for reference in references}
     for key, block in ordered_groups(ppl, [c for c in ("dataset", "protocol", "window_bos", "stride")
                                            if c in ppl.columns]):
         lengths = _lengths(block)
@@ -247,12 +255,19 @@ def _perplexity_section(ppl: pd.DataFrame, docs: pd.DataFrame, seed: int) -> lis
             rows = [[_row_label(skey, show)] + [fmt_ppl(r["ppl_paper"]) if r is not None else "—"
                                                 for r in cells] for skey, cells in grid]
             lines += [markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
-        lines += _ratio_table(ratios, key, lengths, show)
-    return lines
+        for reference, table in ratios.items():
+            lines += _ratio_table(table, key, lengths, show, reference)
+    return lines + _unmatched_references(ratios, "perplexity")
+
+
+def _unmatched_references(tables_by_reference: dict, what: str) -> list[str]:
+    """One line per `--reference` that no series of the run matches (so no table was shown)."""
+    missing = [r for r, table in tables_by_reference.items() if table.empty and r != REFERENCE]
+    return [f"No {what} series matches --reference {r!r}." for r in missing] + ([""] if missing else [])
 
 
 def _ratio_table(ratios: pd.DataFrame, block_key: dict, lengths: Sequence[float],
-                 show: Sequence[str]) -> list[str]:
+                 show: Sequence[str], reference: str = REFERENCE) -> list[str]:
     if ratios.empty:
         return []
     mask = np.ones(len(ratios), dtype=bool)
@@ -264,7 +279,7 @@ def _ratio_table(ratios: pd.DataFrame, block_key: dict, lengths: Sequence[float]
     part = ratios[mask]
     if part.empty:
         return []
-    reference = method_display(REFERENCE)
+    reference = _reference_display(reference)
     rows = []
     for skey, cells in _grid(part, SERIES, lengths):
         row = [_row_label(skey, show)]
@@ -313,7 +328,7 @@ def _scoring_text(passkey: pd.DataFrame) -> str:
     return f" (scoring: {', '.join(rules)})" if rules else ""
 
 
-def _passkey_section(passkey: pd.DataFrame, seed: int) -> list[str]:
+def _passkey_section(passkey: pd.DataFrame, seed: int, references: Sequence[str] = (REFERENCE,)) -> list[str]:
     by_length = passkey_accuracy(passkey, by=("context_length",))
     overall = passkey_accuracy(passkey, by=())
     context = passkey_effective_context(passkey)
@@ -345,15 +360,17 @@ def _passkey_section(passkey: pd.DataFrame, seed: int) -> list[str]:
              "(none: no length reaches it).", "",
              markdown_table(["method"] + [fmt_length(x) for x in lengths]
                             + ["effective context", "all lengths"], rows), ""]
-    return lines + _passkey_difference_table(passkey, keys, lengths, show, seed)
+    differences = {reference: passkey_differences(passkey, reference, seed=seed) for reference in references}
+    for reference, table in differences.items():
+        lines += _passkey_difference_table(table, reference, keys, lengths, show)
+    return lines + _unmatched_references(differences, "passkey")
 
 
-def _passkey_difference_table(passkey: pd.DataFrame, keys: Sequence[str], lengths: Sequence[float],
-                              show: Sequence[str], seed: int) -> list[str]:
-    differences = passkey_differences(passkey, REFERENCE, seed=seed)
+def _passkey_difference_table(differences: pd.DataFrame, reference: str, keys: Sequence[str],
+                              lengths: Sequence[float], show: Sequence[str]) -> list[str]:
     if differences.empty:
         return []
-    reference = method_display(REFERENCE)
+    reference = _reference_display(reference)
     rows = []
     def text(r) -> str:
         if r is None:
@@ -530,9 +547,11 @@ def _figures_section(results_dir: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 def build_report(results_dir: str | os.PathLike, seed: int = 0,
-                 rules: EffectiveContextRules = EffectiveContextRules()) -> str:
+                 rules: EffectiveContextRules = EffectiveContextRules(), references: Sequence[str] = ()) -> str:
     """The markdown text of the report (without writing figures); `seed` drives the paired
-    bootstrap intervals, `rules` holds the effective-context thresholds."""
+    bootstrap intervals, `rules` holds the effective-context thresholds; perplexity ratios and
+    passkey differences are shown against Base and each of `references` (`--method` syntax)."""
+    references = tuple(dict.fromkeys((REFERENCE, *references)))
     results_dir = Path(results_dir)
     manifest_path = results_dir / "manifest.json"
     manifest = read_manifest(manifest_path) if manifest_path.exists() else {}
@@ -540,11 +559,11 @@ def build_report(results_dir: str | os.PathLike, seed: int = 0,
     lines += _run_section(manifest)
     ppl = load_perplexity(results_dir)
     if not ppl.empty:
-        lines += _perplexity_section(ppl, read_table(results_dir, "perplexity_docs"), seed)
+        lines += _perplexity_section(ppl, read_table(results_dir, "perplexity_docs"), seed, references)
         lines += _temperature_section(ppl)
     passkey = read_table(results_dir, "passkey")
     if not passkey.empty:
-        lines += _passkey_section(passkey, seed)
+        lines += _passkey_section(passkey, seed, references)
     leaderboard = read_table(results_dir, "leaderboard")
     if not leaderboard.empty:
         lines += _leaderboard_section(leaderboard)
@@ -555,14 +574,14 @@ def build_report(results_dir: str | os.PathLike, seed: int = 0,
 
 
 def write_report(results_dir: str | os.PathLike, figures: bool = True,
-                 rules: EffectiveContextRules = EffectiveContextRules()) -> Path:
+                 rules: EffectiveContextRules = EffectiveContextRules(), references: Sequence[str] = ()) -> Path:
     """Writes `<dir>/report.md`; with `figures=True` the figures of `plot_run` first, so the
     report embeds current ones. Returns the report's path."""
     results_dir = Path(results_dir)
     if figures:
         plot_run(results_dir)
     path = results_dir / "report.md"
-    atomic_write_text(path, build_report(results_dir, rules=rules))
+    atomic_write_text(path, build_report(results_dir, rules=rules, references=references))
     return path
 
 

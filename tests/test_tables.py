@@ -388,3 +388,26 @@ def test_subject_rows_stay_out_of_leaderboard_summaries():
                           "metric": ["acc_macro", "acc", "acc", "acc_norm", "acc", "acc"]})
     kept = T.without_subtasks(frame)
     assert list(kept["task"]) == ["mmlu_local", "arc_challenge_local", "truthfulqa_mc1_local", "truthfulqa_mc2_local"]
+
+
+def test_report_compares_with_every_reference_given_on_the_command_line(tmp_path, capsys):
+    from evalharness import cli
+
+    # two documents, three series; nll sums chosen so the ratios are worked by hand:
+    # ratio(yarn / ntk) = exp(Σ nll_yarn / Σ tok − Σ nll_ntk / Σ tok) = exp((200 + 220 − 210 − 230) / 200)
+    nll = {("base", 1.0): (300.0, 320.0), ("ntk", 2.0): (210.0, 230.0), ("yarn", 2.0): (200.0, 220.0)}
+    store = ResultStore(tmp_path / "run")
+    store.append("perplexity_docs", [doc_row(d, 128, 100, sums[i], method=m, factor=f)
+                                     for (m, f), sums in nll.items() for i, d in enumerate("ab")])
+    store.replace("perplexity", T.aggregate_perplexity(T.read_table(tmp_path / "run", "perplexity_docs")))
+    assert cli.main(["plot", str(tmp_path / "run"), "--reference", "ntk:2,pi:7"]) == 0
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "Ratio to Base on the same documents" in text
+    block = text.split("Ratio to NTK s=2 on the same documents:")[1].split("\n\n", 3)[2]
+    yarn_row = next(line for line in block.splitlines() if line.startswith("| YaRN s=2 |"))
+    assert yarn_row.startswith(f"| YaRN s=2 | {math.exp(-20 / 200):.3f} [")
+    assert "| NTK s=2 |" not in block  # the reference itself is not a row of its own table
+    assert "No perplexity series matches --reference 'pi:7'." in text
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path / "run"), "--reference", "ntk:x"]) == 2
+    assert "--reference: reference 'ntk:x': 'x' is not a factor" in capsys.readouterr().err
