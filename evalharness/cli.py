@@ -614,13 +614,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _spec_name(row) -> str:
-    method = row["method"]
-    if method.startswith("native"):
-        from .methods import native_display
+def _labelled(frame):
+    """`frame` in the registry's method order with a `spec` column holding each series' display label."""
+    from .tables import method_display, method_sort_key
 
-        return native_display(method.partition("rope_type=")[2] or None, row["factor"])
-    return method if method == "base" or method.startswith("dynamic") else f"{method} s={row['factor']:g}"
+    order = sorted(range(len(frame)), key=lambda i: method_sort_key(frame["method"].iloc[i], frame["factor"].iloc[i]))
+    frame = frame.iloc[order]
+    return frame.assign(spec=[method_display(m, f) for m, f in zip(frame["method"], frame["factor"])])
 
 
 def print_summary(store) -> None:
@@ -631,7 +631,7 @@ def print_summary(store) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         table = store.read("perplexity")
         if not table.empty:
-            table["spec"] = table.apply(_spec_name, axis=1)
+            table = _labelled(table)
             for (dataset, protocol), part in table.groupby(["dataset", "protocol"]):
                 pivot = part.pivot_table(index="spec", columns="context_length", values="ppl", sort=False)
                 print(f"\nperplexity — {dataset}, {protocol} (token-weighted)")
@@ -641,10 +641,10 @@ def print_summary(store) -> None:
             from .tables import PASSKEY_THRESHOLD, passkey_accuracy, passkey_effective_context
 
             summary = passkey_accuracy(rows, by=("context_length",))
-            summary["spec"] = summary.apply(_spec_name, axis=1)
+            summary = _labelled(summary)
             pivot = summary.pivot_table(index="spec", columns="context_length", values="accuracy", sort=False)
             context = passkey_effective_context(rows)
-            context["spec"] = context.apply(_spec_name, axis=1)
+            context = _labelled(context)
             pivot["passkey context"] = context.set_index("spec")["effective_context"]
             print(f"\npasskey accuracy (fraction of prompts; passkey context = largest length with ≥ "
                   f"{PASSKEY_THRESHOLD:.0%}, NaN: none)")
@@ -656,7 +656,7 @@ def print_summary(store) -> None:
             headline = {(task, metric) for task, (_, metric) in PAPER_TASKS.items()}
             board = board[[(t.removesuffix("_local"), m) in headline for t, m in zip(board.task, board.metric)]]
             if not board.empty:
-                board = board.assign(spec=board.apply(_spec_name, axis=1))
+                board = _labelled(board)
                 print("\nleaderboard (paper metrics)")
                 print(board.pivot_table(index="spec", columns="task", values="value", sort=False).round(4).to_string())
 

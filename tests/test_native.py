@@ -183,7 +183,7 @@ def test_native_labels():
     assert native_display("dynamic", 2.0) == "native (dynamic s=2)"
     assert native_display("default", 1.0) == "native (default)"
     assert tables.method_display("native:rope_type=yarn", 16) == "native (yarn s=16)"
-    assert cli._spec_name({"method": "native:rope_type=linear", "factor": 8.0}) == "native (linear s=8)"
+    assert tables.method_display("native:rope_type=linear", 8.0) == "native (linear s=8)"
     # native ignores the --factor grid until it is resolved against a model
     specs = cli.build_specs("native,yarn", "2,4", 64)
     assert [str(s) for s in specs] == ["native", "yarn:2:original_ctx=64", "yarn:4:original_ctx=64"]

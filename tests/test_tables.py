@@ -411,3 +411,27 @@ def test_report_compares_with_every_reference_given_on_the_command_line(tmp_path
     capsys.readouterr()
     assert cli.main(["plot", str(tmp_path / "run"), "--reference", "ntk:x"]) == 2
     assert "--reference: reference 'ntk:x': 'x' is not a factor" in capsys.readouterr().err
+
+
+def test_end_of_run_summary_uses_the_report_labels_in_registry_order(tmp_path, capsys):
+    from evalharness import cli
+
+    store = ResultStore(tmp_path / "run")
+    series = [("yarn", 2.0), ("base", 1.0), ("dynamic-yarn", 1.0), ("ntk", 2.0), ("pi", 2.0)]
+    store.append("perplexity_docs", [doc_row("a", 128, 100, 150.0 + i, method=m, factor=f)
+                                     for i, (m, f) in enumerate(series)])
+    store.replace("perplexity", T.aggregate_perplexity(T.read_table(tmp_path / "run", "perplexity_docs")))
+    store.append("passkey", passkey_rows({("yarn", 2.0): {4096: 1.0}, ("base", 1.0): {4096: 0.5}}).to_dict("records"))
+    cli.print_summary(store)
+    lines = capsys.readouterr().out.splitlines()
+    ppl_rows = [line.split()[0:3] for line in lines[lines.index("perplexity — d, sliding (token-weighted)") + 3:][:5]]
+    assert [" ".join(r[:2]) if r[1].startswith("s=") else r[0] for r in ppl_rows] == [
+        "Base", "PI s=2", "NTK s=2", "YaRN s=2", "Dynamic-YaRN"]
+    # each row holds its own series' perplexity (nll 150 + i over 100 tokens)
+    expected = {"Base": 151.0, "PI s=2": 154.0, "NTK s=2": 153.0, "YaRN s=2": 150.0, "Dynamic-YaRN": 152.0}
+    for row in ppl_rows:
+        label = " ".join(row[:2]) if row[1].startswith("s=") else row[0]
+        assert float(row[-1] if row[1].startswith("s=") else row[1]) == pytest.approx(
+            math.exp(expected[label] / 100), abs=5e-4)
+    passkey = lines[lines.index(next(line for line in lines if line.startswith("passkey accuracy"))) + 3:]
+    assert passkey[0].split()[0] == "Base" and passkey[1].split()[:2] == ["YaRN", "s=2"]
