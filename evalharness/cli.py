@@ -542,7 +542,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
     model, tokenizer, info = models.load(args.model, dtype=args.dtype, device=device, attn_impl=args.attn_impl,
                                          trust_remote_code=args.trust_remote_code, device_map=args.device_map,
-                                         allow_pickle_weights=args.allow_pickle_weights)
+                                         allow_pickle_weights=args.allow_pickle_weights, weights=not args.dry_run)
     check_supported(model)
     window_info = sliding_window_setup(model, args.sliding_window_attention, plan.lengths, plan.tasks)
     specs = runner.resolve_specs(model, build_specs(args.method, args.factor, args.original_ctx))

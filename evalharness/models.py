@@ -29,6 +29,7 @@ value and what would be valid.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import importlib.util
@@ -408,9 +409,24 @@ def _tokenizer_kwargs(trust_remote_code: bool) -> dict[str, Any]:
     return {"trust_remote_code": True} if trust_remote_code else {}
 
 
+def _empty_model(source: str, model_kwargs: dict[str, Any]) -> PreTrainedModel:
+    """The model of ``source``'s config with parameters on the ``meta`` device: the shapes, the RoPE
+    and the parameter count without reading (or downloading) a weight."""
+    remote = {"trust_remote_code": True} if model_kwargs.get("trust_remote_code") else {}
+    config = AutoConfig.from_pretrained(source, **remote)
+    if model_kwargs.get("attn_implementation"):
+        config._attn_implementation = model_kwargs["attn_implementation"]
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=model_kwargs["dtype"], **remote)
+
+
 def _load_pretrained(source: str, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
-    """Load tokenizer then model (safetensors only unless ``model_kwargs`` lifts it) from a folder or hub id."""
+    """Load tokenizer then model (safetensors only unless ``model_kwargs`` lifts it) from a folder or hub id;
+    ``model_kwargs["weights"] = False`` gives the model without weights (``_empty_model``)."""
     tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+    model_kwargs = dict(model_kwargs)
+    if not model_kwargs.pop("weights", True):
+        return _empty_model(source, model_kwargs), tokenizer
     kwargs = {"use_safetensors": True, **model_kwargs}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -745,6 +761,7 @@ def load(
     cache_dir: str | os.PathLike | None = None,
     device_map: str | None = None,
     allow_pickle_weights: bool = False,
+    weights: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelInfo]:
     """Load a model reference as ``(model, tokenizer, info)``.
 
@@ -755,8 +772,10 @@ def load(
     :func:`default_cache_dir`) holds converted GGUF files; hub downloads use
     the normal Hugging Face cache.  ``trust_remote_code`` is only forwarded
     when True.  ``allow_pickle_weights`` (off by default, warns) also loads ``.bin``
-    checkpoints, through transformers' ``torch.load(weights_only=True)``.  Raises
-    :class:`ModelLoadError` for bad references or options.
+    checkpoints, through transformers' ``torch.load(weights_only=True)``.  ``weights=False`` (for
+    ``--dry-run``) reads the config and tokenizer only: the parameters stay on the ``meta`` device, no
+    weight file is read or downloaded (a GGUF file is still converted once into its cache; random
+    models are built as usual).  Raises :class:`ModelLoadError` for bad references or options.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise ModelLoadError(f"model reference {ref!r} is empty; pass a built-in name, path, hub id or random:NAME")
@@ -774,6 +793,8 @@ def load(
         warnings.warn("pickled .bin weights are allowed: where a checkpoint has no safetensors they are read "
                       "with torch.load(weights_only=True)", stacklevel=2)
     tok_kwargs = _tokenizer_kwargs(trust_remote_code)
+    if not weights:
+        model_kwargs["weights"] = False
     if ref.lower() in BUILTIN_MODELS:
         model, tokenizer = _load_gguf(_builtin_gguf(ref.lower()), cache, model_kwargs, tok_kwargs)
     elif _looks_like_path(ref) or Path(ref).expanduser().exists():
@@ -786,10 +807,13 @@ def load(
             "an existing path, a hub id like org/name, or random:NAME"
         )
 
-    if device_map is None:
+    if device_map is None and weights:
         model.to(dev)
     _freeze(model)
-    return model, _fix_tokenizer(tokenizer), model_info(ref, model, tokenizer)
+    info = model_info(ref, model, tokenizer)
+    if not weights:
+        info = dataclasses.replace(info, device=str(dev))
+    return model, _fix_tokenizer(tokenizer), info
 
 
 # --------------------------------------------------------------------------

@@ -193,6 +193,41 @@ def test_dry_run_after_a_partial_run(corpus, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == before  # nothing computed or written
 
 
+def test_dry_run_reads_no_weights_and_estimates_as_with_them(corpus, tmp_path, capsys, monkeypatch):
+    """--dry-run on a checkpoint folder builds the model from its config on the meta device (a 70B
+    plan needs no 140 GB download); the memory column equals the estimate from the loaded model."""
+    import transformers
+
+    from evalharness.memory import estimate_peak_bytes
+    from evalharness.models import load
+
+    folder = tmp_path / "ckpt"
+    model, tokenizer, info = load("random:tiny", dtype="float32", device="cpu")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    expected = {length: estimate_peak_bytes(model.config, info.dtype, length, kv_cache=kv_cache,
+                                            attn_impl=model.config._attn_implementation or "sdpa",
+                                            n_params=sum(p.numel() for p in model.parameters()))["total"]
+                for length, kv_cache in ((256, False), (131072, True))}
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("--dry-run read the weights")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    args = ["--model", str(folder), "--out", str(tmp_path / "out"), "--no-progress", "--tasks", "perplexity",
+            "--dataset", f"local:{corpus}", "--lengths", "128,256", "--method", "base,yarn", "--dry-run"]
+    assert cli.main(args) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    assert "perplexity: 4 cells, 0 done, 4 to do, 1,024 tokens to process" in text
+    assert f"{expected[256] / 2**30:.2f} GiB" in text
+    # a passkey prompt at 128k: an estimate in the hundreds of MiB, from the meta model's shapes alone
+    assert cli.main(args[:args.index("--tasks")] + ["--tasks", "passkey", "--lengths", "128k", "--depths", "1",
+                                                     "--dry-run"]) == cli.EXIT_OK
+    assert expected[131072] > 2**28 and f"{expected[131072] / 2**30:.2f} GiB" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="read the weights"):  # a real run does read them
+        cli.main(args[:-1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Every task is sharded: 2 processes compute each cell once and give the one-process tables
 # ---------------------------------------------------------------------------------------------
