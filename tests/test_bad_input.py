@@ -1,11 +1,11 @@
 """Every bad input costs a second: one sentence on stderr, exit code 2, no table written."""
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import write_corpus
 
 from evalharness import cli
 
@@ -15,11 +15,7 @@ pytestmark = pytest.mark.usefixtures("isolated_cache")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    words = "the lemma holds for every natural number by induction".split()
-    for i in range(2):
-        (corpus / f"d{i}.txt").write_text(" ".join(random.Random(i).choice(words) for _ in range(120)))
+    write_corpus(root / "corpus", 2, "the lemma holds for every natural number by induction", 120)
     (root / "body.jsonl").write_text("\n".join(json.dumps({"body": "x" * 50}) for _ in range(3)))
     gpt2 = root / "gpt2"
     config = transformers.GPT2Config(vocab_size=300, n_embd=32, n_layer=1, n_head=2, n_positions=512)

@@ -1,26 +1,22 @@
 """The command line end to end on random:tiny and a local corpus the tests write."""
 import json
 import math
-import random
 
 import pandas as pd
 import pytest
 import torch
+from conftest import write_corpus
 
 from evalharness import cli, perplexity
 from evalharness.cli import UsageError, parse_lengths
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
+WORDS = "the cat sat on a mat and the dog ran far away from home"
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    words = "the cat sat on a mat and the dog ran far away from home".split()
-    for i in range(3):
-        rng = random.Random(i)
-        (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(150 + 40 * i)))
-    return folder
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 3, WORDS, lambda i: 150 + 40 * i)
 
 
 def run(argv):

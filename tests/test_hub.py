@@ -1,14 +1,10 @@
 """evalharness.hub: the offline rule, the reachability probe, forced offline mode, and the
 classification of real huggingface_hub / datasets / transformers failures."""
-import os
 import socket
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import pytest
 
-import pytest  # noqa: E402
-
-from evalharness import hub  # noqa: E402
+from evalharness import hub
 
 
 @pytest.fixture

@@ -1,20 +1,18 @@
 """`--method native` (the RoPE a model ships with), L from original_max_position_embeddings,
 `--allow-pickle-weights` and `--sliding-window-attention`, on tiny local model folders built here."""
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import json
-import random
 
 import pandas as pd
 import pytest
 import torch
+from conftest import write_corpus
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from evalharness import cli, models, scaling, tables
 from evalharness.methods import ScalingSpec, native_display
+
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+WORDS = "the cat sat on a mat and the dog ran far away from home"
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, vocab_size=models.BYTE_VOCAB_SIZE, bos_token_id=1,
@@ -40,17 +38,7 @@ def save_folder(model, folder, safetensors=True):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    words = "the cat sat on a mat and the dog ran far away from home".split()
-    for i in range(2):
-        rng = random.Random(i)
-        (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(60 + 10 * i)))
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 2, WORDS, lambda i: 60 + 10 * i)
 
 
 def run(folder, corpus, out, *extra, method="native", lengths="32,64,96,128"):

@@ -1,15 +1,11 @@
 """Data-parallel sharding: 2 processes (torchrun, gloo on CPU) give the single-process tables."""
-import os
-import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
+from conftest import ROOT, subprocess_env, write_corpus
 
 from evalharness.parallel import Shard
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_shard_ownership_is_a_partition():
@@ -20,13 +16,9 @@ def test_shard_ownership_is_a_partition():
 
 
 def test_two_processes_equal_one(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    words = "we prove the theorem by induction and rewrite with the lemma".split()
-    for i in range(3):
-        rng = random.Random(i)
-        (corpus / f"d{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(200)))
-    env = dict(os.environ, EVALHARNESS_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    corpus = write_corpus(tmp_path / "corpus", 3, "we prove the theorem by induction and rewrite with the lemma",
+                          200)
+    env = subprocess_env(tmp_path)
     args = ["run_eval.py", "--model", "random:tiny", "--method", "base,pi,yarn,dynamic-yarn", "--factor", "2",
             "--dataset", f"local:{corpus}", "--lengths", "128:512:128", "--no-progress", "--no-plots"]
     single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,

@@ -1,10 +1,5 @@
 """Pre-tokenized corpora: an `input_ids` column is used as it is (no re-tokenization), and ids
 outside the model's vocabulary are refused before any forward."""
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import json
 import random
 
@@ -18,12 +13,9 @@ from evalharness import cli
 from evalharness.corpora import CorpusError, TokenizedDoc, check_token_ids, load_corpus
 from evalharness.models import build_byte_tokenizer
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
 WORDS = "the cat sat on a mat and the dog ran far away from home".split()
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

@@ -7,36 +7,31 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, run_eval_command, subprocess_env, write_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    words = "a proof of the lemma follows by induction on the length of the list".split()
-    for i in range(6):
-        rng = random.Random(100 + i)
-        (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(400)))
-    return folder
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 6,
+                        "a proof of the lemma follows by induction on the length of the list", 400, seed=100)
 
 
 def command(corpus, out):
-    return [sys.executable, str(ROOT / "run_eval.py"), "--model", "random:tiny", "--method",
-            "base,pi,yarn,dynamic-ntk,dynamic-yarn", "--factor", "2,4", "--dataset", f"local:{corpus}",
-            "--lengths", "128:1024:128", "--out", str(out), "--no-progress"]
+    return run_eval_command("--model", "random:tiny", "--method", "base,pi,yarn,dynamic-ntk,dynamic-yarn",
+                            "--factor", "2,4", "--dataset", f"local:{corpus}", "--lengths", "128:1024:128",
+                            "--out", str(out), "--no-progress")
 
 
-def environment(tmp_path):
-    return dict(os.environ, EVALHARNESS_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+def run_to_end(corpus, out, tmp_path):
+    return subprocess.run(command(corpus, out), cwd=ROOT, env=subprocess_env(tmp_path), capture_output=True,
+                          text=True)
 
 
 def start(corpus, out, tmp_path):
-    return subprocess.Popen(command(corpus, out), cwd=ROOT, env=environment(tmp_path),
+    return subprocess.Popen(command(corpus, out), cwd=ROOT, env=subprocess_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -59,7 +54,7 @@ def tables(out):
 def uninterrupted(corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
     out = tmp / "out"
-    proc = subprocess.run(command(corpus, out), cwd=ROOT, env=environment(tmp), capture_output=True, text=True)
+    proc = run_to_end(corpus, out, tmp)
     assert proc.returncode == 0, proc.stderr
     return tables(out)
 
@@ -79,7 +74,7 @@ def test_sigkill_at_a_random_moment_then_resume(corpus, tmp_path, uninterrupted,
     proc.wait()
     if (out / "perplexity_docs.csv").exists():
         pd.read_csv(out / "perplexity_docs.csv")  # never torn: always parses
-    resumed = subprocess.run(command(corpus, out), cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True)
+    resumed = run_to_end(corpus, out, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same(tables(out), uninterrupted)
     assert not list(out.glob(".*.tmp"))  # temp files of the killed writer were cleaned up
@@ -99,7 +94,7 @@ def test_sigterm_finishes_the_row_and_exits_cleanly(corpus, tmp_path, uninterrup
     assert manifest["runs"][-1]["status"] == "interrupted"
     partial = pd.read_csv(out / "perplexity_docs.csv")
     assert 0 < len(partial)
-    resumed = subprocess.run(command(corpus, out), cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True)
+    resumed = run_to_end(corpus, out, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same(tables(out), uninterrupted)
 
@@ -113,27 +108,15 @@ def small_argv(corpus, out, methods="base,yarn"):
             "--lengths", "64:192:64", "--out", str(out), "--no-progress", "--no-plots"]
 
 
-@pytest.fixture
-def quiet_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def small_reference(corpus, tmp_path_factory):
     """A finished small run (in process): the folder every damage test copies and compares with."""
     from evalharness import cli
 
     tmp = tmp_path_factory.mktemp("small")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    previous = os.environ.get("EVALHARNESS_CACHE")
-    os.environ["EVALHARNESS_CACHE"] = str(tmp / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as env:  # a module-scoped fixture cannot use `monkeypatch`
+        env.setenv("EVALHARNESS_CACHE", str(tmp / "cache"))
         assert cli.main(small_argv(corpus, tmp / "out")) == cli.EXIT_OK
-    finally:
-        if previous is None:
-            os.environ.pop("EVALHARNESS_CACHE")
-        else:
-            os.environ["EVALHARNESS_CACHE"] = previous
     return tmp / "out"
 
 
@@ -161,7 +144,7 @@ TABLE_DAMAGE = [
 
 
 @pytest.mark.parametrize("name, damage, message", TABLE_DAMAGE, ids=[c[0] for c in TABLE_DAMAGE])
-def test_damaged_table_is_repaired_on_resume(corpus, tmp_path, small_reference, quiet_cache, capsys,
+def test_damaged_table_is_repaired_on_resume(corpus, tmp_path, small_reference, isolated_cache, capsys,
                                              name, damage, message):
     from evalharness import cli
 
@@ -187,7 +170,7 @@ MANIFEST_DAMAGE = [
 
 
 @pytest.mark.parametrize("name, damage", MANIFEST_DAMAGE, ids=[c[0] for c in MANIFEST_DAMAGE])
-def test_damaged_manifest_is_rebuilt_from_the_tables(corpus, tmp_path, small_reference, quiet_cache, capsys,
+def test_damaged_manifest_is_rebuilt_from_the_tables(corpus, tmp_path, small_reference, isolated_cache, capsys,
                                                      name, damage):
     from evalharness import cli
 
@@ -217,7 +200,7 @@ UNREPAIRABLE = [
 
 @pytest.mark.parametrize("name, damage, message", UNREPAIRABLE, ids=[c[0] for c in UNREPAIRABLE])
 def test_unrepairable_table_is_one_sentence_and_nothing_is_touched(corpus, tmp_path, small_reference,
-                                                                   quiet_cache, capsys, name, damage,
+                                                                   isolated_cache, capsys, name, damage,
                                                                    message):
     from evalharness import cli
 
@@ -293,7 +276,7 @@ class HalfWriter:
 
 
 @pytest.mark.parametrize("write_number", [0, 1, 2, 5])
-def test_disk_full_while_writing_keeps_what_was_written(corpus, tmp_path, small_reference, quiet_cache,
+def test_disk_full_while_writing_keeps_what_was_written(corpus, tmp_path, small_reference, isolated_cache,
                                                         capsys, monkeypatch, write_number):
     from evalharness import cli, results
 
@@ -405,7 +388,7 @@ def test_two_runs_into_one_folder_equal_the_union_of_separate_runs(corpus, tmp_p
         assert cli.main(two_task_argv(corpus, tmp_path / f"alone{i}", methods)) == cli.EXIT_OK
     shared = tmp_path / "shared"
     procs = [subprocess.Popen([sys.executable, str(ROOT / "run_eval.py")] + two_task_argv(corpus, shared, m),
-                              cwd=ROOT, env=environment(tmp_path), stdout=subprocess.PIPE,
+                              cwd=ROOT, env=subprocess_env(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
              for m in method_sets]
     for proc in procs:
