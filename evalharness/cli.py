@@ -173,6 +173,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=parse_count, default=None,
                    help="lm-eval max_length (default: factor × original context for static methods, else L)")
     g.add_argument("--save-samples", action="store_true", help="keep lm-eval's per-example log-likelihoods")
+    g = p.add_argument_group("ruler (lm-eval)")
+    g.add_argument("--ruler-tasks", default="ruler",
+                   help="ruler (the offline tasks) or a comma list of lm-eval RULER task names, e.g. niah_single_1,vt")
+    g.add_argument("--ruler-samples", type=int, default=10, help="samples per (method, task, length) cell")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="run folder (default results/<timestamp>); rerun into it to resume")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -435,6 +439,15 @@ def plan_run(args: argparse.Namespace) -> RunContext:
         from .leaderboard import check_task_names
 
         check_task_names(args.leaderboard_tasks.split(","), args.leaderboard_data)
+    if "ruler" in tasks:
+        from .ruler import MAX_GEN_TOKENS, resolve_tasks
+
+        resolve_tasks(args.ruler_tasks)
+        if args.ruler_samples <= 0:
+            raise UsageError(f"--ruler-samples {args.ruler_samples} must be ≥ 1.")
+        if min(lengths) <= MAX_GEN_TOKENS:
+            raise UsageError(f"RULER length {min(lengths)} is not longer than the {MAX_GEN_TOKENS} tokens every "
+                             "RULER task generates; give --lengths that leave room for the prompt (≥ 1k).")
     if args.depths <= 0 or args.trials <= 0:
         raise UsageError(f"--depths {args.depths} and --trials {args.trials} must be ≥ 1.")
     if isinstance(args.limit, dict):
@@ -546,7 +559,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_supported(model)
     window_info = sliding_window_setup(model, args.sliding_window_attention, plan.lengths, plan.tasks)
     specs = runner.resolve_specs(model, build_specs(args.method, args.factor, args.original_ctx))
-    if {"perplexity", "passkey", "temperature-sweep"} & set(plan.tasks):
+    if {"perplexity", "passkey", "temperature-sweep", "ruler"} & set(plan.tasks):
         check_specs_against_lengths(specs, plan.lengths)
     if "passkey" in plan.tasks:
         check_passkey_lengths(tokenizer, plan.lengths, args.seed)

@@ -65,7 +65,8 @@ def shutdown(shard: Shard) -> None:
 
 
 def merge_shards(out: Path, world: int, store, manifest,
-                 tables=("perplexity_positions_docs", "perplexity_docs", "passkey", "leaderboard")) -> None:
+                 tables=("perplexity_positions_docs", "perplexity_docs", "passkey", "leaderboard", "ruler_samples",
+                         "ruler")) -> None:
     """Rank 0, after the barrier: move every shard's rows and cell statuses into `out`, holding
     the folder's lock (shards share it) so nothing is written into a shard while it is merged."""
     from .results import Manifest, ResultStore

@@ -437,6 +437,84 @@ def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = Non
 
 
 # ---------------------------------------------------------------------------------------------
+# RULER
+# ---------------------------------------------------------------------------------------------
+
+def plot_ruler_heatmap(frame: pd.DataFrame, annotate: bool | None = None) -> Figure:
+    """RULER scores (`tables.ruler_scores`) as a task (y) × context length (x) heatmap per method.
+
+    One panel per (method, factor) (and run / model when they vary), a shared colorbar over 0..1,
+    grey where a cell has no row. Each annotated cell shows its score and its samples n.
+    """
+    scores = tables.ruler_scores(frame)
+    if scores.empty:
+        return _empty_figure("no RULER rows")
+    extra = _extra_keys(scores)
+    series = _ordered_series(scores, extra)
+    task_list = sorted(scores["task"].unique(), key=tables.ruler_task_sort_key)
+    lengths = sorted({float(x) for x in scores["context_length"]})
+    fig, axes = _new_figure(len(series), ncols=min(len(series), 3),
+                            panel_size=(1.6 + 0.9 * len(lengths), 1.2 + 0.45 * len(task_list)), extra_width=0.8)
+    image = None
+    for ax, (skey, group) in zip(axes, series):
+        score = group.pivot_table(index="task", columns="context_length", values="score", aggfunc="mean")
+        count = group.pivot_table(index="task", columns="context_length", values="n", aggfunc="sum")
+        score = score.reindex(index=task_list, columns=lengths)
+        count = count.reindex(index=task_list, columns=lengths)
+        data = np.ma.masked_invalid(score.to_numpy(dtype=float))
+        image = ax.imshow(data, vmin=0.0, vmax=1.0, cmap=colormaps["RdYlGn"].with_extremes(bad="0.85"),
+                          aspect="auto", interpolation="nearest")
+        ax.set_xticks(range(len(lengths)), [_length_text(x) for x in lengths])
+        ax.set_yticks(range(len(task_list)), task_list)
+        if annotate if annotate is not None else data.size <= 150:
+            ns = count.to_numpy(dtype=float)
+            for i in range(data.shape[0]):
+                for j in range(data.shape[1]):
+                    if not np.ma.is_masked(data[i, j]):
+                        ax.text(j, i, f"{data[i, j]:.2f}\nn={int(ns[i, j])}", ha="center", va="center",
+                                fontsize=7, color="black", gid="annotation")
+        ax.set_title(_series_label(skey, extra))
+        ax.set_xlabel(CTX_XLABEL)
+    colorbar = fig.colorbar(image, ax=axes, shrink=0.9)
+    colorbar.set_label("RULER score (string_match_all)")
+    colorbar.ax.set_gid("colorbar")
+    return fig
+
+
+def plot_ruler_mean(frame: pd.DataFrame, title: str | None = None) -> Figure:
+    """The RULER mean (`tables.ruler_means`: unweighted mean of the task scores) against context
+    length, one line per (method, factor) (and run / model when they vary), a dashed vertical line
+    at each original context L (gid `original_ctx`); lines have gid `series`."""
+    means = tables.ruler_means(tables.ruler_scores(frame))
+    if means.empty:
+        return _empty_figure("no RULER rows")
+    extra = _extra_keys(means)
+    styler = _Styler(means)
+    fig, (ax,) = _new_figure(1, panel_size=(7.0, 4.8))
+    for skey, group in _ordered_series(means, extra):
+        group = group.sort_values("context_length")
+        ax.plot(group["context_length"].astype(float), group["mean_score"].astype(float),
+                color=styler.color(skey["method"]), marker=styler.marker(skey["factor"]), markersize=4,
+                linestyle=styler.linestyle(skey["method"]), linewidth=1.6, label=_series_label(skey, extra),
+                gid="series")
+    for ctx in sorted({float(c) for c in means["original_ctx"].dropna()}):
+        ax.axvline(ctx, color="0.35", linestyle="--", linewidth=1.2, zorder=0.5,
+                   label=f"Original context L={_length_text(ctx)}", gid="original_ctx")
+    lengths = sorted({float(v) for v in means["context_length"]})
+    if len(lengths) <= 12:
+        ax.xaxis.set_major_locator(FixedLocator(lengths))
+    ax.xaxis.set_major_formatter(FuncFormatter(_length_text))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(CTX_XLABEL)
+    ax.set_ylabel("RULER mean score over tasks (higher is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", frameon=False)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
 # A whole run folder
 # ---------------------------------------------------------------------------------------------
 
@@ -445,7 +523,8 @@ def plot_run(results_dir: str | os.PathLike) -> list[Path]:
 
     `perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a sweep
     exists), `positions` (NLL vs token position, `position_plot`), `temperature`, `passkey`,
-    `leaderboard`. Missing or empty tables are skipped.
+    `leaderboard`, `ruler` (task × length heatmaps) and `ruler_mean` (RULER mean vs length). Missing
+    or empty tables are skipped.
 
     Returns:
         The written paths.
@@ -474,4 +553,8 @@ def plot_run(results_dir: str | os.PathLike) -> list[Path]:
     leaderboard = read_table(results_dir, "leaderboard")
     if not leaderboard.empty:
         written += save_figure(plot_leaderboard(leaderboard), figures / "leaderboard")
+    ruler = read_table(results_dir, "ruler")
+    if not ruler.empty:
+        written += save_figure(plot_ruler_heatmap(ruler), figures / "ruler")
+        written += save_figure(plot_ruler_mean(ruler), figures / "ruler_mean")
     return written

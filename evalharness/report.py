@@ -3,7 +3,8 @@
 What ran (command, model, versions from manifest.json), the tables the paper reports with their
 uncertainty (perplexity with its bootstrap interval over documents and the paired ratio to base,
 passkey accuracy with its Wilson interval, n and the effective passkey context, leaderboard scores
-± lm-eval's standard error with their mean and the change from base), the effective context per
+± lm-eval's standard error with their mean and the change from base, RULER scores ± standard error
+with their mean and the paired difference to base), the effective context per
 series by perplexity, passkey and RULER (`tables.effective_context`), failed cells, and the
 figures of `plots.plot_run` embedded by relative path. Every number comes from `tables.py`; each
 section states its rules in one sentence each. Markdown tables are formatted here.
@@ -41,6 +42,9 @@ from .tables import (
     passkey_effective_context,
     perplexity_ratios,
     read_table,
+    ruler_differences,
+    ruler_means,
+    ruler_scores,
     task_display,
     temperature_sweep,
     varying,
@@ -54,8 +58,10 @@ FIGURE_CAPTIONS = {
     "temperature": "Perplexity vs √(1/t) for several s (star: minimum; dotted: 0.1·ln(s)+1).",
     "passkey": "Passkey accuracy by context length and depth.",
     "leaderboard": "Leaderboard tasks (base hatched, dashed base level).",
+    "ruler": "RULER score by task and context length, per method (n: samples per cell).",
+    "ruler_mean": "RULER mean score over tasks vs context length (dashed: original context L).",
 }
-FIGURE_ORDER = ["perplexity", "positions", "temperature", "passkey", "leaderboard"]
+FIGURE_ORDER = ["perplexity", "positions", "temperature", "passkey", "leaderboard", "ruler", "ruler_mean"]
 BOS_PLACEMENT = {"every": "in every window", "first": "at the document start only"}
 
 
@@ -508,6 +514,58 @@ def _effective_context_section(results_dir: Path, rules: EffectiveContextRules) 
     return ["## Effective context", ""] + effective_context_lines(table, rules)
 
 
+def _ruler_section(ruler: pd.DataFrame, samples: pd.DataFrame, seed: int) -> list[str]:
+    scores = ruler_scores(ruler)
+    keys = [c for c in SERIES if c in scores.columns]
+    show = varying(scores, ["model", "original_ctx"])
+    lengths = _lengths(scores)
+    means = ruler_means(scores)
+    ns = set(scores["n"].dropna().astype(int))
+    uniform_n = len(ns) == 1
+
+    def score_text(r) -> str:
+        if r is None:
+            return "—"
+        text = fmt_pct(r["score"])
+        if not pd.isna(r["stderr"]):
+            text += f" ± {fmt_pct(r['stderr'])}"
+        return text if uniform_n else f"{text} (n={int(r['n'])})"
+
+    mean_rows = [[_row_label(k, show)] + ["—" if r is None else f"{fmt_pct(r['mean_score'])} ({int(r['n_tasks'])})"
+                                         for r in cells] for k, cells in _grid(means, keys, lengths)]
+    task_rows = [[_row_label(k, show), k["task"]] + [score_text(r) for r in cells]
+                 for k, cells in _grid(scores, keys + ["task"], lengths)]
+    n_text = f"n = {ns.pop()} samples per cell" if uniform_n else "n samples per cell as shown"
+    lines = ["## RULER", "",
+             "- Score (%): the mean over a cell's samples of the task's own per-sample metric (RULER's "
+             f"string_match_all, lm-eval's RULER tasks with the model's tokenizer) ± its standard error; {n_text}.",
+             "- Mean: the unweighted mean of the task scores at that length (tasks counted in brackets).", "",
+             markdown_table(["method"] + [fmt_length(x) for x in lengths], mean_rows), "",
+             markdown_table(["method", "task"] + [fmt_length(x) for x in lengths], task_rows,
+                            align=["l", "l"] + ["r"] * len(lengths)), ""]
+    differences = ruler_differences(samples, REFERENCE, seed=seed) if not samples.empty else pd.DataFrame()
+    if differences.empty:
+        return lines
+    pooled = differences[differences["task"] == "all"]
+    reference = method_display(REFERENCE)
+
+    def text(r) -> str:
+        if r is None:
+            return "—"
+        interval = fmt_interval(r["difference_ci_low"], r["difference_ci_high"], fmt_points)
+        return fmt_points(r["difference"]) + (interval if r["n"] >= 2 else "") + f" (n={int(r['n'])})"
+
+    rows = [[_row_label(k, show)] + [text(r) for r in cells] for k, cells in _grid(pooled, keys, lengths)]
+    return lines + [
+        f"Difference to {reference} on the same samples:", "",
+        f"- Difference: the method's per-sample score − {reference}'s on the same RULER prompt (lm-eval "
+        "generates the same prompts for every method), averaged over the paired samples of all tasks at "
+        "that length, in percentage points; per task in `tables.ruler_differences`.",
+        "- Brackets: 95 % paired percentile bootstrap interval over those samples "
+        f"({BOOTSTRAP_RESAMPLES} seeded resamples).", "",
+        markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
+
+
 def _cells_section(manifest: dict) -> list[str]:
     cells = manifest.get("cells", {}) or {}
     if not cells:
@@ -567,6 +625,9 @@ def build_report(results_dir: str | os.PathLike, seed: int = 0,
     leaderboard = read_table(results_dir, "leaderboard")
     if not leaderboard.empty:
         lines += _leaderboard_section(leaderboard)
+    ruler = read_table(results_dir, "ruler")
+    if not ruler.empty:
+        lines += _ruler_section(ruler, read_table(results_dir, "ruler_samples"), seed)
     lines += _effective_context_section(results_dir, rules)
     lines += _cells_section(manifest)
     lines += _figures_section(results_dir)

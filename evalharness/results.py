@@ -65,6 +65,8 @@ SCHEMAS: dict[str, list[str]] = {
         "key_forced_argmax",
     ],
     "leaderboard": KEY_COLUMNS + ["task", "metric", "value", "stderr", "num_fewshot", "n_samples"],
+    "ruler_samples": KEY_COLUMNS + ["task", "context_length", "doc_id", "score"],
+    "ruler": KEY_COLUMNS + ["task", "context_length", "score", "n", "stderr"],
 }
 
 # Columns that identify one cell of each table (rows with equal values are the same observation).
@@ -74,6 +76,8 @@ CELL_COLUMNS: dict[str, list[str]] = {
                                                 "stride", "bucket_width", "position_start"],
     "passkey": KEY_COLUMNS + ["context_length", "depth", "trial", "seed", "scoring"],
     "leaderboard": KEY_COLUMNS + ["task", "metric"],
+    "ruler_samples": KEY_COLUMNS + ["task", "context_length", "doc_id"],
+    "ruler": KEY_COLUMNS + ["task", "context_length"],
 }
 
 

@@ -32,6 +32,7 @@ TASKS: dict[str, str] = {
     "passkey": "evalharness.passkey:PasskeyCells",
     "leaderboard": "evalharness.leaderboard:LeaderboardCells",
     "temperature-sweep": "evalharness.perplexity:TemperatureSweepCells",
+    "ruler": "evalharness.ruler:RulerCells",
 }
 
 

@@ -989,3 +989,80 @@ def effective_context(perplexity: pd.DataFrame, passkey: pd.DataFrame, ruler: pd
     frame = pd.concat(parts, ignore_index=True)
     ordered = ordered_groups(frame, run + KEY_COLUMNS)
     return pd.concat([group for _, group in ordered], ignore_index=True)[columns]
+
+
+# ---------------------------------------------------------------------------------------------
+# RULER
+# ---------------------------------------------------------------------------------------------
+
+# lm-eval's offline RULER tasks in RULER's order (retrieval, multi-hop tracing, aggregation); others after.
+RULER_TASK_ORDER = ["niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe"]
+ALL_TASKS = "all"  # the `task` of pooled rows in `ruler_differences`
+
+
+def ruler_task_sort_key(task: str) -> tuple:
+    """The offline tasks in RULER's order, then other RULER tasks by name."""
+    name = str(task)
+    return (RULER_TASK_ORDER.index(name) if name in RULER_TASK_ORDER else len(RULER_TASK_ORDER), name)
+
+
+def ruler_scores(ruler: pd.DataFrame) -> pd.DataFrame:
+    """ruler.csv in display order (series, then task in RULER's order, then length), numbers numeric."""
+    keys = [c for c in SERIES_COLUMNS if c in ruler.columns]
+    columns = keys + ["task", "context_length", "score", "n", "stderr"]
+    if ruler.empty:
+        return pd.DataFrame(columns=columns)
+    frame = ruler.copy()
+    for column in ("context_length", "score", "n", "stderr"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    parts = []
+    for _, group in ordered_groups(frame, keys):
+        order = sorted(range(len(group)), key=lambda i: ruler_task_sort_key(group["task"].iloc[i])
+                       + (float(group["context_length"].iloc[i]),))
+        parts.append(group.iloc[order])
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def ruler_differences(samples: pd.DataFrame, reference: str = "base", seed: int = 0,
+                      n_resamples: int = BOOTSTRAP_RESAMPLES, level: float = CONFIDENCE_LEVEL) -> pd.DataFrame:
+    """Per series, task and length: the RULER score difference to `reference` on the samples both have.
+
+    Samples pair on (task, context_length, doc_id) within a run and model: lm-eval generates the
+    same prompts for every method (same tokenizer, same seeds). Each task gets a row, and each
+    length a pooled row (`task` = "all") over the paired samples of every task there.
+
+    Returns:
+        One row per series other than the reference, task (and "all") and length, with
+        `reference`, `n` (paired samples), `difference` (mean of method − reference per-sample
+        scores) and `difference_ci_low/high` (`paired_accuracy_difference_interval`, seeded).
+    """
+    keys = [c for c in SERIES_COLUMNS if c in samples.columns]
+    columns = keys + ["task", "context_length", "reference", "n", "difference", "difference_ci_low",
+                      "difference_ci_high"]
+    ref = _reference_rows(samples, reference)
+    if samples.empty or ref.empty:
+        return pd.DataFrame(columns=columns)
+    join = [c for c in ("run", "model") if c in samples.columns] + ["task", "context_length", "doc_id"]
+    ref = ref.assign(ref_score=pd.to_numeric(ref["score"], errors="coerce"))[join + ["ref_score"]]
+    if ref.duplicated(join).any():
+        raise ValueError(f"reference {reference!r} matches more than one series per sample; "
+                         "name its factor or options (e.g. yarn:2).")
+    ref_ids = set(map(tuple, _reference_rows(samples, reference)[KEY_COLUMNS].astype(str).to_numpy()))
+    others = samples[[tuple(r) not in ref_ids for r in samples[KEY_COLUMNS].astype(str).to_numpy()]]
+    paired = others.assign(score=pd.to_numeric(others["score"], errors="coerce")).merge(ref, on=join, how="inner")
+    paired = paired.dropna(subset=["score", "ref_score"])
+    if paired.empty:
+        return pd.DataFrame(columns=columns)
+    paired = paired.assign(doc_id=paired["doc_id"].astype(int))
+    rows = []
+    for key, group in ordered_groups(paired, keys + ["context_length"]):
+        tasks = sorted(group["task"].unique(), key=ruler_task_sort_key)
+        parts = [(task, group[group["task"] == task]) for task in tasks] + [(ALL_TASKS, group)]
+        for task, part in parts:
+            part = part.sort_values(["task", "doc_id"], key=lambda s: s.map(ruler_task_sort_key)
+                                    if s.name == "task" else s)
+            diff, low, high = paired_accuracy_difference_interval(
+                part["score"].tolist(), part["ref_score"].tolist(), seed=seed, n_resamples=n_resamples, level=level)
+            rows.append({**key, "task": task, "reference": reference, "n": len(part), "difference": diff,
+                         "difference_ci_low": low, "difference_ci_high": high})
+    return pd.DataFrame(rows, columns=columns)

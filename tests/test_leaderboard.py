@@ -151,18 +151,27 @@ def test_macro_mean_differs_from_weighted():
     assert rows["mmlu", "acc_macro"] == 0.5 and rows["mmlu_stem", "acc_weighted"] == 0.25
 
 
-def test_dynamic_methods_generate_without_kv_cache(tiny, monkeypatch):
+def test_dynamic_methods_generate_without_kv_cache_across_a_scale_change(tiny, monkeypatch):
+    """use_kv_cache=False (dynamic methods): the KV cache only while the scale cannot change
+    (prompt + generation ≤ L = 256), none once the generation crosses L (passkey.cache_reusable)."""
+    from evalharness.scaling import apply_scaling
+
     model, tokenizer, _ = tiny
     seen = []
     real = model.generate
     monkeypatch.setattr(model, "generate", lambda *a, **k: seen.append(k["use_cache"]) or real(*a, **k))
-    context = torch.tensor([tokenizer("The pass key is")["input_ids"]])
-    for use_kv_cache in (True, False):
-        lm = lb.wrap_model(model, tokenizer, 512, 1, False, use_kv_cache=use_kv_cache)
-        assert lm.max_length == 512 and lm.model is model
-        out = lm._model_generate(context, context.shape[1] + 3, ["\n"], do_sample=False)
-        assert out.shape[1] <= context.shape[1] + 3
-    assert seen == [True, False]
+    short = torch.tensor([tokenizer("The pass key is")["input_ids"]])
+    long = torch.tensor([tokenizer("x" * 300)["input_ids"]])
+    apply_scaling(model, "dynamic-yarn:2")
+    try:
+        for use_kv_cache, context in ((True, long), (False, short), (False, long)):
+            lm = lb.wrap_model(model, tokenizer, 512, 1, False, use_kv_cache=use_kv_cache)
+            assert lm.max_length == 512 and lm.model is model
+            out = lm._model_generate(context, context.shape[1] + 3, ["\n"], do_sample=False)
+            assert out.shape[1] <= context.shape[1] + 3
+    finally:
+        apply_scaling(model, "base")
+    assert seen == [True, True, False]
 
 
 def test_passkey_documents_fill_to_length(tiny):

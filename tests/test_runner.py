@@ -38,7 +38,7 @@ def leaderboard_data(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 
 def test_registry_names_every_task_and_loads_its_class():
-    assert set(runner.task_names()) == {"perplexity", "passkey", "leaderboard", "temperature-sweep"}
+    assert set(runner.task_names()) == {"perplexity", "passkey", "leaderboard", "temperature-sweep", "ruler"}
     for name in runner.task_names():
         task = runner.task_class(name)
         assert issubclass(task, runner.Task) and task.name == name

@@ -1,5 +1,6 @@
 """The scaled model inside lm-eval's `HFLM`: the object itself (never reloaded) with an explicit
-`max_length`, progress bars on/off, and generation without KV cache for dynamic scaling."""
+`max_length`, progress bars on/off, and generation that reuses the KV cache only where the RoPE
+scale cannot change during it (`passkey.cache_reusable`, for dynamic scaling)."""
 from __future__ import annotations
 
 import functools
@@ -15,8 +16,11 @@ def _harness_lm_class():
         from lm_eval.models.utils import stop_sequences_criteria
 
     class HarnessLM(HFLM):
-        """HFLM over an already-loaded model: progress bars on/off, and generation without KV
-        cache for dynamic scaling (HFLM hard-codes use_cache=True)."""
+        """HFLM over an already-loaded model: progress bars on/off, and (use_kv_cache=False, for
+        dynamic scaling) generation with the KV cache only when `passkey.cache_reusable` holds from
+        the prompt's length to the generation's last one, else every step a full forward (HFLM
+        hard-codes use_cache=True). The scale s(l) = max(1, l/L) never decreases with l, so equal
+        scales at both ends mean one scale for every step."""
 
         def __init__(self, *args, show_progress: bool = True, use_kv_cache: bool = True, **kwargs):
             super().__init__(*args, **kwargs)
@@ -33,7 +37,9 @@ def _harness_lm_class():
             return super().generate_until(requests, disable_tqdm=disable_tqdm or not self.show_progress)
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            if self.use_kv_cache:
+            from ..passkey import cache_reusable
+
+            if self.use_kv_cache or cache_reusable(self.model, int(context.shape[1]), int(max_length)):
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
             temperature = generation_kwargs.pop("temperature", 0.0)
             if temperature == 0.0 and generation_kwargs.get("do_sample") is None:

@@ -1,0 +1,391 @@
+"""RULER (Hsieh et al., 2024, arXiv 2404.06654) on the scaled model, through lm-eval's own RULER tasks.
+
+Contract: `RulerCells` is the runner task `ruler`. A cell is one (scaling spec, RULER task, context
+length); it runs `lm_eval.simple_evaluate` on the scaled model object (the leaderboard's
+`wrap_model`: never reloaded, explicit max_length = length + `MAX_GEN_TOKENS`, batch size 1 for
+dynamic methods). lm-eval's generators build the prompts: each task's YAML in lm-eval's `ruler`
+folder is loaded by a `TaskManager` that indexes only that folder, with the task metadata
+`tokenizer` = the model's own tokenizer (saved with `save_pretrained` to a temporary folder) and
+`max_seq_lengths` = [length], so every prompt + 128 generated tokens fits the length as the model
+counts tokens. `limit` bounds the samples per cell (lm-eval keeps the first `limit` of the
+generated ones); the four lm-eval seeds are lm-eval's defaults or all `seed` (`lm_eval_seeds`), set
+before the data is generated, and a generator with random state of its own (cwe) is re-imported for
+each cell (`fresh_generator`), so every method sees the same prompts.
+
+KV cache: lm-eval generates with the model's KV cache only where `passkey.cache_reusable` holds
+over the whole generation (static methods always; dynamic methods only while prompt + generation
+stay ≤ L, where the scale is 1); otherwise every step is a full forward (`leaderboard.lm`).
+
+Score of a cell: the mean over its samples of the task's own per-sample metric (lm-eval's
+`process_results` stores it under the key `str(length)`: RULER's string_match_all, the fraction of
+the expected strings found in the prediction); stderr = sample standard deviation / √n. The
+per-sample values go to ruler_samples.csv (the paired comparisons pair them by doc_id) and the
+cell's (score, n, stderr) to ruler.csv; lm-eval's own aggregate for that length (`"<length>,none"`
+in its results) must equal the score, else the cell fails. lm-eval's results JSON (with
+`save_samples` also its per-sample log) goes to OUT/lm_eval/<method>_<factor>_<task>_<length>.json.
+
+Failures: any exception from lm-eval or the generators fails the cell (`RulerTaskFailure`, one
+sentence; a task whose data must be downloaded says so when it is unreachable; a missing
+wonderwords/nltk names the package) and the run goes on. `ruler_vt` and `ruler_cwe` are refused up
+front where lm-eval's generator would never return or would make samples with nothing to find
+(`generator_problem`: vt's few-shot example must fit 500 tokens of the model's tokenizer, which a
+byte-level tokenizer never does; cwe's smallest prompt of 10 words must fit the length).
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import CellFailure, UsageError
+from .plan import Cell, Plan, cell_name
+from .runner import Task
+
+# lm-eval's RULER tasks whose data is generated locally (no download).
+OFFLINE_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe")
+# lm-eval's RULER tasks that download a haystack (Paul Graham essays) or QA data set (SQuAD, HotpotQA).
+DOWNLOAD_TASKS = ("niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery",
+                  "ruler_qa_squad", "ruler_qa_hotpot")
+ALIASES = {"vt": "ruler_vt", "cwe": "ruler_cwe", "fwe": "ruler_fwe", "qa_squad": "ruler_qa_squad",
+           "qa_hotpot": "ruler_qa_hotpot"}
+# The generation budget of every RULER task (`max_gen_toks`, the generators' `tokens_to_generate`).
+MAX_GEN_TOKENS = 128
+
+
+class RulerTaskFailure(CellFailure):
+    """One RULER cell failed (lm-eval raised, data unreachable, scores inconsistent)."""
+
+
+def resolve_tasks(text: str) -> list[str]:
+    """`--ruler-tasks`: `ruler` = the offline tasks; otherwise a comma list of lm-eval RULER task
+    names (or the short names vt, cwe, fwe, qa_squad, qa_hotpot), duplicates dropped.
+
+    Raises:
+        UsageError: an unknown name (one sentence listing the valid ones).
+    """
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise UsageError(f"--ruler-tasks {text!r} names no task; give ruler or RULER task names.")
+    tasks: list[str] = []
+    for name in names:
+        if name == "ruler":
+            tasks += OFFLINE_TASKS
+            continue
+        name = ALIASES.get(name, name)
+        if name not in OFFLINE_TASKS + DOWNLOAD_TASKS:
+            raise UsageError(f"--ruler-tasks: {name!r} is not a RULER task; valid: ruler (the offline ones: "
+                             f"{', '.join(OFFLINE_TASKS)}) or {', '.join(DOWNLOAD_TASKS)}.")
+        tasks.append(name)
+    return list(dict.fromkeys(tasks))
+
+
+def lm_eval_task_folder() -> Path:
+    """lm-eval's own folder of RULER task YAMLs (and their generators)."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent / "ruler"
+
+
+def sample_scores(samples: list[dict], length: int) -> list[tuple[int, float]]:
+    """(doc_id, the task's own per-sample metric at `length`) of each logged sample, by doc_id."""
+    key = str(int(length))
+    missing = [s.get("doc_id") for s in samples if key not in s or float(s[key]) < 0]
+    if missing:
+        raise RulerTaskFailure(f"lm-eval logged no per-sample metric {key!r} for samples {missing[:3]}.")
+    return sorted((int(s["doc_id"]), float(s[key])) for s in samples)
+
+
+def mean_and_stderr(scores: Sequence[float]) -> tuple[float, float]:
+    """Mean x̄ and its standard error √(Σ(x−x̄)²/(n−1)) / √n (NaN for n < 2)."""
+    n = len(scores)
+    if n == 0:
+        raise RulerTaskFailure("no samples were scored.")
+    mean = sum(scores) / n
+    if n < 2:
+        return mean, math.nan
+    variance = sum((x - mean) ** 2 for x in scores) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def cell_scores(results: dict, task: str, length: int) -> tuple[list[tuple[int, float]], float, float]:
+    """(per-sample (doc_id, score), mean, stderr) of one cell from `simple_evaluate`'s output
+    (log_samples=True), checked against lm-eval's aggregate for `length` where it computed one."""
+    scores = sample_scores(results.get("samples", {}).get(task, []), length)
+    mean, stderr = mean_and_stderr([score for _, score in scores])
+    aggregate = results.get("results", {}).get(task, {}).get(f"{int(length)},none")
+    if isinstance(aggregate, (int, float)) and not math.isclose(aggregate, mean, rel_tol=1e-9, abs_tol=1e-12):
+        raise RulerTaskFailure(f"{task} at {length}: the mean of the samples, {mean}, differs from lm-eval's "
+                               f"aggregate {aggregate}.")
+    return scores, mean, stderr
+
+
+def failure_text(task: str, exc: BaseException) -> str:
+    """One sentence for a failed cell."""
+    from . import hub
+
+    if isinstance(exc, RulerTaskFailure):
+        return str(exc)
+    if task == "ruler_cwe" and isinstance(exc, ZeroDivisionError):
+        return ("ruler_cwe: lm-eval's generator made samples without any word to find (its smallest prompt did "
+                "not fit the length with this tokenizer) and its metric divided by zero; run ruler_cwe at longer "
+                "--lengths.")
+    if isinstance(exc, ModuleNotFoundError):
+        return (f"{task}: lm-eval's RULER tasks need the python package {exc.name!r}, which is not installed "
+                f"(pip install 'lm_eval[ruler]').")
+    if task in DOWNLOAD_TASKS and (hub.unavailable_reason(exc) or isinstance(exc, (OSError, ConnectionError))):
+        return (f"{task}: its data (essays, SQuAD or HotpotQA) must be downloaded and cannot be reached; "
+                f"the offline RULER tasks are {', '.join(OFFLINE_TASKS)}.")
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{task}: {type(exc).__name__}: {text}"
+
+
+# The python/numpy seed of the draws the generator checks measure (so a check answers the same every time).
+CHECK_SEED = 0
+# lm-eval's ruler_vt builds its few-shot example with a hard-coded budget of 500 tokens, 5 noise lines at
+# least and 30 generated tokens (vt_utils.get_dataset / sys_vartrack_w_noise_random); the task itself
+# starts from 10 noise lines. When even the smallest of these does not fit, lm-eval's retry loop never ends.
+VT_EXAMPLE_BUDGET, VT_EXAMPLE_NOISES, VT_TASK_NOISES, VT_GENERATED = 500, 5, 10, 30
+
+
+def vt_stall_reason(tokenizer, length: int) -> str | None:
+    """Why lm-eval's `ruler_vt` generator would loop forever with this tokenizer at `length`, or None.
+
+    Measures, as lm-eval does and with its own `vt_utils` functions (on draws seeded with CHECK_SEED;
+    python and numpy random states restored afterwards), the smallest few-shot example (5 noise
+    lines, one 4-hop chain) against its 500-token budget, then the smallest task prompt (10 noise
+    lines) with lm-eval's few-shot example against `length`: past either, lm-eval's search may end at
+    zero noise lines, and it retries a sample that does not fit without ever giving up.
+    """
+    import contextlib
+    import io
+    import random
+
+    import numpy as np
+    from lm_eval.tasks.ruler import vt_utils
+
+    def tokens(text: str) -> int:
+        return len(tokenizer(text).input_ids)
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    random.seed(CHECK_SEED)
+    np.random.seed(CHECK_SEED)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # vt_utils prints while it generates
+            text, answer = vt_utils.generate_input_output(VT_EXAMPLE_NOISES, 1, 4, is_icl=True)
+            example = tokens(f"{text} {answer}") + VT_GENERATED  # as lm-eval measures it
+            if example > VT_EXAMPLE_BUDGET:
+                return (f"ruler_vt: lm-eval's generator needs its smallest few-shot example within "
+                        f"{VT_EXAMPLE_BUDGET} tokens, and this tokenizer makes it {example}, so it would loop "
+                        "forever (a byte-level tokenizer cannot run ruler_vt).")
+            icl = vt_utils.sys_vartrack_w_noise_random(tokenizer=tokenizer, num_samples=1,
+                                                       max_seq_length=VT_EXAMPLE_BUDGET,
+                                                       incremental=VT_EXAMPLE_NOISES)[0]
+            example = tokens(icl["input"] + " " + " ".join(icl["outputs"]) + "\n\n")
+            text, answer = vt_utils.generate_input_output(VT_TASK_NOISES, 1, 4)
+            prompt = tokens(f"{text} {answer}") + VT_GENERATED + example
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    if prompt > length:
+        return (f"ruler_vt: its smallest prompt with the few-shot example takes {prompt} tokens of this "
+                f"tokenizer, more than the length {length}, so lm-eval's generator would loop forever; "
+                "run ruler_vt at longer --lengths.")
+    return None
+
+
+# lm-eval's ruler_cwe searches the word count from 10 up (10 of them the common words to find) with a
+# generation budget of 120 tokens; when 10 words do not fit, it builds prompts with no common word at
+# all (an empty answer, which its metric divides by) or, when not even those fit, retries forever.
+CWE_MIN_WORDS, CWE_GENERATED = 10, 120
+
+
+def cwe_problem_reason(tokenizer, length: int) -> str | None:
+    """Why lm-eval's `ruler_cwe` generator cannot make a real sample at `length` with this tokenizer
+    (its smallest prompt, 10 words, measured as lm-eval does with its own
+    `cwe_utils.generate_input_output` on a draw seeded with CHECK_SEED; random states restored), or
+    None. The words drawn change the count a little, so at a length right at the margin lm-eval's own
+    draw may still come out empty; its metric then divides by zero, reported by `failure_text`."""
+    import random
+
+    import numpy as np
+    from lm_eval.tasks.ruler import cwe_utils
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    random.seed(CHECK_SEED)
+    try:
+        example, text, answer = cwe_utils.generate_input_output(CWE_MIN_WORDS, length)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    listed = " ".join(f"{i + 1}. {word}" for i, word in enumerate(answer))
+    needed = len(tokenizer(example + "\n" + text + " " + listed).input_ids) + CWE_GENERATED
+    if needed > length:
+        return (f"ruler_cwe: its smallest prompt ({CWE_MIN_WORDS} words and the example) takes {needed} tokens of "
+                f"this tokenizer, more than the length {length}, so lm-eval's generator would make samples "
+                "without any word to find; run ruler_cwe at longer --lengths.")
+    return None
+
+
+def generator_problem(task: str, tokenizer, length: int) -> str | None:
+    """A sentence when lm-eval's generator for `task` cannot make real samples at `length` with this
+    tokenizer (ruler_vt, ruler_cwe; see their checks), else None."""
+    if task == "ruler_vt":
+        return vt_stall_reason(tokenizer, length)
+    if task == "ruler_cwe":
+        return cwe_problem_reason(tokenizer, length)
+    return None
+
+
+# lm-eval generator modules holding random state of their own across calls: cwe_utils draws from a
+# module-level random.Random(42) that every generation advances (simple_evaluate's seeds do not reach it).
+STATEFUL_GENERATORS = {"ruler_cwe": "lm_eval.tasks.ruler.cwe_utils"}
+
+
+def fresh_generator(task: str) -> None:
+    """Make lm-eval execute the task's generator module anew on its next load (its YAML loader reuses
+    a module only while it is in `sys.modules`), so every cell of a task sees the generator as a
+    fresh process does: the same prompts for every method and on every resume."""
+    import sys
+
+    if task in STATEFUL_GENERATORS:
+        sys.modules.pop(STATEFUL_GENERATORS[task], None)
+
+
+def forward_tokens_bound(length: int, samples: int, kv_cache: bool) -> int:
+    """Tokens the forwards of one cell process, at most: a prompt of P ≤ length − 128 tokens, then
+    up to 128 greedy steps; with the KV cache one prefill + one token per step (≤ length per
+    sample), without it a full forward of P + i tokens at step i (≤ 128 · length per sample)."""
+    return int(samples) * int(length) * (1 if kv_cache else MAX_GEN_TOKENS)
+
+
+class RulerCells(Task):
+    """Cells: (spec, task, length), length-major (an interrupted run has whole lengths for every
+    method), then spec, then task. Rows: ruler_samples.csv (one per sample) and ruler.csv (one per
+    cell), appended when the cell finishes; see the module docstring for the score and the rules."""
+
+    name = "ruler"
+    table = "ruler"
+
+    def __init__(self, model_name: str, tokenizer, specs, tasks: Sequence[str], lengths: Sequence[int], out_dir,
+                 samples: int = 10, seed: int | None = None, batch_size: int = 1, show_progress: bool = True,
+                 save_samples: bool = False):
+        from .leaderboard.protocol import lm_eval_seeds
+
+        self.model_name, self.tokenizer, self.specs = model_name, tokenizer, list(specs)
+        self.tasks, self.lengths = list(tasks), [int(n) for n in lengths]
+        self.out_dir, self.samples, self.batch_size = out_dir, int(samples), int(batch_size)
+        self.seeds, self.show_progress, self.save_samples = lm_eval_seeds(seed), show_progress, save_samples
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._managers: dict[int, object] = {}
+        self._lm = None  # (spec, length, wrapped model) of the last cell
+
+    @classmethod
+    def from_inputs(cls, inputs, session):
+        args = inputs.args
+        return cls(session.model_name, session.tokenizer, inputs.specs, resolve_tasks(args.ruler_tasks),
+                   inputs.lengths, session.out_dir, samples=args.ruler_samples,
+                   seed=args.seed if getattr(args, "seed_given", False) else None, batch_size=args.batch_size,
+                   show_progress=session.show_progress, save_samples=args.save_samples)
+
+    def _row_key(self, spec, task: str, length: int) -> dict:
+        from .results import key_row
+
+        return dict(key_row(self.model_name, spec), task=task, context_length=int(length))
+
+    def cells(self, session) -> list[Cell]:
+        return [Cell(self.name, spec, (task, length),
+                     cell_name("ruler", self.model_name, spec.short, task, length),
+                     tokens=forward_tokens_bound(length, self.samples, not spec.is_dynamic),
+                     length=length + MAX_GEN_TOKENS, kv_cache=not spec.is_dynamic)
+                for length in self.lengths for spec in self.specs for task in self.tasks]
+
+    def pending(self, cell: Cell, done: set) -> bool:
+        from .results import cell_key
+
+        return cell_key(self.table, self._row_key(cell.spec, *cell.unit)) not in done
+
+    def _task_manager(self, length: int):
+        """One lm-eval TaskManager per length over lm-eval's RULER folder only, with the model's
+        tokenizer and the length as task metadata."""
+        from lm_eval.tasks import TaskManager
+
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="evalharness-ruler-")
+            self.tokenizer.save_pretrained(self._tmp.name)
+        if length not in self._managers:
+            self._managers[length] = TaskManager(
+                include_path=str(lm_eval_task_folder()), include_defaults=False,
+                metadata={"tokenizer": self._tmp.name, "max_seq_lengths": [int(length)]})
+        return self._managers[length]
+
+    def _wrapped(self, session, spec, length: int):
+        from .leaderboard.lm import wrap_model
+
+        if self._lm is None or self._lm[:2] != (spec, length):
+            batch = 1 if spec.is_dynamic else self.batch_size
+            self._lm = (spec, length, wrap_model(session.model, self.tokenizer, length + MAX_GEN_TOKENS, batch,
+                                                 self.show_progress, use_kv_cache=not spec.is_dynamic))
+        return self._lm[2]
+
+    def run(self, cell: Cell, pending, session) -> dict:
+        import lm_eval
+
+        from . import hub
+        from .leaderboard.extract import _save_results, provenance_path
+        from .leaderboard.run import _one_process_view
+
+        task, length = cell.unit
+        spec = cell.spec
+        start = time.monotonic()
+        problem = generator_problem(task, self.tokenizer, length)
+        if problem:
+            raise RulerTaskFailure(problem)
+        fresh_generator(task)
+        try:
+            lm = self._wrapped(session, spec, length)
+            with hub.forced_offline(hub.work_offline()), _one_process_view():
+                results = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=self.samples,
+                                                  task_manager=self._task_manager(length), log_samples=True,
+                                                  **self.seeds)
+            scores, score, stderr = cell_scores(results, task, length)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - lm-eval and the generators raise anything: the cell failed
+            raise RulerTaskFailure(failure_text(task, exc)) from exc
+        path = provenance_path(self.out_dir, spec, f"{task}_{length}")
+        _save_results(path, results, {"spec": str(spec), "task": task, "context_length": length,
+                                      "max_length": length + MAX_GEN_TOKENS, "limit": self.samples,
+                                      "seeds": self.seeds}, self.save_samples)
+        key = self._row_key(spec, task, length)
+        session.store.append("ruler_samples", [dict(key, doc_id=doc, score=value) for doc, value in scores])
+        session.store.append(self.table, [dict(key, score=score, n=len(scores), stderr=stderr)])
+        return {"seconds": round(time.monotonic() - start, 1), "score": score, "n": len(scores),
+                "lm_eval_json": str(path), "seeds": self.seeds}
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        self._managers.clear()
+        self._lm = None
+
+
+def run_ruler(model, tokenizer, model_name: str, specs, tasks: Sequence[str], lengths: Sequence[int], store,
+              manifest, out_dir, samples: int = 10, seed: int | None = None, batch_size: int = 1,
+              show_progress: bool = True, save_samples: bool = False, shard=None) -> list[str]:
+    """Evaluate every (spec, task, length) cell not already in ruler.csv through the runner; return
+    the failed cells (library entry point; the CLI builds the same cells; see `RulerCells`)."""
+    from .parallel import Shard
+    from .runner import Session, resolve_specs, run_cells
+
+    session = Session(model, tokenizer, model_name, store, manifest, shard or Shard(), show_progress)
+    grid = RulerCells(model_name, tokenizer, resolve_specs(model, specs), tasks, lengths, out_dir, samples, seed,
+                      batch_size, show_progress, save_samples)
+    return run_cells(Plan(grid.cells(session)), [grid], session)
+
+
+__all__ = ["ALIASES", "DOWNLOAD_TASKS", "MAX_GEN_TOKENS", "OFFLINE_TASKS", "RulerCells", "RulerTaskFailure",
+           "cell_scores", "cwe_problem_reason", "generator_problem", "mean_and_stderr", "resolve_tasks",
+           "run_ruler", "sample_scores", "vt_stall_reason"]
