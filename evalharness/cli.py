@@ -638,7 +638,8 @@ def _labelled(frame):
 
 def print_summary(store) -> None:
     """The run's headline tables on stdout: perplexity by method × length, passkey accuracy by
-    method × length with the passkey context, leaderboard metric by method × task."""
+    method × length with the passkey context, leaderboard metric by method × task, RULER mean by
+    method × length."""
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 50):
@@ -672,6 +673,14 @@ def print_summary(store) -> None:
                 board = _labelled(board)
                 print("\nleaderboard (paper metrics)")
                 print(board.pivot_table(index="spec", columns="task", values="value", sort=False).round(4).to_string())
+        ruler = store.read("ruler")
+        if not ruler.empty:
+            from .tables import ruler_means
+
+            means = _labelled(ruler_means(ruler))
+            print("\nRULER mean score over tasks (report.md: per task, ± stderr, paired differences)")
+            print(means.pivot_table(index="spec", columns="context_length", values="mean_score", sort=False)
+                  .round(3).to_string())
 
 
 @dataclass(frozen=True)

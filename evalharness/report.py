@@ -23,6 +23,7 @@ import pandas as pd
 from .plots import plot_run
 from .results import atomic_write_text, read_manifest
 from .tables import (
+    ALL_TASKS,
     BOOTSTRAP_RESAMPLES,
     PASSKEY_THRESHOLD,
     EffectiveContextRules,
@@ -514,7 +515,8 @@ def _effective_context_section(results_dir: Path, rules: EffectiveContextRules) 
     return ["## Effective context", ""] + effective_context_lines(table, rules)
 
 
-def _ruler_section(ruler: pd.DataFrame, samples: pd.DataFrame, seed: int) -> list[str]:
+def _ruler_section(ruler: pd.DataFrame, samples: pd.DataFrame, seed: int,
+                   references: Sequence[str] = (REFERENCE,)) -> list[str]:
     scores = ruler_scores(ruler)
     keys = [c for c in SERIES if c in scores.columns]
     show = varying(scores, ["model", "original_ctx"])
@@ -543,11 +545,19 @@ def _ruler_section(ruler: pd.DataFrame, samples: pd.DataFrame, seed: int) -> lis
              markdown_table(["method"] + [fmt_length(x) for x in lengths], mean_rows), "",
              markdown_table(["method", "task"] + [fmt_length(x) for x in lengths], task_rows,
                             align=["l", "l"] + ["r"] * len(lengths)), ""]
-    differences = ruler_differences(samples, REFERENCE, seed=seed) if not samples.empty else pd.DataFrame()
+    differences = {reference: ruler_differences(samples, reference, seed=seed) if not samples.empty
+                   else pd.DataFrame() for reference in references}
+    for reference, table in differences.items():
+        lines += _ruler_difference_table(table, reference, keys, lengths, show)
+    return lines + (_unmatched_references(differences, "RULER") if not samples.empty else [])
+
+
+def _ruler_difference_table(differences: pd.DataFrame, reference: str, keys: Sequence[str],
+                            lengths: Sequence[float], show: Sequence[str]) -> list[str]:
     if differences.empty:
-        return lines
-    pooled = differences[differences["task"] == "all"]
-    reference = method_display(REFERENCE)
+        return []
+    pooled = differences[differences["task"] == ALL_TASKS]
+    reference = _reference_display(reference)
 
     def text(r) -> str:
         if r is None:
@@ -556,7 +566,7 @@ def _ruler_section(ruler: pd.DataFrame, samples: pd.DataFrame, seed: int) -> lis
         return fmt_points(r["difference"]) + (interval if r["n"] >= 2 else "") + f" (n={int(r['n'])})"
 
     rows = [[_row_label(k, show)] + [text(r) for r in cells] for k, cells in _grid(pooled, keys, lengths)]
-    return lines + [
+    return [
         f"Difference to {reference} on the same samples:", "",
         f"- Difference: the method's per-sample score − {reference}'s on the same RULER prompt (lm-eval "
         "generates the same prompts for every method), averaged over the paired samples of all tasks at "
@@ -607,8 +617,8 @@ def _figures_section(results_dir: Path) -> list[str]:
 def build_report(results_dir: str | os.PathLike, seed: int = 0,
                  rules: EffectiveContextRules = EffectiveContextRules(), references: Sequence[str] = ()) -> str:
     """The markdown text of the report (without writing figures); `seed` drives the paired
-    bootstrap intervals, `rules` holds the effective-context thresholds; perplexity ratios and
-    passkey differences are shown against Base and each of `references` (`--method` syntax)."""
+    bootstrap intervals, `rules` holds the effective-context thresholds; perplexity ratios, passkey
+    and RULER differences are shown against Base and each of `references` (`--method` syntax)."""
     references = tuple(dict.fromkeys((REFERENCE, *references)))
     results_dir = Path(results_dir)
     manifest_path = results_dir / "manifest.json"
@@ -627,7 +637,7 @@ def build_report(results_dir: str | os.PathLike, seed: int = 0,
         lines += _leaderboard_section(leaderboard)
     ruler = read_table(results_dir, "ruler")
     if not ruler.empty:
-        lines += _ruler_section(ruler, read_table(results_dir, "ruler_samples"), seed)
+        lines += _ruler_section(ruler, read_table(results_dir, "ruler_samples"), seed, references)
     lines += _effective_context_section(results_dir, rules)
     lines += _cells_section(manifest)
     lines += _figures_section(results_dir)

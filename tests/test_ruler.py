@@ -168,10 +168,12 @@ def _ruler_argv(out, tasks, length):
             "--out", str(out), "--no-progress"]
 
 
-def test_ruler_cli_offline_scores_equal_lm_eval(tmp_path, monkeypatch, tiny):
+def test_ruler_cli_offline_scores_equal_lm_eval(tmp_path, monkeypatch, capsys, tiny):
     out, tasks = tmp_path / "run", ["niah_single_1", "ruler_fwe"]
     argv = _ruler_argv(out, tasks, LENGTH)
     assert cli.main(argv) == cli.EXIT_OK
+    summary = capsys.readouterr().out
+    assert "RULER mean score over tasks" in summary and "Dynamic-YaRN" in summary
     _check_run(out, tasks, LENGTH, tiny[1])
     manifest = json.loads((out / "manifest.json").read_text())
     assert sum(name.startswith("ruler|") and cell["status"] == "done" for name, cell in manifest["cells"].items()) == 4
@@ -312,3 +314,22 @@ def test_ruler_figures_from_the_table():
     assert list(lines) == ["Base", "YaRN s=2", "Dynamic-YaRN"]
     assert list(lines["YaRN s=2"].get_ydata()) == pytest.approx([(1.0 + 0.6) / 2, (0.7 + 0.3) / 2])
     assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_gid() == "original_ctx"] == [512]
+
+
+def test_report_ruler_section_against_each_reference(tmp_path):
+    table = _hand_made_ruler()
+    table.to_csv(tmp_path / "ruler.csv", index=False)
+    rows = []
+    for row in table.to_dict("records"):
+        for doc in range(int(row["n"])):
+            rows.append({**{k: row[k] for k in SCHEMAS["ruler_samples"] if k in row}, "doc_id": doc,
+                         "score": float(doc < round(row["score"] * row["n"]))})
+    pd.DataFrame(rows, columns=SCHEMAS["ruler_samples"]).to_csv(tmp_path / "ruler_samples.csv", index=False)
+    from evalharness.report import build_report
+
+    report = build_report(tmp_path, references=("yarn:2", "ntk"))
+    assert "## RULER" in report
+    assert "| YaRN s=2 | 80.0 (2) | 50.0 (2) |" in report  # mean over the two tasks, tasks counted
+    assert "Difference to Base on the same samples" in report
+    assert "Difference to YaRN s=2 on the same samples" in report
+    assert "No RULER series matches --reference 'ntk'." in report
