@@ -31,6 +31,37 @@ def write_corpus(folder: Path, n_docs: int, words: str, n_words, seed: int = 0) 
     return folder
 
 
+def tiny_llama(seed: int = 0, rope_parameters: dict | None = None, max_position_embeddings: int = 64,
+               **overrides):
+    """A seeded 2-layer Llama in eval mode (vocab 97, hidden 64, 4 heads / 2 KV heads, head_dim 16)
+    with plain RoPE (rope_theta 10000) unless `rope_parameters` says otherwise; native context 64."""
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=max_position_embeddings,
+        rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 10000.0}, **overrides,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def make_byte_tokenizer(reverse: bool = False, model_max_length: int = 1_000_000):
+    """Byte-level BPE with the 256-byte alphabet as vocab and no merges: 1 byte = 1 token
+    (`reverse`: the same alphabet numbered backwards, a tokenizer with other ids)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    if reverse:
+        alphabet = alphabet[::-1]
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", model_max_length=model_max_length)
+
+
 def subprocess_env(tmp_path: Path) -> dict:
     """Environment of a `run_eval.py` subprocess: offline, its own cache, this checkout first."""
     return dict(os.environ, EVALHARNESS_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",

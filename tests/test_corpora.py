@@ -10,8 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from conftest import make_byte_tokenizer
 
 from evalharness import corpora, hub
 from evalharness.corpora import (
@@ -29,17 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-def make_byte_tokenizer(reverse: bool = False, model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with the 256-byte alphabet as vocab and no merges: 1 byte = 1 token."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    if reverse:
-        alphabet = alphabet[::-1]
-    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", model_max_length=model_max_length)
 
 
 class SpyTokenizer:

@@ -1,17 +1,12 @@
 """Local copies of the named hub corpora (`--dataset proofpile=DIR`): same field, ids and selection as the hub."""
-import os
+import json
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import pandas as pd
+import pytest
+from conftest import make_byte_tokenizer
 
-import json  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from test_corpora import make_byte_tokenizer  # noqa: E402
-
-from evalharness import cli, corpora, hub  # noqa: E402
-from evalharness.corpora import CorpusError, dataset_label, iter_documents, load_corpus  # noqa: E402
+from evalharness import cli, corpora, hub
+from evalharness.corpora import CorpusError, dataset_label, iter_documents, load_corpus
 
 # Rows in each dataset's hub layout; the text field differs per dataset (SCROLLS: `input`).
 HUB_ROWS = {

@@ -10,7 +10,6 @@ import torch
 
 from evalharness import leaderboard as lb
 from evalharness.methods import ScalingSpec
-from evalharness.models import load
 from evalharness.results import SCHEMAS, Manifest, ResultStore
 from evalharness.scaling import apply_scaling
 
@@ -67,12 +66,6 @@ def write_data(root, answers=None):
     write_jsonl(root / "mmlu" / "test.jsonl", mmlu_rows(MMLU_SIZES, "test", answers))
     write_jsonl(root / "truthfulqa" / "validation.jsonl", truthfulqa_rows(2))
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer, info = load("random:tiny", dtype="float32", device="cpu")
-    return model, tokenizer, info
 
 
 @pytest.fixture(scope="module")

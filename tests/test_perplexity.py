@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import transformers
+from conftest import tiny_llama
 
 from evalharness.corpora import TokenizedDoc
 from evalharness.methods import ScalingSpec
@@ -30,16 +31,6 @@ from evalharness.scaling import apply_scaling
 
 L = 64
 BOS = 1
-
-
-def tiny_llama(seed=0, **overrides):
-    config = transformers.LlamaConfig(
-        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=L,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **overrides,
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +185,7 @@ def test_attention_takes_the_causal_path_without_a_mask_tensor(doc, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    config = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                      max_position_embeddings=L, attn_implementation="sdpa")
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama(max_position_embeddings=L, attn_implementation="sdpa")
     token_nll(model, with_bos(doc, BOS)[:200], 1)
     assert calls == [(True, True), (True, True)]  # one call per layer, no mask, causal flag
 

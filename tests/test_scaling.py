@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 import transformers
+from conftest import tiny_llama
 
 from evalharness.methods import ScalingSpec
 from evalharness.scaling import (
@@ -21,16 +22,6 @@ L = 64  # original context of the tiny models
 SEQ = 200  # past L (≈ 3 L)
 
 
-def tiny_llama(rope_parameters=None, max_position_embeddings=L, seed=0):
-    config = transformers.LlamaConfig(
-        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=max_position_embeddings,
-        rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 10000.0},
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
 def logits(model, ids):
     with torch.inference_mode():
         return model(ids, use_cache=False).logits
@@ -42,7 +33,7 @@ def ids():
 
 
 def native_twin(model, rope_parameters, max_position_embeddings=L):
-    twin = tiny_llama(rope_parameters, max_position_embeddings=max_position_embeddings)
+    twin = tiny_llama(rope_parameters=rope_parameters, max_position_embeddings=max_position_embeddings)
     twin.load_state_dict(model.state_dict())
     return twin
 
