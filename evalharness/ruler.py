@@ -253,6 +253,13 @@ def fresh_generator(task: str) -> None:
         sys.modules.pop(STATEFUL_GENERATORS[task], None)
 
 
+def uses_kv_cache(spec, length: int) -> bool:
+    """Whether the generation of a cell at `length` runs on the KV cache (`leaderboard.lm`'s rule):
+    always for static methods; for dynamic ones when the whole generation, up to length + 128
+    tokens, stays within one scale (≤ L)."""
+    return not spec.is_dynamic or spec.scale_at(int(length) + MAX_GEN_TOKENS) == spec.scale_at(1)
+
+
 def forward_tokens_bound(length: int, samples: int, kv_cache: bool) -> int:
     """Tokens the forwards of one cell process, at most: a prompt of P ≤ length − 128 tokens, then
     up to 128 greedy steps; with the KV cache one prefill + one token per step (≤ length per
@@ -297,8 +304,8 @@ class RulerCells(Task):
     def cells(self, session) -> list[Cell]:
         return [Cell(self.name, spec, (task, length),
                      cell_name("ruler", self.model_name, spec.short, task, length),
-                     tokens=forward_tokens_bound(length, self.samples, not spec.is_dynamic),
-                     length=length + MAX_GEN_TOKENS, kv_cache=not spec.is_dynamic)
+                     tokens=forward_tokens_bound(length, self.samples, uses_kv_cache(spec, length)),
+                     length=length + MAX_GEN_TOKENS, kv_cache=uses_kv_cache(spec, length))
                 for length in self.lengths for spec in self.specs for task in self.tasks]
 
     def pending(self, cell: Cell, done: set) -> bool:
@@ -388,4 +395,4 @@ def run_ruler(model, tokenizer, model_name: str, specs, tasks: Sequence[str], le
 
 __all__ = ["ALIASES", "DOWNLOAD_TASKS", "MAX_GEN_TOKENS", "OFFLINE_TASKS", "RulerCells", "RulerTaskFailure",
            "cell_scores", "cwe_problem_reason", "generator_problem", "mean_and_stderr", "resolve_tasks",
-           "run_ruler", "sample_scores", "vt_stall_reason"]
+           "run_ruler", "sample_scores", "uses_kv_cache", "vt_stall_reason"]

@@ -265,16 +265,22 @@ def test_unreachable_or_stalling_tasks_fail_their_cells_as_one_sentence(tmp_path
 
 
 def test_dry_run_lists_ruler_cells_with_memory(tmp_path, capsys):
-    argv = ["--model", "random:tiny", "--method", "base,dynamic-yarn", "--tasks", "ruler", "--ruler-tasks", "vt,fwe",
-            "--lengths", "512,1024", "--ruler-samples", "3", "--out", str(tmp_path / "r"), "--dry-run"]
+    argv = ["--model", "random:tiny", "--method", "base,dynamic-yarn", "--original-ctx", "1024", "--tasks", "ruler",
+            "--ruler-tasks", "vt,fwe", "--lengths", "512,4096", "--ruler-samples", "3", "--out", str(tmp_path / "r"),
+            "--dry-run"]
     assert cli.main(argv) == cli.EXIT_OK
     lines = [line for line in capsys.readouterr().out.splitlines() if "ruler|" in line]
     assert len(lines) == 2 * 2 * 2
-    static = next(line for line in lines if line.endswith("|base|ruler_vt|1024"))
-    dynamic = next(line for line in lines if "|dynamic-yarn" in line and line.endswith("|ruler_fwe|1024"))
-    assert int(static.split()[2]) == 3 * 1024  # with the KV cache: ≤ length tokens per sample
-    assert int(dynamic.split()[2]) == 3 * 1024 * MAX_GEN_TOKENS  # full forwards at every step
-    assert "GiB" in static and not (tmp_path / "r").exists()
+
+    def tokens(method: str, task: str, length: int) -> int:
+        line = next(line for line in lines if f"|{method}|" in line and line.endswith(f"|{task}|{length}"))
+        assert "GiB" in line  # the peak-memory estimate
+        return int(line.split()[2])
+
+    assert tokens("base", "ruler_vt", 4096) == 3 * 4096  # with the KV cache: ≤ length tokens per sample
+    assert tokens("dynamic-yarn", "ruler_fwe", 512) == 3 * 512  # 512 + 128 ≤ L: one scale, the cache holds
+    assert tokens("dynamic-yarn", "ruler_fwe", 4096) == 3 * 4096 * MAX_GEN_TOKENS  # a full forward per step
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
