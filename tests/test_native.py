@@ -259,17 +259,25 @@ def mistral_pair(attn_impl):
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
 def test_sliding_window_off_equals_full_attention(attn_impl):
     windowed, full = mistral_pair(attn_impl)
-    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(4))
+    reference, default = assert_window_off_is_full_attention(windowed, full, seed=4)
+    # inside the first window the mask is the same
+    assert torch.allclose(default[:WINDOW], reference[:WINDOW], atol=1e-5)
+
+
+def assert_window_off_is_full_attention(windowed, full, seed):
+    """On 48 random tokens the window hides early tokens beyond WINDOW, and after
+    `set_sliding_window(None)` the windowed model equals its full-attention twin. Returns the
+    twin's logits and the windowed model's before the switch."""
+    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         reference = full(ids).logits[0]
         default = windowed(ids).logits[0]
         models.set_sliding_window(windowed, None)
         off = windowed(ids).logits[0]
-    # inside the first window the mask is the same; beyond it the window hides early tokens
-    assert torch.allclose(default[:WINDOW], reference[:WINDOW], atol=1e-5)
     assert (default[WINDOW:] - reference[WINDOW:]).abs().amax(-1).min() > 1e-4
     assert torch.allclose(off, reference, atol=1e-5, rtol=0)
     assert models.sliding_window(windowed) is None
+    return reference, default
 
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
@@ -281,15 +289,7 @@ def test_sliding_window_off_on_qwen2_sliding_layers(attn_impl):
     full = tiny_model("qwen2", use_sliding_window=False, **shape)
     full.load_state_dict(windowed.state_dict())
     assert set(windowed.config.layer_types) == {"sliding_attention"}
-    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        reference = full(ids).logits[0]
-        default = windowed(ids).logits[0]
-        models.set_sliding_window(windowed, None)
-        off = windowed(ids).logits[0]
-    assert (default[WINDOW:] - reference[WINDOW:]).abs().amax(-1).min() > 1e-4
-    assert torch.allclose(off, reference, atol=1e-5, rtol=0)
-    assert models.sliding_window(windowed) is None
+    assert_window_off_is_full_attention(windowed, full, seed=6)
 
 
 def test_sliding_window_size_option_sets_window():
