@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, subprocess_env, write_corpus
+from leaderboard_data import write_data
 
 from evalharness import cli, perplexity, runner
 from evalharness.errors import NonFiniteError, UsageError
@@ -28,8 +29,6 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def leaderboard_data(tmp_path_factory):
-    from test_leaderboard import write_data
-
     return write_data(tmp_path_factory.mktemp("lbdata"))
 
 
