@@ -8,9 +8,11 @@ folder is loaded by a `TaskManager` that indexes only that folder, with the task
 `tokenizer` = the model's own tokenizer (saved with `save_pretrained` to a temporary folder) and
 `max_seq_lengths` = [length], so every prompt + 128 generated tokens fits the length as the model
 counts tokens. `limit` bounds the samples per cell (lm-eval keeps the first `limit` of the
-generated ones); the four lm-eval seeds are lm-eval's defaults or all `seed` (`lm_eval_seeds`), set
-before the data is generated, and a generator with random state of its own (cwe) is re-imported for
-each cell (`fresh_generator`), so every method sees the same prompts.
+generated ones); the four lm-eval seeds are lm-eval's defaults or all `seed` (`lm_eval_seeds`). lm-eval's
+generators make 500 samples per (task, length) whatever the limit, so the Task is built once per (task,
+length) and handed to every method's `simple_evaluate` (`_lm_eval_task`): seeded as simple_evaluate
+seeds, with a generator holding random state of its own (cwe) re-imported first (`fresh_generator`),
+so every method and every resumed run sees the same prompts.
 
 KV cache: lm-eval generates with the model's KV cache only where `passkey.cache_reusable` holds
 over the whole generation (static methods always; dynamic methods only while prompt + generation
@@ -286,6 +288,7 @@ class RulerCells(Task):
         self.seeds, self.show_progress, self.save_samples = lm_eval_seeds(seed), show_progress, save_samples
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._managers: dict[int, object] = {}
+        self._tasks: dict[tuple[str, int], object] = {}  # lm-eval Task objects of the current length
         self._lm = None  # (spec, length, wrapped model) of the last cell
 
     @classmethod
@@ -327,6 +330,26 @@ class RulerCells(Task):
                 metadata={"tokenizer": self._tmp.name, "max_seq_lengths": [int(length)]})
         return self._managers[length]
 
+    def _lm_eval_task(self, task: str, length: int):
+        """lm-eval's Task with its generated samples, built once per (task, length) and shared by every
+        method's cell: generated as `simple_evaluate` would (python, numpy and torch seeded with
+        lm-eval's seeds first, the generator module fresh), so a resumed run regenerates the same
+        prompts; only the current length's tasks are kept (cells are length-major)."""
+        import random
+
+        import numpy as np
+        import torch
+
+        if (task, length) not in self._tasks:
+            if any(held != length for _, held in self._tasks):
+                self._tasks.clear()
+            random.seed(self.seeds["random_seed"])
+            np.random.seed(self.seeds["numpy_random_seed"])
+            torch.manual_seed(self.seeds["torch_random_seed"])
+            fresh_generator(task)
+            self._tasks[task, length] = self._task_manager(length).load([task])["tasks"][task]
+        return self._tasks[task, length]
+
     def _wrapped(self, session, spec, length: int):
         from .leaderboard.lm import wrap_model
 
@@ -349,11 +372,11 @@ class RulerCells(Task):
         problem = generator_problem(task, self.tokenizer, length)
         if problem:
             raise RulerTaskFailure(problem)
-        fresh_generator(task)
         try:
             lm = self._wrapped(session, spec, length)
             with hub.forced_offline(hub.work_offline()), _one_process_view():
-                results = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=self.samples,
+                generated = self._lm_eval_task(task, length)
+                results = lm_eval.simple_evaluate(model=lm, tasks=[generated], limit=self.samples,
                                                   task_manager=self._task_manager(length), log_samples=True,
                                                   **self.seeds)
             scores, score, stderr = cell_scores(results, task, length)
@@ -376,6 +399,7 @@ class RulerCells(Task):
             self._tmp.cleanup()
             self._tmp = None
         self._managers.clear()
+        self._tasks.clear()
         self._lm = None
 
 
