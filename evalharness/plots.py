@@ -143,7 +143,8 @@ def _empty_figure(message: str) -> Figure:
 # ---------------------------------------------------------------------------------------------
 
 def save_figure(fig: Figure, path_without_ext: str | os.PathLike, dpi: int = 150) -> list[Path]:
-    """Writes `<path>.png` and `<path>.pdf` (folders created).
+    """Writes `<path>.png` and `<path>.pdf` (folders created), without a creation date, so the same
+    tables give the same files.
 
     Returns:
         Both paths.
@@ -153,7 +154,8 @@ def save_figure(fig: Figure, path_without_ext: str | os.PathLike, dpi: int = 150
     paths = []
     for ext in ("png", "pdf"):
         path = Path(f"{base}.{ext}")
-        fig.savefig(path, dpi=dpi, format=ext)
+        metadata = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+        fig.savefig(path, dpi=dpi, format=ext, metadata=metadata)
         paths.append(path)
     return paths
 

@@ -357,3 +357,16 @@ def test_report_shows_the_temperature_sweep(tmp_path):
     at_formula = {s: 10 + 100 * (0.1 * math.log(s) + 1 - best) ** 2 for s, best in ((2, 1.1), (4, 1.15))}
     assert f"| d1, truncated | s=2 | 1.069 | 1.1 | 10.00 | {at_formula[2]:.2f} |" in text
     assert f"| d1, truncated | s=4 | 1.139 | 1.15 | 10.00 | {at_formula[4]:.2f} |" in text
+
+
+def test_the_same_figure_saved_twice_gives_the_same_bytes(tmp_path):
+    """No creation date in the PDF (or software stamp in the PNG): redrawing unchanged tables
+    leaves the committed figures unchanged."""
+    import time
+
+    from evalharness.plots import save_figure
+
+    first = save_figure(plot_perplexity(perplexity_frame()), tmp_path / "a" / "ppl")
+    time.sleep(1.1)  # PDF dates have one-second resolution
+    second = save_figure(plot_perplexity(perplexity_frame()), tmp_path / "b" / "ppl")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
