@@ -142,6 +142,21 @@ def _empty_figure(message: str) -> Figure:
 # Saving
 # ---------------------------------------------------------------------------------------------
 
+def mark_original_context(ax, original_ctx: pd.Series) -> None:
+    """A dashed vertical line (gid `original_ctx`, labelled "Original context L=…") at each L."""
+    for ctx in sorted({float(c) for c in original_ctx.dropna()}):
+        ax.axvline(ctx, color="0.35", linestyle="--", linewidth=1.2, zorder=0.5,
+                   label=f"Original context L={_length_text(ctx)}", gid="original_ctx")
+
+
+def length_axis(ax, context_length: pd.Series) -> None:
+    """x ticks at the tested lengths (when at most 12), written as 4k, 32k, …"""
+    lengths = sorted({float(v) for v in context_length})
+    if len(lengths) <= 12:
+        ax.xaxis.set_major_locator(FixedLocator(lengths))
+    ax.xaxis.set_major_formatter(FuncFormatter(_length_text))
+
+
 def save_figure(fig: Figure, path_without_ext: str | os.PathLike, dpi: int = 150) -> list[Path]:
     """Writes `<path>.png` and `<path>.pdf` (folders created), without a creation date, so the same
     tables give the same files.
@@ -222,13 +237,8 @@ def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = False,
                 ax.fill_between(x, low, high, color=to_rgba(color, 0.15), linewidth=0, gid="ci")
         ax.set_yscale("log")
         if "original_ctx" in panel:
-            for ctx in sorted({float(c) for c in panel["original_ctx"].dropna()}):
-                ax.axvline(ctx, color="0.35", linestyle="--", linewidth=1.2, zorder=0.5,
-                           label=f"Original context L={_length_text(ctx)}", gid="original_ctx")
-        lengths = sorted({float(v) for v in panel["context_length"]})
-        if len(lengths) <= 12:
-            ax.xaxis.set_major_locator(FixedLocator(lengths))
-        ax.xaxis.set_major_formatter(FuncFormatter(_length_text))
+            mark_original_context(ax, panel["original_ctx"])
+        length_axis(ax, panel["context_length"])
         ymin, ymax = ax.get_ylim()
         if ymax / ymin < 100:  # under two decades: label the minor ticks too, in plain numbers
             ax.yaxis.set_minor_formatter(FuncFormatter(_plain_number))
@@ -499,13 +509,8 @@ def plot_ruler_mean(frame: pd.DataFrame, title: str | None = None) -> Figure:
                 color=styler.color(skey["method"]), marker=styler.marker(skey["factor"]), markersize=4,
                 linestyle=styler.linestyle(skey["method"]), linewidth=1.6, label=_series_label(skey, extra),
                 gid="series")
-    for ctx in sorted({float(c) for c in means["original_ctx"].dropna()}):
-        ax.axvline(ctx, color="0.35", linestyle="--", linewidth=1.2, zorder=0.5,
-                   label=f"Original context L={_length_text(ctx)}", gid="original_ctx")
-    lengths = sorted({float(v) for v in means["context_length"]})
-    if len(lengths) <= 12:
-        ax.xaxis.set_major_locator(FixedLocator(lengths))
-    ax.xaxis.set_major_formatter(FuncFormatter(_length_text))
+    mark_original_context(ax, means["original_ctx"])
+    length_axis(ax, means["context_length"])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(CTX_XLABEL)
     ax.set_ylabel("RULER mean score over tasks (higher is better)")

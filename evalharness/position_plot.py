@@ -19,6 +19,7 @@ from .plots import (
     _ordered_series,
     _ppl_panel_title,
     _Styler,
+    mark_original_context,
 )
 from .tables import method_display, ordered_groups, split_label
 
@@ -55,9 +56,7 @@ def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None)
                     linestyle=styler.linestyle(skey["method"]), marker=styler.marker(skey["factor"]),
                     markersize=3, linewidth=1.5, label=label + method_display(skey["method"], skey["factor"]),
                     gid="series")
-        for ctx in sorted({float(c) for c in panel["original_ctx"].dropna()}):
-            ax.axvline(ctx, color="0.35", linestyle="--", linewidth=1.2, zorder=0.5,
-                       label=f"Original context L={_length_text(ctx)}", gid="original_ctx")
+        mark_original_context(ax, panel["original_ctx"])
         ax.xaxis.set_major_formatter(FuncFormatter(_length_text))
         ax.set_xlabel(POSITION_XLABEL)
         ax.set_ylabel(NLL_YLABEL)
