@@ -6,7 +6,8 @@ For each method × length, on `--prompts` passkey prompts (depths spread over [0
             (what any scoring of the prompt costs at least);
   paper   — `passkey.score_prompt`: greedy decoding of ≤ 10 new tokens, first integer; static
             methods prefill once with the KV cache then take one-token steps; a dynamic method past
-            its original context runs a full forward per step (the scale changes with the length);
+            its original context runs a full forward per step (the scale changes with the length),
+            or with `--dynamic-cache rerotate` one-token steps on the re-rotated KV cache;
             stops once the first integer is complete;
   full10  — the same decode without the early stop (all 10 tokens unless EOS): the worst case,
             what a model that never answers with a number costs.
@@ -17,6 +18,7 @@ OMP_NUM_THREADS to fix the thread count), wall time with a CUDA synchronize on a
 
     python benchmarks/bench_passkey.py --model random:tiny --lengths 1k,2k,4k
     python benchmarks/bench_passkey.py --model smollm2-135m --methods base,yarn:2,dynamic-yarn --lengths 4k
+    python benchmarks/bench_passkey.py --methods dynamic-yarn --lengths 1k,4k --dynamic-cache recompute,rerotate
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--attn-impl", default="sdpa")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dynamic-cache", default="recompute",
+                   help="comma list of recompute, rerotate: a row per mode for each dynamic method")
     p.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
                    help="auto: process CPU time on a CPU device, wall time on a GPU")
     args = p.parse_args(argv)
@@ -94,27 +98,30 @@ def main(argv=None) -> None:
           f"torch threads {torch.get_num_threads()}, {args.prompts} prompts per row, "
           f"{'process CPU' if cpu_clock else 'wall'} seconds")
     depths = PK.depth_grid(args.prompts)
-    header = (f"{'method':<16}{'length':>7}{'forward s':>11}{'paper s':>10}{'full10 s':>10}"
+    header = (f"{'method':<24}{'length':>7}{'forward s':>11}{'paper s':>10}{'full10 s':>10}"
               f"{'paper/fwd':>11}{'full10/fwd':>12}{'forwards':>10}{'cached':>8}{'correct':>9}")
     print(header)
     print("-" * len(header))
     for length in args.length_list:
         prompts = [PK.build_prompt(tokenizer, length, d, seed=args.seed) for d in depths]
-        for method in args.methods.split(","):
+        for method, mode in [(m, c) for m in args.methods.split(",") for c in args.dynamic_cache.split(",")]:
             spec = apply_scaling(model, method)
+            if mode != args.dynamic_cache.split(",")[0] and not spec.is_dynamic:
+                continue  # the mode changes nothing for a static method: one row
+            label = f"{spec.short} ({mode})" if spec.is_dynamic and "," in args.dynamic_cache else spec.short
             one_forward(model, prompts[0].input_ids)  # warm-up (allocator, kernels)
             forward, paper, full, forwards, cached, correct = [], [], [], [], [], 0
             for prompt in prompts:
                 forward.append(timed(lambda: one_forward(model, prompt.input_ids))[0])
-                seconds, score = timed(lambda: PK.score_prompt(model, tokenizer, prompt))
+                seconds, score = timed(lambda: PK.score_prompt(model, tokenizer, prompt, dynamic_cache=mode))
                 paper.append(seconds)
                 forwards.append(score.forwards)
                 cached.append(score.cached_steps)
                 correct += score.correct
                 full.append(timed(lambda: PK.greedy_decode(model, tokenizer, prompt.input_ids,
-                                                           stop_when_decided=False))[0])
+                                                           stop_when_decided=False, dynamic_cache=mode))[0])
             f, p, g = statistics.mean(forward), statistics.mean(paper), statistics.mean(full)
-            print(f"{spec.short:<16}{length:>7}{f:>11.4f}{p:>10.4f}{g:>10.4f}{p / f:>11.2f}{g / f:>12.2f}"
+            print(f"{label:<24}{length:>7}{f:>11.4f}{p:>10.4f}{g:>10.4f}{p / f:>11.2f}{g / f:>12.2f}"
                   f"{statistics.mean(forwards):>10.1f}{statistics.mean(cached):>8.1f}{correct:>6}/{len(prompts)}")
     apply_scaling(model, "base")
 

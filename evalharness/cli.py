@@ -127,6 +127,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list of methods: base, pi (linear), ntk, ntk-by-parts, yarn, dynamic-pi, dynamic-ntk, "
                         "dynamic-yarn, native (the RoPE the model ships with); options as method:factor:key=value "
                         "(e.g. yarn:16:truncate=false)")
+    g.add_argument("--dynamic-cache", choices=("recompute", "rerotate"), default="recompute",
+                   help="greedy generation with a dynamic method past L (passkey, RULER): a full forward per token, "
+                        "exactly what cache-free generate computes (recompute), or the KV cache with its keys "
+                        "re-rotated to the current scale, the YaRN paper's advice for dynamic scaling (rerotate: "
+                        "one prefill + one token per step)")
     g.add_argument("--factor", default="2", help="comma list of scale factors s (grid with --method)")
     g.add_argument("--original-ctx", type=parse_count, default=None,
                    help="pre-trained context L (default: the config's original_max_position_embeddings, "
@@ -636,6 +641,14 @@ def _labelled(frame):
     return frame.assign(spec=[method_display(m, f) for m, f in zip(frame["method"], frame["factor"])])
 
 
+def _with_scoring(frame):
+    """Labels that name the scoring rule too when a passkey table mixes rules (e.g. paper and
+    paper-rerotate rows of one method)."""
+    if "scoring" not in frame or frame["scoring"].nunique() < 2:
+        return frame
+    return frame.assign(spec=[f"{spec} ({scoring})" for spec, scoring in zip(frame["spec"], frame["scoring"])])
+
+
 def print_summary(store) -> None:
     """The run's headline tables on stdout: perplexity by method × length, passkey accuracy by
     method × length with the passkey context, leaderboard metric by method × task, RULER mean by
@@ -654,11 +667,9 @@ def print_summary(store) -> None:
         if not rows.empty:
             from .tables import PASSKEY_THRESHOLD, passkey_accuracy, passkey_effective_context
 
-            summary = passkey_accuracy(rows, by=("context_length",))
-            summary = _labelled(summary)
+            summary = _with_scoring(_labelled(passkey_accuracy(rows, by=("context_length",))))
             pivot = summary.pivot_table(index="spec", columns="context_length", values="accuracy", sort=False)
-            context = passkey_effective_context(rows)
-            context = _labelled(context)
+            context = _with_scoring(_labelled(passkey_effective_context(rows)))
             pivot["passkey context"] = context.set_index("spec")["effective_context"]
             print(f"\npasskey accuracy (fraction of prompts; passkey context = largest length with ≥ "
                   f"{PASSKEY_THRESHOLD:.0%}, NaN: none)")

@@ -74,6 +74,8 @@ QUESTION = "What is the pass key? The pass key is"
 KEY_MIN, KEY_MAX = 10000, 99999
 MAX_NEW_TOKENS = 10  # the paper's rule: greedy continuation of at most 10 new tokens
 SCORING = "paper"  # the `scoring` value of rows scored by that rule (part of a row's cell key)
+# ... by that rule on a dynamic method decoded with --dynamic-cache rerotate (another series).
+SCORING_REROTATE = "paper-rerotate"
 DEPTH_DECIMALS = 6  # depths are rounded so they survive the CSV round trip (%.10g) exactly
 
 _INTEGER = re.compile(r"\d+")
@@ -354,15 +356,19 @@ def _backbone(model):
     return model.base_model if model.base_model is not model else model.get_decoder()
 
 
-def _decoder_last_hidden(model, ids: torch.Tensor, cache=None, use_cache: bool = False):
-    """(final hidden state of the last position [1, H], the KV cache or None). `ids` [1, n] are
-    the whole sequence (cache None) or the tokens after the cached ones. transformers ≥ 5.x names
-    the cache argument `cache`; earlier 5.x releases `past_key_values`."""
+def cache_argument(model) -> str:
+    """The name of the KV-cache argument of the model's forward (and `generate`): later
+    transformers 5.x releases name it `cache`, earlier ones `past_key_values`."""
     import inspect
 
+    return "cache" if "cache" in inspect.signature(_backbone(model).forward).parameters else "past_key_values"
+
+
+def _decoder_last_hidden(model, ids: torch.Tensor, cache=None, use_cache: bool = False):
+    """(final hidden state of the last position [1, H], the KV cache or None). `ids` [1, n] are
+    the whole sequence (cache None) or the tokens after the cached ones."""
     backbone = _backbone(model)
-    name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-    kwargs = {name: cache} if cache is not None else {}
+    kwargs = {cache_argument(model): cache} if cache is not None else {}
     out = backbone(input_ids=ids.to(_device(model)), use_cache=use_cache, **kwargs)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     if not use_cache:
@@ -411,7 +417,7 @@ def _stop_tokens(model, tokenizer) -> set[int]:
 
 @torch.inference_mode()
 def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int = MAX_NEW_TOKENS,
-                  stop_when_decided: bool = True) -> GreedyDecode:
+                  stop_when_decided: bool = True, dynamic_cache: str = "recompute") -> GreedyDecode:
     """Greedy decoding as `model.generate(do_sample=False, max_new_tokens=...)` does it, with the
     KV cache wherever the cache holds what a full forward would compute.
 
@@ -426,7 +432,19 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
     token (not kept), after `max_new_tokens`, or (when `stop_when_decided`) once
     `outcome_decided`: the paper's score can no longer change, and the tokens are a prefix of
     what `generate` returns.
+
+    `dynamic_cache="rerotate"` (a dynamic evalharness method): the prefill fills a
+    `rerotate.RerotatingCache` and every later step is a one-token step on it, its cached keys
+    re-rotated to the scale of the current length (the YaRN paper's kv-caching advice for dynamic
+    scaling; not equal to a cache-free `generate` past L, see `rerotate`).
     """
+    from .rerotate import rerotating_cache
+
+    rerotate = dynamic_cache == "rerotate" and rerotating_cache(model) is not None
+
+    def reusable(built: int, n: int) -> bool:
+        return rerotate or cache_reusable(model, built, n)
+
     ids = input_ids.reshape(1, -1).long()
     prompt_tokens = ids.shape[1]
     stop = _stop_tokens(model, tokenizer)
@@ -438,16 +456,17 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
         length = prompt_tokens + step
         more = step + 1 < max_new_tokens
         hidden = None
-        if cache is not None and cache_reusable(model, built_at, length):
+        if cache is not None and reusable(built_at, length):
             try:
                 hidden, cache = _decoder_last_hidden(model, ids[:, -1:], cache, use_cache=more)
                 cached_steps += 1
             except torch.OutOfMemoryError:
                 cache, cache_fits = None, False
         if hidden is None:
-            keep = cache_fits and more and cache_reusable(model, length, length + 1)
+            keep = cache_fits and more and reusable(length, length + 1)
             try:
-                hidden, cache = _decoder_last_hidden(model, ids, use_cache=keep)
+                hidden, cache = _decoder_last_hidden(model, ids, rerotating_cache(model) if keep and rerotate else None,
+                                                     use_cache=keep)
             except torch.OutOfMemoryError:
                 if not keep:
                     raise
@@ -481,10 +500,19 @@ def key_forced_argmax(token_ids: Sequence[int], key_token_ids: Sequence[int]) ->
     return True if len(got) == len(key) else None
 
 
-def score_prompt(model, tokenizer, prompt: PasskeyPrompt, max_new_tokens: int = MAX_NEW_TOKENS) -> PasskeyScore:
+def scoring_for(spec, dynamic_cache: str = "recompute") -> str:
+    """The `scoring` value of a spec's rows: SCORING, or SCORING_REROTATE for a dynamic evalharness
+    method decoded on the re-rotated KV cache (its continuations past L are not what cache-free
+    `generate` gives, so its rows form their own series)."""
+    rerotated = dynamic_cache == "rerotate" and spec.is_dynamic and spec.method != "native"
+    return SCORING_REROTATE if rerotated else SCORING
+
+
+def score_prompt(model, tokenizer, prompt: PasskeyPrompt, max_new_tokens: int = MAX_NEW_TOKENS,
+                 dynamic_cache: str = "recompute") -> PasskeyScore:
     """The paper's rule on one prompt: greedy continuation of ≤ `max_new_tokens` tokens, correct
     when its first integer equals the key."""
-    decode = greedy_decode(model, tokenizer, prompt.input_ids, max_new_tokens)
+    decode = greedy_decode(model, tokenizer, prompt.input_ids, max_new_tokens, dynamic_cache=dynamic_cache)
     return PasskeyScore(is_correct(decode.text, prompt.passkey), decode.text, decode.token_ids,
                         key_forced_argmax(decode.token_ids, prompt.key_token_ids.tolist()),
                         decode.forwards, decode.cached_steps)
@@ -494,10 +522,11 @@ def score_prompt(model, tokenizer, prompt: PasskeyPrompt, max_new_tokens: int = 
 # The grid
 # ---------------------------------------------------------------------------------------------
 
-def passkey_row(key: dict, prompt: PasskeyPrompt, score: PasskeyScore, trial: int, seed: int) -> dict:
+def passkey_row(key: dict, prompt: PasskeyPrompt, score: PasskeyScore, trial: int, seed: int,
+                scoring: str = SCORING) -> dict:
     """One passkey.csv row: the method's key columns, the prompt's cell, the score."""
     return dict(key, context_length=prompt.target_length, prompt_tokens=prompt.prompt_tokens, depth=prompt.depth,
-                trial=int(trial), seed=int(seed), scoring=SCORING, passkey=prompt.passkey,
+                trial=int(trial), seed=int(seed), scoring=scoring, passkey=prompt.passkey,
                 continuation=score.continuation, correct=score.correct, key_forced_argmax=score.key_forced_argmax)
 
 
@@ -512,8 +541,9 @@ class PasskeyCells(Task):
     table = "passkey"
 
     def __init__(self, model_name: str, tokenizer, specs, lengths: Sequence[int], depths: int | Sequence[float],
-                 trials: int, seed: int):
+                 trials: int, seed: int, dynamic_cache: str = "recompute"):
         self.model_name, self.tokenizer, self.specs = model_name, tokenizer, list(specs)
+        self.dynamic_cache = dynamic_cache
         self.lengths, self.depths, self.trials = [int(n) for n in lengths], depth_grid(depths), int(trials)
         self.seed = int(seed)
         self._prompts: dict[tuple[int, float, int], PasskeyPrompt] = {}
@@ -522,13 +552,13 @@ class PasskeyCells(Task):
     def from_inputs(cls, inputs, session):
         args = inputs.args
         return cls(session.model_name, session.tokenizer, inputs.specs, inputs.lengths, args.depths, args.trials,
-                   args.seed)
+                   args.seed, getattr(args, "dynamic_cache", "recompute"))
 
     def _row_key(self, spec, length: int, depth: float, trial: int) -> dict:
         from .results import key_row
 
         return dict(key_row(self.model_name, spec), context_length=length, depth=depth, trial=trial, seed=self.seed,
-                    scoring=SCORING)
+                    scoring=scoring_for(spec, self.dynamic_cache))
 
     def cells(self, session) -> list[Cell]:
         cells = []
@@ -536,7 +566,8 @@ class PasskeyCells(Task):
             for spec in self.specs:
                 for depth in self.depths:
                     for trial in range(self.trials):
-                        name = cell_name("passkey", self.model_name, spec.short, length, SCORING,
+                        name = cell_name("passkey", self.model_name, spec.short, length,
+                                         scoring_for(spec, self.dynamic_cache),
                                          f"depth={depth:g}", f"trial={trial}")
                         cells.append(Cell(self.name, spec, (length, depth, trial), name, tokens=length,
                                           length=length + MAX_NEW_TOKENS, kv_cache=True))
@@ -560,19 +591,21 @@ class PasskeyCells(Task):
 
         length, depth, trial = cell.unit
         prompt = self._prompt(length, depth, trial)
-        score = score_prompt(session.model, self.tokenizer, prompt)
+        score = score_prompt(session.model, self.tokenizer, prompt, dynamic_cache=self.dynamic_cache)
         session.store.append(self.table, [passkey_row(key_row(self.model_name, cell.spec), prompt, score, trial,
-                                                      self.seed)])
-        return {"correct": bool(score.correct), "forwards": score.forwards}
+                                                      self.seed, scoring_for(cell.spec, self.dynamic_cache))])
+        return {"correct": bool(score.correct), "forwards": score.forwards, "cached_steps": score.cached_steps}
 
 
 def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int], depths: int | Sequence[float],
-                trials: int, seed: int, store, manifest, show_progress: bool = True, shard=None) -> list[str]:
+                trials: int, seed: int, store, manifest, show_progress: bool = True, shard=None,
+                dynamic_cache: str = "recompute") -> list[str]:
     """Score every (spec, length, depth, trial) prompt not already in `store` through the runner;
     return the failed cells (library entry point; the CLI builds the same cells)."""
     from .parallel import Shard
     from .runner import Session, resolve_specs, run_cells
 
     session = Session(model, tokenizer, model_name, store, manifest, shard or Shard(), show_progress)
-    grid = PasskeyCells(model_name, tokenizer, resolve_specs(model, specs), lengths, depths, trials, seed)
+    grid = PasskeyCells(model_name, tokenizer, resolve_specs(model, specs), lengths, depths, trials, seed,
+                        dynamic_cache)
     return run_cells(Plan(grid.cells(session)), [grid], session)

@@ -16,7 +16,9 @@ so every method and every resumed run sees the same prompts.
 
 KV cache: lm-eval generates with the model's KV cache only where `passkey.cache_reusable` holds
 over the whole generation (static methods always; dynamic methods only while prompt + generation
-stay ≤ L, where the scale is 1); otherwise every step is a full forward (`leaderboard.lm`).
+stay ≤ L, where the scale is 1); otherwise every step is a full forward (`leaderboard.lm`), unless
+`--dynamic-cache rerotate` asks for the re-rotated cache (`rerotate`), recorded in each dynamic
+cell's manifest entry (a folder never mixes the two: `check_dynamic_cache`).
 
 Score of a cell: the mean over its samples of the task's own per-sample metric (lm-eval's
 `process_results` stores it under the key `str(length)`: RULER's string_match_all, the fraction of
@@ -255,11 +257,31 @@ def fresh_generator(task: str) -> None:
         sys.modules.pop(STATEFUL_GENERATORS[task], None)
 
 
-def uses_kv_cache(spec, length: int) -> bool:
+def rerotates(spec, dynamic_cache: str) -> bool:
+    """Whether a cell of `spec` generates on the re-rotated KV cache (`--dynamic-cache rerotate`, a
+    dynamic evalharness method; `native` keeps transformers' module and full forwards)."""
+    return dynamic_cache == "rerotate" and spec.is_dynamic and spec.method != "native"
+
+
+def uses_kv_cache(spec, length: int, dynamic_cache: str = "recompute") -> bool:
     """Whether the generation of a cell at `length` runs on the KV cache (`leaderboard.lm`'s rule):
     always for static methods; for dynamic ones when the whole generation, up to length + 128
-    tokens, stays within one scale (≤ L)."""
-    return not spec.is_dynamic or spec.scale_at(int(length) + MAX_GEN_TOKENS) == spec.scale_at(1)
+    tokens, stays within one scale (≤ L), or when they re-rotate the cache."""
+    return (not spec.is_dynamic or rerotates(spec, dynamic_cache)
+            or spec.scale_at(int(length) + MAX_GEN_TOKENS) == spec.scale_at(1))
+
+
+def check_dynamic_cache(manifest: dict, dynamic_cache: str) -> None:
+    """UsageError when the run folder already holds RULER cells of a dynamic method generated with
+    another `--dynamic-cache` (its rows would mix two decodings in one series); the mode of each
+    dynamic cell is in its manifest entry (absent: recompute, the default)."""
+    for name, entry in manifest.get("cells", {}).items():
+        if not name.startswith("ruler|") or entry.get("status") != "done" or "dynamic_cache" not in entry:
+            continue
+        if entry["dynamic_cache"] != dynamic_cache:
+            raise UsageError(f"this folder's RULER cell {name} was generated with --dynamic-cache "
+                             f"{entry['dynamic_cache']}; rerun with --dynamic-cache {entry['dynamic_cache']} or "
+                             f"write to another --out.")
 
 
 def forward_tokens_bound(length: int, samples: int, kv_cache: bool) -> int:
@@ -279,9 +301,10 @@ class RulerCells(Task):
 
     def __init__(self, model_name: str, tokenizer, specs, tasks: Sequence[str], lengths: Sequence[int], out_dir,
                  samples: int = 10, seed: int | None = None, batch_size: int = 1, show_progress: bool = True,
-                 save_samples: bool = False):
+                 save_samples: bool = False, dynamic_cache: str = "recompute"):
         from .leaderboard.protocol import lm_eval_seeds
 
+        self.dynamic_cache = dynamic_cache
         self.model_name, self.tokenizer, self.specs = model_name, tokenizer, list(specs)
         self.tasks, self.lengths = list(tasks), [int(n) for n in lengths]
         self.out_dir, self.samples, self.batch_size = out_dir, int(samples), int(batch_size)
@@ -293,11 +316,15 @@ class RulerCells(Task):
 
     @classmethod
     def from_inputs(cls, inputs, session):
+        from .results import read_manifest
+
         args = inputs.args
+        dynamic_cache = getattr(args, "dynamic_cache", "recompute")
+        check_dynamic_cache(read_manifest(session.out_dir / "manifest.json", quiet=True), dynamic_cache)
         return cls(session.model_name, session.tokenizer, inputs.specs, resolve_tasks(args.ruler_tasks),
                    inputs.lengths, session.out_dir, samples=args.ruler_samples,
                    seed=args.seed if getattr(args, "seed_given", False) else None, batch_size=args.batch_size,
-                   show_progress=session.show_progress, save_samples=args.save_samples)
+                   show_progress=session.show_progress, save_samples=args.save_samples, dynamic_cache=dynamic_cache)
 
     def _row_key(self, spec, task: str, length: int) -> dict:
         from .results import key_row
@@ -307,8 +334,8 @@ class RulerCells(Task):
     def cells(self, session) -> list[Cell]:
         return [Cell(self.name, spec, (task, length),
                      cell_name("ruler", self.model_name, spec.short, task, length),
-                     tokens=forward_tokens_bound(length, self.samples, uses_kv_cache(spec, length)),
-                     length=length + MAX_GEN_TOKENS, kv_cache=uses_kv_cache(spec, length))
+                     tokens=forward_tokens_bound(length, self.samples, uses_kv_cache(spec, length, self.dynamic_cache)),
+                     length=length + MAX_GEN_TOKENS, kv_cache=uses_kv_cache(spec, length, self.dynamic_cache))
                 for length in self.lengths for spec in self.specs for task in self.tasks]
 
     def pending(self, cell: Cell, done: set) -> bool:
@@ -356,7 +383,8 @@ class RulerCells(Task):
         if self._lm is None or self._lm[:2] != (spec, length):
             batch = 1 if spec.is_dynamic else self.batch_size
             self._lm = (spec, length, wrap_model(session.model, self.tokenizer, length + MAX_GEN_TOKENS, batch,
-                                                 self.show_progress, use_kv_cache=not spec.is_dynamic))
+                                                 self.show_progress, use_kv_cache=not spec.is_dynamic,
+                                                 rerotate=rerotates(spec, self.dynamic_cache)))
         return self._lm[2]
 
     def run(self, cell: Cell, pending, session) -> dict:
@@ -391,8 +419,11 @@ class RulerCells(Task):
         key = self._row_key(spec, task, length)
         session.store.append("ruler_samples", [dict(key, doc_id=doc, score=value) for doc, value in scores])
         session.store.append(self.table, [dict(key, score=score, n=len(scores), stderr=stderr)])
-        return {"seconds": round(time.monotonic() - start, 1), "score": score, "n": len(scores),
+        info = {"seconds": round(time.monotonic() - start, 1), "score": score, "n": len(scores),
                 "lm_eval_json": str(path), "seeds": self.seeds}
+        if spec.is_dynamic:
+            info["dynamic_cache"] = "rerotate" if rerotates(spec, self.dynamic_cache) else "recompute"
+        return info
 
     def close(self) -> None:
         if self._tmp is not None:

@@ -346,3 +346,31 @@ def test_report_ruler_section_against_each_reference(tmp_path):
     assert "Difference to Base on the same samples" in report
     assert "Difference to YaRN s=2 on the same samples" in report
     assert "No RULER series matches --reference 'ntk'." in report
+
+
+def test_dynamic_cache_rerotate_generates_on_the_rerotated_cache(tmp_path, monkeypatch, capsys, tiny):
+    """`--dynamic-cache rerotate`: dynamic-yarn's generations past L run on a RerotatingCache that
+    re-rotates (one per sample), the cell records the mode, the scores still equal lm-eval's own, and
+    the folder refuses a later run with the other mode."""
+    from evalharness import rerotate
+
+    made = []
+
+    def spy(model):
+        cache = real(model)
+        made.append(cache)
+        return cache
+
+    real = rerotate.rerotating_cache
+    monkeypatch.setattr(rerotate, "rerotating_cache", spy)
+    out, tasks = tmp_path / "run", ["niah_single_1"]
+    _run_base_then_both(out, tasks, LENGTH, "--dynamic-cache", "rerotate")
+    _check_run(out, tasks, LENGTH, tiny[1])
+    caches = [cache for cache in made if cache is not None]
+    assert len(caches) == 2 and all(cache.rerotations > 0 for cache in caches)
+    cells = json.loads((out / "manifest.json").read_text())["cells"]
+    modes = {name.split("|")[2]: cell.get("dynamic_cache") for name, cell in cells.items() if name.startswith("ruler|")}
+    assert modes == {"dynamic-yarn": "rerotate", "base": None}
+    capsys.readouterr()
+    assert cli.main(_ruler_argv(out, tasks, LENGTH) + ["--no-plots"]) == cli.EXIT_USAGE
+    assert "was generated with --dynamic-cache rerotate" in capsys.readouterr().err

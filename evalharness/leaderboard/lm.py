@@ -20,12 +20,15 @@ def _harness_lm_class():
         dynamic scaling) generation with the KV cache only when `passkey.cache_reusable` holds from
         the prompt's length to the generation's last one, else every step a full forward (HFLM
         hard-codes use_cache=True). The scale s(l) = max(1, l/L) never decreases with l, so equal
-        scales at both ends mean one scale for every step."""
+        scales at both ends mean one scale for every step. `rerotate` (a dynamic evalharness
+        method, `--dynamic-cache rerotate`): every generation on a fresh `rerotate.RerotatingCache`."""
 
-        def __init__(self, *args, show_progress: bool = True, use_kv_cache: bool = True, **kwargs):
+        def __init__(self, *args, show_progress: bool = True, use_kv_cache: bool = True, rerotate: bool = False,
+                     **kwargs):
             super().__init__(*args, **kwargs)
             self.show_progress = show_progress
             self.use_kv_cache = use_kv_cache
+            self.rerotate = rerotate
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.show_progress)
@@ -37,8 +40,13 @@ def _harness_lm_class():
             return super().generate_until(requests, disable_tqdm=disable_tqdm or not self.show_progress)
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            from ..passkey import cache_reusable
+            from ..passkey import cache_argument, cache_reusable
+            from ..rerotate import rerotating_cache
 
+            cache = rerotating_cache(self.model) if self.rerotate else None
+            if cache is not None:
+                generation_kwargs[cache_argument(self.model)] = cache
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
             if self.use_kv_cache or cache_reusable(self.model, int(context.shape[1]), int(max_length)):
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
             temperature = generation_kwargs.pop("temperature", 0.0)
@@ -55,8 +63,9 @@ def _harness_lm_class():
 
 
 def wrap_model(model, tokenizer, max_length: int, batch_size: int = 1, show_progress: bool = True,
-               use_kv_cache: bool = True):
+               use_kv_cache: bool = True, rerotate: bool = False):
     """The model object itself inside lm-eval's HFLM, with an explicit max_length."""
     return _harness_lm_class()(pretrained=model, tokenizer=tokenizer, max_length=int(max_length),
-                               batch_size=int(batch_size), show_progress=show_progress, use_kv_cache=use_kv_cache)
+                               batch_size=int(batch_size), show_progress=show_progress, use_kv_cache=use_kv_cache,
+                               rerotate=rerotate)
 

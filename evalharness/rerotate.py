@@ -1,0 +1,106 @@
+"""A KV cache for dynamic scaling that keeps every cached key rotated at the current scale.
+
+With Dynamic NTK / Dynamic YaRN the RoPE scale s = max(1, n/L) follows the length n of the
+sequence, so past L it changes with every generated token. The YaRN paper (Peng et al., 2023,
+arXiv 2309.00071, §3.3) notes that with dynamic scaling the kv-embeddings should be cached before
+RoPE is applied, since every token's rotation changes when s changes. `RerotatingCache` does the
+equivalent without touching the attention code: it caches keys as the attention rotated them and,
+when a forward arrives whose length n' has another scale than the cached keys' n, re-rotates the
+cached keys of each layer in place before appending the new ones:
+
+    k(p) ← (a(n') / a(n)) · R(p · (θ(n') − θ(n))) · k(p)
+
+for every cached position p, on the first `rotary_dim` channels, where θ(n) are the method's
+inverse frequencies and a(n) its attention scale at length n (`ScaledRotaryEmbedding.frequencies`),
+and R the rotate-half rotation the models apply (rotations by angles of the same pair compose
+additively, so this equals rotating the pre-RoPE key by p·θ(n') and scaling by a(n')).
+
+What this is and is not: attention at step n' sees every key rotated at the scale of n', as a
+forward over the whole sequence would; the hidden states that produced the cached keys and values
+of deeper layers are still those of the step at which each token was processed (a cache-free
+forward would recompute them at the new scale). It is the paper's recommended way of decoding with
+a dynamic method and costs one prefill + one token per step; `greedy_decode` and RULER's generation
+use it when asked (`--dynamic-cache rerotate`), and full forwards otherwise.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+MODES = ("recompute", "rerotate")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rerotate_keys(keys: torch.Tensor, old: tuple[torch.Tensor, float], new: tuple[torch.Tensor, float]) -> torch.Tensor:
+    """Keys [batch, heads, positions, head_dim] rotated with (inv_freq, attention) `old` at
+    positions 0…P−1, rotated and scaled as (inv_freq, attention) `new` would have done it. The
+    angle differences are computed in float64: p · (θ_new − θ_old) for p up to P − 1."""
+    old_freq, old_attention = old
+    new_freq, new_attention = new
+    rotary_dim = 2 * new_freq.numel()
+    positions = torch.arange(keys.shape[-2], dtype=torch.float64, device=keys.device)
+    delta = positions[:, None] * (new_freq.to(keys.device, torch.float64) - old_freq.to(keys.device, torch.float64))
+    angles = torch.cat((delta, delta), dim=-1)
+    cos, sin = angles.cos().to(torch.float32), angles.sin().to(torch.float32)
+    rotary = keys[..., :rotary_dim].float()
+    turned = (rotary * cos + _rotate_half(rotary) * sin) * (new_attention / old_attention)
+    return torch.cat((turned.to(keys.dtype), keys[..., rotary_dim:]), dim=-1)
+
+
+class RerotatingCache(DynamicCache):
+    """transformers' DynamicCache whose cached keys follow the dynamic scale (module docstring).
+    `rotary` is the model's `ScaledRotaryEmbedding`; `layer_types[i]` the rotary geometry key of
+    decoder layer i (None for single-RoPE models)."""
+
+    def __init__(self, rotary, layer_types=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotary = rotary
+        self.layer_types = layer_types
+        self.rotated_at: dict[int, int] = {}  # layer → the length whose scale its cached keys carry
+        self.rerotations = 0
+
+    def _layer_type(self, layer_idx: int):
+        return None if self.layer_types is None else self.layer_types[layer_idx]
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        cached = self.get_seq_length(layer_idx) if layer_idx < len(self.layers) else 0
+        length = cached + key_states.shape[-2]
+        if cached:
+            spec = self.rotary.spec
+            built = self.rotated_at[layer_idx]
+            if spec.scale_at(built) != spec.scale_at(length):
+                layer_type = self._layer_type(layer_idx)
+                old = self.rotary.frequencies(built, layer_type)
+                new = self.rotary.frequencies(length, layer_type)
+                layer = self.layers[layer_idx]
+                layer.keys = rerotate_keys(layer.keys, old, new)
+                self.rerotations += 1
+        self.rotated_at[layer_idx] = length
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+def dynamic_rotary(model):
+    """The model's `ScaledRotaryEmbedding` when it applies a dynamic method, else None."""
+    from .scaling import ScaledRotaryEmbedding, rotary_modules
+
+    for _, _, module in rotary_modules(model):
+        if isinstance(module, ScaledRotaryEmbedding) and module.spec.is_dynamic:
+            return module
+    return None
+
+
+def rerotating_cache(model) -> RerotatingCache | None:
+    """A fresh `RerotatingCache` for `model`, or None when the model's rotary modules are not a
+    dynamic evalharness method (static methods need no re-rotation; a shipped dynamic type keeps
+    transformers' own module, whose frequencies this cache cannot compute)."""
+    rotary = dynamic_rotary(model)
+    if rotary is None:
+        return None
+    layer_types = None
+    if set(rotary.geometry) != {None}:
+        layer_types = list(getattr(model.config.get_text_config(), "layer_types", None) or [])
+    return RerotatingCache(rotary, layer_types or None)
