@@ -644,7 +644,9 @@ def passkey_differences(passkey: pd.DataFrame, reference: str = "base", seed: in
                         level: float = CONFIDENCE_LEVEL) -> pd.DataFrame:
     """Per series and length: accuracy difference to `reference` on the prompts both have.
 
-    Prompts pair on (context_length, depth, trial, seed, scoring) within a run and model.
+    Prompts pair on (context_length, depth, trial, seed, scoring rule) within a run and model; the
+    rule of `paper-rerotate` rows is `paper` (the same prompts and rule, only a dynamic method's
+    decoding differs), so they pair with a static reference's `paper` rows.
 
     Returns:
         One row per series other than the reference and length, with `reference`, `n` (paired
@@ -653,11 +655,13 @@ def passkey_differences(passkey: pd.DataFrame, reference: str = "base", seed: in
     keys = _passkey_series_columns(passkey)
     columns = keys + ["context_length", "reference", "n", "difference", "difference_ci_low",
                       "difference_ci_high"]
+    if "scoring" in passkey.columns:
+        passkey = passkey.assign(rule=passkey["scoring"].astype(str).str.removesuffix("-rerotate"))
     ref = _reference_rows(passkey, reference)
     if passkey.empty or ref.empty:
         return pd.DataFrame(columns=columns)
-    join = [c for c in ("run", "model") if c in passkey.columns] + [c for c in PROMPT_COLUMNS
-                                                                       if c in passkey.columns]
+    join = [c for c in ("run", "model") if c in passkey.columns] + [
+        "rule" if c == "scoring" else c for c in PROMPT_COLUMNS if c in passkey.columns]
     ref = ref.assign(ref_correct=as_correct(ref["correct"]))[join + ["ref_correct"]]
     if ref.duplicated(join).any():
         raise ValueError(f"reference {reference!r} matches more than one series per prompt; "

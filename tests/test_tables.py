@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -329,6 +330,16 @@ def test_passkey_differences_pair_the_same_prompts():
     assert (row["difference"], row["difference_ci_low"], row["difference_ci_high"]) == pytest.approx(expected)
     # every prompt yarn gets right base gets right too: the difference is never negative
     assert row["difference_ci_low"] >= 0
+
+
+def test_rerotated_rows_pair_with_the_reference_paper_rows_and_teacher_forced_ones_do_not():
+    frame = passkey_rows({("base", 1.0): {4096: 0.5}, ("dynamic-yarn", 1.0): {4096: 0.8}}, depths=(0.0, 1.0))
+    dynamic = frame["method"] == "dynamic-yarn"
+    mixed = pd.concat([frame.assign(scoring=np.where(dynamic, "paper-rerotate", "paper")),
+                       frame[dynamic].assign(scoring="teacher-forced")])
+    rows = T.passkey_differences(mixed, reference="base", seed=0)
+    (row,) = rows.to_dict("records")
+    assert row["scoring"] == "paper-rerotate" and row["n"] == 20 and row["difference"] == pytest.approx(0.3)
 
 
 # ---------------------------------------------------------------------------------------------
