@@ -438,9 +438,9 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
     re-rotated to the scale of the current length (the YaRN paper's kv-caching advice for dynamic
     scaling; not equal to a cache-free `generate` past L, see `rerotate`).
     """
-    from .rerotate import rerotating_cache
+    from .rerotate import dynamic_rotary, rerotating_cache
 
-    rerotate = dynamic_cache == "rerotate" and rerotating_cache(model) is not None
+    rerotate = dynamic_cache == "rerotate" and dynamic_rotary(model) is not None
 
     def reusable(built: int, n: int) -> bool:
         return rerotate or cache_reusable(model, built, n)

@@ -35,20 +35,32 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rerotate_keys(keys: torch.Tensor, old: tuple[torch.Tensor, float], new: tuple[torch.Tensor, float]) -> torch.Tensor:
-    """Keys [batch, heads, positions, head_dim] rotated with (inv_freq, attention) `old` at
-    positions 0…P−1, rotated and scaled as (inv_freq, attention) `new` would have done it. The
-    angle differences are computed in float64: p · (θ_new − θ_old) for p up to P − 1."""
+def rotation(old: tuple[torch.Tensor, float], new: tuple[torch.Tensor, float], positions: int,
+             device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(cos, sin [positions, rotary_dim], attention ratio) that turn keys rotated with
+    (inv_freq, attention) `old` at positions 0…positions−1 into keys rotated with `new`. The angle
+    differences are computed in float64: p · (θ_new − θ_old)."""
     old_freq, old_attention = old
     new_freq, new_attention = new
-    rotary_dim = 2 * new_freq.numel()
-    positions = torch.arange(keys.shape[-2], dtype=torch.float64, device=keys.device)
-    delta = positions[:, None] * (new_freq.to(keys.device, torch.float64) - old_freq.to(keys.device, torch.float64))
+    steps = torch.arange(positions, dtype=torch.float64, device=device)
+    delta = steps[:, None] * (new_freq.to(device, torch.float64) - old_freq.to(device, torch.float64))
     angles = torch.cat((delta, delta), dim=-1)
-    cos, sin = angles.cos().to(torch.float32), angles.sin().to(torch.float32)
+    return angles.cos().to(torch.float32), angles.sin().to(torch.float32), new_attention / old_attention
+
+
+def turn_keys(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Keys [batch, heads, positions, head_dim] turned by a `rotation` on their first rotary_dim
+    channels (the others pass through)."""
+    rotary_dim = cos.shape[-1]
     rotary = keys[..., :rotary_dim].float()
-    turned = (rotary * cos + _rotate_half(rotary) * sin) * (new_attention / old_attention)
+    turned = (rotary * cos + _rotate_half(rotary) * sin) * ratio
     return torch.cat((turned.to(keys.dtype), keys[..., rotary_dim:]), dim=-1)
+
+
+def rerotate_keys(keys: torch.Tensor, old: tuple[torch.Tensor, float], new: tuple[torch.Tensor, float]) -> torch.Tensor:
+    """Keys [batch, heads, positions, head_dim] rotated with (inv_freq, attention) `old` at
+    positions 0…P−1, rotated and scaled as (inv_freq, attention) `new` would have done it."""
+    return turn_keys(keys, *rotation(old, new, keys.shape[-2], keys.device))
 
 
 class RerotatingCache(DynamicCache):
@@ -62,6 +74,14 @@ class RerotatingCache(DynamicCache):
         self.layer_types = layer_types
         self.rotated_at: dict[int, int] = {}  # layer → the length whose scale its cached keys carry
         self.rerotations = 0
+        self._rotations: dict = {}  # this step's rotation per (from, to, layer type): every layer shares it
+
+    def _rotation(self, built: int, length: int, layer_type, positions: int, device):
+        key = (built, length, layer_type, positions)
+        if key not in self._rotations:
+            self._rotations = {key: rotation(self.rotary.frequencies(built, layer_type),
+                                             self.rotary.frequencies(length, layer_type), positions, device)}
+        return self._rotations[key]
 
     def _layer_type(self, layer_idx: int):
         return None if self.layer_types is None else self.layer_types[layer_idx]
@@ -73,11 +93,9 @@ class RerotatingCache(DynamicCache):
             spec = self.rotary.spec
             built = self.rotated_at[layer_idx]
             if spec.scale_at(built) != spec.scale_at(length):
-                layer_type = self._layer_type(layer_idx)
-                old = self.rotary.frequencies(built, layer_type)
-                new = self.rotary.frequencies(length, layer_type)
                 layer = self.layers[layer_idx]
-                layer.keys = rerotate_keys(layer.keys, old, new)
+                layer.keys = turn_keys(layer.keys, *self._rotation(built, length, self._layer_type(layer_idx),
+                                                                   cached, layer.keys.device))
                 self.rerotations += 1
         self.rotated_at[layer_idx] = length
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)

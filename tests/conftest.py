@@ -88,6 +88,22 @@ def tiny():
     return load("random:tiny", dtype="float32", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def sharp_llama():
+    """(model, tokenizer) of random:tiny with sharpened attention (q, k × 6), so greedy tokens depend
+    on the rotation; one per test module (tests rescale it in place)."""
+    import torch
+
+    from evalharness.models import load
+
+    model, tok, _ = load("random:tiny", dtype="float32", device="cpu")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(6)
+            layer.self_attn.k_proj.weight.mul_(6)
+    return model, tok
+
+
 @pytest.fixture(scope="session")
 def wheel_names(tmp_path_factory) -> set[str]:
     """The file names inside a wheel built from a copy of this checkout's sources (setuptools

@@ -417,17 +417,6 @@ def test_prefix_answer_scores_wrong_without_the_paper_rule():
     assert PK.score_prompt(model, tok, PK.build_prompt(tok, 300, 0.5, passkey=KEY + 1)).correct is False
 
 
-@pytest.fixture(scope="module")
-def sharp_llama():
-    """random:tiny with sharpened attention (q, k × 6), so greedy tokens depend on the rotation."""
-    model, tok, _ = load("random:tiny", dtype="float32", device="cpu")
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(6)
-            layer.self_attn.k_proj.weight.mul_(6)
-    return model, tok
-
-
 @pytest.mark.parametrize("spec", ["dynamic-yarn:original_ctx=64", "dynamic-pi:original_ctx=64"])
 def test_dynamic_never_reuses_a_cache_across_scales(spec, sharp_llama):
     """A dynamic method rotates with s = max(1, l/L) of the forward's length l. Prompt P = 58 < L = 64

@@ -18,17 +18,6 @@ from evalharness.scaling import apply_scaling
 SPEC = "dynamic-yarn:original_ctx=32"
 
 
-@pytest.fixture(scope="module")
-def sharp():
-    """random:tiny with sharpened attention, so outputs depend on the rotation."""
-    model, tok, _ = load("random:tiny", dtype="float32", device="cpu")
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(6)
-            layer.self_attn.k_proj.weight.mul_(6)
-    return model, tok
-
-
 def rotary_at(rotary, length: int, positions: int):
     """(cos, sin) the model's rotary module gives for positions 0…positions−1 of a forward spanning
     `length` positions (its dynamic scale is that of the largest position id + 1)."""
@@ -77,11 +66,11 @@ def _raw_keys(model):
 
 
 @torch.inference_mode()
-def test_cached_keys_follow_the_scale_of_the_current_length(sharp):
+def test_cached_keys_follow_the_scale_of_the_current_length(sharp_llama):
     """Prefill 40 tokens (L = 32, s = 40/32), then three one-token steps: after each step every
     layer's cached keys equal transformers' rotation of the captured raw keys at the scale of the
     current length, and the step's logits equal a forward on a plain cache holding those keys."""
-    model, _ = sharp
+    model, _ = sharp_llama
     apply_scaling(model, SPEC)
     rotary = dynamic_rotary(model)
     captured, handles = _raw_keys(model)
@@ -117,10 +106,10 @@ def test_cached_keys_follow_the_scale_of_the_current_length(sharp):
         apply_scaling(model, "base")
 
 
-def test_greedy_decode_on_the_rerotated_cache(sharp):
+def test_greedy_decode_on_the_rerotated_cache(sharp_llama):
     """Past L: one prefill + one-token steps, the first token equal to the exact decode's (both
     come from the same prefill); within L (no scale change) every token equal to the exact decode's."""
-    model, tok = sharp
+    model, tok = sharp_llama
     apply_scaling(model, SPEC)
     try:
         for seed in range(3):
