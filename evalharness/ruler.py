@@ -271,12 +271,17 @@ def uses_kv_cache(spec, length: int, dynamic_cache: str = "recompute") -> bool:
             or spec.scale_at(int(length) + MAX_GEN_TOKENS) == spec.scale_at(1))
 
 
-def check_dynamic_cache(manifest: dict, dynamic_cache: str) -> None:
-    """UsageError when the run folder already holds RULER cells of a dynamic method generated with
-    another `--dynamic-cache` (its rows would mix two decodings in one series); the mode of each
-    dynamic cell is in its manifest entry (absent: recompute, the default)."""
+def check_dynamic_cache(manifest: dict, dynamic_cache: str, specs=None) -> None:
+    """UsageError when the run folder already holds RULER cells of a dynamic method of this run
+    (`specs`; None: every method) generated with another `--dynamic-cache` (its rows would mix two
+    decodings in one series). The mode of each dynamic cell is in its manifest entry; cells of methods
+    this run does not evaluate, and static cells (no mode recorded), never conflict, so rerunning a
+    static-only command into a folder that also holds re-rotated cells resumes as usual."""
+    dynamic = None if specs is None else {spec.short for spec in specs if spec.is_dynamic}
     for name, entry in manifest.get("cells", {}).items():
         if not name.startswith("ruler|") or entry.get("status") != "done" or "dynamic_cache" not in entry:
+            continue
+        if dynamic is not None and name.rsplit("|", 3)[1] not in dynamic:  # ruler|model|spec|task|length
             continue
         if entry["dynamic_cache"] != dynamic_cache:
             raise UsageError(f"this folder's RULER cell {name} was generated with --dynamic-cache "
@@ -320,7 +325,8 @@ class RulerCells(Task):
 
         args = inputs.args
         dynamic_cache = getattr(args, "dynamic_cache", "recompute")
-        check_dynamic_cache(read_manifest(session.out_dir / "manifest.json", quiet=True), dynamic_cache)
+        check_dynamic_cache(read_manifest(session.out_dir / "manifest.json", quiet=True), dynamic_cache,
+                            inputs.specs)
         return cls(session.model_name, session.tokenizer, inputs.specs, resolve_tasks(args.ruler_tasks),
                    inputs.lengths, session.out_dir, samples=args.ruler_samples,
                    seed=args.seed if getattr(args, "seed_given", False) else None, batch_size=args.batch_size,

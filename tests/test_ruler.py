@@ -374,3 +374,7 @@ def test_dynamic_cache_rerotate_generates_on_the_rerotated_cache(tmp_path, monke
     capsys.readouterr()
     assert cli.main(_ruler_argv(out, tasks, LENGTH) + ["--no-plots"]) == cli.EXIT_USAGE
     assert "was generated with --dynamic-cache rerotate" in capsys.readouterr().err
+    # rerunning the static-only command into this folder resumes (nothing to do), whatever the mode
+    before = (out / "ruler.csv").read_bytes()
+    assert cli.main(_ruler_argv(out, tasks, LENGTH, "base") + ["--no-plots"]) == cli.EXIT_OK
+    assert (out / "ruler.csv").read_bytes() == before
