@@ -397,7 +397,7 @@ class RulerCells(Task):
         import lm_eval
 
         from . import hub
-        from .leaderboard.extract import _save_results, provenance_path
+        from .leaderboard.extract import _save_results, in_run_folder, provenance_path
         from .leaderboard.run import _one_process_view
 
         task, length = cell.unit
@@ -426,7 +426,7 @@ class RulerCells(Task):
         session.store.append("ruler_samples", [dict(key, doc_id=doc, score=value) for doc, value in scores])
         session.store.append(self.table, [dict(key, score=score, n=len(scores), stderr=stderr)])
         info = {"seconds": round(time.monotonic() - start, 1), "score": score, "n": len(scores),
-                "lm_eval_json": str(path), "seeds": self.seeds}
+                "lm_eval_json": in_run_folder(self.out_dir, path), "seeds": self.seeds}
         if spec.is_dynamic:
             info["dynamic_cache"] = "rerotate" if rerotates(spec, self.dynamic_cache) else "recompute"
         return info

@@ -300,6 +300,9 @@ def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatc
     assert (out / "lm_eval").is_dir() and len(list((out / "lm_eval").glob("*.json"))) == 4
     saved = json.loads((out / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
     assert saved["evalharness"]["seeds"] == lb.lm_eval_seeds(None)  # no --seed: lm-eval's own seeds
+    recorded = [cell["lm_eval_json"] for name, cell in json.loads((out / "manifest.json").read_text())["cells"].items()
+                if name.startswith("leaderboard|")]
+    assert sorted(recorded) == sorted(f"lm_eval/{p.name}" for p in (out / "lm_eval").glob("*.json"))
     given = cli.parse_args(["--model", "random:tiny", "--seed", "0"])
     assert (given.seed, getattr(given, "seed_given", False)) == (0, True)
     assert getattr(cli.parse_args(["--model", "random:tiny"]), "seed_given", False) is False

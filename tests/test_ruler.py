@@ -7,6 +7,7 @@ import json
 import math
 import random
 import statistics
+from pathlib import Path
 
 import numpy
 import pandas as pd
@@ -184,6 +185,9 @@ def test_ruler_cli_offline_scores_equal_lm_eval(tmp_path, monkeypatch, capsys, t
     _check_run(out, tasks, LENGTH, tiny[1])
     manifest = json.loads((out / "manifest.json").read_text())
     assert sum(name.startswith("ruler|") and cell["status"] == "done" for name, cell in manifest["cells"].items()) == 4
+    for name, cell in manifest["cells"].items():  # the provenance path is inside the run folder, relative
+        if name.startswith("ruler|"):
+            assert not Path(cell["lm_eval_json"]).is_absolute() and (out / cell["lm_eval_json"]).is_file()
     for figure in ("ruler.png", "ruler_mean.png"):
         assert (out / "figures" / figure).exists()
     report = (out / "report.md").read_text()

@@ -112,6 +112,12 @@ def provenance_path(out_dir: str | os.PathLike, spec, task: str) -> Path:
     return Path(out_dir) / "lm_eval" / f"{_safe(spec.label)}_{spec.factor:g}_{_safe(task)}.json"
 
 
+def in_run_folder(out_dir: str | os.PathLike, path: Path) -> str:
+    """`path` relative to the run folder (`lm_eval/<file>.json`), as the manifest records it: the
+    folder can move or be committed without naming the machine it ran on."""
+    return Path(path).relative_to(Path(out_dir)).as_posix()
+
+
 def _save_results(path: Path, results: dict, extra: dict, save_samples: bool) -> None:
     from lm_eval.utils import handle_non_serializable
 

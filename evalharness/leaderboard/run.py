@@ -15,7 +15,7 @@ from .. import hub
 from ..errors import CellFailure
 from ..plan import Cell, Plan, cell_name
 from ..runner import Task
-from .extract import _save_results, provenance_path, result_rows
+from .extract import _save_results, in_run_folder, provenance_path, result_rows
 from .lm import wrap_model
 from .mirrors import copy_tasks, point_mirror
 from .offline import offline_message
@@ -182,8 +182,8 @@ class LeaderboardCells(Task):
         path = provenance_path(self.out_dir, spec, plan.name)
         _save_results(path, results, extra, self.save_samples)
         session.store.append(self.table, rows)
-        info = {"seconds": round(time.monotonic() - start, 1), "max_length": length, "lm_eval_json": str(path),
-                "seeds": self.seeds}
+        info = {"seconds": round(time.monotonic() - start, 1), "max_length": length,
+                "lm_eval_json": in_run_folder(self.out_dir, path), "seeds": self.seeds}
         if plan.name in self._mirror_data and "subjects" in self._mirror_data[plan.name]:
             info["subjects"] = self._mirror_data[plan.name]["subjects"]
         return info
