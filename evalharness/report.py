@@ -434,9 +434,11 @@ def _leaderboard_section(leaderboard: pd.DataFrame) -> list[str]:
         row.append(fmt_pct(means[_series_id(skey, keys)]["mean"]))
         rows.append(row)
     lines = ["## Leaderboard", "",
-             "- Scores (%) as lm-eval reports them ± lm-eval's standard error; n = samples per task.",
-             "- Mean: the unweighted mean over the tasks a method has"
-             + (" (— = missing)." if incomplete else "."),
+             "- Scores (%) as lm-eval reports them ± lm-eval's standard error; n = samples per task "
+             "(a run with `--limit` scores the first n items of each task: a subset, not the full task).",
+             "- Mean: the unweighted mean over the tasks a method has of one number per task, the "
+             "paper's Table-3 metric (ARC-c and HellaSwag acc_norm, MMLU acc_macro, TruthfulQA MC2 acc; "
+             "other tasks acc_norm, else acc)" + (" (— = missing)." if incomplete else "."),
              "", markdown_table(["method"] + [header(t, m) for t, m in columns] + ["mean"], rows), ""]
     if not deltas.empty:
         reference = method_display(REFERENCE)

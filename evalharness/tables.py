@@ -699,14 +699,40 @@ def leaderboard_columns(leaderboard: pd.DataFrame) -> list[tuple[str, str]]:
                   key=lambda tm: task_sort_key(tm[0]) + (tm[1],))
 
 
+# Metric of a task's headline number when lm-eval reports several and the task is not one of the
+# paper's (whose headline metrics are `leaderboard.protocol.PAPER_TASKS`'): the first one it has.
+HEADLINE_PREFERENCE = ("acc_norm", "acc", "exact_match")
+
+
+def headline_metric(task: str, metrics) -> str:
+    """The one metric of `task` that its leaderboard mean counts: the paper's Table-3 metric for its
+    four tasks (`_local` mirrors included: ARC-c and HellaSwag acc_norm, MMLU acc_macro, TruthfulQA
+    MC2 acc), else the task's only metric, else the first of `HEADLINE_PREFERENCE` it has, else its
+    first metric in sorted order."""
+    from .leaderboard.protocol import PAPER_TASKS
+
+    metrics = sorted({str(m) for m in metrics})
+    paper = PAPER_TASKS.get(str(task).removesuffix("_local"))
+    if paper and paper[1] in metrics:
+        return paper[1]
+    if len(metrics) == 1:
+        return metrics[0]
+    return next((m for m in HEADLINE_PREFERENCE if m in metrics), metrics[0])
+
+
 def leaderboard_means(leaderboard: pd.DataFrame) -> pd.DataFrame:
-    """Per series: `mean` = the unweighted mean of `value` over the (task, metric) rows it has
-    and `n_tasks` (how many), in display order."""
+    """Per series: `mean` = the unweighted mean over its tasks of each task's headline metric
+    (`headline_metric`: one number per task, so a task reporting acc and acc_norm, or MMLU's
+    acc_macro and acc_weighted, counts once) and `n_tasks` (how many tasks), in display order."""
     keys = [c for c in SERIES_COLUMNS if c in leaderboard.columns]
     rows = []
     for key, group in ordered_groups(leaderboard, keys):
-        values = pd.to_numeric(group["value"], errors="coerce").dropna()
-        mean = float(values.mean()) if len(values) else math.nan
+        values = []
+        for task, rows_of_task in group.groupby("task", sort=False):
+            metric = headline_metric(task, rows_of_task["metric"])
+            value = pd.to_numeric(rows_of_task.loc[rows_of_task["metric"] == metric, "value"], errors="coerce")
+            values.extend(value.dropna().tolist())
+        mean = float(np.mean(values)) if values else math.nan
         rows.append({**key, "mean": mean, "n_tasks": len(values)})
     return pd.DataFrame(rows, columns=keys + ["mean", "n_tasks"])
 

@@ -360,6 +360,23 @@ def test_leaderboard_means_and_deltas():
     assert (delta["method"], delta["task"]) == ("yarn", "mmlu") and delta["delta"] == pytest.approx(-0.02)
 
 
+def test_leaderboard_mean_counts_one_headline_metric_per_task():
+    """A task reporting several metrics counts once in the mean, by the paper's metric (ARC-c
+    acc_norm, MMLU acc_macro, TruthfulQA MC2 acc), other tasks by acc_norm before acc."""
+    values = {("arc_challenge_local", "acc"): 0.30, ("arc_challenge_local", "acc_norm"): 0.34,
+              ("mmlu_local", "acc_macro"): 0.20, ("mmlu_local", "acc_weighted"): 0.40,
+              ("truthfulqa_mc2", "acc"): 0.48, ("mytask", "acc"): 0.10, ("mytask", "acc_norm"): 0.70,
+              ("other", "f1"): 0.90, ("other", "bleu"): 0.50}
+    frame = pd.DataFrame([dict(model="m", method="base", factor=1.0, original_ctx=64, task=t, metric=m, value=v,
+                               stderr=0.01, num_fewshot=0, n_samples=10) for (t, m), v in values.items()],
+                         columns=SCHEMAS["leaderboard"])
+    (row,) = T.leaderboard_means(frame).to_dict("records")
+    by_hand = (0.34 + 0.20 + 0.48 + 0.70 + 0.50) / 5  # "other": no preferred metric, the first sorted (bleu)
+    assert row["n_tasks"] == 5 and row["mean"] == pytest.approx(by_hand)
+    assert T.headline_metric("hellaswag", ["acc", "acc_norm"]) == "acc_norm"
+    assert T.headline_metric("mmlu", ["acc_macro", "acc_weighted"]) == "acc_macro"
+
+
 # ---------------------------------------------------------------------------------------------
 # Attention temperature
 # ---------------------------------------------------------------------------------------------
