@@ -312,6 +312,15 @@ def test_notebook_runs_headless_against_a_results_folder(name, run_folder, tmp_p
                               for method, factor, nll in (("base", 1, 2.0), ("yarn", 2, 1.5))
                               for start in (0, 8, 16, 24)])
     ResultStore(other).replace("perplexity_positions", positions)
+    # RULER: two methods, two tasks, two lengths, two samples each (the per-sample scores give the cell's)
+    samples = pd.DataFrame([dict(model="m", method=method, factor=factor, original_ctx=16, task=task,
+                                 context_length=length, doc_id=doc, score=float((doc + length // 32 + shift) % 2))
+                            for method, factor, shift in (("base", 1, 0), ("yarn", 2, 1))
+                            for task in ("niah_single_1", "ruler_vt") for length in (16, 32) for doc in (0, 1)])
+    ruler = (samples.groupby(["model", "method", "factor", "original_ctx", "task", "context_length"], sort=False)
+             ["score"].agg(score="mean", n="count", stderr=lambda v: v.std(ddof=1) / len(v) ** 0.5).reset_index())
+    ResultStore(other).replace("ruler_samples", samples)
+    ResultStore(other).replace("ruler", ruler)
 
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
@@ -330,12 +339,15 @@ def test_notebook_runs_headless_against_a_results_folder(name, run_folder, tmp_p
     outputs = [out for cell in nb.cells for out in cell.get("outputs", [])]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     if name == "compare_methods":
-        assert len(images) == 4  # perplexity, loss by position (other), passkey, leaderboard
+        assert len(images) == 5  # perplexity, loss by position (other), passkey, RULER mean (other), leaderboard
+        shown = "".join(str(out.get("data", {}).get("text/markdown", "")) for out in outputs)
+        assert "| method |" in shown and "RULER" in shown  # the effective-context table, RULER column included
     else:
-        assert len(images) == 5  # three figures of run_folder; perplexity and loss by position of other
+        assert len(images) == 7  # three figures of run_folder; perplexity, loss by position and RULER of other
         assert (run_folder / "figures" / "perplexity.png").exists()
         assert (other / "figures" / "perplexity.pdf").exists()
-        assert len(list((other / "figures").glob("*.png"))) == 2
+        assert {p.name for p in (other / "figures").glob("*.png")} == {"perplexity.png", "positions.png",
+                                                                       "ruler.png", "ruler_mean.png"}
         assert (run_folder / "report.md").exists()
 
 
