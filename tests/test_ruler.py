@@ -382,3 +382,15 @@ def test_dynamic_cache_rerotate_generates_on_the_rerotated_cache(tmp_path, monke
     before = (out / "ruler.csv").read_bytes()
     assert cli.main(_ruler_argv(out, tasks, LENGTH, "base") + ["--no-plots"]) == cli.EXIT_OK
     assert (out / "ruler.csv").read_bytes() == before
+
+
+def test_report_lists_tasks_in_ruler_order(tmp_path):
+    """The per-task table follows RULER's task order (vt before cwe), not the alphabet."""
+    rows = [dict(model="m", method="base", factor=1.0, original_ctx=512, task=task, context_length=512, score=0.5,
+                 n=2, stderr=0.1) for task in ("ruler_cwe", "ruler_vt", "niah_single_1")]
+    pd.DataFrame(rows, columns=SCHEMAS["ruler"]).to_csv(tmp_path / "ruler.csv", index=False)
+    from evalharness.report import build_report
+
+    report = build_report(tmp_path)
+    positions = [report.index(f"| Base | {task} |") for task in ("niah_single_1", "ruler_vt", "ruler_cwe")]
+    assert positions == sorted(positions)
