@@ -1,22 +1,39 @@
 """Local copies of the named hub corpora (`--dataset proofpile=DIR`): same field, ids and selection as the hub."""
 import json
+import random
 
 import pandas as pd
 import pytest
 from conftest import make_byte_tokenizer
 
 from evalharness import cli, corpora, hub
-from evalharness.corpora import CorpusError, dataset_label, iter_documents, load_corpus
+from evalharness.corpora import CorpusError, dataset_label, iter_documents
+from evalharness.options import parse_lengths
 
-# Rows in each dataset's hub layout; the text field differs per dataset (SCROLLS: `input`).
+
+def _words(seed, n):
+    rng = random.Random(seed)
+    vocabulary = "the proof of a lemma holds for every agency report chapter".split()
+    return " ".join(rng.choice(vocabulary) for _ in range(n))
+
+
+# Rows in each dataset's hub layout (the text field differs per dataset: SCROLLS `input`, ccdv `report`),
+# text lengths spread around the selections below; the other string fields are longer or shorter than the
+# text, so reading the wrong field changes the selection.
 HUB_ROWS = {
-    "proofpile": [{"text": "short", "meta": "{}"}, {"text": "a longer proof " * 20, "meta": "{}"},
-                  {"text": "lemma " * 30, "meta": "{}"}],
-    "govreport": [{"id": "g0", "input": "report " * 25, "output": "sum"}, {"id": "g1", "input": "tiny", "output": "s"},
-                  {"id": "g2", "input": "the agency " * 12, "output": "s2"}],
-    "pg19": [{"short_book_title": "A", "publication_date": 1900, "url": "u", "text": "chapter one " * 15},
-             {"short_book_title": "B", "publication_date": 1901, "url": "v", "text": "b" * 8}],
+    "proofpile": [{"text": _words(i, n), "meta": {"file": f"books/{i}.tex"}}
+                  for i, n in enumerate([3, 30, 14, 45, 22, 9, 26])],
+    "govreport": [{"id": f"g{i}", "input": _words(10 + i, n), "output": _words(20 + i, 40 - n)}
+                  for i, n in enumerate([25, 2, 12, 35, 18, 30])],
+    "pg19": [{"short_book_title": _words(30 + i, 40 - n), "publication_date": 1900 + i, "url": f"u{i}",
+              "text": _words(40 + i, n)} for i, n in enumerate([15, 1, 33, 20, 27, 11])],
 }
+TEXT_FIELD = {"proofpile": "text", "govreport": "input", "pg19": "text"}
+# What datasets.load_dataset is called with on the hub path: (dataset id, config) of the first hub spec.
+HUB_DATASET = {"proofpile": ("hoskinson-center/proof-pile", None), "govreport": ("tau/scrolls", "gov_report"),
+               "pg19": ("emozilla/pg19-test", None)}
+# A copy of govreport's fallback hub dataset (ccdv/govreport-summarization: field `report`).
+CCDV_ROWS = [{"report": row["input"], "summary": row["output"]} for row in HUB_ROWS["govreport"]]
 
 
 @pytest.fixture
@@ -24,49 +41,127 @@ def byte_tok():
     return make_byte_tokenizer()
 
 
-def hub_documents(monkeypatch, name):
-    """What the hub path yields for these rows: datasets.load_dataset stood in by the same rows in memory."""
+def fake_hub(monkeypatch, name, rows=None):
+    """Make the hub path of `name` load `rows` (default: HUB_ROWS[name]) from memory: datasets.load_dataset
+    answers for the corpus' first hub spec (or, for the ccdv rows, only for govreport's fallback spec);
+    every other call (the json/parquet builders a local copy uses) goes to the real function."""
     import datasets
 
-    rows = HUB_ROWS[name]
-    monkeypatch.setattr(datasets, "load_dataset",
-                        lambda path, config=None, *, split, streaming: datasets.Dataset.from_list(rows))
+    real_load = datasets.load_dataset
+    wanted = ("ccdv/govreport-summarization", None) if rows is CCDV_ROWS else HUB_DATASET[name]
+    rows = HUB_ROWS[name] if rows is None else rows
+
+    def load_dataset(path, *args, **kwargs):
+        if path in ("json", "parquet"):
+            return real_load(path, *args, **kwargs)
+        config = args[0] if args else kwargs.get("name")
+        if (path, config) != wanted:
+            raise FileNotFoundError(f"{path} is not in this test's hub")
+        assert kwargs["split"] == "test"
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
-    docs = [(d.doc_id, d.text) for d in iter_documents(name)]
-    monkeypatch.undo()
-    return docs
 
 
-def write_copy(folder, name, fmt):
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(HUB_ROWS[name])
-    if fmt == "jsonl":
-        (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HUB_ROWS[name]))
-    else:  # a hub snapshot: parquet shards in a sub-folder
-        (folder / "data").mkdir()
-        half = len(frame) // 2
-        frame.iloc[:half].to_parquet(folder / "data" / "test-00000-of-00002.parquet", index=False)
-        frame.iloc[half:].to_parquet(folder / "data" / "test-00001-of-00002.parquet", index=False)
+def hub_documents(monkeypatch, name, rows=None):
+    """(doc id, text) of what the hub path yields for these rows."""
+    with monkeypatch.context() as patch:
+        fake_hub(patch, name, rows)
+        return [(d.doc_id, d.text) for d in iter_documents(name)]
+
+
+def _json_lines(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _halves(rows):
+    half = len(rows) // 2
+    return [rows[:half], rows[half:]]
+
+
+# The layouts HubCopySource accepts for split `test` (`_split_files`; README: `test.jsonl`, `.json`,
+# `.parquet`, shards `test-*.parquet`), each file-name form and format at least once: `test.<ext>` and
+# shards `test-*`/`test_*`, at the top of the folder or in a sub-folder (a hub snapshot's `data/`), as
+# JSON lines, a JSON array or Parquet.
+LAYOUTS = {
+    "test.jsonl": lambda rows: {"test.jsonl": _json_lines(rows)},
+    "test.json-lines": lambda rows: {"test.json": _json_lines(rows)},
+    "test.json-array": lambda rows: {"test.json": json.dumps(rows)},
+    "test.parquet": lambda rows: {"test.parquet": rows},
+    "data/test-*.parquet": lambda rows: {f"data/test-0000{i}-of-00002.parquet": part
+                                         for i, part in enumerate(_halves(rows))},
+    "test_*.jsonl": lambda rows: {f"test_{i}.jsonl": _json_lines(part)
+                                  for i, part in enumerate(_halves(rows))},
+}
+
+
+def write_copy(folder, rows, layout):
+    """A local copy of `rows` in one of LAYOUTS (Parquet files written with pandas, as the hub's are)."""
+    for relative, content in LAYOUTS[layout](rows).items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".parquet":
+            pd.DataFrame(content).to_parquet(path, index=False)
+        else:
+            path.write_text(content)
     return folder
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-@pytest.mark.parametrize("name", sorted(HUB_ROWS))
-def test_local_copy_yields_the_hub_documents(tmp_path, monkeypatch, name, fmt):
-    expected = hub_documents(monkeypatch, name)
-    folder = write_copy(tmp_path / name, name, fmt)
-    got = [(d.doc_id, d.text) for d in iter_documents(f"{name}={folder}")]
-    assert got == expected
-    assert [doc_id for doc_id, _ in got] == [f"test/{i}" for i in range(len(HUB_ROWS[name]))]
+# CLI selections with the documents they must select, computed here from the byte lengths (1 byte = 1
+# token; --lengths 64 alone means --min-tokens 63 = 64 minus BOS under the truncated protocol).
+SELECTIONS = {
+    "lengths-default-min": (["--lengths", "64"],
+                            lambda lengths: [i for i, n in enumerate(lengths) if n >= 63]),
+    "min-tokens+docs": (["--lengths", "64", "--min-tokens", "100", "--docs", "2"],
+                        lambda lengths: [i for i, n in enumerate(lengths) if n >= 100][:2]),
+    "min-tokens+sample": (["--lengths", "64", "--min-tokens", "70", "--sample", "2", "--seed", "3"],
+                          lambda lengths: sorted(random.Random(3).sample(
+                              [i for i, n in enumerate(lengths) if n >= 70], 2))),
+}
 
 
-def test_local_copy_selection_matches_hub(tmp_path, monkeypatch, byte_tok):
-    folder = write_copy(tmp_path / "gr", "govreport", "jsonl")
-    local = load_corpus(f"govreport={folder}", byte_tok, min_tokens=50, cache_dir=tmp_path / "cache")
-    expected = [(doc_id, len(text.encode())) for doc_id, text in hub_documents(monkeypatch, "govreport")
-                if len(text.encode()) >= 50]
-    assert [(d.doc_id, d.ids.numel()) for d in local] == expected == [("test/0", 175), ("test/2", 132)]
+def cli_documents(spec, flags, tokenizer):
+    """(dataset label, [(doc id, token ids)]) as `run_eval.py --dataset SPEC FLAGS` selects them."""
+    args = cli.parse_args(["--model", "random:tiny", "--tasks", "perplexity", "--dataset", spec, *flags])
+    docs = cli.load_documents(args, parse_lengths(args.lengths), tokenizer, bos=tokenizer.bos_token_id)
+    return dataset_label(args.dataset), [(d.doc_id, d.ids.tolist()) for d in docs]
+
+
+# Each dataset in each layout, and a copy of govreport's fallback dataset (its field: `report`).
+CASES = [(name, layout) for name in sorted(HUB_ROWS) for layout in sorted(LAYOUTS)]
+CASES.append(("govreport-ccdv", "data/test-*.parquet"))
+
+
+@pytest.mark.parametrize(("name", "layout"), CASES)
+def test_local_copy_selects_what_the_hub_selects(tmp_path, monkeypatch, byte_tok, name, layout):
+    """Every dataset in every accepted layout: the same documents (ids, text, order) as the hub path on
+    the same rows, and under --min-tokens/--docs/--sample the same selection (ids, tokens, order) and
+    the same dataset label; the selections are also checked against the byte lengths."""
+    corpus, rows, field = ((name, HUB_ROWS[name], TEXT_FIELD[name]) if name in HUB_ROWS
+                           else ("govreport", CCDV_ROWS, "report"))
+    folder = write_copy(tmp_path / "copy", rows, layout)
+    spec = f"{corpus}={folder}"
+    expected_docs = hub_documents(monkeypatch, corpus, rows)
+    assert expected_docs == [(f"test/{i}", row[field]) for i, row in enumerate(rows)]
+    assert [(d.doc_id, d.text) for d in iter_documents(spec)] == expected_docs
+
+    lengths = [len(row[field].encode()) for row in rows]
+    for flags, chosen in SELECTIONS.values():
+        with monkeypatch.context() as patch:
+            fake_hub(patch, corpus, rows)
+            patch.setenv("EVALHARNESS_CACHE", str(tmp_path / "hub-cache"))
+            from_hub = cli_documents(corpus, flags, byte_tok)
+        monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "copy-cache"))
+        from_copy = cli_documents(spec, flags, byte_tok)
+        assert from_copy == from_hub
+        label, docs = from_copy
+        assert label == corpus
+        assert [doc_id for doc_id, _ in docs] == [f"test/{i}" for i in chosen(lengths)]
+        assert 0 < len(docs) < len(rows)
+        assert all(ids == byte_tok.encode(rows[int(doc_id[5:])][field], add_special_tokens=False)
+                   for doc_id, ids in docs)
 
 
 def test_labels_and_errors(tmp_path):
