@@ -335,13 +335,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """`compare RUN_DIR`: the run's numbers next to the paper's published ones (evalharness.paper)."""
-    from .paper import CompareError, compare_run, format_comparison
+    from .paper import DIFFERS_NOTE, CompareError, compare_run, format_comparison
 
     try:
         table = compare_run(args.run_dir, args.model)
     except CompareError as exc:
         raise UsageError(str(exc)) from None
     print(format_comparison(table))
+    print(DIFFERS_NOTE)
     if args.csv:
         table.to_csv(args.csv, index=False)
     return EXIT_OK
@@ -478,7 +479,7 @@ def load_documents(args: argparse.Namespace, lengths: list[int], tokenizer, bos:
 
     min_tokens = args.min_tokens
     if min_tokens is None:
-        min_tokens = max(lengths) - (bos is not None) if args.protocol == "truncated" else 0
+        min_tokens = corpora.default_min_tokens(args.protocol, lengths, bos is not None)
     docs = corpora.load_corpus(args.dataset, tokenizer, min_tokens=min_tokens, n_docs=args.docs,
                                sample=args.sample, seed=args.seed, text_field=args.text_field)
     if vocab_size is not None:  # stored input_ids made for another tokenizer

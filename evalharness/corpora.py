@@ -883,6 +883,12 @@ def check_token_ids(docs: Sequence[TokenizedDoc], vocab_size: int, corpus: str) 
 # -------------------------------------------------------------------- selection
 
 
+def default_min_tokens(protocol: str, lengths: Sequence[int], has_bos: bool) -> int:
+    """The document filter when none is given: the truncated protocol keeps documents that fill the
+    largest length (BOS + max(lengths) − 1 document tokens); the sliding one keeps every document."""
+    return max(lengths) - int(has_bos) if protocol == "truncated" else 0
+
+
 def _check_selection(min_tokens: int, n_docs: int | None, sample: int | None) -> None:
     """Validate the selection arguments of :func:`load_corpus`."""
     if not isinstance(min_tokens, int) or min_tokens < 0:

@@ -15,10 +15,26 @@ model to a published model by name — the last path component, case-insensitive
   task and metric (`arc_challenge` acc_norm, `hellaswag` acc_norm, `mmlu` acc_macro,
   `truthfulqa_mc2` acc; offline mirrors `*_local` count as their task).
 
-`rel_diff` = (run − paper) / paper.
+`rel_diff` = (run − paper) / paper. `differs` lists every setting in which the run's evaluation is
+not the one behind the published number (empty when it is), `name value (paper value)` joined by
+`; `, and `name unknown` where the run folder does not record the setting:
+
+- perplexity (the authors' `eval.sh` and final `eval/perplexity.py` in github.com/jquesnelle/yarn,
+  `PAPER_PERPLEXITY`): GovReport = sliding window of the table's length with stride 256, BOS in
+  every window (`window_bos` every), the first 50 documents with ≥ 16384 tokens; Proof-pile (the
+  `proofpile-long-small*` curves: eval.sh runs the main, 8k and Mistral ones so, the Solar and 70B
+  files are not in it and taken to be the same by their name) = truncated, the first 10 documents
+  with ≥ 131072 tokens (one window per document, so stride and BOS placement are moot).
+  `window_bos`, `stride` and `n_docs` come from `perplexity.csv`; the document filter and whether
+  the documents were the first N or a random sample from the folder's `manifest.json` (the runs of
+  that dataset and protocol);
+- leaderboard: the run's `num_fewshot` against the published shots, and its `n_samples` against the
+  full evaluation set (`subset n=50 of 1172`), the published row's `n_samples`;
+- passkey (paper §4.3.2): 10 prompts per length, lengths 8k…128k (step 8k: Table 5 reports 112k).
 """
 from __future__ import annotations
 
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -26,8 +42,17 @@ from pathlib import Path
 import pandas as pd
 
 PAPER_DATA = "paper_data"
-COLUMNS = ["table", "model", "method", "setting", "metric", "run", "paper", "rel_diff", "paper_source"]
+COLUMNS = ["table", "model", "method", "setting", "metric", "run", "paper", "rel_diff", "differs", "paper_source"]
 KINDS = ("perplexity", "leaderboard", "passkey")
+# The authors' perplexity evaluation behind each published dataset's numbers (module doc).
+PAPER_PERPLEXITY = {
+    "govreport": dict(protocol="sliding", window_bos="every", stride=256, n_docs=50, min_tokens=16384),
+    "proofpile": dict(protocol="truncated", n_docs=10, min_tokens=131072),
+}
+PAPER_PASSKEY_TRIALS = 10
+PAPER_PASSKEY_LENGTHS = tuple(range(8192, 131072 + 1, 8192))
+DIFFERS_NOTE = ("differs: the settings in which the run's evaluation is not the published one "
+                "(name run (paper)); empty = the authors' protocol.")
 
 
 class CompareError(ValueError):
@@ -79,12 +104,81 @@ def _with_rel_diff(rows: list[dict]) -> pd.DataFrame:
     return frame[COLUMNS]
 
 
-def compare_perplexity(run: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
-    """Rows of `perplexity.csv` next to the published curve of the same model, dataset and length."""
+def _known(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value) != ""
+
+
+def _number(value):
+    """A table cell as an int when it is a whole number (CSV round trips make 256 read as 256.0)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() else number
+
+
+def setting_difference(name: str, run_value, paper_value) -> list[str]:
+    """`[]` when the run used the paper's value, `["name run (paper P)"]` when not, `["name unknown"]`
+    when the run did not record it."""
+    if not _known(run_value):
+        return [f"{name} unknown"]
+    run_value = _number(run_value)
+    return [] if run_value == paper_value else [f"{name} {run_value} (paper {paper_value})"]
+
+
+def _differs_text(differences: list[str]) -> str:
+    return "; ".join(differences)
+
+
+def perplexity_selection(folder: Path | None, dataset: str, protocol: str) -> dict:
+    """How the run in `folder` chose its documents for `dataset` and `protocol`, from the args its
+    `manifest.json` records: `min_tokens` (the length filter, the CLI's default applied when none was
+    given) and `sample` (True for a random sample, False for the first N). A value is None (unknown)
+    when no recorded run of that dataset and protocol says it or the runs disagree."""
+    from .corpora import default_min_tokens
+    from .options import parse_lengths
+    from .results import read_manifest
+
+    found: dict[str, set] = {"min_tokens": set(), "sample": set()}
+    runs = read_manifest(folder / "manifest.json").get("runs", []) if folder is not None else []
+    for run in runs:
+        args = run.get("args") or {}
+        if ("perplexity" not in str(args.get("tasks", "")).split(",") or args.get("protocol") != protocol
+                or dataset_key(args.get("dataset", "")) != dataset):
+            continue
+        min_tokens = args.get("min_tokens")
+        bos = (run.get("model_info") or {}).get("bos_token_id", "missing")
+        if min_tokens is None and bos != "missing" and args.get("lengths"):
+            min_tokens = default_min_tokens(protocol, parse_lengths(args["lengths"]), bos is not None)
+        found["min_tokens"].add(min_tokens)
+        found["sample"].add(args.get("sample") is not None if "sample" in args else None)
+    return {name: next(iter(values)) if len(values) == 1 else None for name, values in found.items()}
+
+
+def perplexity_differences(row: pd.Series, dataset: str, selection: dict) -> list[str]:
+    """The settings of one `perplexity.csv` row (and its documents' `selection`) that are not the
+    authors' evaluation of `dataset` (`PAPER_PERPLEXITY`)."""
+    paper = PAPER_PERPLEXITY[dataset]
+    found = []
+    if paper["protocol"] == "sliding":
+        found += setting_difference("window_bos", row.get("window_bos"), paper["window_bos"])
+        found += setting_difference("stride", row.get("stride"), paper["stride"])
+    found += setting_difference("docs", row.get("n_docs"), paper["n_docs"])
+    if selection["sample"] is None:
+        found.append("document choice unknown")
+    elif selection["sample"]:
+        found.append("docs a random sample (paper the first N)")
+    found += setting_difference("min_tokens", selection["min_tokens"], paper["min_tokens"])
+    return found
+
+
+def compare_perplexity(run: pd.DataFrame, model: str | None = None, folder: Path | None = None) -> pd.DataFrame:
+    """Rows of `perplexity.csv` next to the published curve of the same model, dataset and length,
+    each with the settings in which the run's evaluation differs from the authors' (module doc)."""
     paper = published("perplexity")
     paper["key"] = paper["model"].map(model_key)
     value = "ppl_paper" if "ppl_paper" in run.columns else "ppl"
-    rows = []
+    rows, selections = [], {}
     for _, row in run.iterrows():
         key = model_key(model or row["model"])
         dataset = dataset_key(row["dataset"])
@@ -93,32 +187,70 @@ def compare_perplexity(run: pd.DataFrame, model: str | None = None) -> pd.DataFr
         if match.empty:
             continue
         ref = match.iloc[0]
+        if (dataset, row["protocol"]) not in selections:
+            selections[dataset, row["protocol"]] = perplexity_selection(folder, dataset, row["protocol"])
+        differs = perplexity_differences(row, dataset, selections[dataset, row["protocol"]])
         rows.append(dict(table="perplexity", model=ref["model"], method=_method_text(row["method"], row["factor"]),
                          setting=f"{dataset} {row['protocol']} {int(row['context_length'])}", metric=value,
-                         run=float(row[value]), paper=float(ref["ppl"]), paper_source=ref["source"]))
+                         run=float(row[value]), paper=float(ref["ppl"]), differs=_differs_text(differs),
+                         paper_source=ref["source"]))
     return _with_rel_diff(rows)
 
 
-def compare_passkey(run: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
+def passkey_differences(prompts_per_length: pd.Series) -> list[str]:
+    """How a series' passkey grid (`prompts_per_length`: prompts indexed by context length) differs
+    from the paper's: 10 prompts at each of 8k…128k step 8k."""
+    found = []
+    lengths = tuple(int(n) for n in prompts_per_length.index)
+    if lengths != PAPER_PASSKEY_LENGTHS:
+        found.append(f"lengths {', '.join(map(str, lengths))} (paper 8192…131072 step 8192)")
+    counts = sorted({int(n) for n in prompts_per_length})
+    if counts != [PAPER_PASSKEY_TRIALS]:
+        shown = "–".join(map(str, (counts[0], counts[-1]))) if len(counts) > 1 else str(counts[0])
+        found.append(f"prompts/length {shown} (paper {PAPER_PASSKEY_TRIALS})")
+    return found
+
+
+def compare_passkey(run: pd.DataFrame, model: str | None = None, folder: Path | None = None) -> pd.DataFrame:
     """The run's passkey context (per method) next to the paper's Table 5."""
-    from .tables import passkey_effective_context
+    from .tables import passkey_accuracy, passkey_effective_context
 
     paper = published("passkey")
     paper["key"] = paper["model"].map(model_key)
+    per_length, effective = passkey_accuracy(run, by=("context_length",)), passkey_effective_context(run)
+    series = [c for c in effective.columns if c in per_length.columns]  # the series' identifying columns
     rows = []
-    for _, row in passkey_effective_context(run).iterrows():
+    for _, row in effective.iterrows():
         match = paper[(paper.key == model_key(model or row["model"])) & (paper.metric == "passkey_context")]
         if match.empty:
             continue
         ref = match.iloc[0]
+        mine = per_length[(per_length[series].astype(str) == row[series].astype(str)).all(axis=1)]
+        differs = passkey_differences(mine.set_index(mine["context_length"].astype(float))["n"].sort_index())
         rows.append(dict(table="passkey", model=ref["model"], method=_method_text(row["method"], row["factor"]),
                          setting=f"lengths ≤ {int(row['max_length_tested'])}", metric="passkey_context",
-                         run=float(row["effective_context"]), paper=float(ref["value"]), paper_source=ref["source"]))
+                         run=float(row["effective_context"]), paper=float(ref["value"]),
+                         differs=_differs_text(differs), paper_source=ref["source"]))
     return _with_rel_diff(rows)
 
 
-def compare_leaderboard(run: pd.DataFrame, model: str | None = None) -> pd.DataFrame:
-    """Rows of `leaderboard.csv` next to the published lm-eval number of the same task and metric."""
+def leaderboard_differences(row: pd.Series, ref: pd.Series) -> list[str]:
+    """How one `leaderboard.csv` row's evaluation differs from the published one `ref`: the shots,
+    and the examples evaluated against the full set (`subset n=50 of 1172` under `--limit`)."""
+    found = setting_difference("shots", row.get("num_fewshot"), int(ref["num_fewshot"]))
+    full, n = int(ref["n_samples"]), row.get("n_samples")
+    if not _known(n):
+        found.append("n unknown")
+    elif int(n) < full:
+        found.append(f"subset n={int(n)} of {full}")
+    elif int(n) != full:
+        found.append(f"n={int(n)} (paper {full})")
+    return found
+
+
+def compare_leaderboard(run: pd.DataFrame, model: str | None = None, folder: Path | None = None) -> pd.DataFrame:
+    """Rows of `leaderboard.csv` next to the published lm-eval number of the same task and metric;
+    `setting` names the run's own shot count."""
     paper = published("leaderboard")
     paper["key"] = paper["model"].map(model_key)
     rows = []
@@ -129,9 +261,11 @@ def compare_leaderboard(run: pd.DataFrame, model: str | None = None) -> pd.DataF
         if match.empty:
             continue
         ref = match.iloc[0]
+        shots = row.get("num_fewshot")
+        setting = f"{task} ({int(float(shots))}-shot)" if _known(shots) else f"{task} (shots unknown)"
         rows.append(dict(table="leaderboard", model=ref["model"], method=_method_text(row["method"], row["factor"]),
-                         setting=f"{task} ({int(ref['num_fewshot'])}-shot)", metric=row["metric"],
-                         run=float(row["value"]), paper=float(ref["value"]), paper_source=ref["source"]))
+                         setting=setting, metric=row["metric"], run=float(row["value"]), paper=float(ref["value"]),
+                         differs=_differs_text(leaderboard_differences(row, ref)), paper_source=ref["source"]))
     return _with_rel_diff(rows)
 
 
@@ -153,7 +287,7 @@ def compare_run(folder: str | Path, model: str | None = None) -> pd.DataFrame:
         if run.empty:
             continue
         names |= set(run["model"].astype(str))
-        frames.append(COMPARERS[kind](run, model))
+        frames.append(COMPARERS[kind](run, model, folder))
     found = [f for f in frames if not f.empty]
     if not found:
         asked = model or ", ".join(sorted(names)) or "(no rows)"
@@ -164,9 +298,10 @@ def compare_run(folder: str | Path, model: str | None = None) -> pd.DataFrame:
 
 
 def format_comparison(frame: pd.DataFrame) -> str:
-    """The comparison as a fixed-width text table (relative difference in percent)."""
+    """The comparison as a fixed-width text table (relative difference in percent, `differs` last)."""
     shown = frame.drop(columns=["paper_source"]).copy()
     shown["run"] = shown["run"].map(lambda v: f"{v:.4g}")
     shown["paper"] = shown["paper"].map(lambda v: f"{v:.4g}")
     shown["rel_diff"] = shown["rel_diff"].map(lambda v: f"{100 * v:+.2f}%")
-    return shown.to_string(index=False)
+    width = int(shown["differs"].str.len().max()) if len(shown) else 0
+    return shown.to_string(index=False, formatters={"differs": lambda v: f"{v:<{width}}"})

@@ -4,6 +4,7 @@ The expected published values are written out here from the authors' files (Yarn
 proofpile-long-small.csv at 8192 and 32768, govreport.csv at 32768, the arc and mmlu JSONs), and
 the relative differences are computed independently of evalharness.paper.
 """
+import json
 import math
 
 import pandas as pd
@@ -125,3 +126,127 @@ def test_wheel_ships_the_paper_data(wheel_names):
     """A non-editable install can still compare: the built wheel holds paper_data/ and its licence."""
     for name in ("perplexity.csv", "leaderboard.csv", "passkey.csv", "LICENSE", "README.md"):
         assert f"evalharness/paper_data/{name}" in wheel_names
+
+
+# ---------------------------------------------------------------- the run's settings against the paper's
+
+PAPER_NOTE = paper.DIFFERS_NOTE
+
+
+def write_manifest(folder, *runs):
+    """A manifest.json with the args the CLI records for each run (only those compare reads)."""
+    entries = [{"args": {"tasks": "perplexity", "sample": None, **args}, "model_info": {"bos_token_id": 1}}
+               for args in runs]
+    (folder / "manifest.json").write_text(json.dumps({"runs": entries, "cells": {}}))
+
+
+def passkey_rows(lengths, trials):
+    return [dict(key(), context_length=length, prompt_tokens=length, depth=0.5, trial=t, seed=t, scoring="paper",
+                 passkey=12345, continuation=" 12345", correct=True) for length in lengths for t in range(trials)]
+
+
+def settings_run(folder, *, window_bos="every", stride=256, gov_docs=50, proof_docs=10, shots=(25, 5),
+                 n=(1172, 14042), gov_min=16384, proof_min=131072, passkey_lengths=None, trials=10):
+    """A synthetic run of Yarn-Llama-2-7b-64k; the defaults are the authors' protocol."""
+    folder.mkdir()
+    pd.DataFrame([
+        dict(key(), dataset="govreport", protocol="sliding", window_bos=window_bos, context_length=32768,
+             stride=stride, n_docs=gov_docs, ppl=3.7, ppl_paper=3.6),
+        dict(key(), dataset="proofpile", protocol="truncated", window_bos="first", context_length=8192, stride=0,
+             n_docs=proof_docs, ppl=3.5, ppl_paper=3.5),
+    ]).to_csv(folder / "perplexity.csv", index=False)
+    pd.DataFrame([
+        dict(key(), task="arc_challenge", metric="acc_norm", value=0.5, stderr=0.01, num_fewshot=shots[0],
+             n_samples=n[0]),
+        dict(key(), task="mmlu", metric="acc_macro", value=0.4, stderr=0.01, num_fewshot=shots[1], n_samples=n[1]),
+    ]).to_csv(folder / "leaderboard.csv", index=False)
+    lengths = passkey_lengths or range(8192, 131072 + 1, 8192)
+    pd.DataFrame(passkey_rows(lengths, trials)).to_csv(folder / "passkey.csv", index=False)
+    write_manifest(folder, dict(protocol="sliding", dataset="govreport", min_tokens=gov_min, lengths="32k"),
+                   dict(protocol="truncated", dataset="proofpile", min_tokens=proof_min, lengths="8k"))
+    return folder
+
+
+def differs_by_setting(folder):
+    table = paper.compare_run(folder)
+    return {(row.table, row.setting): row.differs for row in table.fillna("").itertuples()}
+
+
+def test_a_run_with_the_authors_protocol_differs_in_nothing(tmp_path, capsys):
+    folder = settings_run(tmp_path / "paper-protocol")
+    assert differs_by_setting(folder) == {
+        ("perplexity", "govreport sliding 32768"): "", ("perplexity", "proofpile truncated 8192"): "",
+        ("leaderboard", "arc_challenge (25-shot)"): "", ("leaderboard", "mmlu (5-shot)"): "",
+        ("passkey", "lengths ≤ 131072"): ""}
+    assert cli.main(["compare", str(folder)]) == cli.EXIT_OK
+    lines = capsys.readouterr().out.rstrip("\n").splitlines()
+    assert "differs" in lines[0].split() and lines[-1] == PAPER_NOTE and len(lines) == 1 + 5 + 1
+
+
+def test_each_setting_the_run_changed_is_named_with_the_papers_value(tmp_path, capsys):
+    folder = settings_run(tmp_path / "changed", window_bos="first", stride=8192, gov_docs=3, proof_docs=2,
+                          shots=(0, 5), n=(10, 2850), gov_min=8192, passkey_lengths=(4096, 8192), trials=3)
+    assert differs_by_setting(folder) == {
+        ("perplexity", "govreport sliding 32768"):
+            "window_bos first (paper every); stride 8192 (paper 256); docs 3 (paper 50); "
+            "min_tokens 8192 (paper 16384)",
+        ("perplexity", "proofpile truncated 8192"): "docs 2 (paper 10)",
+        ("leaderboard", "arc_challenge (0-shot)"): "shots 0 (paper 25); subset n=10 of 1172",
+        ("leaderboard", "mmlu (5-shot)"): "subset n=2850 of 14042",
+        ("passkey", "lengths ≤ 8192"): "lengths 4096, 8192 (paper 8192…131072 step 8192); prompts/length 3 (paper 10)",
+    }
+    assert cli.main(["compare", str(folder)]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    assert "shots 0 (paper 25); subset n=10 of 1172" in printed and "arc_challenge (0-shot)" in printed
+
+
+def test_the_document_choice_comes_from_the_manifest(tmp_path):
+    folder = settings_run(tmp_path / "sampled")
+    # a random sample; no --min-tokens: the CLI's default filter for truncated 8k…128k with a BOS is 128k − 1
+    write_manifest(folder, dict(protocol="sliding", dataset="govreport", min_tokens=16384, lengths="32k", sample=50),
+                   dict(protocol="truncated", dataset="hf:emozilla/proof-pile", min_tokens=None,
+                        lengths="8k:128k:8k"))
+    found = differs_by_setting(folder)
+    assert found[("perplexity", "govreport sliding 32768")] == "docs a random sample (paper the first N)"
+    assert found[("perplexity", "proofpile truncated 8192")] == "min_tokens 131071 (paper 131072)"
+
+
+def test_settings_the_folder_does_not_record_are_unknown(tmp_path):
+    folder = tmp_path / "bare"
+    folder.mkdir()  # no manifest; tables without window_bos, stride, n_docs, num_fewshot, n_samples
+    pd.DataFrame([dict(key(), dataset="govreport", protocol="sliding", context_length=32768, ppl=3.7)]).to_csv(
+        folder / "perplexity.csv", index=False)
+    pd.DataFrame([dict(key(), task="arc_challenge_local", metric="acc_norm", value=0.5)]).to_csv(
+        folder / "leaderboard.csv", index=False)
+    assert differs_by_setting(folder) == {
+        ("perplexity", "govreport sliding 32768"):
+            "window_bos unknown; stride unknown; docs unknown; document choice unknown; min_tokens unknown",
+        ("leaderboard", "arc_challenge (shots unknown)"): "shots unknown; n unknown",
+    }
+
+
+def test_the_table3_baselines_are_published_for_llama2(tmp_path):
+    """Table 3's Llama-2-7B row, typed in from the paper (percent there, fractions here)."""
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    base = dict(model="meta-llama/Llama-2-7b-hf", method="base", factor=1.0, original_ctx=4096)
+    tasks = [("arc_challenge", "acc_norm", 25, 1172), ("hellaswag", "acc_norm", 10, 10042),
+             ("mmlu", "acc_macro", 5, 14042), ("truthfulqa_mc2", "acc", 0, 817)]
+    pd.DataFrame([dict(base, task=t, metric=m, value=0.5, stderr=0.01, num_fewshot=s, n_samples=n)
+                  for t, m, s, n in tasks]).to_csv(folder / "leaderboard.csv", index=False)
+    table = paper.compare_run(folder)
+    assert list(table["paper"]) == pytest.approx([0.531, 0.778, 0.438, 0.390])  # 53.1 / 77.8 / 43.8 / 39.0
+    assert set(table["paper_source"]) == {"paper Table 3 (arXiv 2309.00071)"} and set(table["differs"]) == {""}
+    assert list(table["model"]) == ["meta-llama/Llama-2-7b-hf"] * 4
+
+
+def test_the_published_evaluation_sizes_agree_with_the_published_stderrs():
+    """n_samples of a published 0/1 metric is the size its stderr implies: lm-eval's stderr of a mean
+    is the sample standard deviation over sqrt(n), sqrt(p(1 − p) n / (n − 1)) / sqrt(n)."""
+    board = paper.published("leaderboard")
+    checked = board[board.metric.eq("acc_norm") & board.stderr.notna()]
+    assert len(checked) >= 10
+    for row in checked.itertuples():
+        assert row.value * (1 - row.value) / row.stderr ** 2 + 1 == pytest.approx(row.n_samples, abs=1e-3)
+    assert board.groupby("task")["n_samples"].unique().map(list).to_dict() == {
+        "arc_challenge": [1172], "hellaswag": [10042], "mmlu": [14042], "truthfulqa_mc2": [817]}
