@@ -1,7 +1,7 @@
 """Passkey retrieval: the YaRN paper's long-context test as a length × depth grid.
 
 Protocol (YaRN paper, arXiv 2309.00071, §4.3.2 / Table 5, after Mohtashami & Jaggi's landmark-
-attention test; text and rules as in `shared/PAPER.md`). The prompt is five lines joined by "\\n":
+attention test; text and rules as the paper gives them). The prompt is five lines joined by "\\n":
 
 1. ``There is an important info hidden inside a lot of irrelevant text. Find it and memorize them.
    I will quiz you about the important information there.``
@@ -149,12 +149,6 @@ class PasskeyPrompt:
     @property
     def answer(self) -> str:
         return f" {self.passkey}"
-
-    @property
-    def needle_fraction(self) -> float:
-        """Whole filler sentences before the needle / all whole filler sentences."""
-        total = self.sentences_before + self.sentences_after
-        return self.sentences_before / total if total else 0.0
 
 
 def filler_text(n_sentences: int, extra_words: int = 0) -> str:

@@ -1,4 +1,4 @@
-"""Result rows, CSV schemas, the append-only store and the run manifest.
+"""Result rows, CSV schemas, the result store (rows added per finished cell by atomic rewrites) and the run manifest.
 
 Every table is tidy (one row per observation) and starts with the key columns
 `model, method, factor, original_ctx`. The store rewrites a table atomically (temp file +
@@ -564,12 +564,6 @@ class Manifest:
     def failed_cells(self) -> dict:
         self.data = self._current()
         return {k: v for k, v in self.data["cells"].items() if v["status"] == "failed"}
-
-    def save(self) -> None:
-        """Write the in-memory content as it is, under the lock. It replaces whatever another process
-        wrote since this object last read the file: use `update` to change the manifest."""
-        with folder_lock(self.lock_dir):
-            self._write(self.data)
 
     def _write(self, data: dict) -> None:
         atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import CellFailure, UsageError
-from .plan import Cell, Plan, cell_name
+from .plan import Cell, cell_name
 from .runner import Task
 
 # lm-eval's RULER tasks whose data is generated locally (no download).
@@ -440,20 +440,6 @@ class RulerCells(Task):
         self._lm = None
 
 
-def run_ruler(model, tokenizer, model_name: str, specs, tasks: Sequence[str], lengths: Sequence[int], store,
-              manifest, out_dir, samples: int = 10, seed: int | None = None, batch_size: int = 1,
-              show_progress: bool = True, save_samples: bool = False, shard=None) -> list[str]:
-    """Evaluate every (spec, task, length) cell not already in ruler.csv through the runner; return
-    the failed cells (library entry point; the CLI builds the same cells; see `RulerCells`)."""
-    from .parallel import Shard
-    from .runner import Session, resolve_specs, run_cells
-
-    session = Session(model, tokenizer, model_name, store, manifest, shard or Shard(), show_progress)
-    grid = RulerCells(model_name, tokenizer, resolve_specs(model, specs), tasks, lengths, out_dir, samples, seed,
-                      batch_size, show_progress, save_samples)
-    return run_cells(Plan(grid.cells(session)), [grid], session)
-
-
 __all__ = ["ALIASES", "DOWNLOAD_TASKS", "MAX_GEN_TOKENS", "OFFLINE_TASKS", "RulerCells", "RulerTaskFailure",
            "cell_scores", "cwe_problem_reason", "generator_problem", "mean_and_stderr", "resolve_tasks",
-           "run_ruler", "sample_scores", "uses_kv_cache", "vt_stall_reason"]
+           "sample_scores", "uses_kv_cache", "vt_stall_reason"]

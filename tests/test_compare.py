@@ -109,7 +109,7 @@ def test_compare_as_another_name_and_bad_input(run_dir, tmp_path, capsys):
 
 
 def test_published_data_is_the_authors_files():
-    """Spot checks of the shipped tables against the paper's text (PAPER.md headline numbers)."""
+    """Spot checks of the shipped tables against the paper's text (the paper's headline numbers, arXiv 2309.00071)."""
     curve = paper.published("perplexity")
     yarn128 = curve[(curve.model == "NousResearch/Yarn-Llama-2-7b-128k") & (curve.dataset == "proofpile")]
     at = yarn128.set_index("context_length")["ppl"]

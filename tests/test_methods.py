@@ -1,4 +1,4 @@
-"""methods.py against values worked by hand from the formulas in PAPER.md."""
+"""methods.py against values worked by hand from the YaRN paper's formulas (arXiv 2309.00071)."""
 import math
 
 import pytest
@@ -30,7 +30,7 @@ def test_base_frequencies_are_the_rope_formula():
 
 
 @pytest.mark.parametrize(
-    "original_ctx, low, high", [(4096, 20, 46), (2048, 16, 41)]  # Llama-2, LLaMA-1 (PAPER.md)
+    "original_ctx, low, high", [(4096, 20, 46), (2048, 16, 41)]  # Llama-2, LLaMA-1 (the paper's worked bounds)
 )
 def test_ramp_bounds_llama(original_ctx, low, high):
     spec = ScalingSpec("yarn", 16, original_ctx=original_ctx)
