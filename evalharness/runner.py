@@ -4,7 +4,8 @@ Contract:
 - Tasks are classes registered by name in `TASKS` ("module:Class", imported on first use, so
   listing names costs no import). A task turns its options into cells (`cells`), says which part
   of a cell is still missing from the result store (`pending`), computes a cell (`run`), and may
-  aggregate after the last cell (`finish`). Adding a task is one module and one `TASKS` entry.
+  aggregate after the last cell (`finish`). Adding a task is one module and one `TASKS` entry
+  (its own options, checks and summary lines live in cli.py).
 - `run_cells` walks the cells in plan order. Cell i belongs to rank i mod world (`Shard.owns`):
   under torchrun / accelerate every task's cells are split across ranks, each computed once.
   A cell whose rows are all in the store (or in the folders it resumes from) is skipped.
