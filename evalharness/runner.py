@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 from .errors import UsageError, failure_text, is_cell_failure
 from .parallel import Shard
 from .plan import Cell, Plan
+from .results import now
 
 # name → "module:Class" of the task's implementation (a `Task` subclass).
 TASKS: dict[str, str] = {
@@ -152,6 +153,17 @@ def record_failure(session: Session, failed: list, cell: str, error: BaseExcepti
         torch.cuda.empty_cache()
 
 
+def record_cells_found_in_tables(session: Session, done: Sequence[str]) -> None:
+    """Give every planned cell the tables already hold but the manifest does not list (a manifest
+    rebuilt after damage, or one written by a process that died before recording the cell) the
+    entry `{"status": "done", "from_tables": true}`: the manifest regains what the tables say."""
+    current = session.manifest.data.get("cells", {})
+    missing = [name for name in done if current.get(name, {}).get("status") != "done"]
+    if missing:
+        session.manifest.merge_cells({name: {"status": "done", "from_tables": True, "time": now()}
+                                      for name in missing})
+
+
 def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
     """Compute every cell of `plan` this rank owns and the store lacks; return the failed cells'
     names. Tasks are closed at the end, also when an exception propagates."""
@@ -162,6 +174,8 @@ def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
     by_name = {task.name: task for task in tasks}
     try:
         status = plan_status(plan, by_name, session.store)
+        if not session.shard.active:
+            record_cells_found_in_tables(session, [cell.name for cell, pending in status if not pending])
         todo = [(cell, pending) for index, (cell, pending) in enumerate(status)
                 if session.shard.owns(index) and pending]
         failed: list[str] = []

@@ -189,6 +189,11 @@ def test_damaged_manifest_is_rebuilt_from_the_tables(corpus, tmp_path, small_ref
     assert manifest["rebuilt"]["tables"]["perplexity_docs"] == {"rows": rows, "cells": rows}
     assert manifest["rebuilt"]["damaged_copy"] == kept.name
     assert manifest["runs"][-1]["status"] == "finished"  # this run is recorded after the rebuild
+    # the planned cells the tables hold are listed again, marked as recovered from the tables
+    original = json.loads((small_reference / "manifest.json").read_text())["cells"]
+    assert set(manifest["cells"]) == set(original)
+    assert all(cell == {"status": "done", "from_tables": True, "time": cell["time"]}
+               for cell in manifest["cells"].values())
 
 
 UNREPAIRABLE = [
