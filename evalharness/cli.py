@@ -140,7 +140,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tasks", default="perplexity", help=f"comma list of {', '.join(TASKS)}")
     g.add_argument("--dataset", default="coq-stdlib",
                    help="govreport, proofpile, pg19 (HF datasets; NAME=DIR reads a local copy in the hub layout), "
-                        "coq-stdlib, debian-policy (offline), local:PATH")
+                        "hf:OWNER/NAME[:SPLIT] or hf:OWNER/NAME:CONFIG:SPLIT (any HF dataset, split test unless "
+                        "given), coq-stdlib, debian-policy (offline), local:PATH")
     g.add_argument("--text-field", default=None, help="text column of local .jsonl/.parquet files (default text)")
     g.add_argument("--lengths", default="2k:8k:2k", help="context lengths: start:stop:step or comma list; k = 1024")
     g.add_argument("--protocol", choices=("truncated", "sliding"), default="truncated",

@@ -10,7 +10,12 @@ Sources:
 
 * Hugging Face datasets (``govreport``, ``proofpile``, ``pg19``): loaded with
   :func:`datasets.load_dataset`; they need the local HF cache or network, and fail
-  fast with a :class:`CorpusError` when neither is available.
+  fast with a :class:`CorpusError` when neither is available, or when ``datasets`` refuses them as
+  script-based (the sentence names the alternatives).
+* ``hf:OWNER/NAME[:SPLIT]`` or ``hf:OWNER/NAME:CONFIG:SPLIT``: any Hugging Face dataset (split ``test``
+  unless given, field ``text``), loaded like the named ones; doc ids ``<split>/<row>``, and
+  :func:`dataset_label` is the dataset id (``:SPLIT`` kept unless ``test``), e.g. the authors'
+  pre-tokenized ``hf:emozilla/proofpile-test-tokenized``.
 * Debian packages, usable fully offline: ``coq-stdlib`` (the ``.v`` sources of
   ``libcoq-stdlib``) and ``debian-policy`` (the plain-text manuals of
   ``debian-policy``).
@@ -457,6 +462,8 @@ class HFDatasetSource(CorpusSource):
 
     def _load_error(self, errors: Sequence[BaseException], offline: bool) -> CorpusError:
         """One-sentence error for a failed load."""
+        if all(hub.unavailable_reason(e) == hub.SCRIPT_DATASET for e in errors):
+            return _script_dataset_error(self.name, self.specs)
         labels = " or its fallback ".join(f"HF dataset {s.label()}" for s in self.specs)
         if offline or all(hub.unavailable_reason(e) == hub.OFFLINE for e in errors):
             if hub.offline_requested():
@@ -471,6 +478,30 @@ class HFDatasetSource(CorpusSource):
             )
         details = "; ".join(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" for e in errors)
         return CorpusError(f"corpus {self.name!r} could not load {labels} ({details}).")
+
+
+# The YaRN authors' pre-tokenized copies of the named corpora (Llama-2 token ids; jquesnelle/yarn eval.sh).
+PRETOKENIZED_SETS = {"proofpile": "hf:emozilla/proofpile-test-tokenized",
+                     "govreport": "hf:emozilla/govreport-test-tokenized",
+                     "pg19": "hf:emozilla/pg19-test-tokenized"}
+
+
+def _script_dataset_error(name: str, specs: Sequence[HFDatasetSpec]) -> CorpusError:
+    """One sentence for datasets defined by a loading script, which ``datasets`` >= 4 refuses to run,
+    naming what to use instead."""
+    import datasets
+
+    labels = " and its fallback ".join(f"HF dataset {s.label()}" for s in specs)
+    alternatives = []
+    if name in PRETOKENIZED_SETS:
+        alternatives.append(f"the YaRN authors' pre-tokenized {PRETOKENIZED_SETS[name]} (Llama-2 token ids: only "
+                            "for models with the Llama-2 tokenizer)")
+    if name in CORPORA:
+        alternatives.append(f"a local copy {name}=DIR in the dataset's hub layout")
+    alternatives.append("local:PATH (a .jsonl or .parquet file of the split)")
+    choices = ", ".join(alternatives[:-1]) + (" or " if len(alternatives) > 1 else "") + alternatives[-1]
+    return CorpusError(f"corpus {name!r} needs {labels}, which is defined by a loading script that datasets "
+                       f"{datasets.__version__} no longer runs; use {choices}.")
 
 
 _SPLIT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -583,6 +614,34 @@ def _local_source(spec: str) -> CorpusSource:
     raise CorpusError(f"local corpus path '{path}' is neither a folder nor a .jsonl/.parquet file; {forms}.")
 
 
+HF_PREFIX = "hf:"
+_HF_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # OWNER/NAME, as the hub spells repo ids
+_HF_PART = re.compile(r"\w[\w.-]*")  # a config or split name
+HF_DEFAULT_SPLIT = "test"
+
+
+def parse_hf_spec(spec: str) -> HFDatasetSpec:
+    """The dataset named by ``hf:OWNER/NAME``, ``hf:OWNER/NAME:SPLIT`` or ``hf:OWNER/NAME:CONFIG:SPLIT``:
+    split ``test`` unless given, no config unless given, text field ``text``."""
+    parts = spec[len(HF_PREFIX):].split(":")
+    valid = (1 <= len(parts) <= 3 and _HF_REPO_ID.fullmatch(parts[0]) is not None
+             and all(_HF_PART.fullmatch(p) for p in parts[1:]))
+    if not valid:
+        raise CorpusError(f"dataset {spec!r} is not hf:OWNER/NAME, hf:OWNER/NAME:SPLIT or "
+                          "hf:OWNER/NAME:CONFIG:SPLIT (e.g. hf:emozilla/proofpile-test-tokenized-mistral:train).")
+    config = parts[1] if len(parts) == 3 else None
+    split = parts[-1] if len(parts) > 1 else HF_DEFAULT_SPLIT
+    return HFDatasetSpec(parts[0], config, split, "text")
+
+
+def _hf_label(spec: HFDatasetSpec) -> str:
+    """The tables' name of an ``hf:`` dataset: its id, then ``:CONFIG:SPLIT`` with a config, else
+    ``:SPLIT`` unless the split is ``test``."""
+    if spec.config is not None:
+        return f"{spec.dataset_id}:{spec.config}:{spec.split}"
+    return spec.dataset_id if spec.split == HF_DEFAULT_SPLIT else f"{spec.dataset_id}:{spec.split}"
+
+
 def _hub_copy_source(spec: str) -> CorpusSource:
     """Build the source for a ``NAME=DIR`` corpus spec (a local copy of a hub corpus)."""
     name, _, raw = spec.partition("=")
@@ -599,24 +658,31 @@ def _hub_copy_source(spec: str) -> CorpusSource:
 
 
 def dataset_label(name: str) -> str:
-    """The ``dataset`` column for a corpus spec: ``proofpile`` for ``proofpile=DIR``, else the spec itself."""
+    """The ``dataset`` column for a corpus spec: ``proofpile`` for ``proofpile=DIR``, the dataset id for
+    ``hf:`` (see :func:`_hf_label`), else the spec itself."""
+    if name.startswith(HF_PREFIX):
+        return _hf_label(parse_hf_spec(name))
     if not name.startswith(LOCAL_PREFIX) and "=" in name:
         return name.partition("=")[0]
     return name
 
 
 def get_corpus(name: str) -> CorpusSource:
-    """Return the source for a registered name, a ``NAME=DIR`` local hub copy or a ``local:PATH`` spec."""
+    """Return the source for a registered name, a ``NAME=DIR`` local hub copy, an ``hf:`` hub dataset or a
+    ``local:PATH`` spec."""
     if name.startswith(LOCAL_PREFIX):
         return _local_source(name)
+    if name.startswith(HF_PREFIX):
+        return HFDatasetSource(name, [parse_hf_spec(name)])
     if "=" in name:
         return _hub_copy_source(name)
     try:
         return CORPORA[name]
     except KeyError:
         valid = ", ".join(available_corpora())
-        raise CorpusError(f"unknown corpus {name!r}; valid names are {valid}, or local:PATH for a folder of .txt "
-                          f"files, a .jsonl or a .parquet file.") from None
+        raise CorpusError(f"unknown corpus {name!r}; valid names are {valid}, hf:OWNER/NAME[:SPLIT] for a "
+                          f"Hugging Face dataset, or local:PATH for a folder of .txt files, a .jsonl or a .parquet "
+                          f"file.") from None
 
 
 def _primed(documents: Iterator[Document]) -> Iterator[Document]:

@@ -12,7 +12,8 @@ Contract:
   the environment at import time only), so a missing dataset fails in a second instead of after
   their retries.
 - `unavailable_reason(exc)` classifies a failure by the exception classes that huggingface_hub,
-  datasets and Python raise, anywhere in the exception's cause/context chain.
+  datasets and Python raise, anywhere in the exception's cause/context chain; `datasets`' refusal of
+  script-based datasets (a plain RuntimeError) is recognised by its message.
 - `default_cache_dir()` is evalharness's own cache (converted GGUF models, tokenized corpora).
 """
 from __future__ import annotations
@@ -32,6 +33,11 @@ PROBE_TIMEOUT_S = 3.0
 NOT_FOUND = "not found"  # the repository or dataset id does not exist, or is private or gated
 OFFLINE = "offline"  # not in the local cache, and the hub is switched off or cannot be reached
 HUB_ERROR = "hub error"  # another HTTP error answered by the hub (server error, rate limit, ...)
+SCRIPT_DATASET = "script dataset"  # a dataset defined by a loading script, which datasets >= 4 refuses to run
+
+# The start of the RuntimeError that `datasets` >= 4 raises for a dataset defined by a `<name>.py`
+# loading script ("Dataset scripts are no longer supported, but found <name>.py"); it has no class.
+_SCRIPT_REFUSAL = "Dataset scripts are no longer supported"
 
 
 def _is_true(value: str | None) -> bool:
@@ -112,14 +118,17 @@ def _imported_classes(pairs) -> tuple[type, ...]:
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
-    """Why a hub model or dataset could not be had: `NOT_FOUND`, `OFFLINE`, `HUB_ERROR`, or None
-    when the failure is something else.
+    """Why a hub model or dataset could not be had: `NOT_FOUND`, `OFFLINE`, `HUB_ERROR`,
+    `SCRIPT_DATASET`, or None when the failure is something else.
 
     By class, anywhere in the chain: huggingface_hub's `RepositoryNotFoundError` (and its
     `GatedRepoError`) and datasets' `DatasetNotFoundError` → not found; huggingface_hub's
     `OfflineModeIsEnabled` and `LocalEntryNotFoundError`, Python's `ConnectionError` (datasets
     raises it for "Couldn't reach ... on the Hub") and `TimeoutError`, and the HTTP client's
-    transport errors → offline; any other `HfHubHTTPError` → hub error. Not found wins.
+    transport errors → offline; any other `HfHubHTTPError` → hub error; a `RuntimeError` whose
+    message starts "Dataset scripts are no longer supported" (what `datasets` >= 4 raises for a
+    dataset defined by a loading script, `datasets/load.py`) → script dataset. Not found wins, then
+    script dataset (a cached script dataset is refused offline too).
     """
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -128,6 +137,8 @@ def unavailable_reason(exc: BaseException) -> str | None:
     chain = list(exception_chain(exc))
     if any(isinstance(e, not_found) for e in chain):
         return NOT_FOUND
+    if any(isinstance(e, RuntimeError) and str(e).startswith(_SCRIPT_REFUSAL) for e in chain):
+        return SCRIPT_DATASET
     if any(isinstance(e, offline) for e in chain):
         return OFFLINE  # OfflineModeIsEnabled is a ConnectionError
     if any(isinstance(e, HfHubHTTPError) for e in chain):
