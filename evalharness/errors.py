@@ -7,11 +7,18 @@
   result, an lm-eval task that raised). The runner records the cell as failed in the manifest and
   goes on with the next cell (`is_cell_failure` says which exceptions count).
 
-Any other exception is a bug and propagates unchanged.
+Any other exception is a bug and propagates unchanged. Code that hands a cell's work to another
+library (lm-eval) turns that library's own failures into the cell's failure with
+`delegated_failures`, which lets cell failures and bugs of evalharness through unchanged.
 
 No torch import at module level: the CLI imports this before anything heavy.
 """
 from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Callable, Iterator
 
 
 class EvalHarnessError(Exception):
@@ -57,3 +64,53 @@ def is_cell_failure(exc: BaseException) -> bool:
 def failure_text(exc: BaseException | str) -> str:
     """`Type: message` for the manifest; a string passes through."""
     return exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+
+
+
+_OWN_PACKAGE = os.path.dirname(os.path.realpath(__file__))
+
+
+def _package_dir(module: str) -> str | None:
+    """The folder of an imported package (None when it is not imported)."""
+    loaded = sys.modules.get(module)
+    path = getattr(loaded, "__file__", None)
+    return os.path.dirname(os.path.realpath(path)) if path else None
+
+
+def _inside(filename: str, folder: str | None) -> bool:
+    return folder is not None and os.path.realpath(filename).startswith(folder + os.sep)
+
+
+def raised_by_harness(exc: BaseException, delegate: str = "lm_eval") -> bool:
+    """Whether `exc` is a bug of evalharness rather than a failure of the `delegate` library.
+
+    Decided by the innermost frame of the traceback that lies either in evalharness's package or in
+    the delegate's: evalharness's frame means our code raised it or called a library (torch,
+    pandas) that did, even when the delegate had called into our code (the LM wrapper); the
+    delegate's frame means the delegate or what it drives (its task generators, `datasets`) raised.
+    """
+    theirs = _package_dir(delegate)
+    owner = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if _inside(filename, _OWN_PACKAGE):
+            owner = "ours"
+        elif _inside(filename, theirs):
+            owner = "theirs"
+        tb = tb.tb_next
+    return owner == "ours"
+
+
+@contextlib.contextmanager
+def delegated_failures(failure: Callable[[Exception], CellFailure],
+                       delegate: str = "lm_eval") -> Iterator[None]:
+    """Run a cell's call into `delegate` (lm-eval): an exception that `is_cell_failure` accepts, or
+    one `raised_by_harness` (a bug of ours), propagates unchanged; anything else the delegate
+    raised becomes the cell's failure `failure(exc)` (chained to it)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_cell_failure(exc) or raised_by_harness(exc, delegate):
+            raise
+        raise failure(exc) from exc

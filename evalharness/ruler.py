@@ -28,12 +28,14 @@ cell's (score, n, stderr) to ruler.csv; lm-eval's own aggregate for that length 
 in its results) must equal the score, else the cell fails. lm-eval's results JSON (with
 `save_samples` also its per-sample log) goes to OUT/lm_eval/<method>_<factor>_<task>_<length>.json.
 
-Failures: any exception from lm-eval or the generators fails the cell (`RulerTaskFailure`, one
-sentence; a task whose data must be downloaded says so when it is unreachable; a missing
-wonderwords/nltk names the package) and the run goes on. `ruler_vt` and `ruler_cwe` are refused up
-front where lm-eval's generator would never return or would make samples with nothing to find
-(`generator_problem`: vt's few-shot example must fit 500 tokens of the model's tokenizer, which a
-byte-level tokenizer never does; cwe's smallest prompt of 10 words must fit the length).
+Failures: an exception raised inside lm-eval or its generators fails the cell (`RulerTaskFailure`,
+one sentence; a task whose data must be downloaded says so when it is unreachable; a missing
+wonderwords/nltk names the package) and the run goes on; one raised in evalharness's own code (the
+LM wrapper, the scoring) is a bug and propagates (`errors.delegated_failures`). `ruler_vt` and
+`ruler_cwe` are refused up front where lm-eval's generator would never return or would make samples
+with nothing to find (`generator_problem`: vt's few-shot example must fit 500 tokens of the model's
+tokenizer, which a byte-level tokenizer never does; cwe's smallest prompt of 10 words must fit the
+length).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import CellFailure, UsageError
+from .errors import CellFailure, UsageError, delegated_failures
 from .plan import Cell, cell_name
 from .runner import Task
 
@@ -406,7 +408,7 @@ class RulerCells(Task):
         problem = generator_problem(task, self.tokenizer, length)
         if problem:
             raise RulerTaskFailure(problem)
-        try:
+        with delegated_failures(lambda exc: RulerTaskFailure(failure_text(task, exc))):
             lm = self._wrapped(session, spec, length)
             with hub.forced_offline(hub.work_offline()), _one_process_view():
                 generated = self._lm_eval_task(task, length)
@@ -414,10 +416,6 @@ class RulerCells(Task):
                                                   task_manager=self._task_manager(length), log_samples=True,
                                                   **self.seeds)
             scores, score, stderr = cell_scores(results, task, length)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - lm-eval and the generators raise anything: the cell failed
-            raise RulerTaskFailure(failure_text(task, exc)) from exc
         path = provenance_path(self.out_dir, spec, f"{task}_{length}")
         _save_results(path, results, {"spec": str(spec), "task": task, "context_length": length,
                                       "max_length": length + MAX_GEN_TOKENS, "limit": self.samples,

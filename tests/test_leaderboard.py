@@ -365,3 +365,40 @@ def test_seed_sets_all_four_and_changes_the_few_shot_draw(tiny, data_dir, tmp_pa
         contexts[seed] = _samples(out / "lm_eval" / "yarn_4_arc_challenge_local_samples.jsonl")[0]["arguments"][0][0]
     assert contexts[None] == contexts[1234]  # the few-shot sampler's default is 1234
     assert contexts[0] != contexts[None]
+
+
+def _bug(*args, **kwargs):
+    raise ValueError("bug")
+
+
+@pytest.mark.parametrize("target", ["evalharness.scaling.ScaledRotaryEmbedding.frequencies",
+                                    "evalharness.leaderboard.run.result_rows"])
+def test_a_bug_in_harness_code_surfaces_instead_of_failing_the_cell(tiny, data_dir, tmp_path, monkeypatch, target):
+    """A ValueError raised in evalharness's own code (the scaled rotary module inside the model that
+    lm-eval's loglikelihood calls; the row extraction after lm-eval returned) propagates out of the
+    runner and no cell is recorded as failed."""
+    monkeypatch.setattr(target, _bug)
+    with pytest.raises(ValueError, match="^bug$"):
+        run(tiny, tmp_path / "out", ["yarn:2"], ["arc_challenge"], data_dir=data_dir, limit=1)
+    assert Manifest(tmp_path / "out").failed_cells() == {}
+
+
+def test_an_lm_eval_failure_fails_its_cell_and_the_run_goes_on(tiny, data_dir, tmp_path, monkeypatch):
+    """A ValueError raised inside lm-eval (its `evaluate`, under the real `simple_evaluate`) fails
+    that cell with one sentence; the next task runs and its rows are written."""
+    import lm_eval.evaluator
+
+    real, calls = lm_eval.evaluator.evaluate, []
+
+    def broken_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("lm-eval broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.evaluator, "evaluate", broken_once)
+    failed, store, manifest = run(tiny, tmp_path / "out", ["yarn:2"], ["arc_challenge", "truthfulqa_mc2"],
+                                  data_dir=data_dir, limit=1)
+    assert failed == ["leaderboard|random:tiny|yarn:2|arc_challenge_local"], failed
+    assert manifest.failed_cells()[failed[0]]["error"] == "LeaderboardTaskFailure: ValueError: lm-eval broke"
+    assert set(store.read("leaderboard")["task"]) == {"truthfulqa_mc2_local"}

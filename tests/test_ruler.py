@@ -394,3 +394,51 @@ def test_report_lists_tasks_in_ruler_order(tmp_path):
     report = build_report(tmp_path)
     positions = [report.index(f"| Base | {task} |") for task in ("niah_single_1", "ruler_vt", "ruler_cwe")]
     assert positions == sorted(positions)
+
+
+def _bug(*args, **kwargs):
+    raise ValueError("bug")
+
+
+@pytest.mark.parametrize("target", ["evalharness.scaling.ScaledRotaryEmbedding.frequencies",
+                                    "evalharness.ruler.cell_scores"])
+def test_a_bug_in_harness_code_surfaces_instead_of_failing_the_cell(tmp_path, monkeypatch, target):
+    """A ValueError raised in evalharness's own code (the scaled rotary module inside the model that
+    lm-eval's generation calls; the scoring after lm-eval returned) propagates out of cli.main and no
+    cell is recorded as failed: the failure policy files only lm-eval's own failures."""
+    monkeypatch.setattr(target, _bug)
+    out = tmp_path / "run"
+    argv = ["--model", "random:tiny", "--method", "yarn", "--factor", "2", "--tasks", "ruler", "--ruler-tasks",
+            "niah_single_1", "--lengths", str(LENGTH), "--ruler-samples", "1", "--out", str(out), "--no-progress",
+            "--no-plots"]
+    with pytest.raises(ValueError, match="^bug$"):
+        cli.main(argv)
+    cells = json.loads((out / "manifest.json").read_text())["cells"]
+    assert not any(cell["status"] == "failed" for cell in cells.values()), cells
+
+
+def test_an_lm_eval_failure_fails_its_cell_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A ValueError raised inside lm-eval (its `evaluate`, under the real `simple_evaluate`) fails
+    that cell with one sentence; the next cell runs and is written."""
+    import lm_eval.evaluator
+
+    real, calls = lm_eval.evaluator.evaluate, []
+
+    def broken_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("lm-eval broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.evaluator, "evaluate", broken_once)
+    out = tmp_path / "run"
+    argv = ["--model", "random:tiny", "--method", "base,yarn", "--factor", "2", "--tasks", "ruler", "--ruler-tasks",
+            "niah_single_1", "--lengths", str(LENGTH), "--ruler-samples", "1", "--out", str(out), "--no-progress",
+            "--no-plots"]
+    assert cli.main(argv) == cli.EXIT_CELLS_FAILED
+    cells = json.loads((out / "manifest.json").read_text())["cells"]
+    status = {name.split("|")[2]: (cell["status"], cell.get("error")) for name, cell in cells.items()
+              if name.startswith("ruler|")}
+    assert status["base"] == ("failed", "RulerTaskFailure: niah_single_1: ValueError: lm-eval broke"), status
+    assert status["yarn:2"][0] == "done", status
+    assert list(pd.read_csv(out / "ruler.csv")["method"]) == ["yarn"]

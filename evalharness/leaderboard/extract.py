@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from .planning import TaskPlan
-from .protocol import MACRO_GROUPS, LeaderboardError
+from .protocol import MACRO_GROUPS, LeaderboardTaskFailure
 
 
 def _number(value) -> float | None:
@@ -62,7 +62,7 @@ def macro_mean(results: dict, group: str, metric: str = "acc") -> dict:
         stderrs.append(se if se is not None else math.nan)
         sizes.append(_n_samples(results, leaf) or 0)
     if not per_subject:
-        raise LeaderboardError(f"{group}: lm-eval reported no per-subject {metric}.")
+        raise LeaderboardTaskFailure(f"{group}: lm-eval reported no per-subject {metric}.")
     k = len(per_subject)
     values = list(per_subject.values())
     weighted = sum(v * n for v, n in zip(values, sizes)) / sum(sizes) if sum(sizes) else math.nan

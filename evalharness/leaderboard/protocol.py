@@ -8,7 +8,7 @@ sampler 1234) unless the user gives one seed for all four.
 """
 from __future__ import annotations
 
-from ..errors import EvalHarnessError
+from ..errors import CellFailure, EvalHarnessError
 
 # name → (num_fewshot, metric of the paper's table)
 PAPER_TASKS: dict[str, tuple[int, str]] = {
@@ -24,6 +24,10 @@ MACRO_GROUPS = ("mmlu", "mmlu_local")
 
 class LeaderboardError(EvalHarnessError, ValueError):
     """A leaderboard task cannot run (missing local data, unknown task, dataset offline)."""
+
+
+class LeaderboardTaskFailure(CellFailure):
+    """An lm-eval task failed in one cell (missing data, offline dataset, lm-eval error)."""
 
 
 SEED_ARGUMENTS = ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")

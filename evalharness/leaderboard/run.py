@@ -1,7 +1,8 @@
 """The leaderboard task for the runner (`LeaderboardCells`): every (scaling spec, lm-eval task) cell
 through `lm_eval.simple_evaluate` on the scaled model; rows appended as each task finishes; an
-lm-eval failure fails its cell (`LeaderboardTaskFailure`). `run_leaderboard` runs the grid without
-the CLI."""
+exception raised inside lm-eval (or the `datasets` it drives) fails its cell (`LeaderboardTaskFailure`),
+one raised in evalharness's own code (the LM wrapper, the row extraction) is a bug and propagates.
+`run_leaderboard` runs the grid without the CLI."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import hub
-from ..errors import CellFailure
+from ..errors import delegated_failures
 from ..plan import Cell, Plan, cell_name
 from ..runner import Task
 from .extract import _save_results, in_run_folder, provenance_path, result_rows
@@ -20,7 +21,7 @@ from .lm import wrap_model
 from .mirrors import copy_tasks, point_mirror
 from .offline import offline_message
 from .planning import TaskPlan, _builtin_task_manager, _folder_task_manager, plan_tasks
-from .protocol import LeaderboardError, default_max_length, lm_eval_seeds
+from .protocol import LeaderboardError, LeaderboardTaskFailure, default_max_length, lm_eval_seeds
 
 
 def _done_cells(done_keys: set) -> tuple[set, set]:
@@ -55,10 +56,6 @@ def _one_process_view():
             os.environ["LOCAL_RANK"] = previous
 
 
-class LeaderboardTaskFailure(CellFailure):
-    """An lm-eval task failed in one cell (missing data, offline dataset, lm-eval error)."""
-
-
 class LeaderboardCells(Task):
     """Cells: (spec, lm-eval task), spec-major. Each spec is applied to the model in place and
     lm-eval evaluates that object with max_length = `max_length` or `default_max_length(spec)`.
@@ -67,7 +64,7 @@ class LeaderboardCells(Task):
     `data_dir` runs the paper tasks as the offline mirrors in tasks/ on local files. Seeds of
     python, numpy, torch and the few-shot sampler are lm-eval's own defaults, or all `seed`
     (`lm_eval_seeds`); each cell records them. `bootstrap_iters` only matters
-    for metrics without a closed-form standard error (lm-eval's own default is 100000). Anything
+    for metrics without a closed-form standard error (lm-eval's own default is 100000). What
     lm-eval raises fails the cell (`LeaderboardTaskFailure`); the run goes on."""
 
     name = "leaderboard"
@@ -160,7 +157,8 @@ class LeaderboardCells(Task):
             self._offline = hub.work_offline()
         start = time.monotonic()
         task_limit = self.limit.get(plan.requested) if isinstance(self.limit, dict) else self.limit
-        try:
+        offline = bool(self._offline)
+        with delegated_failures(lambda exc: LeaderboardTaskFailure(_failure_text(plan, exc, offline))):
             task_manager = self._task_manager(plan)
             with hub.forced_offline(bool(self._offline)), _one_process_view():
                 results = lm_eval.simple_evaluate(
@@ -169,10 +167,6 @@ class LeaderboardCells(Task):
                     **self.seeds,
                 )
             rows = result_rows(results, key_row(self.model_name, spec), plan)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise anything: the task failed
-            raise LeaderboardTaskFailure(_failure_text(plan, exc, bool(self._offline))) from exc
         if plan.metric and not any(r["task"] == plan.name and r["metric"] == plan.metric for r in rows):
             raise LeaderboardTaskFailure(f"{plan.name}: lm-eval reported no {plan.metric} "
                                          f"(got {sorted({r['metric'] for r in rows if r['task'] == plan.name})}).")
