@@ -336,17 +336,30 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """`compare RUN_DIR`: the run's numbers next to the paper's published ones (evalharness.paper)."""
-    from .paper import DIFFERS_NOTE, CompareError, compare_run, format_comparison
+    from .paper import DIFFERS_NOTE, compare_run, format_comparison
 
-    try:
-        table = compare_run(args.run_dir, args.model)
-    except CompareError as exc:
-        raise UsageError(str(exc)) from None
+    check_csv_destination(args.csv)
+    table = compare_run(args.run_dir, args.model)  # its CompareError is an EvalHarnessError: exit 2
     print(format_comparison(table))
     print(DIFFERS_NOTE)
     if args.csv:
         table.to_csv(args.csv, index=False)
     return EXIT_OK
+
+
+def check_csv_destination(path: str | None) -> None:
+    """`--csv FILE`: FILE's folder exists and is writable and FILE is no folder (checked before the work)."""
+    if path is None:
+        return
+    folder = Path(path).parent
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"--csv {path!r}: the folder {str(folder)!r} {state}; give a file in an existing folder.")
+    if Path(path).is_dir():
+        raise UsageError(f"--csv {path!r} is a folder; give a file name.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--csv {path!r}: the folder {str(folder)!r} is not writable; give a file in a folder "
+                         "you can write.")
 
 
 def check_run_folder_given(folder: Path) -> None:
@@ -369,6 +382,7 @@ def cmd_effective_context(args: argparse.Namespace) -> int:
     folders = [Path(folder) for folder in args.run_dirs]
     for folder in folders:
         check_run_folder_given(folder)
+    check_csv_destination(args.csv)
     from .report import effective_context_lines
     from .tables import effective_context, load_effective_context_tables
 

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import EvalHarnessError
+
 PAPER_DATA = "paper_data"
 COLUMNS = ["table", "model", "method", "setting", "metric", "run", "paper", "rel_diff", "differs", "paper_source"]
 KINDS = ("perplexity", "leaderboard", "passkey")
@@ -55,8 +57,9 @@ DIFFERS_NOTE = ("differs: the settings in which the run's evaluation is not the 
                 "(name run (paper)); empty = the authors' protocol.")
 
 
-class CompareError(ValueError):
-    """A run folder that cannot be compared (missing, no tables, no published model of that name)."""
+class CompareError(EvalHarnessError, ValueError):
+    """A run folder that cannot be compared (missing, no tables, a table that cannot be read, no
+    published model of that name)."""
 
 
 def published(kind: str) -> pd.DataFrame:
@@ -272,6 +275,21 @@ def compare_leaderboard(run: pd.DataFrame, model: str | None = None, folder: Pat
 COMPARERS = {"perplexity": compare_perplexity, "passkey": compare_passkey, "leaderboard": compare_leaderboard}
 
 
+def read_run_table(folder: Path, kind: str) -> pd.DataFrame:
+    """The run's `kind` table through the results layer's reader (`ResultStore.read`: a row cut off
+    at the end is dropped with a warning; a file that is not UTF-8 or not a table raises the folder
+    error, one sentence); any other unreadable file raises CompareError naming it."""
+    from .results import ResultStore
+
+    path = folder / f"{kind}.csv"
+    try:
+        return ResultStore(folder).read(kind)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompareError(f"{path} cannot be read as a {kind} table ({reason}); move it away or "
+                           "regenerate it.") from None
+
+
 def compare_run(folder: str | Path, model: str | None = None) -> pd.DataFrame:
     """Every number of the run in `folder` that the paper also published (see the module doc).
     `model` compares the run as that published model (e.g. a local copy under another name)."""
@@ -283,12 +301,16 @@ def compare_run(folder: str | Path, model: str | None = None) -> pd.DataFrame:
         raise CompareError(f"run folder {str(folder)!r} has no perplexity.csv, passkey.csv or leaderboard.csv.")
     frames, names = [], set()
     for kind, path in tables.items():
-        run = pd.read_csv(path)
+        run = read_run_table(folder, kind)
         if run.empty:
             continue
         names |= set(run["model"].astype(str))
         frames.append(COMPARERS[kind](run, model, folder))
     found = [f for f in frames if not f.empty]
+    if not names:
+        files = ", ".join(path.name for path in tables.values())
+        raise CompareError(f"run folder {str(folder)!r}: {files} {'holds' if len(tables) == 1 else 'hold'} no "
+                           "complete row, so there is nothing to compare.")
     if not found:
         asked = model or ", ".join(sorted(names)) or "(no rows)"
         raise CompareError(f"no published number matches model {asked} in this run's tables; published models: "

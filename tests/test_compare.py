@@ -213,9 +213,9 @@ def test_the_document_choice_comes_from_the_manifest(tmp_path):
 
 def test_settings_the_folder_does_not_record_are_unknown(tmp_path):
     folder = tmp_path / "bare"
-    folder.mkdir()  # no manifest; tables without window_bos, stride, n_docs, num_fewshot, n_samples
-    pd.DataFrame([dict(key(), dataset="govreport", protocol="sliding", context_length=32768, ppl=3.7)]).to_csv(
-        folder / "perplexity.csv", index=False)
+    folder.mkdir()  # no manifest; tables without stride, n_docs, num_fewshot, n_samples, an empty window_bos
+    pd.DataFrame([dict(key(), dataset="govreport", protocol="sliding", window_bos="", context_length=32768,
+                       ppl=3.7)]).to_csv(folder / "perplexity.csv", index=False)
     pd.DataFrame([dict(key(), task="arc_challenge_local", metric="acc_norm", value=0.5)]).to_csv(
         folder / "leaderboard.csv", index=False)
     assert differs_by_setting(folder) == {
@@ -223,6 +223,11 @@ def test_settings_the_folder_does_not_record_are_unknown(tmp_path):
             "window_bos unknown; stride unknown; docs unknown; document choice unknown; min_tokens unknown",
         ("leaderboard", "arc_challenge (shots unknown)"): "shots unknown; n unknown",
     }
+    # a perplexity.csv from before the window_bos column: the results layer reads it as BOS first,
+    # the one placement there was (results.upgrade_columns), as plot and report do
+    pd.read_csv(folder / "perplexity.csv").drop(columns="window_bos").to_csv(folder / "perplexity.csv", index=False)
+    assert differs_by_setting(folder)[("perplexity", "govreport sliding 32768")].startswith(
+        "window_bos first (paper every); stride unknown")
 
 
 def test_the_table3_baselines_are_published_for_llama2(tmp_path):
@@ -250,3 +255,61 @@ def test_the_published_evaluation_sizes_agree_with_the_published_stderrs():
         assert row.value * (1 - row.value) / row.stderr ** 2 + 1 == pytest.approx(row.n_samples, abs=1e-3)
     assert board.groupby("task")["n_samples"].unique().map(list).to_dict() == {
         "arc_challenge": [1172], "hellaswag": [10042], "mmlu": [14042], "truthfulqa_mc2": [817]}
+
+
+def _cut_off(path):
+    """A row cut off inside a quoted field, as a crash while appending leaves it."""
+    path.write_text(path.read_text() + f'{MODEL},"native:rope')
+
+
+def _not_utf8(path):
+    path.write_bytes(path.read_bytes() + "théorème\n".encode("latin-1"))
+
+
+def _extra_fields(path):
+    lines = path.read_text().splitlines()
+    lines.insert(1, lines[1] + ",1,2,3")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_cut_off_last_row_is_dropped_with_a_warning(run_dir, capsys):
+    _cut_off(run_dir / "perplexity.csv")
+    assert cli.main(["compare", str(run_dir), "--csv", str(run_dir / "cmp.csv")]) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "perplexity.csv: its last row is incomplete" in err and "reading the 6 complete rows" in err, err
+    table = pd.read_csv(run_dir / "cmp.csv")
+    assert (table.table == "perplexity").sum() == 4  # every complete published row, as without the damage
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_not_utf8, "perplexity.csv is not UTF-8 text (byte"),
+    (_extra_fields, "perplexity.csv row 2 has 13 fields where the header has 10"),
+    (lambda path: path.write_text(""), "perplexity.csv holds no complete row"),
+], ids=["not UTF-8", "row with extra fields", "empty"])
+def test_an_unreadable_table_is_one_sentence(tmp_path, capsys, damage, message):
+    folder = tmp_path / "Yarn-Llama-2-7b-64k"
+    folder.mkdir()
+    pd.DataFrame([dict(key(), dataset="proofpile", protocol="truncated", window_bos="every", context_length=8192,
+                       n_docs=10, ppl=3.60)] * 2).to_csv(folder / "perplexity.csv", index=False)
+    damage(folder / "perplexity.csv")
+    assert cli.main(["compare", str(folder)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()  # the error, after the reader's warning when the file is only cut off
+    assert message in lines[-1] and lines[-1].startswith("error: ") and len(lines) <= 2, err
+    assert "Traceback" not in err and issubclass(paper.CompareError, cli.EvalHarnessError)
+
+
+@pytest.mark.parametrize("command", ["compare", "effective-context"])
+def test_a_csv_in_a_missing_folder_is_refused_before_the_work(run_dir, tmp_path, capsys, monkeypatch, command):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the work ran before --csv was checked")
+
+    monkeypatch.setattr(paper, "compare_run", must_not_run)
+    monkeypatch.setattr("evalharness.tables.load_effective_context_tables", must_not_run)
+    target = tmp_path / "nowhere" / "x.csv"
+    assert cli.main([command, str(run_dir), "--csv", str(target)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --csv {str(target)!r}: the folder {str(target.parent)!r} does not exist; give a file " \
+                  "in an existing folder.", err
+    assert cli.main([command, str(run_dir), "--csv", str(run_dir)]) == cli.EXIT_USAGE
+    assert "is a folder; give a file name" in capsys.readouterr().err
