@@ -142,7 +142,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="govreport, proofpile, pg19 (HF datasets; NAME=DIR reads a local copy in the hub layout), "
                         "hf:OWNER/NAME[:SPLIT] or hf:OWNER/NAME:CONFIG:SPLIT (any HF dataset, split test unless "
                         "given), coq-stdlib, debian-policy (offline), local:PATH")
-    g.add_argument("--text-field", default=None, help="text column of local .jsonl/.parquet files (default text)")
+    g.add_argument("--text-field", default=None,
+                   help="text column of .jsonl/.parquet files and hub datasets (default: a stored input_ids column, "
+                        "else text; govreport: input or report)")
     g.add_argument("--lengths", default="2k:8k:2k", help="context lengths: start:stop:step or comma list; k = 1024")
     g.add_argument("--protocol", choices=("truncated", "sliding"), default="truncated",
                    help="perplexity protocol: first L tokens per doc, or sliding window L with --stride")

@@ -80,6 +80,9 @@ CASES = [
     ("unknown random shape", {"model": "random:gigantic"}, "gigantic"),
     ("bad dtype", {"dtype": "float8"}, "float8"),
     ("unknown dataset", {"dataset": "wikitext"}, "unknown corpus 'wikitext'"),
+    ("hub dataset without owner", {"dataset": "hf:proofpile"}, "'hf:proofpile' is not hf:OWNER/NAME"),
+    ("hub dataset offline", {"dataset": "hf:nobody/not-a-dataset:train"}, "'nobody/not-a-dataset' (split 'train'), "
+                                                                          "which is not in the local HF cache"),
     ("local file without the field", {"dataset": "local:{root}/body.jsonl"}, "'text'"),
     ("no document after min-tokens", {"min_tokens": "100k"}, "min_tokens"),
     ("unknown task", {"tasks": "perplexity,needle"}, "unknown task 'needle'"),
