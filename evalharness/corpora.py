@@ -873,9 +873,15 @@ def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[
             return None
         return ((str(index), ids) for index, ids in source._field_values(PRETOKENIZED_FIELD))
     if isinstance(source, ParquetSource):
+        import pyarrow
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(source.path)
+        try:
+            parquet = pq.ParquetFile(source.path)
+        except pyarrow.ArrowException as exc:  # ArrowInvalid: not Parquet, or its footer is damaged
+            reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+            raise CorpusError(f"{source.path} is not a readable Parquet file ({reason}); download or write it "
+                              "again") from None
         if field not in parquet.schema_arrow.names:
             return None
         batches = (b.column(0).to_pylist() for b in parquet.iter_batches(columns=[field], batch_size=256))

@@ -23,8 +23,10 @@ One entry point, :func:`load`, turns a *model reference* into a
 
 Every failure that is the caller's fault (bad name, missing file, offline hub,
 unsupported architecture, a truncated or corrupt GGUF, config, tokenizer or
-weights file) raises :class:`ModelLoadError` with one sentence naming the bad
-value and what would be valid.
+weights file, a config that transformers' own validation rejects) raises
+:class:`ModelLoadError` with one sentence naming the bad value and what would
+be valid.  The checks on local files (gguf's reader, JSON, safetensors headers,
+the config validation) run before a weight is read or a GGUF converted.
 """
 
 from __future__ import annotations
@@ -485,10 +487,60 @@ def _check_checkpoint_files(path: Path) -> None:
                                  "checkpoint again") from None
 
 
+# RoPE fields that transformers reads as numbers (``modeling_rope_utils``): its validation only warns
+# when one is not, and the model then fails while building its rotary embedding.
+_NUMERIC_ROPE_FIELDS = ("rope_theta", "factor", "original_max_position_embeddings", "attention_factor",
+                        "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor",
+                        "high_freq_factor", "partial_rotary_factor")
+
+
+def _rope_field_error(config) -> str | None:
+    """What is wrong with ``config``'s RoPE parameters (flat, or nested per layer type) that
+    transformers' validation only warns about: a ``rope_type`` it has no validation for (unknown to
+    this transformers) or a field set to something that is not a number; None when nothing is."""
+    rope = getattr(config, "rope_parameters", None)
+    if not isinstance(rope, dict):
+        return None
+    groups = [value for value in rope.values() if isinstance(value, dict)] or [rope]
+    for group in groups:
+        rope_type = group.get("rope_type", group.get("type", "default"))
+        if not hasattr(config, f"_validate_{rope_type}_rope_parameters"):
+            return f"rope_parameters['rope_type'] = {rope_type!r} is not a RoPE type transformers knows"
+        for key in _NUMERIC_ROPE_FIELDS:
+            value = group.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return f"rope_parameters[{key!r}] = {value!r} is not a number"
+    return None
+
+
+def _check_config(path: Path, trust_remote_code: bool) -> None:
+    """Raise naming ``config.json`` unless transformers builds and validates its config (known
+    ``model_type``, typed fields, RoPE parameters: ``AutoConfig.from_pretrained`` runs transformers'
+    own RoPE validation) and every RoPE field is a number; cheap, before any weight is read."""
+    from huggingface_hub.errors import StrictDataclassError  # transformers' typed-field errors
+
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    file = path / "config.json"
+    try:
+        config = AutoConfig.from_pretrained(str(path), **remote)
+    except (ValueError, KeyError, TypeError, AttributeError, StrictDataclassError) as exc:
+        # KeyError's str() is the repr of its message; the first sentence of the message names the
+        # key and value (a typed-field error's second line holds the value, so lines are joined)
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        reason = " ".join(str(reason).split()).split(". ")[0].rstrip(".:") or type(exc).__name__
+        raise ModelLoadError(f"{file} is not a valid transformers config ({reason}); fix or replace the "
+                             "file") from None
+    problem = _rope_field_error(config)
+    if problem is not None:
+        raise ModelLoadError(f"{file} is not a valid transformers config ({problem}); fix or replace the "
+                             "file")
+
+
 def _load_local_dir(path: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
     """Load a local checkpoint folder, turning transformers' errors into ModelLoadError."""
     _check_model_dir(path, model_kwargs.get("use_safetensors") is None)
     _check_checkpoint_files(path)
+    _check_config(path, bool(model_kwargs.get("trust_remote_code")))
     try:
         return _load_pretrained(str(path), model_kwargs, tok_kwargs)
     except OSError as exc:
@@ -607,6 +659,15 @@ def _gguf_damage(path: Path) -> str | None:
     return None
 
 
+def _check_gguf_intact(path: Path) -> None:
+    """Raise naming the file if gguf's reader rejects it or a tensor ends past its end (a cut-off
+    download); cheap (memory-mapped header and tensor table), so it runs before any conversion."""
+    damage = _gguf_damage(path)
+    if damage is not None:
+        raise ModelLoadError(f"GGUF file {str(path)!r} ({path.stat().st_size} bytes) is truncated or "
+                             f"corrupt ({damage}); download it again")
+
+
 def _gguf_dense_kwargs() -> dict[str, Any]:
     """Ask transformers for a fully de-quantised (plain ``nn.Linear``) model.
 
@@ -639,6 +700,7 @@ def _convert_gguf(path: Path, out_dir: Path) -> None:
 
     The weights are stored in float32 so a cache entry serves every dtype.
     """
+    _check_gguf_intact(path)
     folder, filename = str(path.parent), path.name
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -650,10 +712,6 @@ def _convert_gguf(path: Path, out_dir: Path) -> None:
         err = _unsupported_gguf(path, exc)
         if err is not None:
             raise err from exc
-        damage = _gguf_damage(path)
-        if damage is not None:
-            raise ModelLoadError(f"GGUF file {str(path)!r} ({path.stat().st_size} bytes) is truncated or "
-                                 f"corrupt ({damage}); download it again") from None
         raise ModelLoadError(f"transformers could not convert GGUF file {str(path)!r}: {_first_line(exc)}") from exc
     _drop_gguf_quantizer(model)
     model.save_pretrained(out_dir)

@@ -41,6 +41,10 @@ def files(tmp_path_factory):
     # no GGUF at all, and a saved llama checkpoint with each of config, tokenizer and weights cut in half
     (root / "cut.gguf").write_bytes((root / "other.gguf").read_bytes()[:100])
     (root / "notgguf.gguf").write_bytes(b"PK\x03\x04 a zip file renamed")
+    # ... and one cut off in the middle of its tensor data (header and tensor table intact)
+    tensor = gguf.GGUFReader(str(root / "other.gguf")).tensors[0]
+    middle = int(tensor.data_offset) + int(tensor.n_bytes) // 2
+    (root / "cut-data.gguf").write_bytes((root / "other.gguf").read_bytes()[:middle])
     from evalharness.models import random_model
 
     model, tokenizer = random_model("tiny", torch.float32, "cpu")
@@ -50,6 +54,22 @@ def files(tmp_path_factory):
         tokenizer.save_pretrained(folder)
         data = (folder / damaged).read_bytes()
         (folder / damaged).write_bytes(data[: len(data) // 2])
+    # configs that are valid JSON but not a valid transformers config (one key changed each)
+    bad_configs = {"model_type": {"model_type": "nonsense"}, "field-type": {"hidden_size": "abc"},
+                   "yarn-no-factor": {"rope_parameters": {"rope_type": "yarn"}},
+                   "legacy-yarn-no-factor": {"rope_parameters": None, "rope_scaling": {"rope_type": "yarn"}},
+                   "factor-text": {"rope_parameters": {"rope_type": "linear", "factor": "abc", "rope_theta": 1e4}},
+                   "rope-type": {"rope_parameters": {"rope_type": "bogus", "rope_theta": 1e4}}}
+    for name, change in bad_configs.items():
+        folder = root / f"config-{name}"
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        config.update(change)
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    # Parquet files that are not: random bytes, and the magic bytes around garbage
+    (root / "random.parquet").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+    (root / "fake.parquet").write_bytes(b"PAR1 garbage between the magic bytes PAR1")
     # text that is not UTF-8: a latin-1 document in a .txt folder, a latin-1 line in a .jsonl
     latin = root / "latin1"
     latin.mkdir()
@@ -108,6 +128,26 @@ CASES = [
     ("config cut off", {"model": "{root}/cut-config.json"}, "cut-config.json/config.json is not valid JSON"),
     ("tokenizer cut off", {"model": "{root}/cut-tokenizer.json"}, "json/tokenizer.json is not valid"),
     ("weights cut off", {"model": "{root}/cut-model.safetensors"}, "model.safetensors is damaged"),
+    ("GGUF cut off in its tensor data", {"model": "{root}/cut-data.gguf"},
+     "cut-data.gguf' (512 bytes) is truncated or corrupt (gguf's reader fails"),
+    ("config model_type unknown", {"model": "{root}/config-model_type"},
+     "config-model_type/config.json is not a valid transformers config (The checkpoint you are trying to load "
+     "has model type `nonsense`"),
+    ("config field of the wrong type", {"model": "{root}/config-field-type"},
+     "Field 'hidden_size' expected int, got str (value: 'abc')"),
+    ("config YaRN without factor", {"model": "{root}/config-yarn-no-factor"},
+     "config-yarn-no-factor/config.json is not a valid transformers config (Missing required keys in "
+     "`rope_parameters` for 'rope_type'='yarn': {'factor'})"),
+    ("config legacy rope_scaling without factor", {"model": "{root}/config-legacy-yarn-no-factor"},
+     "Missing required keys in `rope_parameters` for 'rope_type'='yarn': {'factor'}"),
+    ("config RoPE factor not a number", {"model": "{root}/config-factor-text"},
+     "rope_parameters['factor'] = 'abc' is not a number"),
+    ("config RoPE type unknown", {"model": "{root}/config-rope-type"},
+     "rope_parameters['rope_type'] = 'bogus' is not a RoPE type transformers knows"),
+    ("Parquet of random bytes", {"dataset": "local:{root}/random.parquet"},
+     "random.parquet is not a readable Parquet file (Parquet magic bytes not found"),
+    ("Parquet with magic bytes only", {"dataset": "local:{root}/fake.parquet"},
+     "fake.parquet is not a readable Parquet file"),
     ("text not UTF-8", {"dataset": "local:{root}/latin1"}, "latin1/b.txt is not UTF-8 text (byte 2"),
     ("JSON line not UTF-8", {"dataset": "local:{root}/latin1.jsonl"}, "latin1.jsonl line 1 is not UTF-8"),
 ]
@@ -135,3 +175,23 @@ def test_bad_input(files, tmp_path, capsys, name, change, message):
     assert len(err.splitlines()) == 1, err  # one sentence, no traceback
     written = [p for p in tmp_path.rglob("*.csv") if p.stem in SCHEMAS]  # no result table anywhere
     assert not written, written
+
+
+def test_cut_gguf_refused_before_any_conversion(files, tmp_path, capsys, monkeypatch):
+    """A GGUF cut inside its tensor data is refused by the cheap reader check, also with --dry-run:
+    transformers' GGUF loader (minutes on a real model) is never called."""
+    from evalharness import models
+
+    calls = []
+
+    class NoConversion:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            calls.append(kwargs.get("gguf_file"))
+            raise AssertionError("the GGUF was converted")
+
+    monkeypatch.setattr(models, "AutoModelForCausalLM", NoConversion)
+    code = cli.main(arguments(files, {"model": "{root}/cut-data.gguf"}, tmp_path / "out") + ["--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert (code, calls) == (cli.EXIT_USAGE, []), err
+    assert "cut-data.gguf" in err and "truncated or corrupt" in err and len(err.splitlines()) == 1, err

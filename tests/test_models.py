@@ -248,7 +248,7 @@ def spy_from_pretrained(monkeypatch):
 
 def _fake_checkpoint(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text('{"model_type": "llama"}')  # load validates it with AutoConfig
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))  # a valid header: load checks it
@@ -347,6 +347,7 @@ def test_gguf_unsupported_architecture(monkeypatch, tmp_path, fake_gguf):
         raise ValueError("GGUF model with architecture frobnicator is not supported yet.")
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(M, "_gguf_damage", lambda path: None)  # the fake file passes gguf's reader
     with pytest.raises(ModelLoadError, match="'frobnicator'"):
         M.load(str(fake_gguf), device="cpu", cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []
