@@ -1,42 +1,42 @@
 """Document corpora for long-context perplexity evaluation.
 
-Every corpus is a :class:`CorpusSource` registered under a name in :data:`CORPORA`
-(or given as ``local:PATH``).  A source yields :class:`Document` objects in a
-stable order; :func:`load_corpus` tokenizes them (without special tokens),
-filters by length and selects either the first ``n_docs`` documents (the YaRN
+Every corpus is a `CorpusSource` registered under a name in `CORPORA`
+(or given as `local:PATH`).  A source yields `Document` objects in a
+stable order; `load_corpus` tokenizes them (without special tokens),
+filters by length and selects either the first `n_docs` documents (the YaRN
 paper's choice) or a seeded random sample.
 
 Sources:
 
-* Hugging Face datasets (``govreport``, ``proofpile``, ``pg19``): loaded with
-  :func:`datasets.load_dataset`; they need the local HF cache or network, and fail
-  fast with a :class:`CorpusError` when neither is available, or when ``datasets`` refuses them as
+* Hugging Face datasets (`govreport`, `proofpile`, `pg19`): loaded with
+  `datasets.load_dataset`; they need the local HF cache or network, and fail
+  fast with a `CorpusError` when neither is available, or when `datasets` refuses them as
   script-based (the sentence names the alternatives).
-* ``hf:OWNER/NAME[:SPLIT]`` or ``hf:OWNER/NAME:CONFIG:SPLIT``: any Hugging Face dataset (split ``test``
-  unless given, field ``text``), loaded like the named ones; doc ids ``<split>/<row>``, and
-  :func:`dataset_label` is the dataset id (``:SPLIT`` kept unless ``test``), e.g. the authors'
-  pre-tokenized ``hf:emozilla/proofpile-test-tokenized``.
-* Debian packages, usable fully offline: ``coq-stdlib`` (the ``.v`` sources of
-  ``libcoq-stdlib``) and ``debian-policy`` (the plain-text manuals of
-  ``debian-policy``).
-* ``local:PATH``: a folder of ``.txt`` files, a ``.jsonl`` file (read line by line: document id =
-  line index, blank lines skipped, each bad line named) or a ``.parquet`` file (read with the
-  ``datasets`` parquet builder: document id = row index).
-* ``NAME=DIR`` for a Hugging Face corpus NAME: a local copy of that dataset in its hub
-  layout (``DIR/<split>.jsonl``, ``.json``, ``.parquet`` or shards ``<split>-*.parquet``),
-  read with the ``datasets`` json/parquet builders; same field, same document ids
-  (``<split>/<row>``) and same selection as the hub path, and :func:`dataset_label`
-  is ``NAME``.
+* `hf:OWNER/NAME[:SPLIT]` or `hf:OWNER/NAME:CONFIG:SPLIT`: any Hugging Face dataset (split `test`
+  unless given, field `text`), loaded like the named ones; doc ids `<split>/<row>`, and
+  `dataset_label` is the dataset id (`:SPLIT` kept unless `test`), e.g. the authors'
+  pre-tokenized `hf:emozilla/proofpile-test-tokenized`.
+* Debian packages, usable fully offline: `coq-stdlib` (the `.v` sources of
+  `libcoq-stdlib`) and `debian-policy` (the plain-text manuals of
+  `debian-policy`).
+* `local:PATH`: a folder of `.txt` files, a `.jsonl` file (read line by line: document id =
+  line index, blank lines skipped, each bad line named) or a `.parquet` file (read with the
+  `datasets` parquet builder: document id = row index).
+* `NAME=DIR` for a Hugging Face corpus NAME: a local copy of that dataset in its hub
+  layout (`DIR/<split>.jsonl`, `.json`, `.parquet` or shards `<split>-*.parquet`),
+  read with the `datasets` json/parquet builders; same field, same document ids
+  (`<split>/<row>`) and same selection as the hub path, and `dataset_label`
+  is `NAME`.
 
-A source that stores token ids in an ``input_ids`` column (the authors' pre-tokenized sets, e.g.
-``emozilla/proofpile-test-tokenized``; local ``.jsonl``/``.parquet`` files, hub corpora and their
-local copies) is read as it is, without tokenizing (unless another ``text_field`` is named): the ids
+A source that stores token ids in an `input_ids` column (the authors' pre-tokenized sets, e.g.
+`emozilla/proofpile-test-tokenized`; local `.jsonl`/`.parquet` files, hub corpora and their
+local copies) is read as it is, without tokenizing (unless another `text_field` is named): the ids
 count as document tokens without special tokens, so the protocols add BOS as for text, and
-:func:`check_token_ids` refuses ids outside the model's vocabulary.
+`check_token_ids` refuses ids outside the model's vocabulary.
 
 Token ids of whole corpora are cached on disk, keyed by the corpus (name, text
 field, identity of its files or dataset) and by a fingerprint of the tokenizer,
-so a second :func:`load_corpus` call does not tokenize again.
+so a second `load_corpus` call does not tokenize again.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class TokenizedDoc:
 class CorpusSource:
     """Base class of corpus sources.
 
-    Subclasses implement :meth:`describe`, :meth:`documents` and :meth:`identity`.
+    Subclasses implement `describe`, `documents` and `identity`.
     """
 
     def describe(self) -> str:
@@ -164,7 +164,7 @@ def _files_identity(files: Sequence[tuple[str, Path]]) -> str:
 
 
 def _relative_files(root: Path, paths: Iterable[Path]) -> list[tuple[str, Path]]:
-    """Pair each path with its POSIX path relative to ``root``, sorted by that id."""
+    """Pair each path with its POSIX path relative to `root`, sorted by that id."""
     pairs = [(p.relative_to(root).as_posix(), p) for p in paths]
     return sorted(pairs, key=lambda pair: pair[0])
 
@@ -175,7 +175,7 @@ class _FileListSource(CorpusSource):
     kind = "this corpus"
 
     def files(self) -> list[tuple[str, Path]]:
-        """Return ``(doc_id, path)`` pairs in document order."""
+        """Return `(doc_id, path)` pairs in document order."""
         raise NotImplementedError
 
     def documents(self, text_field: str | None = None) -> Iterator[Document]:
@@ -191,7 +191,7 @@ class _FileListSource(CorpusSource):
 
 
 def _dpkg_listed_files(package: str) -> list[Path]:
-    """Files that ``dpkg -L`` lists for an installed package (empty if unknown)."""
+    """Files that `dpkg -L` lists for an installed package (empty if unknown)."""
     try:
         proc = subprocess.run(
             ["dpkg", "-L", package], capture_output=True, text=True, timeout=60, check=False
@@ -204,10 +204,10 @@ def _dpkg_listed_files(package: str) -> list[Path]:
 
 
 class CoqStdlibSource(_FileListSource):
-    """Every ``.v`` file of the Debian package ``libcoq-stdlib``.
+    """Every `.v` file of the Debian package `libcoq-stdlib`.
 
-    Files are found with ``dpkg -L libcoq-stdlib`` (falling back to the usual install
-    roots); doc ids are paths relative to the common root, e.g. ``theories/Lists/List.v``.
+    Files are found with `dpkg -L libcoq-stdlib` (falling back to the usual install
+    roots); doc ids are paths relative to the common root, e.g. `theories/Lists/List.v`.
     """
 
     package = "libcoq-stdlib"
@@ -229,7 +229,7 @@ class CoqStdlibSource(_FileListSource):
         return []
 
     def files(self) -> list[tuple[str, Path]]:
-        """``(relative path, path)`` of every .v file, sorted."""
+        """`(relative path, path)` of every .v file, sorted."""
         paths = self._v_files()
         if not paths:
             raise CorpusError(
@@ -241,11 +241,11 @@ class CoqStdlibSource(_FileListSource):
 
 
 class DebianPolicySource(_FileListSource):
-    """The plain-text documents of the Debian package ``debian-policy``.
+    """The plain-text documents of the Debian package `debian-policy`.
 
-    These are the ``*.txt.gz`` (gunzipped) and ``*.txt`` files under
-    ``/usr/share/doc/debian-policy``, skipping the rendered ``*.html`` trees (whose
-    ``_sources/*.rst.txt`` duplicate the manuals); doc id = path relative to that folder.
+    These are the `*.txt.gz` (gunzipped) and `*.txt` files under
+    `/usr/share/doc/debian-policy`, skipping the rendered `*.html` trees (whose
+    `_sources/*.rst.txt` duplicate the manuals); doc id = path relative to that folder.
     """
 
     package = "debian-policy"
@@ -257,12 +257,12 @@ class DebianPolicySource(_FileListSource):
         return f"Debian policy manuals (plain-text documents of the Debian package {self.package})"
 
     def _is_text_document(self, path: Path) -> bool:
-        """A ``.txt``/``.txt.gz`` file outside the rendered ``*.html`` trees."""
+        """A `.txt`/`.txt.gz` file outside the rendered `*.html` trees."""
         in_html_tree = any(part.endswith(".html") for part in path.relative_to(self.doc_dir).parts[:-1])
         return path.is_file() and path.name.endswith((".txt", ".txt.gz")) and not in_html_tree
 
     def files(self) -> list[tuple[str, Path]]:
-        """``(relative path, path)`` of every plain-text document, sorted."""
+        """`(relative path, path)` of every plain-text document, sorted."""
         found = [p for p in self.doc_dir.rglob("*") if self._is_text_document(p)] if self.doc_dir.is_dir() else []
         if not found:
             raise CorpusError(
@@ -274,7 +274,7 @@ class DebianPolicySource(_FileListSource):
 
 
 class TextFolderSource(_FileListSource):
-    """A local folder of ``.txt`` files (recursive; doc id = relative path)."""
+    """A local folder of `.txt` files (recursive; doc id = relative path)."""
 
     kind = "a folder of .txt files"
 
@@ -286,7 +286,7 @@ class TextFolderSource(_FileListSource):
         return f"local folder of .txt files: {self.root}"
 
     def files(self) -> list[tuple[str, Path]]:
-        """``(relative path, path)`` of every .txt file, sorted."""
+        """`(relative path, path)` of every .txt file, sorted."""
         found = [p for p in self.root.rglob("*.txt") if p.is_file()]
         if not found:
             raise CorpusError(f"local corpus folder '{self.root}' contains no .txt files; put one document per .txt "
@@ -302,7 +302,7 @@ def _missing_field_error(path: Path, field: str, fields: Iterable[str], where: s
 
 
 def _check_text_value(value: object, path: Path, field: str, row: int) -> str:
-    """Return ``value`` if it is a string, else raise naming the row."""
+    """Return `value` if it is a string, else raise naming the row."""
     if not isinstance(value, str):
         raise CorpusError(f"field {field!r} of row {row} in {path} is {type(value).__name__}, not text; pick a text "
                           f"field.")
@@ -324,20 +324,20 @@ class _SingleFileSource(CorpusSource):
 
 
 class JsonlSource(_SingleFileSource):
-    """A local ``.jsonl`` file: one JSON object per line; doc id = 0-based line index."""
+    """A local `.jsonl` file: one JSON object per line; doc id = 0-based line index."""
 
     def describe(self) -> str:
         """One-line description."""
         return f"local JSON-lines file: {self.path}"
 
     def documents(self, text_field: str | None = None) -> Iterator[Document]:
-        """Yield one document per non-blank line, text from ``text_field`` (default "text")."""
+        """Yield one document per non-blank line, text from `text_field` (default "text")."""
         field = text_field or self.default_field
         for index, value in self._field_values(field):
             yield Document(str(index), _check_text_value(value, self.path, field, index))
 
     def _field_values(self, field: str) -> Iterator[tuple[int, object]]:
-        """(line index, value of ``field``) of each non-blank line; a line without it is an error."""
+        """(line index, value of `field`) of each non-blank line; a line without it is an error."""
         for index, line in _jsonl_lines(self.path):
             record = self._parse(line, index)
             if field not in record:
@@ -358,15 +358,15 @@ class JsonlSource(_SingleFileSource):
 
 
 class ParquetSource(_SingleFileSource):
-    """A local ``.parquet`` file; doc id = 0-based row index."""
+    """A local `.parquet` file; doc id = 0-based row index."""
 
     def describe(self) -> str:
         """One-line description."""
         return f"local Parquet file: {self.path}"
 
     def documents(self, text_field: str | None = None) -> Iterator[Document]:
-        """Yield one document per row (read with the ``datasets`` parquet builder, as a hub copy is),
-        text from ``text_field`` (default "text")."""
+        """Yield one document per row (read with the `datasets` parquet builder, as a hub copy is),
+        text from `text_field` (default "text")."""
         field = text_field or self.default_field
         dataset = _read_with_builder("parquet", [self.path], "the local Parquet file")
         if field not in dataset.column_names:
@@ -376,8 +376,8 @@ class ParquetSource(_SingleFileSource):
 
 
 def _read_with_builder(builder: str, files: Sequence[Path], what: str):
-    """One split of local files read by the ``datasets`` json/parquet builder; CorpusError naming
-    ``what`` and the files when they cannot be read."""
+    """One split of local files read by the `datasets` json/parquet builder; CorpusError naming
+    `what` and the files when they cannot be read."""
     import datasets  # lazy: heavy import
 
     try:
@@ -388,7 +388,7 @@ def _read_with_builder(builder: str, files: Sequence[Path], what: str):
 
 
 def _column_values(dataset, field: str) -> Iterator[object]:
-    """The values of one column of a ``datasets.Dataset``, in row order."""
+    """The values of one column of a `datasets.Dataset`, in row order."""
     for batch in dataset.select_columns([field]).iter(batch_size=64):
         yield from batch[field]
 
@@ -406,13 +406,13 @@ class HFDatasetSpec:
     field: str
 
     def label(self) -> str:
-        """Human label, e.g. ``'tau/scrolls' (config 'gov_report', split 'test')``."""
+        """Human label, e.g. `'tau/scrolls' (config 'gov_report', split 'test')`."""
         config = f"config {self.config!r}, " if self.config else ""
         return f"{self.dataset_id!r} ({config}split {self.split!r})"
 
 
 class HFDatasetSource(CorpusSource):
-    """A Hugging Face dataset split (with optional fallbacks); doc id = ``<split>/<row index>``."""
+    """A Hugging Face dataset split (with optional fallbacks); doc id = `<split>/<row index>`."""
 
     def __init__(self, name: str, specs: Sequence[HFDatasetSpec]):
         self.name = name
@@ -445,7 +445,7 @@ class HFDatasetSource(CorpusSource):
                 row += 1
 
     def _load(self):
-        """Return ``(dataset, spec)`` for the first spec that loads, else raise CorpusError."""
+        """Return `(dataset, spec)` for the first spec that loads, else raise CorpusError."""
         import datasets  # lazy: heavy import, only needed for HF corpora
 
         offline = hub.work_offline()
@@ -487,7 +487,7 @@ PRETOKENIZED_SETS = {"proofpile": "hf:emozilla/proofpile-test-tokenized",
 
 
 def _script_dataset_error(name: str, specs: Sequence[HFDatasetSpec]) -> CorpusError:
-    """One sentence for datasets defined by a loading script, which ``datasets`` >= 4 refuses to run,
+    """One sentence for datasets defined by a loading script, which `datasets` >= 4 refuses to run,
     naming what to use instead."""
     import datasets
 
@@ -508,9 +508,9 @@ _SPLIT_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 def _split_files(folder: Path, split: str) -> list[Path]:
-    """Files holding ``split`` in a hub-layout folder: ``<split>.<ext>`` or shards ``<split>-*``/``<split>_*``.
+    """Files holding `split` in a hub-layout folder: `<split>.<ext>` or shards `<split>-*`/`<split>_*`.
 
-    Searched in ``folder`` and its sub-folders (a hub snapshot keeps parquet shards in ``data/``
+    Searched in `folder` and its sub-folders (a hub snapshot keeps parquet shards in `data/`
     or a config folder), in sorted path order.
     """
     found = []
@@ -525,8 +525,8 @@ class HubCopySource(CorpusSource):
     """A local copy of a registered Hugging Face corpus, in the dataset's own hub layout.
 
     Reads the split and field of the first hub spec whose field is in the files, so a copy of
-    ``tau/scrolls`` gov_report (field ``input``) and one of ``ccdv/govreport-summarization``
-    (field ``report``) both work; document ids are ``<split>/<row index>`` exactly as on the hub.
+    `tau/scrolls` gov_report (field `input`) and one of `ccdv/govreport-summarization`
+    (field `report`) both work; document ids are `<split>/<row index>` exactly as on the hub.
     """
 
     def __init__(self, hub: HFDatasetSource, folder: Path):
@@ -559,7 +559,7 @@ class HubCopySource(CorpusSource):
         return f"hubcopy\t{self.name}\t{spec.split}\t{text_field or spec.field}\n{listed}"
 
     def documents(self, text_field: str | None = None) -> Iterator[Document]:
-        """Load the files with the ``datasets`` json/parquet builder and yield one document per row."""
+        """Load the files with the `datasets` json/parquet builder and yield one document per row."""
         spec, files = self._located()
         dataset = _read_with_builder(_SPLIT_FORMATS[files[0].suffix], files, f"the local copy of {self.name!r}")
         candidates = [text_field] if text_field else [s.field for s in self.hub.specs if s.split == spec.split]
@@ -592,12 +592,12 @@ CORPORA: dict[str, CorpusSource] = {
 
 
 def available_corpora() -> list[str]:
-    """Registered corpus names, sorted (``local:PATH`` is accepted as well)."""
+    """Registered corpus names, sorted (`local:PATH` is accepted as well)."""
     return sorted(CORPORA)
 
 
 def _local_source(spec: str) -> CorpusSource:
-    """Build the source for a ``local:PATH`` corpus name."""
+    """Build the source for a `local:PATH` corpus name."""
     raw = spec[len(LOCAL_PREFIX):]
     forms = "local:PATH must name a folder of .txt files, a .jsonl file or a .parquet file"
     if not raw:
@@ -621,8 +621,8 @@ HF_DEFAULT_SPLIT = "test"
 
 
 def parse_hf_spec(spec: str) -> HFDatasetSpec:
-    """The dataset named by ``hf:OWNER/NAME``, ``hf:OWNER/NAME:SPLIT`` or ``hf:OWNER/NAME:CONFIG:SPLIT``:
-    split ``test`` unless given, no config unless given, text field ``text``."""
+    """The dataset named by `hf:OWNER/NAME`, `hf:OWNER/NAME:SPLIT` or `hf:OWNER/NAME:CONFIG:SPLIT`:
+    split `test` unless given, no config unless given, text field `text`."""
     parts = spec[len(HF_PREFIX):].split(":")
     valid = (1 <= len(parts) <= 3 and _HF_REPO_ID.fullmatch(parts[0]) is not None
              and all(_HF_PART.fullmatch(p) for p in parts[1:]))
@@ -635,15 +635,15 @@ def parse_hf_spec(spec: str) -> HFDatasetSpec:
 
 
 def _hf_label(spec: HFDatasetSpec) -> str:
-    """The tables' name of an ``hf:`` dataset: its id, then ``:CONFIG:SPLIT`` with a config, else
-    ``:SPLIT`` unless the split is ``test``."""
+    """The tables' name of an `hf:` dataset: its id, then `:CONFIG:SPLIT` with a config, else
+    `:SPLIT` unless the split is `test`."""
     if spec.config is not None:
         return f"{spec.dataset_id}:{spec.config}:{spec.split}"
     return spec.dataset_id if spec.split == HF_DEFAULT_SPLIT else f"{spec.dataset_id}:{spec.split}"
 
 
 def _hub_copy_source(spec: str) -> CorpusSource:
-    """Build the source for a ``NAME=DIR`` corpus spec (a local copy of a hub corpus)."""
+    """Build the source for a `NAME=DIR` corpus spec (a local copy of a hub corpus)."""
     name, _, raw = spec.partition("=")
     hub_names = sorted(n for n, s in CORPORA.items() if isinstance(s, HFDatasetSource))
     source = CORPORA.get(name)
@@ -658,8 +658,8 @@ def _hub_copy_source(spec: str) -> CorpusSource:
 
 
 def dataset_label(name: str) -> str:
-    """The ``dataset`` column for a corpus spec: ``proofpile`` for ``proofpile=DIR``, the dataset id for
-    ``hf:`` (see :func:`_hf_label`), else the spec itself."""
+    """The `dataset` column for a corpus spec: `proofpile` for `proofpile=DIR`, the dataset id for
+    `hf:` (see `_hf_label`), else the spec itself."""
     if name.startswith(HF_PREFIX):
         return _hf_label(parse_hf_spec(name))
     if not name.startswith(LOCAL_PREFIX) and "=" in name:
@@ -668,8 +668,8 @@ def dataset_label(name: str) -> str:
 
 
 def get_corpus(name: str) -> CorpusSource:
-    """Return the source for a registered name, a ``NAME=DIR`` local hub copy, an ``hf:`` hub dataset or a
-    ``local:PATH`` spec."""
+    """Return the source for a registered name, a `NAME=DIR` local hub copy, an `hf:` hub dataset or a
+    `local:PATH` spec."""
     if name.startswith(LOCAL_PREFIX):
         return _local_source(name)
     if name.startswith(HF_PREFIX):
@@ -696,7 +696,7 @@ def _primed(documents: Iterator[Document]) -> Iterator[Document]:
 def iter_documents(name: str, text_field: str | None = None) -> Iterator[Document]:
     """Iterate over a corpus' documents in source order.
 
-    Raises :class:`CorpusError` immediately (not on first ``next``) for unknown names,
+    Raises `CorpusError` immediately (not on first `next`) for unknown names,
     missing paths or packages, missing fields and unreachable datasets.
     """
     return _primed(get_corpus(name).documents(text_field))
@@ -741,11 +741,11 @@ class _TokenTable:
     offsets: torch.Tensor  # int64, len(doc_ids) + 1
 
     def length(self, i: int) -> int:
-        """Token count of document ``i``."""
+        """Token count of document `i`."""
         return int(self.offsets[i + 1] - self.offsets[i])
 
     def ids(self, i: int) -> torch.Tensor:
-        """Fresh int64 copy of document ``i``'s ids."""
+        """Fresh int64 copy of document `i`'s ids."""
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         return self.flat[start:end].to(torch.int64, copy=True)
 
@@ -771,12 +771,12 @@ def _tokenize_corpus(documents: Iterable[Document], tokenizer) -> _TokenTable:
 
 
 def _slug(text: str) -> str:
-    """File-name-safe short form of ``text``."""
+    """File-name-safe short form of `text`."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "x"
 
 
 def _corpus_key(name: str, source: CorpusSource, text_field: str | None) -> str:
-    """``<name>-<field>-<hash of the source identity>``, safe as a file name."""
+    """`<name>-<field>-<hash of the source identity>`, safe as a file name."""
     short = "local_" + Path(name[len(LOCAL_PREFIX):]).name if name.startswith(LOCAL_PREFIX) else dataset_label(name)
     identity = f"v{_CACHE_FORMAT}\n{text_field}\n{source.identity(text_field)}"  # paths resolved
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
@@ -831,8 +831,8 @@ def _save_cache(path: Path, table: _TokenTable, fingerprint: str) -> None:
 
 
 def _token_table(name: str, tokenizer, text_field: str | None, cache_dir) -> _TokenTable:
-    """All documents' token ids, from the disk cache, else as stored in an ``input_ids`` column
-    (:func:`_stored_token_ids`), else by tokenizing the text (then cached)."""
+    """All documents' token ids, from the disk cache, else as stored in an `input_ids` column
+    (`_stored_token_ids`), else by tokenizing the text (then cached)."""
     source = get_corpus(name)
     stored_path = _cache_file(cache_dir, _corpus_key(name, source, text_field), PRETOKENIZED)
     table = _load_cache(stored_path, PRETOKENIZED) if text_field in (None, PRETOKENIZED_FIELD) else None
@@ -859,8 +859,8 @@ PRETOKENIZED = "pretokenized"  # the cache's "tokenizer fingerprint" of ids read
 
 
 def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[tuple[str, object]] | None:
-    """``(doc_id, ids)`` per row when the source stores token ids in an ``input_ids`` column (the
-    authors' pre-tokenized sets, e.g. ``emozilla/proofpile-test-tokenized``) and no other field was
+    """`(doc_id, ids)` per row when the source stores token ids in an `input_ids` column (the
+    authors' pre-tokenized sets, e.g. `emozilla/proofpile-test-tokenized`) and no other field was
     asked for; None otherwise. The ids are used as they are: no re-tokenization, and they are taken
     as document tokens without special tokens (how the authors' sets are made), so the protocols
     add BOS exactly as for text. Doc ids follow the source's text path (line/row index, split/row)."""
@@ -962,7 +962,7 @@ def default_min_tokens(protocol: str, lengths: Sequence[int], has_bos: bool) -> 
 
 
 def _check_selection(min_tokens: int, n_docs: int | None, sample: int | None) -> None:
-    """Validate the selection arguments of :func:`load_corpus`."""
+    """Validate the selection arguments of `load_corpus`."""
     if not isinstance(min_tokens, int) or min_tokens < 0:
         raise CorpusError(f"min_tokens={min_tokens!r} is invalid; it must be an integer >= 0.")
     for label, value in (("n_docs", n_docs), ("sample", sample)):
@@ -971,7 +971,7 @@ def _check_selection(min_tokens: int, n_docs: int | None, sample: int | None) ->
 
 
 def _select(candidates: list[int], n_docs: int | None, sample: int | None, seed: int) -> list[int]:
-    """First ``n_docs`` candidates, or a seeded sample of ``sample`` kept in source order."""
+    """First `n_docs` candidates, or a seeded sample of `sample` kept in source order."""
     if sample is not None:
         k = min(sample, len(candidates))
         return sorted(random.Random(seed).sample(candidates, k))
@@ -989,12 +989,12 @@ def load_corpus(
     text_field: str | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> list[TokenizedDoc]:
-    """Tokenize a corpus (cached on disk) and select documents of at least ``min_tokens`` tokens.
+    """Tokenize a corpus (cached on disk) and select documents of at least `min_tokens` tokens.
 
-    Ids are encoded without special tokens.  Selection: the first ``n_docs``
-    qualifying documents in source order (default: all of them); if ``sample`` is
-    given it takes precedence, picking ``sample`` qualifying documents with
-    ``random.Random(seed)`` (all of them if fewer qualify), returned in source order.
+    Ids are encoded without special tokens.  Selection: the first `n_docs`
+    qualifying documents in source order (default: all of them); if `sample` is
+    given it takes precedence, picking `sample` qualifying documents with
+    `random.Random(seed)` (all of them if fewer qualify), returned in source order.
     """
     _check_selection(min_tokens, n_docs, sample)
     table = _token_table(name, tokenizer, text_field, cache_dir)

