@@ -46,7 +46,6 @@ from .tables import (
     ruler_differences,
     ruler_means,
     ruler_scores,
-    ruler_task_sort_key,
     task_display,
     temperature_sweep,
     varying,
@@ -538,12 +537,8 @@ def _ruler_section(ruler: pd.DataFrame, samples: pd.DataFrame, seed: int,
 
     mean_rows = [[_row_label(k, show)] + ["—" if r is None else f"{fmt_pct(r['mean_score'])} ({int(r['n_tasks'])})"
                                          for r in cells] for k, cells in _grid(means, keys, lengths)]
-    by_task = _grid(scores, keys + ["task"], lengths)
-    series_rank: dict[tuple[str, ...], int] = {}
-    for key, _ in by_task:
-        series_rank.setdefault(_series_id(key, keys), len(series_rank))
-    by_task.sort(key=lambda kc: (series_rank[_series_id(kc[0], keys)], ruler_task_sort_key(kc[0]["task"])))
-    task_rows = [[_row_label(k, show), k["task"]] + [score_text(r) for r in cells] for k, cells in by_task]
+    task_rows = [[_row_label(k, show), k["task"]] + [score_text(r) for r in cells]
+                 for k, cells in _grid(scores, keys + ["task"], lengths)]
     n_text = f"n = {ns.pop()} samples per cell" if uniform_n else "n samples per cell as shown"
     lines = ["## RULER", "",
              "- Score (%): the mean over a cell's samples of the task's own per-sample metric (RULER's "

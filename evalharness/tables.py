@@ -180,7 +180,8 @@ def ordered_groups(frame: pd.DataFrame, keys: Sequence[str]) -> list[tuple[dict,
     """Groups of `frame` by the `keys` it has, in display order.
 
     Order: run and model as text, then the method (`method_sort_key`, which includes the factor),
-    the original context, then the other keys in the given order (numbers numerically).
+    the original context, then the other keys in the given order (numbers numerically; a `task` in
+    RULER's task order, `ruler_task_sort_key`, other tasks by name).
     """
     keys = [c for c in keys if c in frame.columns]
     if not keys:
@@ -196,7 +197,8 @@ def ordered_groups(frame: pd.DataFrame, keys: Sequence[str]) -> list[tuple[dict,
         leading = tuple(str(key[c]) for c in ("run", "model") if c in key)
         method = method_sort_key(key["method"], key.get("factor")) if "method" in key else ()
         ctx = (_value_key(key["original_ctx"]),) if "original_ctx" in key else ()
-        rest = tuple(_value_key(key[c]) for c in keys if c not in series)
+        rest = tuple(ruler_task_sort_key(key[c]) if c == "task" else _value_key(key[c])
+                     for c in keys if c not in series)
         return leading + method + ctx + rest
 
     return sorted(groups, key=order)
@@ -1045,11 +1047,7 @@ def ruler_scores(ruler: pd.DataFrame) -> pd.DataFrame:
     frame = ruler.copy()
     for column in ("context_length", "score", "n", "stderr"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    parts = []
-    for _, group in ordered_groups(frame, keys):
-        order = sorted(range(len(group)), key=lambda i: ruler_task_sort_key(group["task"].iloc[i])
-                       + (float(group["context_length"].iloc[i]),))
-        parts.append(group.iloc[order])
+    parts = [group.sort_values("context_length", kind="stable") for _, group in ordered_groups(frame, keys + ["task"])]
     return pd.concat(parts, ignore_index=True)[columns]
 
 

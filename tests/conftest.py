@@ -123,3 +123,24 @@ def wheel_names(tmp_path_factory) -> set[str]:
                     "-q", "-w", str(tmp / "dist"), str(source)], check=True, capture_output=True)
     (wheel,) = (tmp / "dist").glob("evalharness-*.whl")
     return set(zipfile.ZipFile(wheel).namelist())
+
+
+def raise_bug(*args, **kwargs):
+    """Stand-in for a harness function with a programming error (failure-policy tests)."""
+    raise ValueError("bug")
+
+
+def break_lm_eval_once(monkeypatch) -> None:
+    """lm-eval's `evaluate` raises `ValueError("lm-eval broke")` on its first call and works after:
+    a failure inside lm-eval (under the real `simple_evaluate`), for failure-policy tests."""
+    import lm_eval.evaluator
+
+    real, calls = lm_eval.evaluator.evaluate, []
+
+    def broken_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("lm-eval broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.evaluator, "evaluate", broken_once)

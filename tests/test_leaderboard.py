@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import break_lm_eval_once, raise_bug
 from leaderboard_data import MMLU_SIZES, hellaswag_rows, mmlu_rows, truthfulqa_rows, write_data, write_jsonl
 
 from evalharness import leaderboard as lb
@@ -367,17 +368,13 @@ def test_seed_sets_all_four_and_changes_the_few_shot_draw(tiny, data_dir, tmp_pa
     assert contexts[0] != contexts[None]
 
 
-def _bug(*args, **kwargs):
-    raise ValueError("bug")
-
-
 @pytest.mark.parametrize("target", ["evalharness.scaling.ScaledRotaryEmbedding.frequencies",
                                     "evalharness.leaderboard.run.result_rows"])
 def test_a_bug_in_harness_code_surfaces_instead_of_failing_the_cell(tiny, data_dir, tmp_path, monkeypatch, target):
     """A ValueError raised in evalharness's own code (the scaled rotary module inside the model that
     lm-eval's loglikelihood calls; the row extraction after lm-eval returned) propagates out of the
     runner and no cell is recorded as failed."""
-    monkeypatch.setattr(target, _bug)
+    monkeypatch.setattr(target, raise_bug)
     with pytest.raises(ValueError, match="^bug$"):
         run(tiny, tmp_path / "out", ["yarn:2"], ["arc_challenge"], data_dir=data_dir, limit=1)
     assert Manifest(tmp_path / "out").failed_cells() == {}
@@ -386,17 +383,7 @@ def test_a_bug_in_harness_code_surfaces_instead_of_failing_the_cell(tiny, data_d
 def test_an_lm_eval_failure_fails_its_cell_and_the_run_goes_on(tiny, data_dir, tmp_path, monkeypatch):
     """A ValueError raised inside lm-eval (its `evaluate`, under the real `simple_evaluate`) fails
     that cell with one sentence; the next task runs and its rows are written."""
-    import lm_eval.evaluator
-
-    real, calls = lm_eval.evaluator.evaluate, []
-
-    def broken_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise ValueError("lm-eval broke")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(lm_eval.evaluator, "evaluate", broken_once)
+    break_lm_eval_once(monkeypatch)
     failed, store, manifest = run(tiny, tmp_path / "out", ["yarn:2"], ["arc_challenge", "truthfulqa_mc2"],
                                   data_dir=data_dir, limit=1)
     assert failed == ["leaderboard|random:tiny|yarn:2|arc_challenge_local"], failed

@@ -13,6 +13,7 @@ import numpy
 import pandas as pd
 import pytest
 import torch
+from conftest import break_lm_eval_once, raise_bug
 
 from evalharness import cli
 from evalharness.results import SCHEMAS
@@ -396,17 +397,13 @@ def test_report_lists_tasks_in_ruler_order(tmp_path):
     assert positions == sorted(positions)
 
 
-def _bug(*args, **kwargs):
-    raise ValueError("bug")
-
-
 @pytest.mark.parametrize("target", ["evalharness.scaling.ScaledRotaryEmbedding.frequencies",
                                     "evalharness.ruler.cell_scores"])
 def test_a_bug_in_harness_code_surfaces_instead_of_failing_the_cell(tmp_path, monkeypatch, target):
     """A ValueError raised in evalharness's own code (the scaled rotary module inside the model that
     lm-eval's generation calls; the scoring after lm-eval returned) propagates out of cli.main and no
     cell is recorded as failed: the failure policy files only lm-eval's own failures."""
-    monkeypatch.setattr(target, _bug)
+    monkeypatch.setattr(target, raise_bug)
     out = tmp_path / "run"
     argv = ["--model", "random:tiny", "--method", "yarn", "--factor", "2", "--tasks", "ruler", "--ruler-tasks",
             "niah_single_1", "--lengths", str(LENGTH), "--ruler-samples", "1", "--out", str(out), "--no-progress",
@@ -420,17 +417,7 @@ def test_a_bug_in_harness_code_surfaces_instead_of_failing_the_cell(tmp_path, mo
 def test_an_lm_eval_failure_fails_its_cell_and_the_run_goes_on(tmp_path, monkeypatch):
     """A ValueError raised inside lm-eval (its `evaluate`, under the real `simple_evaluate`) fails
     that cell with one sentence; the next cell runs and is written."""
-    import lm_eval.evaluator
-
-    real, calls = lm_eval.evaluator.evaluate, []
-
-    def broken_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise ValueError("lm-eval broke")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(lm_eval.evaluator, "evaluate", broken_once)
+    break_lm_eval_once(monkeypatch)
     out = tmp_path / "run"
     argv = ["--model", "random:tiny", "--method", "base,yarn", "--factor", "2", "--tasks", "ruler", "--ruler-tasks",
             "niah_single_1", "--lengths", str(LENGTH), "--ruler-samples", "1", "--out", str(out), "--no-progress",
