@@ -25,6 +25,7 @@ from typing import Callable
 from .errors import EvalHarnessError, UsageError
 from .options import parse_count, parse_factors, parse_grid, parse_lengths, positive_count
 from .runner import TASKS
+from .taskfiles import apply_task_file, task_names
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE_FAILED = 3
@@ -137,6 +138,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="pre-trained context L (default: the config's original_max_position_embeddings, "
                         "else max_position_embeddings)")
     g = p.add_argument_group("tasks")
+    g.add_argument("--task", default=None, metavar="NAME|FILE.yaml",
+                   help="a task file: its fields set the options below (a flag given on the command line wins); "
+                        f"a name under tasks/ ({', '.join(task_names())}) or the path of a .yaml file")
     g.add_argument("--tasks", default="perplexity", help=f"comma list of {', '.join(TASKS)}")
     g.add_argument("--dataset", default="coq-stdlib",
                    help="govreport, proofpile, pg19 (HF datasets; NAME=DIR reads a local copy in the hub layout), "
@@ -760,7 +764,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """Arguments of one invocation; a first argument that is no command name (nor -h) means `eval`."""
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["eval", *argv]
-    return build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "eval" and args.task is not None:  # the task file's fields, under the given flags
+        args = apply_task_file(args, argv[1:], add_eval_arguments)
+    return args
 
 
 def _quiet_libraries() -> None:

@@ -19,18 +19,16 @@ model to a published model by name — the last path component, case-insensitive
 not the one behind the published number (empty when it is), `name value (paper value)` joined by
 `; `, and `name unknown` where the run folder does not record the setting:
 
-- perplexity (the authors' `eval.sh` and final `eval/perplexity.py` in github.com/jquesnelle/yarn,
-  `PAPER_PERPLEXITY`): GovReport = sliding window of the table's length with stride 256, BOS in
-  every window (`window_bos` every), the first 50 documents with ≥ 16384 tokens; Proof-pile (the
-  `proofpile-long-small*` curves: eval.sh runs the main, 8k and Mistral ones so, the Solar and 70B
-  files are not in it and taken to be the same by their name) = truncated, the first 10 documents
-  with ≥ 131072 tokens (one window per document, so stride and BOS placement are moot).
-  `window_bos`, `stride` and `n_docs` come from `perplexity.csv`; the document filter and whether
-  the documents were the first N or a random sample from the folder's `manifest.json` (the runs of
-  that dataset and protocol);
+- perplexity: the authors' evaluation of the dataset as its task file says (`PAPER_TASK_FILES`:
+  `tasks/yarn-paper/govreport.yaml`, sliding window with its stride, BOS placement, length filter
+  and document count; `tasks/yarn-paper/proofpile.yaml`, truncated, where stride and BOS placement
+  are moot; the Solar and 70B Proof-pile curves, not in the authors' eval.sh, are taken to be the
+  same by their name). `window_bos`, `stride` and `n_docs` come from `perplexity.csv`; the document
+  filter and whether the documents were the first N or a random sample from the folder's
+  `manifest.json` (the runs of that dataset and protocol);
 - leaderboard: the run's `num_fewshot` against the published shots, and its `n_samples` against the
   full evaluation set (`subset n=50 of 1172`), the published row's `n_samples`;
-- passkey (paper §4.3.2): 10 prompts per length, lengths 8k…128k (step 8k: Table 5 reports 112k).
+- passkey: the lengths and prompts per length (depths × trials) of `tasks/yarn-paper/passkey.yaml`.
 """
 from __future__ import annotations
 
@@ -41,18 +39,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import taskfiles
 from .errors import EvalHarnessError
+from .options import parse_count, parse_lengths
 
 PAPER_DATA = "paper_data"
 COLUMNS = ["table", "model", "method", "setting", "metric", "run", "paper", "rel_diff", "differs", "paper_source"]
 KINDS = ("perplexity", "leaderboard", "passkey")
-# The authors' perplexity evaluation behind each published dataset's numbers (module doc).
-PAPER_PERPLEXITY = {
-    "govreport": dict(protocol="sliding", window_bos="every", stride=256, n_docs=50, min_tokens=16384),
-    "proofpile": dict(protocol="truncated", n_docs=10, min_tokens=131072),
-}
-PAPER_PASSKEY_TRIALS = 10
-PAPER_PASSKEY_LENGTHS = tuple(range(8192, 131072 + 1, 8192))
+# The task files of the authors' evaluations behind the published numbers (module doc).
+PAPER_TASK_FILES = {"proofpile": "yarn-paper/proofpile", "govreport": "yarn-paper/govreport",
+                    "passkey": "yarn-paper/passkey"}
 DIFFERS_NOTE = ("differs: the settings in which the run's evaluation is not the published one "
                 "(name run (paper)); empty = the authors' protocol.")
 
@@ -139,7 +135,6 @@ def perplexity_selection(folder: Path | None, dataset: str, protocol: str) -> di
     given) and `sample` (True for a random sample, False for the first N). A value is None (unknown)
     when no recorded run of that dataset and protocol says it or the runs disagree."""
     from .corpora import default_min_tokens
-    from .options import parse_lengths
     from .results import read_manifest
 
     found: dict[str, set] = {"min_tokens": set(), "sample": set()}
@@ -158,10 +153,27 @@ def perplexity_selection(folder: Path | None, dataset: str, protocol: str) -> di
     return {name: next(iter(values)) if len(values) == 1 else None for name, values in found.items()}
 
 
+def paper_perplexity(dataset: str) -> dict:
+    """The authors' perplexity evaluation of a published dataset (proofpile, govreport), from its task
+    file: `protocol`, `n_docs`, `min_tokens`, and for the sliding protocol `window_bos` and `stride`."""
+    fields = taskfiles.load(PAPER_TASK_FILES[dataset]).fields
+    paper = dict(protocol=str(fields["protocol"]), n_docs=int(fields["docs"]),
+                 min_tokens=parse_count(str(fields["min_tokens"])))
+    if paper["protocol"] == "sliding":
+        paper.update(window_bos=str(fields["window_bos"]), stride=parse_count(str(fields["stride"])))
+    return paper
+
+
+def paper_passkey() -> tuple[tuple[int, ...], int]:
+    """The authors' passkey grid from its task file: (lengths, prompts per length = depths × trials)."""
+    fields = taskfiles.load(PAPER_TASK_FILES["passkey"]).fields
+    return tuple(parse_lengths(str(fields["lengths"]))), int(fields["depths"]) * int(fields["trials"])
+
+
 def perplexity_differences(row: pd.Series, dataset: str, selection: dict) -> list[str]:
     """The settings of one `perplexity.csv` row (and its documents' `selection`) that are not the
-    authors' evaluation of `dataset` (`PAPER_PERPLEXITY`)."""
-    paper = PAPER_PERPLEXITY[dataset]
+    authors' evaluation of `dataset` (`paper_perplexity`)."""
+    paper = paper_perplexity(dataset)
     found = []
     if paper["protocol"] == "sliding":
         found += setting_difference("window_bos", row.get("window_bos"), paper["window_bos"])
@@ -202,15 +214,18 @@ def compare_perplexity(run: pd.DataFrame, model: str | None = None, folder: Path
 
 def passkey_differences(prompts_per_length: pd.Series) -> list[str]:
     """How a series' passkey grid (`prompts_per_length`: prompts indexed by context length) differs
-    from the paper's: 10 prompts at each of 8k…128k step 8k."""
+    from the paper's (`paper_passkey`: 10 prompts at each of 8k…128k step 8k)."""
     found = []
+    paper_lengths, paper_prompts = paper_passkey()
     lengths = tuple(int(n) for n in prompts_per_length.index)
-    if lengths != PAPER_PASSKEY_LENGTHS:
-        found.append(f"lengths {', '.join(map(str, lengths))} (paper 8192…131072 step 8192)")
+    if lengths != paper_lengths:
+        step = paper_lengths[1] - paper_lengths[0] if len(paper_lengths) > 1 else 0
+        found.append(f"lengths {', '.join(map(str, lengths))} (paper {paper_lengths[0]}…{paper_lengths[-1]} "
+                     f"step {step})")
     counts = sorted({int(n) for n in prompts_per_length})
-    if counts != [PAPER_PASSKEY_TRIALS]:
+    if counts != [paper_prompts]:
         shown = "–".join(map(str, (counts[0], counts[-1]))) if len(counts) > 1 else str(counts[0])
-        found.append(f"prompts/length {shown} (paper {PAPER_PASSKEY_TRIALS})")
+        found.append(f"prompts/length {shown} (paper {paper_prompts})")
     return found
 
 

@@ -105,24 +105,31 @@ def sharp_llama():
 
 
 @pytest.fixture(scope="session")
-def wheel_names(tmp_path_factory) -> set[str]:
-    """The file names inside a wheel built from a copy of this checkout's sources (setuptools
-    builds in the source tree, so not in the checkout itself): what a non-editable install gets."""
+def wheel_path(tmp_path_factory) -> Path:
+    """A wheel built from a copy of this checkout's sources (setuptools builds in the source tree,
+    so not in the checkout itself): what a non-editable install gets."""
     import shutil
     import subprocess
-    import zipfile
 
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "evalharness", source / "evalharness",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for folder in ("evalharness", "tasks"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                     "-q", "-w", str(tmp / "dist"), str(source)], check=True, capture_output=True)
     (wheel,) = (tmp / "dist").glob("evalharness-*.whl")
-    return set(zipfile.ZipFile(wheel).namelist())
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def wheel_names(wheel_path) -> set[str]:
+    """The file names inside the wheel of this checkout (`wheel_path`)."""
+    import zipfile
+
+    return set(zipfile.ZipFile(wheel_path).namelist())
 
 
 def raise_bug(*args, **kwargs):

@@ -310,8 +310,8 @@ def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatc
 
 
 def test_wheel_ships_every_task_file(wheel_names):
-    """A non-editable install keeps the offline mirrors: the built wheel holds every file of tasks/."""
-    shipped = {f"evalharness/leaderboard/tasks/{p.relative_to(lb.TASKS_DIR).as_posix()}"
+    """A non-editable install keeps the offline mirrors: the built wheel holds every file of tasks/lm-eval/."""
+    shipped = {f"evalharness/tasks/lm-eval/{p.relative_to(lb.TASKS_DIR).as_posix()}"
                for p in lb.TASKS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     assert any(name.endswith("arc_challenge_local/arc_challenge_local.yaml") for name in shipped)
     assert shipped - wheel_names == set()

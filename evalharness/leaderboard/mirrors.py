@@ -1,7 +1,7 @@
 """Offline mirrors: lm-eval's own task YAMLs, through lm-eval's `include:`, with only the data source
 replaced by local files in the original datasets' column layouts.
 
-The YAMLs shipped in `tasks/` (package data) name lm-eval's task file as
+The YAMLs shipped in `tasks/lm-eval/` (`taskfiles.lm_eval_mirrors_dir`) name lm-eval's task file as
 `include: "LM_EVAL_TASKS/<path in lm_eval/tasks>"` and hold no data source. Contract: `copy_tasks`
 copies the folder and resolves LM_EVAL_TASKS/ to the installed lm-eval's task folder;
 `point_mirror` writes the data source (`dataset_path: json|parquet`, `dataset_name: null`,
@@ -21,17 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..taskfiles import lm_eval_mirrors_dir
 from .protocol import LeaderboardError
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+TASKS_DIR = lm_eval_mirrors_dir()
 LM_EVAL_TASKS = "LM_EVAL_TASKS/"  # placeholder for the installed lm-eval's task folder in shipped YAMLs
 DATA_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
 class Mirror:
-    """An offline task shipped in tasks/: lm-eval name, the paper task it mirrors (if any), its
-    folder in tasks/, its folder under the data dir, the splits it reads, their columns, and the
+    """An offline task shipped in tasks/lm-eval/: lm-eval name, the paper task it mirrors (if any), its
+    folder there, its folder under the data dir, the splits it reads, their columns, and the
     YAML in its folder that receives the data source."""
 
     task: str
@@ -87,7 +88,8 @@ def local_data_files(mirror: Mirror, data_dir: str | os.PathLike) -> tuple[str, 
         if not paths:
             raise LeaderboardError(
                 f"{mirror.task}: no {split!r} split in {folder}/ (expected {split}.jsonl, {split}.json or "
-                f"{split}.parquet, or shards {split}-*.parquet, with columns {mirror.columns}); see tasks/README.md."
+                f"{split}.parquet, or shards {split}-*.parquet, with columns {mirror.columns}); see "
+                "tasks/lm-eval/README.md."
             )
         builders.update(DATA_FORMATS[p.suffix] for p in paths)
         files[split] = [str(p) for p in paths]
@@ -125,7 +127,7 @@ def resolve_lm_eval_includes(folder: str | os.PathLike) -> None:
 
 
 def copy_tasks(out_dir: str | os.PathLike, tasks_dir: str | os.PathLike | None = None) -> Path:
-    """Copy the harness's task folder (tasks/) to out_dir and resolve its lm-eval includes."""
+    """Copy the harness's lm-eval task folder (tasks/lm-eval/) to out_dir and resolve its lm-eval includes."""
     source = Path(tasks_dir) if tasks_dir else TASKS_DIR
     if not source.is_dir():
         raise LeaderboardError(f"the harness's task folder {source} is missing; pass tasks_dir or run from the "
@@ -137,7 +139,7 @@ def copy_tasks(out_dir: str | os.PathLike, tasks_dir: str | os.PathLike | None =
 
 
 def point_mirror(tasks_copy: str | os.PathLike, name: str, data_dir: str | os.PathLike | None = None) -> dict:
-    """In a copy of tasks/, point one mirror at the files under data_dir (without data_dir: the
+    """In a copy of tasks/lm-eval/, point one mirror at the files under data_dir (without data_dir: the
     shipped `_data.yaml` defaults): its data source is appended to the mirror's YAML (and written
     to `_data.yaml` for the record); for mmlu_local, generate its per-subject tasks. Returns
     {"dataset_path", "data_files"[, "subjects"]}."""

@@ -31,8 +31,8 @@ def offline_message(plan: TaskPlan, exc: BaseException, offline: bool) -> str:
     dataset = _hub_dataset_of(plan, exc)
     mirror = LOCAL_MIRROR_OF.get(plan.name)
     local = (f"or give --leaderboard-data DIR with a local copy in DIR/{MIRRORS[mirror].data_subdir}/ to run the "
-             f"offline mirror {mirror} (tasks/README.md)" if mirror else
-             "or run a task YAML that reads a local copy (dataset_path: json with data_files, tasks/README.md)")
+             f"offline mirror {mirror} (tasks/lm-eval/README.md)" if mirror else
+             "or run a task YAML that reads a local copy (dataset_path: json with data_files, tasks/lm-eval/README.md)")
     if offline:
         return (f"{plan.name}: dataset {dataset} is not in the local Hugging Face cache and the Hub is offline or "
                 f"unreachable, so download it once with network access (any online run of this task fills the "

@@ -18,7 +18,7 @@ class TaskPlan:
 
     requested: str
     name: str  # lm-eval task/group name, also the `task` column
-    kind: str  # "hub" (lm-eval's built-in tasks), "mirror" (tasks/), "yaml" (a user's YAML)
+    kind: str  # "hub" (lm-eval's built-in tasks), "mirror" (tasks/lm-eval/), "yaml" (a user's YAML)
     num_fewshot: int | None = None
     metric: str | None = None  # the headline metric (None: every metric lm-eval reports)
     yaml_dir: Path | None = None
@@ -29,7 +29,7 @@ class TaskPlan:
 def plan_tasks(tasks: Sequence[str], data_dir: str | os.PathLike | None = None) -> list[TaskPlan]:
     """Resolve requested names. A paper task runs as its local mirror when data_dir has that
     dataset's folder (DIR/arc_challenge/, DIR/hellaswag/, DIR/mmlu/, DIR/truthfulqa/), else as
-    lm-eval's hub task. Names of shipped mirrors run from tasks/; `.yaml`/`.yml` paths load through
+    lm-eval's hub task. Names of shipped mirrors run from tasks/lm-eval/; `.yaml`/`.yml` paths load through
     lm-eval's TaskManager with their folder as include_path; anything else is an lm-eval task or
     group name."""
     plans = []

@@ -4,8 +4,8 @@
     lm_eval --model hf --model_args pretrained=... --include_path /tmp/eh_tasks \
         --tasks arc_challenge_local --num_fewshot 25
 
-Copies the shipped tasks/ folder to --out, rewrites each mirror's _data.yaml to the files found in --data
-(DIR/arc_challenge/, DIR/hellaswag/, DIR/mmlu/, DIR/truthfulqa/, DIR/passkey/; see tasks/README.md) and
+Copies the shipped tasks/lm-eval/ folder to --out, rewrites each mirror's _data.yaml to the files found in --data
+(DIR/arc_challenge/, DIR/hellaswag/, DIR/mmlu/, DIR/truthfulqa/, DIR/passkey/; see tasks/lm-eval/README.md) and
 generates the per-subject MMLU tasks. Mirrors without data in --data are skipped with a note.
 """
 import argparse

@@ -1,5 +1,6 @@
 """The paper's leaderboard protocol (YaRN paper, Table 3): which lm-eval tasks, how many shots,
-which metric is the headline, and the lm-eval context length of a scaled model.
+which metric is the headline (all three from the task file `tasks/yarn-paper/leaderboard.yaml`),
+and the lm-eval context length of a scaled model.
 
 MMLU's headline is the UNWEIGHTED mean of its subject accuracies (`acc_macro`); lm-eval's own group
 number is weighted by subject size and is kept as `acc_weighted`. Seeds are lm-eval's own defaults
@@ -8,15 +9,20 @@ sampler 1234) unless the user gives one seed for all four.
 """
 from __future__ import annotations
 
+from .. import taskfiles
 from ..errors import CellFailure, EvalHarnessError
 
-# name → (num_fewshot, metric of the paper's table)
-PAPER_TASKS: dict[str, tuple[int, str]] = {
-    "arc_challenge": (25, "acc_norm"),
-    "hellaswag": (10, "acc_norm"),
-    "mmlu": (5, "acc_macro"),
-    "truthfulqa_mc2": (0, "acc"),
-}
+PAPER_TASK_FILE = "yarn-paper/leaderboard"
+
+
+def paper_tasks() -> dict[str, tuple[int, str]]:
+    """lm-eval task name → (num_fewshot, metric of the paper's table), from the `paper` field of the
+    task file `PAPER_TASK_FILE`, in its order."""
+    return {str(task): (int(spec["shots"]), str(spec["metric"]))
+            for task, spec in taskfiles.load(PAPER_TASK_FILE).paper.items()}
+
+
+PAPER_TASKS: dict[str, tuple[int, str]] = paper_tasks()
 
 # Tasks whose headline number is the unweighted mean over their leaf tasks (subjects).
 MACRO_GROUPS = ("mmlu", "mmlu_local")

@@ -61,7 +61,7 @@ class LeaderboardCells(Task):
     lm-eval evaluates that object with max_length = `max_length` or `default_max_length(spec)`.
     Rows go to leaderboard.csv as soon as a task finishes; lm-eval's results JSON goes to
     out_dir/lm_eval/ (with `save_samples`, also the per-example requests and log-likelihoods).
-    `data_dir` runs the paper tasks as the offline mirrors in tasks/ on local files. Seeds of
+    `data_dir` runs the paper tasks as the offline mirrors in tasks/lm-eval/ on local files. Seeds of
     python, numpy, torch and the few-shot sampler are lm-eval's own defaults, or all `seed`
     (`lm_eval_seeds`); each cell records them. `bootstrap_iters` only matters
     for metrics without a closed-form standard error (lm-eval's own default is 100000). What
