@@ -323,15 +323,28 @@ def _num(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) and not float(value).is_integer() else str(int(value))
 
 
+def given_report_options(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict]:
+    """The report options this command line gives (checked): `--reference` (None when absent) and
+    the effective-context options given, by name; what is not given is read from the folder."""
+    from .report import RULE_FIELDS
+
+    effective_context_rules(args)  # checks the values
+    references = parse_references(args.reference) if args.reference is not None else None
+    return references, {name: getattr(args, name) for name in RULE_FIELDS if getattr(args, name) is not None}
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
-    rules, references = effective_context_rules(args), parse_references(args.reference)
+    from .report import record_options
+
+    references, rules = given_report_options(args)
     for folder in map(Path, args.results_dirs):
         if not folder.is_dir():
             raise UsageError(f"results folder {str(folder)!r} does not exist; give a run's --out folder.")
         if not any(folder.glob("*.csv")):
             raise UsageError(f"results folder {str(folder)!r} holds no result table (*.csv) to plot.")
-        for path in write_figures_and_report(folder, report=not args.no_report, rules=rules,
-                                             references=references):
+        if not args.no_report:
+            record_options(folder, references, rules)
+        for path in write_figures_and_report(folder, report=not args.no_report):
             print(path)
     return EXIT_OK
 
@@ -399,18 +412,39 @@ def cmd_effective_context(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def write_figures_and_report(folder: Path, report: bool = True, rules=None, references=()) -> list[Path]:
-    """Figures, then report.md (`rules`: the effective-context thresholds, default the tables' own;
-    `references`: series compared with, besides base)."""
+def write_figures_and_report(folder: Path, report: bool = True) -> list[Path]:
+    """Figures, then report.md with the report options recorded in the folder
+    (`report.record_options`)."""
     from . import plots
     from .report import write_report
-    from .tables import EffectiveContextRules
 
     paths = plots.plot_run(folder)
     if report:
-        paths.append(write_report(folder, figures=False, rules=rules or EffectiveContextRules(),
-                                  references=references))
+        paths.append(write_report(folder, figures=False))
     return paths
+
+
+def shown_path(path: str) -> str:
+    """A path as a manifest records it: relative to the working folder when it lies inside it, so
+    a committed run folder names no absolute path of the machine that ran it."""
+    try:
+        inside = os.path.isabs(path) and Path(path).resolve().is_relative_to(Path.cwd())
+        return os.path.relpath(path) if inside else path
+    except ValueError:
+        return path
+
+
+def recorded_command(argv: list[str], out: str) -> list[str]:
+    """`argv` with the script by its name and the `--out` folder as `shown_path` gives it."""
+    words = [Path(argv[0]).name if argv and Path(argv[0]).name == "run_eval.py" else argv[0], *argv[1:]] if argv else []
+    result = []
+    for i, word in enumerate(words):
+        if word == out and i > 0 and words[i - 1] in ("--out",):
+            word = shown_path(word)
+        elif word.startswith("--out=") and word[len("--out="):] == out:
+            word = "--out=" + shown_path(out)
+        result.append(word)
+    return result
 
 
 @dataclass
@@ -561,7 +595,7 @@ def memory_estimate(model, dtype, chunk_size: int | None):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     plan = plan_run(args)
-    rules, references = effective_context_rules(args), parse_references(args.reference)
+    references, rules = given_report_options(args)
     from . import models, parallel, runner
     from .plan import describe
     from .results import Manifest, ResultStore
@@ -612,7 +646,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "documents": [(d.doc_id, int(d.ids.numel())) for d in inputs.loaded_documents()],
                 "rope": rope_note(model), "sliding_window_attention": window_info}
     if shard.rank == 0:
-        main_manifest.start(sys.argv, vars(args), run_info)
+        main_manifest.start(recorded_command(sys.argv, args.out or ""),
+                            {**vars(args), "out": shown_path(str(plan.out))}, run_info)
         print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
               f"native {info.native_ctx}, {info.dtype} on {info.device}; tasks {', '.join(plan.tasks)}; "
               f"methods {', '.join(s.short for s in specs)}; out {plan.out}"
@@ -639,8 +674,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print_summary(main_store)
     if not args.no_plots:
         try:
+            from .report import record_options
+
+            record_options(plan.out, references, rules)
             with main_store.locked():  # two runs into one folder draw one after the other
-                paths = write_figures_and_report(plan.out, rules=rules, references=references)
+                paths = write_figures_and_report(plan.out)
             print(f"figures and report: {', '.join(str(p) for p in paths)}", file=sys.stderr)
         except Exception as exc:  # a figure must never cost the numbers
             print(f"warning: could not draw figures ({type(exc).__name__}: {exc})", file=sys.stderr)

@@ -1,0 +1,57 @@
+"""Every committed run folder in results/ rebuilds its report.md and figures byte-identically from
+the folder alone (`run_eval.py plot DIR` on a copy: the report options are recorded in it)."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evalharness import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = sorted(p for p in (ROOT / "results").iterdir() if (p / "report.md").exists())
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_plot_on_a_copy_rebuilds_the_committed_report_and_figures(folder, tmp_path, capsys):
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    assert cli.main(["plot", str(copy)]) == cli.EXIT_OK
+    rebuilt = sorted(p.relative_to(copy) for p in [copy / "report.md", *(copy / "figures").iterdir()])
+    committed = sorted(p.relative_to(folder) for p in [folder / "report.md", *(folder / "figures").iterdir()])
+    assert rebuilt == committed
+    for name in committed:
+        assert (copy / name).read_bytes() == (folder / name).read_bytes(), name
+    text = (copy / "report.md").read_text()
+    assert "/work/" not in text and "/home/" not in text  # no absolute path of the machine that ran it
+
+
+def test_the_readme_references_are_recorded_in_the_committed_folders():
+    text = (ROOT / "results" / "smollm2-135m-proofpile" / "report.md").read_text()
+    assert "Ratio to NTK s=4 on the same documents" in text
+    text = (ROOT / "results" / "smollm2-135m-govreport" / "report.md").read_text()
+    assert "Ratio to NTK s=2 on the same documents" in text
+
+
+def test_a_resume_that_computed_nothing_is_one_line_and_the_run_comes_last(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from evalharness.report import build_report
+    from evalharness.results import SCHEMAS
+
+    rows = [dict(model="m", method="base", factor=1, original_ctx=64, context_length=n, prompt_tokens=n, depth=0.5,
+                 trial=0, seed=0, scoring="paper", passkey=1, continuation=" 1.", correct=n <= 64) for n in (64, 128)]
+    pd.DataFrame(rows, columns=SCHEMAS["passkey"]).to_csv(tmp_path / "passkey.csv", index=False)
+    run = {"model_info": {"name": "m"}, "status": "finished"}
+    manifest = {"runs": [{**run, "command": ["run_eval.py", "--tasks", "passkey"], "start": "2026-01-01T00:00:00",
+                          "end": "2026-01-01T01:00:00"},
+                         {**run, "command": ["run_eval.py", "--tasks", "passkey"], "start": "2026-01-02T00:00:00",
+                          "end": "2026-01-02T00:00:05"}],
+                "cells": {"a": {"status": "done", "time": "2026-01-01T00:30:00"}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    text = build_report(tmp_path)
+    assert "Invocation" not in text
+    assert "- 2026-01-02T00:00:00: `python run_eval.py --tasks passkey` computed nothing" in text
+    assert text.index("## Passkey retrieval") < text.index("## Run")
+    assert "Perplexity: ppl" not in text and "RULER" not in text  # rules of the tasks present only
