@@ -702,7 +702,10 @@ def _with_scoring(frame):
     paper-rerotate rows of one method)."""
     if "scoring" not in frame or frame["scoring"].nunique() < 2:
         return frame
-    return frame.assign(spec=[f"{spec} ({scoring})" for spec, scoring in zip(frame["spec"], frame["scoring"])])
+    from .tables import SCORING_WORDS
+
+    return frame.assign(spec=[f"{spec}, {SCORING_WORDS[scoring]}" if scoring in SCORING_WORDS else spec
+                              for spec, scoring in zip(frame["spec"], frame["scoring"])])
 
 
 def print_summary(store) -> None:
@@ -725,11 +728,13 @@ def print_summary(store) -> None:
 
             summary = _with_scoring(_labelled(passkey_accuracy(rows, by=("context_length",))))
             pivot = summary.pivot_table(index="spec", columns="context_length", values="accuracy", sort=False)
-            context = _with_scoring(_labelled(passkey_effective_context(rows)))
-            pivot["passkey context"] = context.set_index("spec")["effective_context"]
+            pivot = pivot.round(3).rename(columns=lambda c: int(float(c)))
+            context = _with_scoring(_labelled(passkey_effective_context(rows))).set_index("spec")["effective_context"]
+            pivot["passkey context"] = [("none" if pd.isna(context.get(spec)) else str(int(context.get(spec))))
+                                        for spec in pivot.index]
             print(f"\npasskey accuracy (fraction of prompts; passkey context = largest length with ≥ "
-                  f"{PASSKEY_THRESHOLD:.0%}, NaN: none)")
-            print(pivot.round(3).to_string())
+                  f"{PASSKEY_THRESHOLD:.0%}, none: no length reaches it)")
+            print(pivot.to_string())
         board = store.read("leaderboard")
         if not board.empty:
             from .leaderboard import PAPER_TASKS

@@ -37,6 +37,7 @@ from matplotlib.transforms import blended_transform_factory
 from . import tables
 from .method_facts import METHOD_FACTS, yarn_mscale
 from .tables import (
+    SCORING_WORDS,
     format_number,
     has_temperature_sweep,
     headline_metric,
@@ -84,7 +85,6 @@ METHOD_MARKERS = {
 _SPARE_COLORS = ["tab:brown", "tab:gray", "darkgoldenrod", "teal", "navy", "crimson", "darkviolet",
                  "slategray", "sienna", "darkcyan"]
 _SPARE_MARKERS = ["X", "<", ">", "h", "p", "*"]
-SCORING_WORDS = {"paper-rerotate": "re-rotated KV cache"}  # passkey rows scored on a re-rotated cache
 HEATMAP_FONT = 9  # annotation size in points: legible at the saved 150 dpi
 
 

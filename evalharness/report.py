@@ -22,12 +22,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .plots import SCORING_WORDS, plot_run
+from .plots import plot_run
 from .results import Manifest, atomic_write_text, read_manifest
 from .tables import (
     ALL_TASKS,
     BOOTSTRAP_RESAMPLES,
     PASSKEY_THRESHOLD,
+    SCORING_WORDS,
     EffectiveContextRules,
     effective_context,
     format_number,

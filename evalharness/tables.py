@@ -43,6 +43,8 @@ from .method_facts import METHOD_FACTS, native_display, yarn_mscale
 from .results import KEY_COLUMNS, SCHEMAS, ResultStore
 
 PASSKEY_THRESHOLD = 0.8
+# A passkey `scoring` value that names another series, in words (rows decoded on a re-rotated cache).
+SCORING_WORDS = {"paper-rerotate": "re-rotated KV cache"}
 CONFIDENCE_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 1000
 

@@ -55,3 +55,28 @@ def test_a_resume_that_computed_nothing_is_one_line_and_the_run_comes_last(tmp_p
     assert "- 2026-01-02T00:00:00: `python run_eval.py --tasks passkey` computed nothing" in text
     assert text.index("## Passkey retrieval") < text.index("## Run")
     assert "Perplexity: ppl" not in text and "RULER" not in text  # rules of the tasks present only
+
+
+def test_console_resume_line_plain_progress_and_none(tmp_path, capsys):
+    out = tmp_path / "pk"
+    argv = ["--model", "random:tiny", "--tasks", "passkey", "--method", "base,yarn", "--factor", "2",
+            "--lengths", "256,512", "--depths", "2", "--trials", "1", "--out", str(out), "--no-plots"]
+    assert cli.main(argv) == cli.EXIT_OK
+    first = capsys.readouterr()
+    assert "\x1b" not in first.err and "\r" not in first.err  # stderr is not a terminal: plain lines
+    cell_lines = [line for line in first.err.splitlines() if line.startswith("cell ")]
+    assert [line.split(" done")[0] for line in cell_lines] == [f"cell {i}/8" for i in range(1, 9)]
+    assert "NaN" not in first.out and "none" in first.out
+    assert cli.main(argv[:5] + ["base,yarn,pi"] + argv[6:]) == cli.EXIT_OK
+    assert "8 of 12 cells already done; computing the other 4." in capsys.readouterr().err
+
+
+def test_compare_says_why_nothing_matched_and_prints_no_nan(capsys):
+    govreport = ROOT / "results" / "smollm2-135m-govreport"
+    assert cli.main(["compare", str(govreport), "--model", "yarn-llama-2-7b-64k"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "govreport sliding perplexity is published at 32768 tokens, this run measured 16384" in err
+    assert cli.main(["compare", str(ROOT / "results" / "smollm2-135m-passkey"), "--model",
+                     "yarn-llama-2-7b-64k"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and " none " in out
