@@ -296,27 +296,56 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import describe
 
     rotary_dim, theta, native = args.rotary_dim, args.rope_theta, args.original_ctx
+    model = None
     if args.model:
         from . import models
 
-        _, _, info = models.load(args.model, dtype="float32", device="cpu")
+        model, _, info = models.load(args.model, dtype="float32", device="cpu")
         rotary_dim, theta, native = rotary_dim or info.rotary_dim, theta or info.rope_theta, native or info.native_ctx
         print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={info.rope_theta:g}, "
               f"native context {info.native_ctx}")
     if not (rotary_dim and theta and native):
         raise UsageError("methods needs --model, or all of --rotary-dim, --rope-theta and --original-ctx.")
     specs = build_specs(args.method, args.factor, native)
+    if model is not None:
+        from .runner import resolve_specs
+
+        specs = resolve_specs(model, specs)  # `native`: the RoPE the model ships
+    elif any(spec.method == "native" for spec in specs):
+        raise UsageError("--method native is the RoPE a model ships with; give --model to show it.")
     seq_len = args.seq_len or 2 * native
     header = (f"{'spec':<16}{'s':>7}{'ramp':>10}{'inv_freq[0]':>13}{'inv_freq[-1]':>14}{'max λ':>12}"
               f"{'interp.':>9}{'attn':>8}")
     print(f"|D|={rotary_dim}, b={theta:g}, L={native}; dynamic methods shown at l={seq_len}")
     print(header)
     for spec in specs:
-        row = describe(spec, rotary_dim, theta, seq_len if spec.is_dynamic else None)
+        shipped = shipped_frequencies(model) if spec.method == "native" else None
+        row = describe(spec, rotary_dim, theta, seq_len if spec.is_dynamic else None, frequencies=shipped)
         ramp = "-" if row["ramp_low"] is None else f"{_num(row['ramp_low'])}/{_num(row['ramp_high'])}"
         print(f"{spec.short:<16}{row['scale']:>7.3g}{ramp:>10}{row['inv_freq_first']:>13.6g}{row['inv_freq_last']:>14.6g}"
               f"{row['max_wavelength']:>12.6g}{row['pairs_interpolated']:>9}{row['attention_scale']:>8.4f}")
+    print(METHODS_LEGEND.format(pairs=rotary_dim // 2))
     return EXIT_OK
+
+
+METHODS_LEGEND = """
+s             scale factor (dynamic methods: max(1, l/L) at the length l above)
+ramp          NTK-by-parts / YaRN ramp bounds as dimension-pair indices: pairs below the first keep their
+              frequency, pairs above the second are interpolated fully (θ/s), the ramp blends between; - = none
+inv_freq[0]   the highest frequency θ_0 (radians per token)
+inv_freq[-1]  the lowest frequency θ_(|D|/2-1)
+max λ         the longest wavelength 2π/θ_(|D|/2-1), in tokens
+interp.       how many of the {pairs} dimension pairs are interpolated fully (θ/s)
+attn          attention scale √(1/t) applied to the logits (YaRN: 0.1·ln(s)+1; 1 = none)"""
+
+
+def shipped_frequencies(model):
+    """(inv_freq float32, attention scale) of the model's first rotary module as loaded: what
+    `--method native` runs."""
+    from .scaling import rotary_modules
+
+    _, _, module = rotary_modules(model)[0]
+    return module.inv_freq.detach().float().cpu(), float(getattr(module, "attention_scaling", 1.0))
 
 
 def _num(value) -> str:

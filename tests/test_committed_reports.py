@@ -1,5 +1,6 @@
 """Every committed run folder in results/ rebuilds its report.md and figures byte-identically from
-the folder alone (`run_eval.py plot DIR` on a copy: the report options are recorded in it)."""
+the folder alone (`run_eval.py plot DIR` on a copy: the report options are recorded in it); the
+report's layout; what the console says (resume, plain progress, `none`, compare, methods)."""
 import shutil
 from pathlib import Path
 
@@ -80,3 +81,24 @@ def test_compare_says_why_nothing_matched_and_prints_no_nan(capsys):
                      "yarn-llama-2-7b-64k"]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert "nan" not in out.lower() and " none " in out
+
+
+def test_methods_explains_its_columns_and_shows_native_of_the_given_model(capsys):
+    import torch
+
+    from evalharness import models
+    from evalharness.methods import base_inv_freq
+
+    assert cli.main(["methods", "--model", "random:tiny", "--method", "base,yarn,native", "--factor", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "error" not in out
+    native = next(line for line in out.splitlines() if line.startswith("native"))
+    _, _, info = models.load("random:tiny", dtype="float32", device="cpu")
+    theta = base_inv_freq(info.rotary_dim, info.rope_theta)  # random:tiny ships plain RoPE
+    assert native.split()[3:5] == [f"{float(theta[0]):.6g}", f"{float(theta[-1]):.6g}"]
+    assert float(native.split()[-1]) == 1.0 and torch.is_tensor(theta)
+    for column in ("ramp", "max λ", "interp.", "attn"):
+        assert any(line.startswith(column + " ") for line in out.splitlines()), column
+    assert cli.main(["methods", "--rotary-dim", "64", "--rope-theta", "10000", "--original-ctx", "4096",
+                     "--method", "native"]) == cli.EXIT_USAGE
+    assert "give --model" in capsys.readouterr().err
