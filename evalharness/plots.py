@@ -286,6 +286,9 @@ def _interval(group: pd.DataFrame, low: str, high: str) -> tuple[np.ndarray, np.
         return None
     lows = pd.to_numeric(group[low], errors="coerce").to_numpy(dtype=float)
     highs = pd.to_numeric(group[high], errors="coerce").to_numpy(dtype=float)
+    if "n_docs" in group:  # a bootstrap over one document is no interval (the report shows none either)
+        single = pd.to_numeric(group["n_docs"], errors="coerce").to_numpy(dtype=float) < 2
+        lows, highs = np.where(single, np.nan, lows), np.where(single, np.nan, highs)
     return (lows, highs) if np.isfinite(lows).any() and np.isfinite(highs).any() else None
 
 
@@ -332,6 +335,7 @@ def _dot_interval_panel(ax, series: list[tuple[str, dict, pd.DataFrame]], value:
     ax.set_xticks(range(len(series)), [label for label, _, _ in series],
                   rotation=30 if len(series) > 6 else 0, ha="right" if len(series) > 6 else "center")
     ax.set_xlim(-0.6, len(series) - 0.4)
+    ax.margins(y=0.12)
 
 
 def _context_note(ax, length: float, original_ctx: pd.Series) -> None:
