@@ -300,42 +300,84 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import describe
 
     rotary_dim, theta, native = args.rotary_dim, args.rope_theta, args.original_ctx
+    model = None
     if args.model:
         from . import models
 
-        _, _, info = models.load(args.model, dtype="float32", device="cpu")
+        model, _, info = models.load(args.model, dtype="float32", device="cpu")
         rotary_dim, theta, native = rotary_dim or info.rotary_dim, theta or info.rope_theta, native or info.native_ctx
         print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={info.rope_theta:g}, "
               f"native context {info.native_ctx}")
     if not (rotary_dim and theta and native):
         raise UsageError("methods needs --model, or all of --rotary-dim, --rope-theta and --original-ctx.")
     specs = build_specs(args.method, args.factor, native)
+    if model is not None:
+        from .runner import resolve_specs
+
+        specs = resolve_specs(model, specs)  # `native`: the RoPE the model ships
+    elif any(spec.method == "native" for spec in specs):
+        raise UsageError("--method native is the RoPE a model ships with; give --model to show it.")
     seq_len = args.seq_len or 2 * native
     header = (f"{'spec':<16}{'s':>7}{'ramp':>10}{'inv_freq[0]':>13}{'inv_freq[-1]':>14}{'max λ':>12}"
               f"{'interp.':>9}{'attn':>8}")
     print(f"|D|={rotary_dim}, b={theta:g}, L={native}; dynamic methods shown at l={seq_len}")
     print(header)
     for spec in specs:
-        row = describe(spec, rotary_dim, theta, seq_len if spec.is_dynamic else None)
+        shipped = shipped_frequencies(model) if spec.method == "native" else None
+        row = describe(spec, rotary_dim, theta, seq_len if spec.is_dynamic else None, frequencies=shipped)
         ramp = "-" if row["ramp_low"] is None else f"{_num(row['ramp_low'])}/{_num(row['ramp_high'])}"
         print(f"{spec.short:<16}{row['scale']:>7.3g}{ramp:>10}{row['inv_freq_first']:>13.6g}{row['inv_freq_last']:>14.6g}"
               f"{row['max_wavelength']:>12.6g}{row['pairs_interpolated']:>9}{row['attention_scale']:>8.4f}")
+    print(METHODS_LEGEND.format(pairs=rotary_dim // 2))
     return EXIT_OK
+
+
+METHODS_LEGEND = """
+s             scale factor (dynamic methods: max(1, l/L) at the length l above)
+ramp          NTK-by-parts / YaRN ramp bounds as dimension-pair indices: pairs below the first keep their
+              frequency, pairs above the second are interpolated fully (θ/s), the ramp blends between; - = none
+inv_freq[0]   the highest frequency θ_0 (radians per token)
+inv_freq[-1]  the lowest frequency θ_(|D|/2-1)
+max λ         the longest wavelength 2π/θ_(|D|/2-1), in tokens
+interp.       how many of the {pairs} dimension pairs are interpolated fully (θ/s)
+attn          attention scale √(1/t) applied to the logits (YaRN: 0.1·ln(s)+1; 1 = none)"""
+
+
+def shipped_frequencies(model):
+    """(inv_freq float32, attention scale) of the model's first rotary module as loaded: what
+    `--method native` runs."""
+    from .scaling import rotary_modules
+
+    _, _, module = rotary_modules(model)[0]
+    return module.inv_freq.detach().float().cpu(), float(getattr(module, "attention_scaling", 1.0))
 
 
 def _num(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) and not float(value).is_integer() else str(int(value))
 
 
+def given_report_options(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict]:
+    """The report options this command line gives (checked): `--reference` (None when absent) and
+    the effective-context options given, by name; what is not given is read from the folder."""
+    from .report import RULE_FIELDS
+
+    effective_context_rules(args)  # checks the values
+    references = parse_references(args.reference) if args.reference is not None else None
+    return references, {name: getattr(args, name) for name in RULE_FIELDS if getattr(args, name) is not None}
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
-    rules, references = effective_context_rules(args), parse_references(args.reference)
+    from .report import record_options
+
+    references, rules = given_report_options(args)
     for folder in map(Path, args.results_dirs):
         if not folder.is_dir():
             raise UsageError(f"results folder {str(folder)!r} does not exist; give a run's --out folder.")
         if not any(folder.glob("*.csv")):
             raise UsageError(f"results folder {str(folder)!r} holds no result table (*.csv) to plot.")
-        for path in write_figures_and_report(folder, report=not args.no_report, rules=rules,
-                                             references=references):
+        if not args.no_report:
+            record_options(folder, references, rules)
+        for path in write_figures_and_report(folder, report=not args.no_report):
             print(path)
     return EXIT_OK
 
@@ -403,18 +445,39 @@ def cmd_effective_context(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def write_figures_and_report(folder: Path, report: bool = True, rules=None, references=()) -> list[Path]:
-    """Figures, then report.md (`rules`: the effective-context thresholds, default the tables' own;
-    `references`: series compared with, besides base)."""
+def write_figures_and_report(folder: Path, report: bool = True) -> list[Path]:
+    """Figures, then report.md with the report options recorded in the folder
+    (`report.record_options`)."""
     from . import plots
     from .report import write_report
-    from .tables import EffectiveContextRules
 
     paths = plots.plot_run(folder)
     if report:
-        paths.append(write_report(folder, figures=False, rules=rules or EffectiveContextRules(),
-                                  references=references))
+        paths.append(write_report(folder, figures=False))
     return paths
+
+
+def shown_path(path: str) -> str:
+    """A path as a manifest records it: relative to the working folder when it lies inside it, so
+    a committed run folder names no absolute path of the machine that ran it."""
+    try:
+        inside = os.path.isabs(path) and Path(path).resolve().is_relative_to(Path.cwd())
+        return os.path.relpath(path) if inside else path
+    except ValueError:
+        return path
+
+
+def recorded_command(argv: list[str], out: str) -> list[str]:
+    """`argv` with the script by its name and the `--out` folder as `shown_path` gives it."""
+    words = [Path(argv[0]).name if argv and Path(argv[0]).name == "run_eval.py" else argv[0], *argv[1:]] if argv else []
+    result = []
+    for i, word in enumerate(words):
+        if word == out and i > 0 and words[i - 1] in ("--out",):
+            word = shown_path(word)
+        elif word.startswith("--out=") and word[len("--out="):] == out:
+            word = "--out=" + shown_path(out)
+        result.append(word)
+    return result
 
 
 @dataclass
@@ -565,7 +628,7 @@ def memory_estimate(model, dtype, chunk_size: int | None):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     plan = plan_run(args)
-    rules, references = effective_context_rules(args), parse_references(args.reference)
+    references, rules = given_report_options(args)
     from . import models, parallel, runner
     from .plan import describe
     from .results import Manifest, ResultStore
@@ -616,7 +679,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "documents": [(d.doc_id, int(d.ids.numel())) for d in inputs.loaded_documents()],
                 "rope": rope_note(model), "sliding_window_attention": window_info}
     if shard.rank == 0:
-        main_manifest.start(sys.argv, vars(args), run_info)
+        main_manifest.start(recorded_command(sys.argv, args.out or ""),
+                            {**vars(args), "out": shown_path(str(plan.out))}, run_info)
         print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
               f"native {info.native_ctx}, {info.dtype} on {info.device}; tasks {', '.join(plan.tasks)}; "
               f"methods {', '.join(s.short for s in specs)}; out {plan.out}"
@@ -643,8 +707,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print_summary(main_store)
     if not args.no_plots:
         try:
+            from .report import record_options
+
+            record_options(plan.out, references, rules)
             with main_store.locked():  # two runs into one folder draw one after the other
-                paths = write_figures_and_report(plan.out, rules=rules, references=references)
+                paths = write_figures_and_report(plan.out)
             print(f"figures and report: {', '.join(str(p) for p in paths)}", file=sys.stderr)
         except Exception as exc:  # a figure must never cost the numbers
             print(f"warning: could not draw figures ({type(exc).__name__}: {exc})", file=sys.stderr)
@@ -668,7 +735,10 @@ def _with_scoring(frame):
     paper-rerotate rows of one method)."""
     if "scoring" not in frame or frame["scoring"].nunique() < 2:
         return frame
-    return frame.assign(spec=[f"{spec} ({scoring})" for spec, scoring in zip(frame["spec"], frame["scoring"])])
+    from .tables import SCORING_WORDS
+
+    return frame.assign(spec=[f"{spec}, {SCORING_WORDS[scoring]}" if scoring in SCORING_WORDS else spec
+                              for spec, scoring in zip(frame["spec"], frame["scoring"])])
 
 
 def print_summary(store) -> None:
@@ -691,11 +761,13 @@ def print_summary(store) -> None:
 
             summary = _with_scoring(_labelled(passkey_accuracy(rows, by=("context_length",))))
             pivot = summary.pivot_table(index="spec", columns="context_length", values="accuracy", sort=False)
-            context = _with_scoring(_labelled(passkey_effective_context(rows)))
-            pivot["passkey context"] = context.set_index("spec")["effective_context"]
+            pivot = pivot.round(3).rename(columns=lambda c: int(float(c)))
+            context = _with_scoring(_labelled(passkey_effective_context(rows))).set_index("spec")["effective_context"]
+            pivot["passkey context"] = [("none" if pd.isna(context.get(spec)) else str(int(context.get(spec))))
+                                        for spec in pivot.index]
             print(f"\npasskey accuracy (fraction of prompts; passkey context = largest length with ≥ "
-                  f"{PASSKEY_THRESHOLD:.0%}, NaN: none)")
-            print(pivot.round(3).to_string())
+                  f"{PASSKEY_THRESHOLD:.0%}, none: no length reaches it)")
+            print(pivot.to_string())
         board = store.read("leaderboard")
         if not board.empty:
             from .leaderboard import PAPER_TASKS

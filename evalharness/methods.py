@@ -395,9 +395,12 @@ def rope_frequencies(spec: ScalingSpec, rotary_dim: int, base: float,
     return inv_freq, float(attention)
 
 
-def describe(spec: ScalingSpec, rotary_dim: int, base: float, seq_len: int | None = None) -> dict:
-    """A one-row summary of the frequency table, for the `methods` CLI and notebooks."""
-    inv_freq, attention = rope_frequencies(spec, rotary_dim, base, seq_len)
+def describe(spec: ScalingSpec, rotary_dim: int, base: float, seq_len: int | None = None,
+             frequencies: tuple[torch.Tensor, float] | None = None) -> dict:
+    """A one-row summary of the frequency table, for the `methods` CLI and notebooks;
+    `frequencies` (inv_freq, attention scale) given: those (a model's shipped `native` RoPE)
+    instead of the spec's formula."""
+    inv_freq, attention = frequencies if frequencies is not None else rope_frequencies(spec, rotary_dim, base, seq_len)
     theta = base_inv_freq(rotary_dim, base)
     row = {
         "spec": str(spec),

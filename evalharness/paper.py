@@ -314,12 +314,13 @@ def compare_run(folder: str | Path, model: str | None = None) -> pd.DataFrame:
     tables = {kind: folder / f"{kind}.csv" for kind in COMPARERS if (folder / f"{kind}.csv").is_file()}
     if not tables:
         raise CompareError(f"run folder {str(folder)!r} has no perplexity.csv, passkey.csv or leaderboard.csv.")
-    frames, names = [], set()
+    frames, names, runs = [], set(), {}
     for kind, path in tables.items():
         run = read_run_table(folder, kind)
         if run.empty:
             continue
         names |= set(run["model"].astype(str))
+        runs[kind] = run
         frames.append(COMPARERS[kind](run, model, folder))
     found = [f for f in frames if not f.empty]
     if not names:
@@ -328,17 +329,64 @@ def compare_run(folder: str | Path, model: str | None = None) -> pd.DataFrame:
                            "complete row, so there is nothing to compare.")
     if not found:
         asked = model or ", ".join(sorted(names)) or "(no rows)"
+        reasons = [r for kind, run in runs.items() for r in [mismatch_reason(kind, run, model)] if r]
+        if reasons:
+            raise CompareError(f"no published number matches this run as {asked}: " + "; ".join(reasons) + ".")
         raise CompareError(f"no published number matches model {asked} in this run's tables; published models: "
                            f"{', '.join(published_models())} (Proof-pile/GovReport perplexity, passkey, leaderboard; "
                            "--model NAME compares the run as one of them).")
     return pd.concat(found, ignore_index=True)
 
 
+def _lengths_text(lengths) -> str:
+    return ", ".join(str(int(n)) for n in sorted(set(lengths)))
+
+
+def mismatch_reason(kind: str, run: pd.DataFrame, model: str | None = None) -> str | None:
+    """Why no published `kind` number matches a run table whose model the paper did publish: the
+    data set, protocol, lengths, tasks or metric that differ (one clause); None when the paper
+    has no `kind` number of that model at all."""
+    paper = published(kind)
+    keys = {model_key(model or m) for m in run["model"].astype(str)}
+    paper = paper[paper["model"].map(model_key).isin(keys)]
+    if paper.empty:
+        return None
+    if kind == "perplexity":
+        mine = {(dataset_key(d), str(p)) for d, p in zip(run["dataset"], run["protocol"])}
+        published_at = {(d, str(p)) for d, p in zip(paper["dataset"], paper["protocol"])}
+        if not {d for d, _ in mine} & {d for d, _ in published_at}:
+            return (f"perplexity is published on {', '.join(sorted({d for d, _ in published_at}))}, this run "
+                    f"measured {', '.join(sorted(str(d) for d, _ in mine))}")
+        clauses = []
+        for dataset, protocol in sorted(mine, key=str):
+            same = paper[(paper["dataset"] == dataset) & (paper["protocol"] == protocol)]
+            if same.empty:
+                others = sorted(set(paper.loc[paper["dataset"] == dataset, "protocol"]))
+                clauses.append(f"{dataset} perplexity is published with the {', '.join(others)} protocol, this run "
+                               f"used {protocol}")
+                continue
+            lengths = run.loc[(run["dataset"].map(dataset_key) == dataset) & (run["protocol"] == protocol),
+                              "context_length"]
+            clauses.append(f"{dataset} {protocol} perplexity is published at {_lengths_text(same['context_length'])} "
+                           f"tokens, this run measured {_lengths_text(lengths)}")
+        return "; ".join(clauses)
+    if kind == "passkey":
+        return None if (paper["metric"] == "passkey_context").any() else "no passkey context is published"
+    mine = {(str(t).removesuffix("_local"), str(m)) for t, m in zip(run["task"], run["metric"])}
+    theirs = {(str(t), str(m)) for t, m in zip(paper["task"], paper["metric"])}
+    return (f"leaderboard numbers are published for {', '.join(f'{t} {m}' for t, m in sorted(theirs))}, this run "
+            f"has {', '.join(f'{t} {m}' for t, m in sorted(mine))}")
+
+
+def _number_text(value: float) -> str:
+    return "none" if pd.isna(value) else f"{value:.4g}"
+
+
 def format_comparison(frame: pd.DataFrame) -> str:
     """The comparison as a fixed-width text table (relative difference in percent, `differs` last)."""
     shown = frame.drop(columns=["paper_source"]).copy()
-    shown["run"] = shown["run"].map(lambda v: f"{v:.4g}")
-    shown["paper"] = shown["paper"].map(lambda v: f"{v:.4g}")
-    shown["rel_diff"] = shown["rel_diff"].map(lambda v: f"{100 * v:+.2f}%")
+    shown["run"] = shown["run"].map(_number_text)  # NaN: e.g. a passkey context no length reaches
+    shown["paper"] = shown["paper"].map(_number_text)
+    shown["rel_diff"] = shown["rel_diff"].map(lambda v: "—" if pd.isna(v) else f"{100 * v:+.2f}%")
     width = int(shown["differs"].str.len().max()) if len(shown) else 0
     return shown.to_string(index=False, formatters={"differs": lambda v: f"{v:<{width}}"})

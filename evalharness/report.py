@@ -1,13 +1,15 @@
 """A one-page markdown report of a run folder: `<dir>/report.md`.
 
-What ran (command, model, versions from manifest.json), the tables the paper reports with their
-uncertainty (perplexity with its bootstrap interval over documents and the paired ratio to base,
-passkey accuracy with its Wilson interval, n and the effective passkey context, leaderboard scores
-± lm-eval's standard error with their mean and the change from base, RULER scores ± standard error
-with their mean and the paired difference to base), the effective context per
-series by perplexity, passkey and RULER (`tables.effective_context`), failed cells, and the
-figures of `plots.plot_run` embedded by relative path. Every number comes from `tables.py`; each
-section states its rules in one sentence each. Markdown tables are formatted here.
+Results first: the tables the paper reports for the tasks the folder holds, each with its rules in
+one sentence each (perplexity with its bootstrap interval over documents and the paired ratio to
+base and each reference, passkey accuracy with its Wilson interval, n and the effective passkey
+context, leaderboard scores ± lm-eval's standard error with their mean and the change from base,
+RULER scores ± standard error with their mean and the paired difference to base), the effective
+context per series by the criteria present (`tables.effective_context`), the figures of
+`plots.plot_run` by relative path, failed cells; how it ran (commands, model, environment) last,
+a resume that computed nothing in one line. The report options (`--reference`, the effective-
+context thresholds) are recorded in manifest.json (`record_options`), so the folder alone rebuilds
+its report. Every number comes from `tables.py`; markdown tables are formatted here.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ import numpy as np
 import pandas as pd
 
 from .plots import plot_run
-from .results import atomic_write_text, read_manifest
+from .results import Manifest, atomic_write_text, read_manifest
 from .tables import (
     ALL_TASKS,
     BOOTSTRAP_RESAMPLES,
     PASSKEY_THRESHOLD,
+    SCORING_WORDS,
     EffectiveContextRules,
     effective_context,
     format_number,
@@ -128,9 +131,11 @@ fmt_length = format_number
 
 def _row_label(key: dict, show: Sequence[str]) -> str:
     label = method_display(key["method"], key.get("factor"))
+    if key.get("scoring") in SCORING_WORDS:
+        label += f", {SCORING_WORDS[key['scoring']]}"
     if "original_ctx" in show and "original_ctx" in key:
         label += f" (L={fmt_length(key['original_ctx'])})"
-    prefix = [str(key[c]) for c in show if c in key and c != "original_ctx"]
+    prefix = [str(key[c]) for c in show if c in key and c not in ("original_ctx", "scoring")]
     return ": ".join([" / ".join(prefix), label]) if prefix else label
 
 
@@ -163,20 +168,49 @@ def _by_series(frame: pd.DataFrame, keys: Sequence[str]) -> dict[tuple[str, ...]
 # Sections
 # ---------------------------------------------------------------------------------------------
 
+def _command_text(command) -> str:
+    """A recorded command as a reader reruns it: `python run_eval.py ...` (the script by its name)."""
+    if not isinstance(command, list):
+        return str(command)
+    words = [str(c) for c in command]
+    if words and Path(words[0]).name == "run_eval.py":
+        words = ["python", "run_eval.py", *words[1:]]
+    return shlex.join(words)
+
+
+def _cells_computed(run: dict, cells: dict) -> int | None:
+    """How many cells a finished invocation computed (done or failed between its start and end);
+    None when the run has no end (still running, or killed)."""
+    start, end = run.get("start"), run.get("end")
+    if not start or not end:
+        return None
+    return sum(1 for entry in cells.values()
+               if not entry.get("from_tables") and start <= str(entry.get("time", "")) <= end)
+
+
 def _run_section(manifest: dict) -> list[str]:
     lines = ["## Run", ""]
     runs = manifest.get("runs", [])
     if not runs:
         return lines + ["No manifest runs recorded.", ""]
-    for i, run in enumerate(runs, 1):
-        if len(runs) > 1:
-            lines += [f"### Invocation {i}", ""]
+    cells = manifest.get("cells", {}) or {}
+    computed_by_run = [_cells_computed(run, cells) if len(runs) > 1 else None for run in runs]
+    working = sum(1 for computed in computed_by_run if computed != 0)
+    numbered = 0
+    for run, computed in zip(runs, computed_by_run):
+        if computed == 0:
+            lines += [f"- {run.get('start', '?')}: `{_command_text(run.get('command'))}` computed nothing "
+                      "(every cell was already done).", ""]
+            continue
+        numbered += 1
+        if working > 1:
+            lines += [f"### Invocation {numbered}", ""]
         command = run.get("command")
         if command:
-            text = shlex.join(str(c) for c in command) if isinstance(command, list) else str(command)
-            lines += ["```", f"python {text}" if text.startswith("run_eval.py") else text, "```", ""]
+            lines += ["```", _command_text(command), "```", ""]
         status = run.get("status") or ("running or interrupted" if not run.get("end") else "finished")
-        lines.append(f"- Started {run.get('start', '?')}, ended {run.get('end') or '—'} ({status})")
+        lines.append(f"- Started {run.get('start', '?')}, ended {run.get('end') or '—'} ({status})"
+                     + (f"; {computed} cell(s) computed" if computed else ""))
         info = run.get("model_info") or {}
         if info:
             bits = [f"{k}={info[k]}" for k in ("architecture", "native_ctx", "rope_theta", "rotary_dim",
@@ -199,6 +233,19 @@ def _run_section(manifest: dict) -> list[str]:
             lines.append("- Environment: " + ", ".join(bits))
         lines.append("")
     return lines
+
+
+def _models_line(manifest: dict, results_dir: Path) -> list[str]:
+    """The report's first line under the title: model(s) and task tables of the folder."""
+    models = list(dict.fromkeys((run.get("model_info") or {}).get("name") for run in manifest.get("runs", [])
+                                if (run.get("model_info") or {}).get("name")))
+    tables = [t for t in ("perplexity", "passkey", "leaderboard", "ruler") if (results_dir / f"{t}.csv").exists()]
+    bits = []
+    if models:
+        bits.append("Model " + ", ".join(f"**{m}**" for m in models))
+    if tables:
+        bits.append("tables " + ", ".join(f"`{t}.csv`" for t in tables))
+    return ([("; ".join(bits)) + ". How it ran (commands, environment) is at the end.", ""] if bits else [])
 
 
 def _reference_display(reference: str) -> str:
@@ -483,30 +530,43 @@ def _ruler_rule_text(table: pd.DataFrame, rules: EffectiveContextRules) -> str:
     return text + (" (" + "; ".join(refs) + ")." if refs else ".")
 
 
-def effective_context_lines(table: pd.DataFrame,
-                            rules: EffectiveContextRules = EffectiveContextRules()) -> list[str]:
+def effective_context_lines(table: pd.DataFrame, rules: EffectiveContextRules = EffectiveContextRules(),
+                            present_only: bool = False) -> list[str]:
     """The effective-context table (`tables.effective_context`'s frame) in markdown with its rules:
-    one row per series, one column per perplexity data, then passkey and RULER."""
+    one row per series, one column per perplexity data, then passkey and RULER; `present_only`:
+    only the criteria the table has rows of, with their rules (a report of one task's folder)."""
     show = varying(table, ["model", "original_ctx"]) if not table.empty else []
-    datasets = [data for data in dict.fromkeys(table.loc[table["criterion"] == "perplexity", "data"])]
-    columns = [("perplexity", d) for d in datasets] or [("perplexity", "")]
-    passkey_data = list(dict.fromkeys(table.loc[table["criterion"] == "passkey", "data"])) or [""]
-    columns += [("passkey", d) for d in passkey_data] + [("ruler", "")]
+    present = set(table["criterion"]) if present_only and not table.empty else {"perplexity", "passkey", "ruler"}
+    columns = []
+    if "perplexity" in present:
+        columns += [("perplexity", d) for d in dict.fromkeys(table.loc[table["criterion"] == "perplexity", "data"])
+                    ] or [("perplexity", "")]
+    if "passkey" in present:
+        columns += [("passkey", d) for d in dict.fromkeys(table.loc[table["criterion"] == "passkey", "data"])
+                    ] or [("passkey", "")]
+    if "ruler" in present:
+        columns.append(("ruler", ""))
     headers = ["method"] + [f"perplexity ({d})" if c == "perplexity" and d else
                             "RULER" if c == "ruler" else f"{c} ({d})" if d else c for c, d in columns]
     rows = []
     for key, group in ordered_groups(table, SERIES):
         cells = {(r["criterion"], r["data"]): r for r in group.to_dict("records")}
         rows.append([_row_label(key, show)] + [_effective_context_text(cells.get(c)) for c in columns])
-    return ["- Effective context: the longest tested length ℓ that meets the rule, counted also when a "
-            "shorter tested length fails (the paper's passkey definition; † marks such a gap, for perplexity "
-            "between the best length and ℓ); ≥: met at the longest length tested; none: no tested length "
-            "meets it; —: not measured (perplexity: also when no length ≤ L was run, which leaves no reference).",
-            f"- Perplexity: ppl(ℓ) ≤ (1 + {rules.ppl_tolerance:g}) · min_{{ℓ' ≤ L}} ppl(ℓ'), token-weighted "
-            "perplexity on that data, L = the series' original context.",
-            f"- Passkey: accuracy ≥ {fmt_pct(rules.passkey_threshold, 0)} % over depths and trials.",
-            "- " + _ruler_rule_text(table, rules), "",
-            markdown_table(headers, rows), ""]
+    no_reference = " (perplexity: also when no length ≤ L was run, which leaves no reference)" \
+        if "perplexity" in present else ""
+    lines = ["- Effective context: the longest tested length ℓ that meets the rule, counted also when a "
+             "shorter tested length fails (the paper's passkey definition; † marks such a gap"
+             + (", for perplexity between the best length and ℓ" if "perplexity" in present else "")
+             + "); ≥: met at the longest length tested; none: no tested length meets it; —: not measured"
+             + no_reference + "."]
+    if "perplexity" in present:
+        lines.append(f"- Perplexity: ppl(ℓ) ≤ (1 + {rules.ppl_tolerance:g}) · min_{{ℓ' ≤ L}} ppl(ℓ'), "
+                     "token-weighted perplexity on that data, L = the series' original context.")
+    if "passkey" in present:
+        lines.append(f"- Passkey: accuracy ≥ {fmt_pct(rules.passkey_threshold, 0)} % over depths and trials.")
+    if "ruler" in present:
+        lines.append("- " + _ruler_rule_text(table, rules))
+    return lines + ["", markdown_table(headers, rows), ""]
 
 
 def _effective_context_section(results_dir: Path, rules: EffectiveContextRules) -> list[str]:
@@ -514,7 +574,7 @@ def _effective_context_section(results_dir: Path, rules: EffectiveContextRules) 
     table = effective_context(tables["perplexity"], tables["passkey"], tables["ruler"], rules)
     if table.empty:
         return []
-    return ["## Effective context", ""] + effective_context_lines(table, rules)
+    return ["## Effective context", ""] + effective_context_lines(table, rules, present_only=True)
 
 
 def _ruler_section(ruler: pd.DataFrame, samples: pd.DataFrame, seed: int,
@@ -616,17 +676,60 @@ def _figures_section(results_dir: Path) -> list[str]:
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
-def build_report(results_dir: str | os.PathLike, seed: int = 0,
-                 rules: EffectiveContextRules = EffectiveContextRules(), references: Sequence[str] = ()) -> str:
+REPORT_OPTIONS = "report_options"  # the manifest key of the report's recorded options
+RULE_FIELDS = ("ppl_tolerance", "passkey_threshold", "ruler_fraction", "ruler_threshold")
+
+
+def recorded_options(results_dir: str | os.PathLike) -> tuple[tuple[str, ...], EffectiveContextRules]:
+    """The report options recorded in the folder's manifest (`record_options`): the references and
+    the effective-context rules (defaults where none are recorded)."""
+    path = Path(results_dir) / "manifest.json"
+    options = (read_manifest(path, quiet=True) if path.exists() else {}).get(REPORT_OPTIONS) or {}
+    rules = {k: v for k, v in (options.get("rules") or {}).items() if k in RULE_FIELDS}
+    return tuple(options.get("references") or ()), EffectiveContextRules(**rules)
+
+
+def record_options(results_dir: str | os.PathLike, references: Sequence[str] | None = None,
+                   rules: dict | None = None) -> None:
+    """Records the report options a command line gave (`references`: `--reference`; `rules`: the
+    effective-context options given, by `RULE_FIELDS` name) in the folder's manifest, over the ones
+    recorded before, so `plot DIR` alone rebuilds the same report. Nothing given: nothing written."""
+    if references is None and not rules:
+        return
+
+    def change(data: dict) -> None:
+        options = dict(data.get(REPORT_OPTIONS) or {})
+        if references is not None:
+            options["references"] = list(references)
+        if rules:
+            merged = {**(options.get("rules") or {}), **rules}
+            if "ruler_threshold" in rules:  # the absolute RULER rule and the fraction of base exclude each other
+                merged.pop("ruler_fraction", None)
+            elif "ruler_fraction" in rules:
+                merged.pop("ruler_threshold", None)
+            options["rules"] = merged
+        data[REPORT_OPTIONS] = options
+
+    Manifest(results_dir).update(change)
+
+
+def build_report(results_dir: str | os.PathLike, seed: int = 0, rules: EffectiveContextRules | None = None,
+                 references: Sequence[str] | None = None) -> str:
     """The markdown text of the report (without writing figures); `seed` drives the paired
     bootstrap intervals, `rules` holds the effective-context thresholds; perplexity ratios, passkey
-    and RULER differences are shown against Base and each of `references` (`--method` syntax)."""
+    and RULER differences are shown against Base and each of `references` (`--method` syntax).
+    `rules` / `references` None: the ones recorded in the folder (`recorded_options`).
+
+    Results first (each task's tables with their rules, the effective context, figures, failed
+    cells), how it ran (commands, model, environment) last."""
+    recorded_references, recorded_rules = recorded_options(results_dir)
+    references = recorded_references if references is None else references
+    rules = recorded_rules if rules is None else rules
     references = tuple(dict.fromkeys((REFERENCE, *references)))
     results_dir = Path(results_dir)
     manifest_path = results_dir / "manifest.json"
     manifest = read_manifest(manifest_path) if manifest_path.exists() else {}
-    lines = [f"# Report: {results_dir.name}", ""]
-    lines += _run_section(manifest)
+    lines = [f"# Report: {results_dir.name}", ""] + _models_line(manifest, results_dir)
     ppl = load_perplexity(results_dir)
     if not ppl.empty:
         lines += _perplexity_section(ppl, read_table(results_dir, "perplexity_docs"), seed, references)
@@ -641,15 +744,17 @@ def build_report(results_dir: str | os.PathLike, seed: int = 0,
     if not ruler.empty:
         lines += _ruler_section(ruler, read_table(results_dir, "ruler_samples"), seed, references)
     lines += _effective_context_section(results_dir, rules)
-    lines += _cells_section(manifest)
     lines += _figures_section(results_dir)
+    lines += _cells_section(manifest)
+    lines += _run_section(manifest)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(results_dir: str | os.PathLike, figures: bool = True,
-                 rules: EffectiveContextRules = EffectiveContextRules(), references: Sequence[str] = ()) -> Path:
+def write_report(results_dir: str | os.PathLike, figures: bool = True, rules: EffectiveContextRules | None = None,
+                 references: Sequence[str] | None = None) -> Path:
     """Writes `<dir>/report.md`; with `figures=True` the figures of `plot_run` first, so the
-    report embeds current ones. Returns the report's path."""
+    report embeds current ones. `rules` / `references` None: the folder's recorded ones. Returns
+    the report's path."""
     results_dir = Path(results_dir)
     if figures:
         plot_run(results_dir)
@@ -658,4 +763,5 @@ def write_report(results_dir: str | os.PathLike, figures: bool = True,
     return path
 
 
-__all__ = ["write_report", "build_report", "markdown_table", "effective_context_lines"]
+__all__ = ["write_report", "build_report", "markdown_table", "effective_context_lines", "record_options",
+           "recorded_options"]

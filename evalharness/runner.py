@@ -18,6 +18,7 @@ Contract:
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,13 @@ def record_cells_found_in_tables(session: Session, done: Sequence[str]) -> None:
                                       for name in missing})
 
 
+def resume_line(done: int, total: int) -> str:
+    """What a resumed run says before it computes: `k of n cells already done`."""
+    rest = total - done
+    return (f"{done} of {total} cells already done; " +
+            (f"computing the other {rest}." if rest else "nothing to compute."))
+
+
 def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
     """Compute every cell of `plan` this rank owns and the store lacks; return the failed cells'
     names. Tasks are closed at the end, also when an exception propagates."""
@@ -176,14 +184,17 @@ def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
         status = plan_status(plan, by_name, session.store)
         if not session.shard.active:
             record_cells_found_in_tables(session, [cell.name for cell, pending in status if not pending])
-        todo = [(cell, pending) for index, (cell, pending) in enumerate(status)
-                if session.shard.owns(index) and pending]
+        owned = [(cell, pending) for index, (cell, pending) in enumerate(status) if session.shard.owns(index)]
+        todo = [(cell, pending) for cell, pending in owned if pending]
         failed: list[str] = []
+        if len(todo) < len(owned):
+            print(resume_line(len(owned) - len(todo), len(owned)), file=sys.stderr)
+        terminal = sys.stderr.isatty()
         overall = tqdm(total=len(todo), unit="cell", desc="cells", position=0, dynamic_ncols=True,
-                       disable=not session.show_progress or not todo)
+                       disable=not session.show_progress or not todo or not terminal)
         tokens, start = 0, time.monotonic()
         try:
-            for cell, pending in todo:
+            for number, (cell, pending) in enumerate(todo, 1):
                 task = by_name[cell.task]
                 apply_scaling(session.model, cell.spec)
                 overall.set_description(f"cells ({cell.task})")
@@ -198,6 +209,10 @@ def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
                     record_failure(session, failed, cell.name, exc)
                 tokens += cell.tokens
                 overall.update(1)
+                if session.show_progress and not terminal:  # a log file: one plain line per cell
+                    state = "failed" if failed and failed[-1] == cell.name else "done"
+                    print(f"cell {number}/{len(todo)} {state} in {time.monotonic() - cell_start:.1f} s: "
+                          f"{cell.name}", file=sys.stderr, flush=True)
                 elapsed = time.monotonic() - start
                 if tokens and elapsed > 0:
                     overall.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)

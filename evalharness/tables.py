@@ -43,6 +43,8 @@ from .method_facts import METHOD_FACTS, native_display, yarn_mscale
 from .results import KEY_COLUMNS, SCHEMAS, ResultStore
 
 PASSKEY_THRESHOLD = 0.8
+# A passkey `scoring` value that names another series, in words (rows decoded on a re-rotated cache).
+SCORING_WORDS = {"paper-rerotate": "re-rotated KV cache"}
 CONFIDENCE_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -722,6 +724,21 @@ def headline_metric(task: str, metrics) -> str:
     return next((m for m in HEADLINE_PREFERENCE if m in metrics), metrics[0])
 
 
+def leaderboard_headline(leaderboard: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each series' headline numbers: group-level tasks only (`without_subtasks`), and
+    of each task the one metric `headline_metric` picks (the paper's four numbers for its tasks)."""
+    frame = without_subtasks(leaderboard)
+    if frame.empty:
+        return frame
+    keys = [c for c in SERIES_COLUMNS if c in frame.columns]
+    keep = pd.Series(False, index=frame.index)
+    for _, group in ordered_groups(frame, keys):
+        for task, rows_of_task in group.groupby("task", sort=False):
+            metric = headline_metric(task, rows_of_task["metric"])
+            keep[rows_of_task.index[rows_of_task["metric"] == metric]] = True
+    return frame[keep]
+
+
 def leaderboard_means(leaderboard: pd.DataFrame) -> pd.DataFrame:
     """Per series: `mean` = the unweighted mean over its tasks of each task's headline metric
     (`headline_metric`: one number per task, so a task reporting acc and acc_norm, or MMLU's
@@ -889,15 +906,19 @@ def perplexity_effective_context(ppl: pd.DataFrame, tolerance: float = PPL_TOLER
 
 def ruler_means(ruler: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
     """The RULER mean of each series and length: m(ℓ) = (1/|K|) Σ_{k ∈ K} score_k(ℓ), K the tasks the
-    series has at ℓ (its rows of ruler.csv). Columns: `keys` (default the series columns),
-    `context_length`, `mean_score`, `n_tasks`."""
+    series has at ℓ (its rows of ruler.csv), and its standard error √(Σ_k se_k²)/|K| (the tasks'
+    samples are independent; NaN when a task has no stderr). Columns: `keys` (default the series
+    columns), `context_length`, `mean_score`, `n_tasks`, `mean_stderr`."""
     keys = [c for c in (SERIES_COLUMNS if keys is None else keys) if c in ruler.columns]
-    columns = keys + ["context_length", "mean_score", "n_tasks"]
+    columns = keys + ["context_length", "mean_score", "n_tasks", "mean_stderr"]
     rows = []
     frame = ruler.assign(score=pd.to_numeric(ruler["score"], errors="coerce")).dropna(subset=["score"])
     for key, group in (ordered_groups(frame, keys + ["context_length"]) if not frame.empty else []):
+        stderr = (pd.to_numeric(group["stderr"], errors="coerce") if "stderr" in group
+                  else pd.Series(math.nan, index=group.index))
         rows.append({**key, "context_length": float(key["context_length"]),
-                     "mean_score": float(group["score"].mean()), "n_tasks": int(group["task"].nunique())})
+                     "mean_score": float(group["score"].mean()), "n_tasks": int(group["task"].nunique()),
+                     "mean_stderr": float(np.sqrt((stderr ** 2).sum(skipna=False))) / len(group)})
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -164,7 +164,8 @@ def test_passkey_heatmap_shows_the_mean_accuracy_per_length_and_depth(tmp_path):
     fig = plot_passkey_heatmap(store.read("passkey"))
     panels = [ax for ax in fig.axes if ax.get_gid() != "colorbar"]
     assert len(panels) == 2 and len(fig.axes) == 3  # two panels + the colorbar
-    assert [ax.get_title() for ax in panels] == ["Base (n=3 per cell)", "YaRN s=2 (n=3 per cell)"]
+    assert [ax.get_title() for ax in panels] == ["Base", "YaRN s=2"]
+    assert fig.get_suptitle() == "m: passkey retrieval accuracy (n=3 prompts per cell)"
     for ax, method in zip(panels, ["base", "yarn"]):
         (image,) = ax.images
         expected = np.array([[np.mean([passkey_correct(method, n, d, t) for t in range(3)]) for n in LENGTHS]
@@ -212,7 +213,7 @@ def test_temperature_sweep_marks_each_minimum_and_the_formula():
     (ax,) = fig.axes
     lines = series_lines(ax)
     assert len(lines) == 2
-    assert lines[0].get_label().startswith("s=2") and lines[1].get_label().startswith("s=4")
+    assert lines[0].get_label().startswith("YaRN s=2") and lines[1].get_label().startswith("YaRN s=4")
     xs2 = sorted([1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 0.1 * math.log(2) + 1])
     assert list(lines[0].get_xdata()) == pytest.approx(xs2)
     minima = [line for line in ax.lines if line.get_gid() == "minimum"]
