@@ -204,6 +204,7 @@ def test_missing_path_is_named(tmp_path):
         M.load("./nope/model.gguf")
 
 
+@pytest.mark.machine  # wall-clock bound
 def test_offline_hub_id_fails_fast(offline_hub):
     start = time.perf_counter()
     with pytest.raises(ModelLoadError) as err:
