@@ -833,7 +833,7 @@ def load(
     checkpoints, through transformers' `torch.load(weights_only=True)`.  `weights=False` (for
     `--dry-run`) reads the config and tokenizer only: the parameters stay on the `meta` device, no
     weight file is read or downloaded (a GGUF file is still converted once into its cache; random
-    models are built as usual).  Raises `ModelLoadError` for bad references or options.
+    models are built on `meta` too).  Raises `ModelLoadError` for bad references or options.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise ModelLoadError(f"model reference {ref!r} is empty; pass a built-in name, path, hub id or random:NAME")
@@ -842,8 +842,10 @@ def load(
     dev, torch_dtype = resolve_device_dtype(device, dtype)
 
     if ref.startswith(_RANDOM_PREFIX):
-        model, tokenizer = random_model(ref[len(_RANDOM_PREFIX):], torch_dtype, dev, attn_impl=attn_impl)
-        return model, tokenizer, model_info(ref, model, tokenizer)
+        where = dev if weights else torch.device("meta")
+        model, tokenizer = random_model(ref[len(_RANDOM_PREFIX):], torch_dtype, where, attn_impl=attn_impl)
+        info = model_info(ref, model, tokenizer)
+        return model, tokenizer, info if weights else dataclasses.replace(info, device=str(dev))
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     model_kwargs = _from_pretrained_kwargs(torch_dtype, attn_impl, trust_remote_code, device_map, allow_pickle_weights)

@@ -230,3 +230,70 @@ def test_limit_naming_a_task_not_run_is_refused(tmp_path, capsys):
                 "--limit", "mmlu=2", "--out", str(tmp_path / "out")])
     assert code == 2
     assert "mmlu" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --dry-run: a weightless plan
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    """One document of ≈ 140k byte tokens: a 128k truncated window fits."""
+    return write_corpus(tmp_path_factory.mktemp("long"), 1, WORDS, 36_000)
+
+
+def dry_run_7b_args(corpus, out):
+    return ["--model", "random:llama2-7b", "--method", "base,yarn", "--factor", "16", "--lengths", "32k,128k",
+            "--dataset", f"local:{corpus}", "--dtype", "float32", "--device", "cpu", "--dry-run",
+            "--no-progress", "--out", str(out)]
+
+
+def test_dry_run_builds_a_random_model_on_meta(long_corpus, tmp_path, capsys, monkeypatch):
+    """--dry-run of a 7B random shape: every parameter stays on `meta` (nothing allocated, nothing
+    written), the plan shows the cells and their memory estimate for the device asked."""
+    from evalharness import models
+
+    built, load, random_model = [], models.load, models.random_model
+
+    def spy(*args, **kwargs):
+        result = load(*args, **kwargs)
+        built.append(result)
+        return result
+
+    def meta_only(name, dtype, device, **kwargs):  # a regression fails here, before allocating 27 GB
+        assert str(device) == "meta", device
+        return random_model(name, dtype, device, **kwargs)
+
+    monkeypatch.setattr(models, "load", spy)
+    monkeypatch.setattr(models, "random_model", meta_only)
+    out = tmp_path / "out"
+    assert run(dry_run_7b_args(long_corpus, out)) == cli.EXIT_OK
+    (model, _, info), = built
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert sum(p.numel() for p in model.parameters()) == 6_738_415_616
+    assert info.device == "cpu" and info.dtype == "float32"
+    printed = capsys.readouterr().out
+    assert "yarn:16" in printed and "GiB" in printed
+    assert not out.exists()
+
+
+@pytest.mark.machine
+def test_dry_run_of_a_7b_plan_in_fp32_stays_small_and_quick(long_corpus, tmp_path):
+    """The 7B fp32 plan (27 GB of weights were it materialised) in a child process: peak RSS < 2 GB,
+    wall time < 60 s (seconds when the machine is not shared)."""
+    import os
+    import subprocess
+    import time
+
+    from conftest import run_eval_command, subprocess_env
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(run_eval_command(*dry_run_7b_args(long_corpus, tmp_path / "out")),
+                            env=subprocess_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    assert os.waitstatus_to_exitcode(status) == 0, stderr.decode()[-2000:]
+    peak_rss = usage.ru_maxrss * 1024  # kB on Linux
+    print(f"7B fp32 dry run: peak RSS {peak_rss / 1e9:.2f} GB, {seconds:.1f} s")
+    assert peak_rss < 2e9 and seconds < 60
