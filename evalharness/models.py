@@ -60,6 +60,7 @@ from transformers import (
 from . import hub
 from .errors import EvalHarnessError
 from .hub import default_cache_dir
+from .scaling import original_context
 
 __all__ = [
     "ModelLoadError",
@@ -90,7 +91,7 @@ class ModelInfo:
     architecture: str
     rotary_dim: int
     rope_theta: float
-    native_ctx: int
+    native_ctx: int  # L, the pre-trained context: scaling.original_context
     vocab_size: int
     num_layers: int
     bos_token_id: int | None
@@ -356,7 +357,7 @@ def model_info(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
         architecture=str(config.model_type),
         rotary_dim=_rotary_dim(config, rope),
         rope_theta=float(rope["rope_theta"]) if rope else math.nan,
-        native_ctx=int(config.max_position_embeddings),
+        native_ctx=original_context(config),
         vocab_size=int(config.vocab_size),
         num_layers=int(config.num_hidden_layers),
         bos_token_id=tokenizer.bos_token_id,

@@ -148,16 +148,22 @@ def _layer_geometry(params: dict, head_dim: int, config, scaled: bool) -> tuple[
     return int(head_dim * partial), float(params["rope_theta"]), scaled
 
 
+def original_context(config) -> int:
+    """L, the context a model was pre-trained with, from its config: `original_max_position_embeddings`
+    (in its RoPE parameters or the config itself) when it has one (models fine-tuned with RoPE
+    scaling, e.g. Yarn-Llama-2-7b-64k: 4096), else `max_position_embeddings`. The one definition:
+    `native_context`, `models.ModelInfo.native_ctx` (run banner, `methods --model`, report.md) read it."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    original = _shipped_params(config).get("original_max_position_embeddings") or getattr(
+        config, "original_max_position_embeddings", None)
+    return int(original or config.max_position_embeddings)
+
+
 def native_context(model: nn.Module) -> int:
-    """The context the model was pre-trained with (L): the config's
-    `original_max_position_embeddings` when it has one (models fine-tuned with RoPE scaling, e.g.
-    Yarn-Llama-2-7b-64k: 4096), else `max_position_embeddings`, as it was the first time this
-    module saw the model (later edits of the config do not move it)."""
+    """`original_context` of the model's config as it was the first time this module saw the model
+    (later edits of the config do not move it)."""
     if not hasattr(model, _NATIVE_CTX):
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        original = _shipped_params(config).get("original_max_position_embeddings") or getattr(
-            config, "original_max_position_embeddings", None)
-        setattr(model, _NATIVE_CTX, int(original or config.max_position_embeddings))
+        setattr(model, _NATIVE_CTX, original_context(model.config))
     return getattr(model, _NATIVE_CTX)
 
 

@@ -297,3 +297,35 @@ def test_dry_run_of_a_7b_plan_in_fp32_stays_small_and_quick(long_corpus, tmp_pat
     peak_rss = usage.ru_maxrss * 1024  # kB on Linux
     print(f"7B fp32 dry run: peak RSS {peak_rss / 1e9:.2f} GB, {seconds:.1f} s")
     assert peak_rss < 2e9 and seconds < 60
+
+
+def test_one_original_context_for_a_model_fine_tuned_with_scaling(corpus, tmp_path, capsys):
+    """A checkpoint fine-tuned with YaRN (max_position_embeddings 65536, original 4096): L = 4096 in
+    ModelInfo, scaling.native_context, the run banner, `methods --model` and report.md."""
+    import transformers
+
+    from evalharness import models, scaling
+
+    config = transformers.LlamaConfig(
+        vocab_size=models.BYTE_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=65536,
+        rope_parameters={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096,
+                         "rope_theta": 10000.0})
+    folder = tmp_path / "yarn-64k"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    models.build_byte_tokenizer().save_pretrained(folder)
+    assert scaling.original_context(config) == 4096
+    model, _, info = models.load(str(folder), dtype="float32", device="cpu")
+    assert info.native_ctx == scaling.native_context(model) == 4096
+
+    assert run(["methods", "--model", str(folder), "--method", "yarn", "--factor", "2"]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    assert "native context 4096" in printed and "L=4096" in printed and "65536" not in printed
+
+    out = tmp_path / "run"
+    argv = base_args(corpus, out, model=str(folder), method="base", lengths="64,128")
+    assert run([a for a in argv if a != "--no-plots"]) == cli.EXIT_OK
+    assert "native 4096," in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert "native_ctx=4096" in report and "65536" not in report
