@@ -149,7 +149,7 @@ CASES = [
     ("Parquet with magic bytes only", {"dataset": "local:{root}/fake.parquet"},
      "fake.parquet is not a readable Parquet file"),
     ("text not UTF-8", {"dataset": "local:{root}/latin1"}, "latin1/b.txt is not UTF-8 text (byte 2"),
-    ("JSON line not UTF-8", {"dataset": "local:{root}/latin1.jsonl"}, "latin1.jsonl line 1 is not UTF-8"),
+    ("JSON line not UTF-8", {"dataset": "local:{root}/latin1.jsonl"}, "latin1.jsonl line 2 is not UTF-8"),
 ]
 
 
