@@ -304,8 +304,8 @@ def _missing_field_error(path: Path, field: str, fields: Iterable[str], where: s
 def _check_text_value(value: object, path: Path, field: str, row: int) -> str:
     """Return `value` if it is a string, else raise naming the row (0-based `row`, named from 1)."""
     if not isinstance(value, str):
-        raise CorpusError(f"field {field!r} of row {row + 1} in {path} is {type(value).__name__}, not text; pick a text "
-                          f"field.")
+        raise CorpusError(f"field {field!r} of row {row + 1} in {path} is {type(value).__name__}, not text; "
+                          "pick a text field.")
     return value
 
 
@@ -896,8 +896,9 @@ def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(0-based line index, text) of each non-blank line (messages number lines from 1), decoded line by line so that a line that is not
-    UTF-8 is an error naming it (a text-mode file would fail on a read-ahead block instead)."""
+    """(0-based line index, text) of each non-blank line (messages name lines from 1), decoded line by
+    line so that a line that is not UTF-8 is an error naming it (a text-mode file would fail on a
+    read-ahead block instead)."""
     with path.open("rb") as fh:
         for index, raw in enumerate(fh):
             try:
