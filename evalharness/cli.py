@@ -238,12 +238,13 @@ def add_reference_argument(p: argparse.ArgumentParser) -> None:
 
 def parse_references(text: str | None) -> tuple[str, ...]:
     """`--reference` → the reference series (`tables.parse_reference` syntax); UsageError naming a bad one."""
+    from .methods import canonical_method
     from .tables import parse_reference
 
     references = tuple(part.strip() for part in (text or "").split(",") if part.strip())
     for reference in references:
         try:
-            parse_reference(reference)
+            canonical_method(parse_reference(reference)[0].split(":")[0])
         except ValueError as exc:
             raise UsageError(f"--reference: {exc}") from None
     return references

@@ -25,6 +25,7 @@ ships scaling `base` is unscaled RoPE, not the shipped one (`shipped_rope` says 
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -246,13 +247,23 @@ def resolve_spec(model: nn.Module, spec: ScalingSpec) -> ScalingSpec:
 
 
 def check_supported(model: nn.Module) -> list:
-    """The model's rotary modules; ScalingError naming the model class when there are none."""
+    """The model's rotary modules; ScalingError naming the model class when there are none or when its
+    config's RoPE cannot be computed (rope_theta ≤ 1 or not finite, an odd rotary dimension)."""
     modules = rotary_modules(model)
     if not modules:
         raise ScalingError(
             f"{type(model).__name__} has no rotary position embedding in the standard transformers "
             "layout (a `*RotaryEmbedding` module with `inv_freq`), so RoPE scaling cannot be applied."
         )
+    try:
+        geometry = rope_geometry(model.config)
+    except ScalingError:  # rotary modules without rope_parameters: nothing to check here
+        geometry = {}
+    for rotary_dim, base, _ in geometry.values():
+        if not (math.isfinite(base) and base > 1) or rotary_dim <= 0 or rotary_dim % 2:
+            raise ScalingError(f"{type(model).__name__}'s config has rope_theta {base:g} and a rotary dimension "
+                               f"{rotary_dim}; RoPE needs a finite base > 1 (e.g. 10000) and a positive even "
+                               "dimension.")
     return modules
 
 

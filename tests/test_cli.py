@@ -329,3 +329,34 @@ def test_one_original_context_for_a_model_fine_tuned_with_scaling(corpus, tmp_pa
     assert "native 4096," in capsys.readouterr().err
     report = (out / "report.md").read_text()
     assert "native_ctx=4096" in report and "65536" not in report
+
+
+@pytest.mark.parametrize("where", ["evalharness.cli._quiet_libraries", "evalharness.models.load",
+                                   "evalharness.corpora.load_corpus"])
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(corpus, tmp_path, capsys, monkeypatch, where):
+    """Ctrl-C during start-up (library set-up, model load, corpus load): no traceback, exit 130."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(where, interrupt)
+    out = tmp_path / "out"
+    assert run(base_args(corpus, out)) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("interrupted") and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_help_still_prints_usage_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--help"])
+    assert exit_.value.code == 0 and "--chunk-size" in capsys.readouterr().out
+
+
+def test_parquet_corpus_shows_no_progress_bar_under_no_progress(tmp_path, capsys):
+    """datasets' "Generating train split" bar is off with --no-progress (a fresh file: no cache hit)."""
+    path = tmp_path / "docs.parquet"
+    pd.DataFrame({"text": [" ".join([WORDS] * 30)] * 2}).to_parquet(path)
+    argv = base_args(path, tmp_path / "out", dataset=f"local:{path}", method="base", lengths="64,128") + ["--dry-run"]
+    assert run(argv) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "Generating" not in err and "%|" not in err, err
