@@ -253,6 +253,7 @@ def _fake_checkpoint(folder: Path) -> Path:
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))  # a valid header: load checks it
+    (folder / "tokenizer_config.json").write_text("{}")  # load checks a tokenizer is there (the spy loads it)
     return folder
 
 
