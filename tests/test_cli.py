@@ -360,3 +360,26 @@ def test_parquet_corpus_shows_no_progress_bar_under_no_progress(tmp_path, capsys
     assert run(argv) == cli.EXIT_OK
     err = capsys.readouterr().err
     assert "Generating" not in err and "%|" not in err, err
+
+
+@pytest.mark.machine
+@pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])
+def test_sigint_during_start_up_is_one_line_and_exit_130(corpus, tmp_path, delay):
+    """A real Ctrl-C (SIGINT) to a run starting up, at a few moments (imports, model, corpus): exit
+    130, one line, no traceback (a run already finished by then is skipped)."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import run_eval_command, subprocess_env
+
+    proc = subprocess.Popen(run_eval_command(*base_args(corpus, tmp_path / "out")), env=subprocess_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGINT arrived")
+    text = stderr.decode().strip()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and text.splitlines()[-1].startswith("interrupted"), text
