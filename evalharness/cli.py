@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import EvalHarnessError, UsageError
-from .options import parse_count, parse_factors, parse_grid, parse_lengths, positive_count
+from .options import bounded_count, finite_number, parse_factors, parse_grid, parse_lengths, positive_count
 from .runner import TASKS
 from .taskfiles import apply_task_file, task_names
 
@@ -31,6 +31,35 @@ EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE_FAILED = 3
 DEFAULT_TEMPERATURES = "1.0:1.4:0.05"
 DEFAULT_STRIDE = 256
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are the harness's: one sentence (UsageError, exit 2), no usage dump."""
+
+    def error(self, message: str):
+        raise UsageError(one_sentence(message))
+
+
+def one_sentence(message: str) -> str:
+    """argparse's error `message` as one sentence naming the option and what is valid."""
+    import re
+
+    match = re.fullmatch(r"argument ([^:]+): (.*)", message, flags=re.S)
+    if not match:
+        return message.rstrip(".") + "; see run_eval.py --help."
+    flag, text = match.group(1).split("/")[-1], match.group(2)
+    if text.startswith(flag):  # our own type functions write the whole sentence
+        return text
+    invalid = re.fullmatch(r"invalid (\w+) value: (.*)", text)
+    if invalid:
+        kind = {"int": "a whole number", "float": "a number"}.get(invalid.group(1), "valid")
+        return f"{flag} {invalid.group(2)} is not {kind}."
+    choice = re.fullmatch(r"invalid choice: (.*?) \(choose from (.*)\)", text)
+    if choice:
+        return f"{flag} {choice.group(1)} is not valid; choose from {choice.group(2)}."
+    if text.startswith("expected one argument"):
+        return f"{flag} needs a value."
+    return f"{flag}: {text.rstrip('.')}."
 
 
 class StoreGiven(argparse.Action):
@@ -134,7 +163,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "re-rotated to the current scale, the YaRN paper's advice for dynamic scaling (rerotate: "
                         "one prefill + one token per step)")
     g.add_argument("--factor", default="2", help="comma list of scale factors s (grid with --method)")
-    g.add_argument("--original-ctx", type=parse_count, default=None,
+    g.add_argument("--original-ctx", type=bounded_count("--original-ctx"), default=None,
                    help="pre-trained context L (default: the config's original_max_position_embeddings, "
                         "else max_position_embeddings)")
     g = p.add_argument_group("tasks")
@@ -152,28 +181,32 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lengths", default="2k:8k:2k", help="context lengths: start:stop:step or comma list; k = 1024")
     g.add_argument("--protocol", choices=("truncated", "sliding"), default="truncated",
                    help="perplexity protocol: first L tokens per doc, or sliding window L with --stride")
-    g.add_argument("--stride", type=parse_count, default=None, help="sliding-window stride S (default 256)")
+    g.add_argument("--stride", type=bounded_count("--stride"), default=None,
+                   help="sliding-window stride S (default 256)")
     g.add_argument("--window-bos", choices=("every", "first"), default=None,
                    help="sliding: BOS + L−1 document tokens in every window (the authors' algorithm, default) "
                         "or BOS only at the document start (the transformers perplexity recipe)")
-    g.add_argument("--position-bucket", type=parse_count, default=None,
+    g.add_argument("--position-bucket", type=bounded_count("--position-bucket"), default=None,
                    help="width in tokens of the loss-by-position buckets (default: original context L / 8)")
-    g.add_argument("--docs", type=int, default=None, help="first N documents after the length filter (paper)")
-    g.add_argument("--sample", type=int, default=None, help="instead: a seeded random sample of N documents")
-    g.add_argument("--min-tokens", type=parse_count, default=None,
+    g.add_argument("--docs", type=bounded_count("--docs"), default=None,
+                   help="first N documents after the length filter (paper)")
+    g.add_argument("--sample", type=bounded_count("--sample"), default=None,
+                   help="instead: a seeded random sample of N documents")
+    g.add_argument("--min-tokens", type=bounded_count("--min-tokens", 0), default=None,
                    help="keep documents with at least this many tokens (default: the largest length for truncated)")
-    g.add_argument("--seed", type=int, default=0, action=StoreGiven,
+    g.add_argument("--seed", type=bounded_count("--seed", 0), default=0, action=StoreGiven,
                    help="seed of every random choice (samples, bootstrap, passkeys); leaderboard: lm-eval's own "
                         "seeds (0, 1234, 1234, 1234) unless --seed is given, which then sets all four")
     g.add_argument("--temperatures", default=None,
                    help="temperature-sweep: grid of YaRN attention factors sqrt(1/t), start:stop:step or list "
                         f"(default {DEFAULT_TEMPERATURES})")
-    g.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: 256 MB of "
-                                                                "logits)")
+    g.add_argument("--chunk-size", type=bounded_count("--chunk-size"), default=None,
+                   help="positions per LM-head chunk (default: 256 MB of logits)")
     g = p.add_argument_group("passkey")
-    g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1] (--lengths are "
-                                                          "the prompt lengths)")
-    g.add_argument("--trials", type=int, default=1, help="trials (keys) per (length, depth)")
+    g.add_argument("--depths", type=bounded_count("--depths"), default=10,
+                   help="needle depths, evenly spaced in [0, 1] (--lengths are the prompt lengths)")
+    g.add_argument("--trials", type=bounded_count("--trials"), default=1,
+                   help="trials (keys) per (length, depth)")
     g = p.add_argument_group("leaderboard (lm-eval)")
     g.add_argument("--leaderboard-tasks", default="arc_challenge,hellaswag,mmlu,truthfulqa_mc2",
                    help="lm-eval task names, shipped offline mirrors (tasks/), or task YAML paths")
@@ -181,14 +214,15 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder with local copies (DIR/arc_challenge, hellaswag, mmlu, truthfulqa): run the mirrors")
     g.add_argument("--limit", type=parse_limit, default=None,
                    help="examples per lm-eval task (MMLU: per subject): N, or per task, e.g. arc_challenge=100,mmlu=2")
-    g.add_argument("--batch-size", type=int, default=1)
-    g.add_argument("--max-length", type=parse_count, default=None,
+    g.add_argument("--batch-size", type=bounded_count("--batch-size"), default=1)
+    g.add_argument("--max-length", type=bounded_count("--max-length"), default=None,
                    help="lm-eval max_length (default: factor × original context for static methods, else L)")
     g.add_argument("--save-samples", action="store_true", help="keep lm-eval's per-example log-likelihoods")
     g = p.add_argument_group("ruler (lm-eval)")
     g.add_argument("--ruler-tasks", default="ruler",
                    help="ruler (the offline tasks) or a comma list of lm-eval RULER task names, e.g. niah_single_1,vt")
-    g.add_argument("--ruler-samples", type=int, default=10, help="samples per (method, task, length) cell")
+    g.add_argument("--ruler-samples", type=bounded_count("--ruler-samples"), default=10,
+                   help="samples per (method, task, length) cell")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="run folder (default results/<timestamp>); rerun into it to resume")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -208,12 +242,13 @@ def add_reference_argument(p: argparse.ArgumentParser) -> None:
 
 def parse_references(text: str | None) -> tuple[str, ...]:
     """`--reference` → the reference series (`tables.parse_reference` syntax); UsageError naming a bad one."""
+    from .methods import canonical_method
     from .tables import parse_reference
 
     references = tuple(part.strip() for part in (text or "").split(",") if part.strip())
     for reference in references:
         try:
-            parse_reference(reference)
+            canonical_method(parse_reference(reference)[0].split(":")[0])
         except ValueError as exc:
             raise UsageError(f"--reference: {exc}") from None
     return references
@@ -222,15 +257,15 @@ def parse_references(text: str | None) -> tuple[str, ...]:
 def add_effective_context_arguments(p: argparse.ArgumentParser) -> None:
     """The thresholds of the effective-context table (report.md and `effective-context`)."""
     g = p.add_argument_group("effective context (tables.effective_context)")
-    g.add_argument("--ppl-tolerance", type=float, default=None,
+    g.add_argument("--ppl-tolerance", type=finite_number("--ppl-tolerance"), default=None,
                    help="perplexity rule: ppl(l) <= (1 + tolerance) * best ppl at lengths <= L "
                         "(default 0.10)")
-    g.add_argument("--passkey-threshold", type=float, default=None,
+    g.add_argument("--passkey-threshold", type=finite_number("--passkey-threshold"), default=None,
                    help="passkey rule: accuracy >= threshold (default 0.8)")
-    g.add_argument("--ruler-fraction", type=float, default=None,
+    g.add_argument("--ruler-fraction", type=finite_number("--ruler-fraction"), default=None,
                    help="RULER rule: mean score >= fraction * base's mean at the longest length <= L/2 "
                         "(default 0.85)")
-    g.add_argument("--ruler-threshold", type=float, default=None,
+    g.add_argument("--ruler-threshold", type=finite_number("--ruler-threshold"), default=None,
                    help="RULER rule with an absolute threshold on the mean score instead (0-1)")
 
 
@@ -265,10 +300,11 @@ def add_methods_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="read |D|, rope base and L from this model (else give them)")
     p.add_argument("--method", default="base,pi,ntk,ntk-by-parts,yarn,dynamic-pi,dynamic-ntk,dynamic-yarn")
     p.add_argument("--factor", default="2")
-    p.add_argument("--original-ctx", type=parse_count, default=None)
-    p.add_argument("--rotary-dim", type=int, default=None)
-    p.add_argument("--rope-theta", type=float, default=None)
-    p.add_argument("--seq-len", type=parse_count, default=None, help="sequence length for dynamic methods")
+    p.add_argument("--original-ctx", type=bounded_count("--original-ctx"), default=None)
+    p.add_argument("--rotary-dim", type=bounded_count("--rotary-dim"), default=None)
+    p.add_argument("--rope-theta", type=finite_number("--rope-theta"), default=None)
+    p.add_argument("--seq-len", type=bounded_count("--seq-len"), default=None,
+                   help="sequence length for dynamic methods")
 
 
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:
@@ -491,11 +527,23 @@ class RunContext:
 def plan_run(args: argparse.Namespace) -> RunContext:
     """Validate everything that can be validated before loading anything heavy."""
     tasks = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+    if not tasks:
+        raise UsageError(f"--tasks {args.tasks!r} names no task; valid tasks: {', '.join(TASKS)}.")
     for task in tasks:
         if task not in TASKS:
             raise UsageError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}.")
     lengths = parse_lengths(args.lengths)
     build_specs(args.method, args.factor, args.original_ctx)  # raises on bad methods / factors
+    parse_references(args.reference)
+    effective_context_rules(args)
+    if args.text_field is not None and not args.text_field.strip():
+        raise UsageError(f"--text-field {args.text_field!r} is empty; give a column name (e.g. text) or leave it out.")
+    if args.leaderboard_data is not None and not Path(args.leaderboard_data).is_dir():
+        raise UsageError(f"--leaderboard-data {args.leaderboard_data!r} is not a folder; give the folder that holds "
+                         "the local copies (DIR/arc_challenge, hellaswag, mmlu, truthfulqa).")
+    from .models import check_attn_impl
+
+    check_attn_impl(args.attn_impl)
     if args.docs is not None and args.docs <= 0:
         raise UsageError(f"--docs {args.docs} must be ≥ 1.")
     if args.sample is not None and args.sample <= 0:
@@ -548,12 +596,37 @@ def plan_run(args: argparse.Namespace) -> RunContext:
     if args.batch_size <= 0:
         raise UsageError(f"--batch-size {args.batch_size} must be ≥ 1.")
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
+    if not args.dry_run:
+        check_output_folder(out)
+    elif out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder (new, or an earlier run's to resume).")
     from .results import check_run_folder
 
     check_run_folder(out)  # unrepairable tables stop here; repairable ones are announced
     return RunContext(args, out, tasks, lengths)
+
+
+# Kernel file systems: writable by root, but no place for results.
+PSEUDO_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def check_output_folder(out: Path) -> None:
+    """`--out`: a folder that exists or can be created, that this process can write, and not inside
+    /proc, /sys or /dev; UsageError (one sentence) otherwise. Creates nothing."""
+    resolved = out.expanduser().resolve()
+    if any(resolved == p or p in resolved.parents for p in PSEUDO_FILE_SYSTEMS):
+        kernel = ", ".join(map(str, PSEUDO_FILE_SYSTEMS))
+        raise UsageError(f"--out {str(out)!r} is inside a kernel file system ({kernel}); give a folder on disk.")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder (new, or an earlier run's to resume).")
+    existing = resolved
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file; give a folder path "
+                         "whose parents are folders.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {str(out)!r}: {str(existing)!r} is not writable; give a folder you can write.")
 
 
 def load_documents(args: argparse.Namespace, lengths: list[int], tokenizer, bos: int | None,
@@ -653,6 +726,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_specs_against_lengths(specs, plan.lengths)
     if "passkey" in plan.tasks:
         check_passkey_lengths(tokenizer, plan.lengths, args.seed)
+    if "ruler" in plan.tasks:
+        from .ruler import check_lengths, resolve_tasks
+
+        check_lengths(resolve_tasks(args.ruler_tasks), tokenizer, plan.lengths)
+    if args.no_progress:
+        import datasets
+
+        datasets.disable_progress_bars()  # the parquet / json builders' bars
     main_store, main_manifest = ResultStore(plan.out), Manifest(plan.out)
     if shard.active:
         folder = parallel.shard_dir(plan.out, shard.rank)
@@ -820,7 +901,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = Parser(
         prog="run_eval.py", description=COMMANDS["eval"].description,
         epilog="Without a command, `eval` is meant: `run_eval.py --model M ...` = `run_eval.py eval --model M ...` "
                "(`run_eval.py eval --help` lists its options).")
@@ -864,6 +945,15 @@ def _terminate_like_ctrl_c() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one invocation; Ctrl-C (or SIGTERM) at any moment is one line and exit code 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _terminate_like_ctrl_c()

@@ -302,10 +302,10 @@ def _missing_field_error(path: Path, field: str, fields: Iterable[str], where: s
 
 
 def _check_text_value(value: object, path: Path, field: str, row: int) -> str:
-    """Return `value` if it is a string, else raise naming the row."""
+    """Return `value` if it is a string, else raise naming the row (0-based `row`, named from 1)."""
     if not isinstance(value, str):
-        raise CorpusError(f"field {field!r} of row {row} in {path} is {type(value).__name__}, not text; pick a text "
-                          f"field.")
+        raise CorpusError(f"field {field!r} of row {row + 1} in {path} is {type(value).__name__}, not text; "
+                          "pick a text field.")
     return value
 
 
@@ -341,7 +341,7 @@ class JsonlSource(_SingleFileSource):
         for index, line in _jsonl_lines(self.path):
             record = self._parse(line, index)
             if field not in record:
-                raise _missing_field_error(self.path, field, record.keys(), f" (line {index})")
+                raise _missing_field_error(self.path, field, record.keys(), f" (line {index + 1})")
             yield index, record[field]
 
     def _parse(self, line: str, index: int) -> dict:
@@ -349,10 +349,10 @@ class JsonlSource(_SingleFileSource):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CorpusError(f"line {index} of {self.path} is not valid JSON ({exc.msg}); each line must be one "
+            raise CorpusError(f"line {index + 1} of {self.path} is not valid JSON ({exc.msg}); each line must be one "
                               f"JSON object.") from None
         if not isinstance(record, dict):
-            raise CorpusError(f"line {index} of {self.path} is a JSON {type(record).__name__}, not an object; each "
+            raise CorpusError(f"line {index + 1} of {self.path} is a JSON {type(record).__name__}, not an object; each "
                               f"line must be one JSON object.")
         return record
 
@@ -896,14 +896,15 @@ def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line index, text) of each non-blank line, decoded line by line so that a line that is not
-    UTF-8 is an error naming it (a text-mode file would fail on a read-ahead block instead)."""
+    """(0-based line index, text) of each non-blank line (messages name lines from 1), decoded line by
+    line so that a line that is not UTF-8 is an error naming it (a text-mode file would fail on a
+    read-ahead block instead)."""
     with path.open("rb") as fh:
         for index, raw in enumerate(fh):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise _not_utf8(path, exc, f" line {index}") from None
+                raise _not_utf8(path, exc, f" line {index + 1}") from None
             if line.strip():
                 yield index, line
 

@@ -158,21 +158,28 @@ def decoder_peak_bytes(shape: ModelShape, b: int, length: int, attn_impl: str | 
         k RoPE   2·T·Q·b + 5·T·K·b,
         kernel   3·T·Q·b + 2·T·K·b   (q, k, v, output, its contiguous transpose),
         o_proj   2·T·Q·b + 2·T·K·b + T·H·b.
-    - attention, eager: norm output T·H·b + causal mask T²·b + q, k, v and (GQA) repeated k, v
+    - attention, eager: norm output T·H·b + q, k, v and (GQA) repeated k, v
       (T·Q·b each) + the scores of all heads at the softmax, nh·T²·(8 + b) for 16-bit dtypes
       (pre-softmax scores b, their fp32 copy 4, fp32 softmax 4) and nh·T²·8 in float32.
     - gated MLP: residual and norm output 2·T·H·b + 3·T·I·b (act(gate), up, their product).
+
+    Eager attention adds to the resident tensors the causal mask T²·b (built once per forward), and
+    to the phases after attention (post-attention norm, MLP) the layer's attention weights nh·T²·b,
+    which the decoder layer keeps bound (`hidden_states, _ = self.self_attn(...)`) until it returns.
     """
     T, H, Q, K, I = length, shape.hidden, shape.q_width, shape.kv_width, shape.intermediate  # noqa: E741 (the formulas' symbols)
     resident = 2 * INT64 * T + 2 * T * shape.head_dim * b + (2 if shape.layers > 1 else 1) * T * H * b
     norm = T * H * b + 8 * T * H
+    mlp = 2 * T * H * b + 3 * T * I * b
     if _attention_kind(attn_impl) == "eager":
+        resident += T * T * b  # the causal mask
         repeated = 2 * T * Q * b if shape.kv_heads < shape.heads else 0
         scores = shape.heads * T * T * (8 + (b if b < FP32 else 0))
-        attention = T * H * b + T * T * b + (T * Q + 2 * T * K) * b + repeated + scores
+        attention = T * H * b + (T * Q + 2 * T * K) * b + repeated + scores
+        kept_weights = shape.heads * T * T * b
+        norm, mlp = norm + kept_weights, mlp + kept_weights
     else:
         attention = T * H * b + b * T * max(4 * Q + 2 * K, 2 * Q + 5 * K, 3 * Q + 2 * K, 2 * Q + 2 * K + H)
-    mlp = 2 * T * H * b + 3 * T * I * b
     return resident + max(norm, attention, mlp)
 
 
@@ -253,6 +260,63 @@ def _proc_status_bytes(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise OSError(f"/proc/self/status has no {field} line.")
+
+
+def measure_tensor_peak_bytes(fn):
+    """(fn(), peak, retained): the bytes of tensor storages that `fn` allocated, counted the way
+    CUDA's allocator statistics count tensors (each storage's size, no allocator overhead, no
+    kernel-internal scratch), on any device; `peak` is the most alive at once during the call,
+    `retained` what is still alive when it returns (e.g. a KV cache in its result). Deterministic:
+    it depends on the operators torch runs, not on the allocator or the CPU's instruction set.
+
+    Every operator call is intercepted (torch's `TorchDispatchMode`, torch.utils._python_dispatch,
+    the documented home of `__torch_dispatch__` modes); a storage an operator returns that is not one
+    of its inputs' counts from then until the last tensor on it is freed. Views and in-place results
+    of tensors from before the call (weights, the input) are not counted."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Tracker(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.references: dict[int, int] = {}  # storage address → live tensors on it
+            self.sizes: dict[int, int] = {}
+            self.live = self.peak = 0
+
+        def release(self, address: int) -> None:
+            self.references[address] -= 1
+            if not self.references[address]:
+                del self.references[address]
+                self.live -= self.sizes.pop(address)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                      if isinstance(t, torch.Tensor)}
+            for tensor in tree_flatten(out)[0]:
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                storage = tensor.untyped_storage()
+                address, size = storage.data_ptr(), storage.nbytes()
+                if not address or not size:
+                    continue
+                if address not in self.references:
+                    if address in inputs:
+                        continue  # a view or in-place result of a tensor from before the call
+                    self.references[address], self.sizes[address] = 0, size
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                self.references[address] += 1
+                weakref.finalize(tensor, self.release, address)
+            return out
+
+    tracker = Tracker()
+    with tracker:
+        result = fn()
+    return result, tracker.peak, tracker.live
 
 
 def measure_peak_bytes(fn, device: str = "cpu"):

@@ -80,12 +80,12 @@ class ScalingSpec:
         object.__setattr__(self, "factor", factor)
         if self.original_ctx is not None and int(self.original_ctx) <= 0:
             raise MethodError(f"original context {self.original_ctx!r} is not valid: it must be > 0.")
-        if self.beta_fast <= self.beta_slow or self.beta_slow <= 0:
+        if not (math.isfinite(self.beta_fast) and self.beta_fast > self.beta_slow > 0):
             raise MethodError(
                 f"beta_fast={self.beta_fast} / beta_slow={self.beta_slow} are not valid: "
                 "need beta_fast > beta_slow > 0 (Llama: 32 and 1)."
             )
-        if self.attention_factor is not None and not self.attention_factor > 0:
+        if self.attention_factor is not None and not 0 < self.attention_factor < math.inf:
             raise MethodError(f"attention_factor {self.attention_factor!r} is not valid: it must be > 0.")
 
     @property
@@ -189,6 +189,8 @@ def _parse_number(value: str, key: str, text: str) -> float:
         number = float(value)
     except ValueError:
         raise MethodError(f"{key} {value!r} in spec {text!r} is not a number.") from None
+    if not math.isfinite(number):
+        raise MethodError(f"{key} {value!r} in spec {text!r} is not a finite number.")
     return number
 
 

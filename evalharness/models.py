@@ -60,6 +60,7 @@ from transformers import (
 from . import hub
 from .errors import EvalHarnessError
 from .hub import default_cache_dir
+from .scaling import original_context
 
 __all__ = [
     "ModelLoadError",
@@ -90,7 +91,7 @@ class ModelInfo:
     architecture: str
     rotary_dim: int
     rope_theta: float
-    native_ctx: int
+    native_ctx: int  # L, the pre-trained context: scaling.original_context
     vocab_size: int
     num_layers: int
     bos_token_id: int | None
@@ -356,7 +357,7 @@ def model_info(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizer
         architecture=str(config.model_type),
         rotary_dim=_rotary_dim(config, rope),
         rope_theta=float(rope["rope_theta"]) if rope else math.nan,
-        native_ctx=int(config.max_position_embeddings),
+        native_ctx=original_context(config),
         vocab_size=int(config.vocab_size),
         num_layers=int(config.num_hidden_layers),
         bos_token_id=tokenizer.bos_token_id,
@@ -536,9 +537,18 @@ def _check_config(path: Path, trust_remote_code: bool) -> None:
                              "file")
 
 
+# Files of which a checkpoint folder holds at least one when it ships a tokenizer (fast, SentencePiece,
+# BPE vocab, or the tokenizer config that names a tokenizer class).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer_config.json",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
 def _load_local_dir(path: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
     """Load a local checkpoint folder, turning transformers' errors into ModelLoadError."""
     _check_model_dir(path, model_kwargs.get("use_safetensors") is None)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(f"model folder {str(path)!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                             "save the tokenizer into it (tokenizer.save_pretrained)")
     _check_checkpoint_files(path)
     _check_config(path, bool(model_kwargs.get("trust_remote_code")))
     try:
@@ -789,12 +799,19 @@ def _looks_like_path(ref: str) -> bool:
     return os.sep in ref and not _HUB_ID.match(ref)
 
 
-def _check_attn_impl(attn_impl: str | None) -> None:
-    """Reject unknown attention implementations before any loading work."""
+def check_attn_impl(attn_impl: str | None) -> None:
+    """Reject, before any loading work, an unknown attention implementation and one this machine cannot
+    run (flash_attention_2 without the flash-attn package and CUDA: transformers' own availability check)."""
     if attn_impl is not None and attn_impl not in ATTN_IMPLEMENTATIONS:
         raise ModelLoadError(
             f"unknown attn_impl {attn_impl!r}; valid values are {', '.join(ATTN_IMPLEMENTATIONS)} (or None)"
         )
+    if attn_impl == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise ModelLoadError("attn_impl 'flash_attention_2' needs the flash-attn package and a CUDA GPU, which "
+                                 "this machine lacks; use sdpa (the default) or eager")
 
 
 def _load_path(ref: str, cache_dir: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]):
@@ -833,17 +850,19 @@ def load(
     checkpoints, through transformers' `torch.load(weights_only=True)`.  `weights=False` (for
     `--dry-run`) reads the config and tokenizer only: the parameters stay on the `meta` device, no
     weight file is read or downloaded (a GGUF file is still converted once into its cache; random
-    models are built as usual).  Raises `ModelLoadError` for bad references or options.
+    models are built on `meta` too).  Raises `ModelLoadError` for bad references or options.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise ModelLoadError(f"model reference {ref!r} is empty; pass a built-in name, path, hub id or random:NAME")
     ref = ref.strip()
-    _check_attn_impl(attn_impl)
+    check_attn_impl(attn_impl)
     dev, torch_dtype = resolve_device_dtype(device, dtype)
 
     if ref.startswith(_RANDOM_PREFIX):
-        model, tokenizer = random_model(ref[len(_RANDOM_PREFIX):], torch_dtype, dev, attn_impl=attn_impl)
-        return model, tokenizer, model_info(ref, model, tokenizer)
+        where = dev if weights else torch.device("meta")
+        model, tokenizer = random_model(ref[len(_RANDOM_PREFIX):], torch_dtype, where, attn_impl=attn_impl)
+        info = model_info(ref, model, tokenizer)
+        return model, tokenizer, info if weights else dataclasses.replace(info, device=str(dev))
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     model_kwargs = _from_pretrained_kwargs(torch_dtype, attn_impl, trust_remote_code, device_map, allow_pickle_weights)

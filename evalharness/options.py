@@ -31,6 +31,40 @@ def positive_count(text: str, error: str) -> int:
     return count
 
 
+def bounded_count(flag: str, minimum: int = 1):
+    """An argparse `type` for `flag`: a whole number ≥ `minimum` in `parse_count`'s forms (`7`,
+    `4096`, `4k`); anything else raises `argparse.ArgumentTypeError` with one sentence naming `flag`,
+    the value and what is valid."""
+    def parse(text: str) -> int:
+        match = re.fullmatch(r"\s*([-+]?\d+)\s*([kK]?)\s*", str(text))
+        if not match:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a whole number; give one ≥ {minimum} "
+                                             "(e.g. 4096 or 4k).")
+        value = int(match.group(1)) * (1024 if match.group(2) else 1)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} {text} must be ≥ {minimum}.")
+        return value
+
+    parse.__name__ = flag  # argparse names a type by its function
+    return parse
+
+
+def finite_number(flag: str):
+    """An argparse `type` for `flag`: a finite float (`nan`, `inf` and text are refused with one
+    sentence naming `flag` and the value)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a finite number.")
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
 def parse_lengths(text: str) -> list[int]:
     """'2k:16k:2k' (start:stop:step, stop included) or '4096,8192' → strictly increasing lengths."""
     text = str(text).strip()
@@ -63,6 +97,8 @@ def parse_factors(text: str) -> list[float]:
                              "write e.g. --factor 2 or --factor 2,4,8.") from None
         if not value > 0:
             raise UsageError(f"factor {part.strip()!r} must be > 0.")
+        if not math.isfinite(value):
+            raise UsageError(f"factor {part.strip()!r} must be a finite number > 0.")
         factors.append(value)
     return factors
 
@@ -72,8 +108,15 @@ def parse_grid(text: str) -> list[float]:
     try:
         if ":" in text:
             start, stop, step = (float(p) for p in text.split(":"))
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            return [round(start + i * step, 6) for i in range(count)]
-        return [float(p) for p in text.split(",") if p.strip()]
+        else:
+            values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise UsageError(f"grid {text!r} must be start:stop:step or a comma list of numbers.") from None
+    if ":" in text:
+        if not all(map(math.isfinite, (start, stop, step))) or step <= 0 or stop < start:
+            raise UsageError(f"grid {text!r} needs finite start <= stop and step > 0 (e.g. 1.0:1.4:0.05).")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        return [round(start + i * step, 6) for i in range(count)]
+    if not values or not all(map(math.isfinite, values)):
+        raise UsageError(f"grid {text!r} must name finite numbers (start:stop:step or a comma list).")
+    return values

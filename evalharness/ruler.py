@@ -244,6 +244,40 @@ def generator_problem(task: str, tokenizer, length: int) -> str | None:
     return None
 
 
+# The lm-eval module whose TEMPLATE (and CONFIG["tokens_to_generate"], where it has one) each task's
+# generator fills; the niah tasks generate up to MAX_GEN_TOKENS.
+TEMPLATE_MODULES = {"niah": "niah_utils", "ruler_vt": "vt_utils", "ruler_cwe": "cwe_utils",
+                    "ruler_fwe": "fwe_utils", "ruler_qa": "qa_utils"}
+
+
+def template_tokens(task: str, tokenizer) -> int:
+    """Tokens of `task`'s prompt template with every field empty (measured with lm-eval's own template
+    and this tokenizer) plus the tokens it generates: no prompt of the task is shorter."""
+    import contextlib
+    import importlib
+    import io
+    import re
+
+    prefix = next(p for p in TEMPLATE_MODULES if task.startswith(p))
+    # importing niah_utils makes nltk try to fetch punkt_tab and print about it: not our message
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        module = importlib.import_module(f"lm_eval.tasks.ruler.{TEMPLATE_MODULES[prefix]}")
+    text = re.sub(r"\{[^{}]*\}", "", module.TEMPLATE)
+    generated = getattr(module, "CONFIG", {}).get("tokens_to_generate", MAX_GEN_TOKENS)
+    return len(tokenizer(text).input_ids) + int(generated)
+
+
+def check_lengths(tasks: Sequence[str], tokenizer, lengths: Sequence[int]) -> None:
+    """UsageError (one sentence) when the shortest length cannot hold a task's template and what it
+    generates: lm-eval's generators would search forever for a context that fits (ruler_fwe does)."""
+    shortest = min(lengths)
+    for task in tasks:
+        needed = template_tokens(task, tokenizer)
+        if needed >= shortest:
+            raise UsageError(f"RULER length {shortest} is too short for {task}: its template and generated "
+                             f"answer alone take {needed} tokens of this tokenizer; give --lengths above {needed}.")
+
+
 # lm-eval generator modules holding random state of their own across calls: cwe_utils draws from a
 # module-level random.Random(42) that every generation advances (simple_evaluate's seeds do not reach it).
 STATEFUL_GENERATORS = {"ruler_cwe": "lm_eval.tasks.ruler.cwe_utils"}
@@ -439,5 +473,5 @@ class RulerCells(Task):
 
 
 __all__ = ["ALIASES", "DOWNLOAD_TASKS", "MAX_GEN_TOKENS", "OFFLINE_TASKS", "RulerCells", "RulerTaskFailure",
-           "cell_scores", "cwe_problem_reason", "generator_problem", "mean_and_stderr", "resolve_tasks",
-           "sample_scores", "uses_kv_cache", "vt_stall_reason"]
+           "cell_scores", "check_lengths", "cwe_problem_reason", "generator_problem", "mean_and_stderr",
+           "resolve_tasks", "sample_scores", "uses_kv_cache", "vt_stall_reason"]

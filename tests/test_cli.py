@@ -230,3 +230,156 @@ def test_limit_naming_a_task_not_run_is_refused(tmp_path, capsys):
                 "--limit", "mmlu=2", "--out", str(tmp_path / "out")])
     assert code == 2
     assert "mmlu" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --dry-run: a weightless plan
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    """One document of ≈ 140k byte tokens: a 128k truncated window fits."""
+    return write_corpus(tmp_path_factory.mktemp("long"), 1, WORDS, 36_000)
+
+
+def dry_run_7b_args(corpus, out):
+    return ["--model", "random:llama2-7b", "--method", "base,yarn", "--factor", "16", "--lengths", "32k,128k",
+            "--dataset", f"local:{corpus}", "--dtype", "float32", "--device", "cpu", "--dry-run",
+            "--no-progress", "--out", str(out)]
+
+
+def test_dry_run_builds_a_random_model_on_meta(long_corpus, tmp_path, capsys, monkeypatch):
+    """--dry-run of a 7B random shape: every parameter stays on `meta` (nothing allocated, nothing
+    written), the plan shows the cells and their memory estimate for the device asked."""
+    from evalharness import models
+
+    built, load, random_model = [], models.load, models.random_model
+
+    def spy(*args, **kwargs):
+        result = load(*args, **kwargs)
+        built.append(result)
+        return result
+
+    def meta_only(name, dtype, device, **kwargs):  # a regression fails here, before allocating 27 GB
+        assert str(device) == "meta", device
+        return random_model(name, dtype, device, **kwargs)
+
+    monkeypatch.setattr(models, "load", spy)
+    monkeypatch.setattr(models, "random_model", meta_only)
+    out = tmp_path / "out"
+    assert run(dry_run_7b_args(long_corpus, out)) == cli.EXIT_OK
+    (model, _, info), = built
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert sum(p.numel() for p in model.parameters()) == 6_738_415_616
+    assert info.device == "cpu" and info.dtype == "float32"
+    printed = capsys.readouterr().out
+    assert "yarn:16" in printed and "GiB" in printed
+    assert not out.exists()
+
+
+@pytest.mark.machine
+def test_dry_run_of_a_7b_plan_in_fp32_stays_small_and_quick(long_corpus, tmp_path):
+    """The 7B fp32 plan (27 GB of weights were it materialised) in a child process: peak RSS < 2 GB,
+    wall time < 60 s (seconds when the machine is not shared)."""
+    import os
+    import subprocess
+    import time
+
+    from conftest import run_eval_command, subprocess_env
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(run_eval_command(*dry_run_7b_args(long_corpus, tmp_path / "out")),
+                            env=subprocess_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    assert os.waitstatus_to_exitcode(status) == 0, stderr.decode()[-2000:]
+    peak_rss = usage.ru_maxrss * 1024  # kB on Linux
+    print(f"7B fp32 dry run: peak RSS {peak_rss / 1e9:.2f} GB, {seconds:.1f} s")
+    assert peak_rss < 2e9 and seconds < 60
+
+
+def test_one_original_context_for_a_model_fine_tuned_with_scaling(corpus, tmp_path, capsys):
+    """A checkpoint fine-tuned with YaRN (max_position_embeddings 65536, original 4096): L = 4096 in
+    ModelInfo, scaling.native_context, the run banner, `methods --model` and report.md."""
+    import transformers
+
+    from evalharness import models, scaling
+
+    config = transformers.LlamaConfig(
+        vocab_size=models.BYTE_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=65536,
+        rope_parameters={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096,
+                         "rope_theta": 10000.0})
+    folder = tmp_path / "yarn-64k"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    models.build_byte_tokenizer().save_pretrained(folder)
+    assert scaling.original_context(config) == 4096
+    model, _, info = models.load(str(folder), dtype="float32", device="cpu")
+    assert info.native_ctx == scaling.native_context(model) == 4096
+
+    assert run(["methods", "--model", str(folder), "--method", "yarn", "--factor", "2"]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    assert "native context 4096" in printed and "L=4096" in printed and "65536" not in printed
+
+    out = tmp_path / "run"
+    argv = base_args(corpus, out, model=str(folder), method="base", lengths="64,128")
+    assert run([a for a in argv if a != "--no-plots"]) == cli.EXIT_OK
+    assert "native 4096," in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert "native_ctx=4096" in report and "65536" not in report
+
+
+@pytest.mark.parametrize("where", ["evalharness.cli._quiet_libraries", "evalharness.models.load",
+                                   "evalharness.corpora.load_corpus"])
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(corpus, tmp_path, capsys, monkeypatch, where):
+    """Ctrl-C during start-up (library set-up, model load, corpus load): no traceback, exit 130."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(where, interrupt)
+    out = tmp_path / "out"
+    assert run(base_args(corpus, out)) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("interrupted") and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_help_still_prints_usage_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--help"])
+    assert exit_.value.code == 0 and "--chunk-size" in capsys.readouterr().out
+
+
+def test_parquet_corpus_shows_no_progress_bar_under_no_progress(tmp_path, capsys):
+    """datasets' "Generating train split" bar is off with --no-progress (a fresh file: no cache hit)."""
+    path = tmp_path / "docs.parquet"
+    pd.DataFrame({"text": [" ".join([WORDS] * 30)] * 2}).to_parquet(path)
+    argv = base_args(path, tmp_path / "out", dataset=f"local:{path}", method="base", lengths="64,128") + ["--dry-run"]
+    assert run(argv) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "Generating" not in err and "%|" not in err, err
+
+
+@pytest.mark.machine
+@pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])
+def test_sigint_during_start_up_is_one_line_and_exit_130(corpus, tmp_path, delay):
+    """A real Ctrl-C (SIGINT) to a run starting up, at a few moments (imports, model, corpus): exit
+    130, one line, no traceback (a run already finished by then is skipped)."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import run_eval_command, subprocess_env
+
+    proc = subprocess.Popen(run_eval_command(*base_args(corpus, tmp_path / "out")), env=subprocess_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGINT arrived")
+    text = stderr.decode().strip()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and text.splitlines()[-1].startswith("interrupted"), text

@@ -150,7 +150,7 @@ def test_missing_field_names_field_and_existing_fields(tmp_path):
     pd.DataFrame({"body": ["x"], "n": [1]}).to_parquet(pq)
     with pytest.raises(CorpusError, match=r"'text'.*'body', 'n'"):
         iter_documents(f"local:{pq}")
-    with pytest.raises(CorpusError, match=r"row 0.*not text"):
+    with pytest.raises(CorpusError, match=r"row 1 in .*not text"):
         iter_documents(f"local:{pq}", text_field="n")
 
 
@@ -174,7 +174,7 @@ def test_bad_local_paths(tmp_path):
         iter_documents(f"local:{empty}")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n[1, 2]\n')
-    with pytest.raises(CorpusError, match="line 1 .*not an object"):
+    with pytest.raises(CorpusError, match="line 2 .*not an object"):  # lines named from 1
         list(iter_documents(f"local:{bad}"))
 
 

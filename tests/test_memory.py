@@ -1,19 +1,20 @@
-"""The peak-memory estimate against exact parameter counts and against peak memory measured on CPU.
+"""The peak-memory estimate: exact parameter counts, hand-worked terms, and the estimate against
+what the engine's own path allocates.
 
-Measurement: one child process (started with MALLOC_MMAP_THRESHOLD_=65536, so glibc unmaps every
-freed block of ≥ 64 kB at once and the resident set follows the live tensor bytes) builds random
-fp32 and bf16 Llama models, warms each up with a 16-token forward, then for each case resets the peak RSS
-(/proc/self/clear_refs) and runs the engine's own path (`perplexity.token_nll`, or the decoder with
-`use_cache=True` for the KV-cache term); measured = VmHWM − VmRSS before the call.
+What a user relies on: the estimate plans a run, so it must be an upper bound of the peak, not far
+above it, and it must grow with the length as the formula says.
 
-Tolerance: |measured − estimated| ≤ 5 % of the estimate + 4 MiB. The 4 MiB absorb what the estimate
-deliberately leaves out and does not grow with the length: page rounding of each block, allocator
-and Python-object overhead, per-thread kernel buffers, oneDNN's bf16 weight reorders (a constant
-≈ 2.5 MiB here). 5 % is small enough that leaving out one [T, I] buffer of the MLP (−14 % on the
-MLP-heavy shape) fails; the slope test catches any missing per-token term more sharply still.
-Observed on this machine (`pytest -s` prints them): |error| ≤ 3.1 MiB on 14–86 MiB peaks without a
-cache; 4.0 MiB with one, the estimate's known double count (the peak layer's k, v sit both in the
-cache and in its attention phase: 2·T·n_kv·hd·b too many).
+- Default run (deterministic, any machine): `memory.measure_tensor_peak_bytes` counts the tensor
+  storages the call allocates, the way CUDA's allocator statistics do (storage sizes; no allocator
+  overhead, no kernel scratch), by intercepting every operator. On every case the estimate is an
+  upper bound of that peak within `FACTOR` (measured ≤ estimate ≤ FACTOR · measured); where the
+  formula models the code exactly (float32, and SDPA in 16 bits) it equals the measurement to
+  `EXACT` and its slope over length equals the measured slope. 16-bit eager attention is an upper
+  bound only: the formula counts the fp32 copy of the scores that torch's CPU softmax makes inside
+  its kernel (seen in peak RSS, not by operator-level accounting), and for a 16-bit LM head in one
+  chunk 8 bytes per logit where the operators keep 6 alive.
+- `machine` (peak RSS, depends on the allocator and the CPU's kernels, e.g. oneDNN's bf16 weight
+  reorders, AVX-512 or not): the estimate bounds the peak resident-set growth within a loose factor.
 """
 import json
 import os
@@ -27,10 +28,12 @@ import transformers
 
 from evalharness import memory
 from evalharness.models import RANDOM_SHAPES
+from evalharness.perplexity import token_nll
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 2**20
-RELATIVE_TOLERANCE, ABSOLUTE_SLACK = 0.05, 4 * MB
+FACTOR = 1.35  # estimate ≤ FACTOR · measured tensor peak (16-bit eager attention ≈ 1.24, one 16-bit head chunk 1.33)
+EXACT = 0.005  # relative difference where the formula is exact (the rest: a few kB of small tensors)
 
 # Llama shapes small enough for a quick CPU forward, each making one term dominate.
 MLP_HEAVY = dict(hidden_size=256, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8,
@@ -40,49 +43,115 @@ HEAD_HEAVY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, n
 KV_HEAVY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=8,
                 num_key_value_heads=8, head_dim=64, vocab_size=64, tie_word_embeddings=False)
 
-CASES = [
-    dict(config=MLP_HEAVY, length=1024, attn_impl="sdpa", chunk_size=None, mode="engine", dtype="float32"),
-    dict(config=MLP_HEAVY, length=2048, attn_impl="sdpa", chunk_size=None, mode="engine", dtype="float32"),
-    dict(config=MLP_HEAVY, length=1024, attn_impl="eager", chunk_size=None, mode="engine", dtype="float32"),
-    dict(config=HEAD_HEAVY, length=1024, attn_impl="sdpa", chunk_size=256, mode="engine", dtype="float32"),
-    dict(config=KV_HEAVY, length=1024, attn_impl="sdpa", chunk_size=None, mode="cache", dtype="float32"),
-    # 16-bit branches: fp32 RMSNorm/softmax copies, the previous chunk's logits, one chunk only
-    dict(config=MLP_HEAVY, length=1024, attn_impl="sdpa", chunk_size=None, mode="engine", dtype="bfloat16"),
-    dict(config=MLP_HEAVY, length=1024, attn_impl="eager", chunk_size=None, mode="engine", dtype="bfloat16"),
-    dict(config=HEAD_HEAVY, length=512, attn_impl="sdpa", chunk_size=256, mode="engine", dtype="bfloat16"),
-    dict(config=HEAD_HEAVY, length=256, attn_impl="sdpa", chunk_size=None, mode="engine", dtype="bfloat16"),
+CASES = [  # (shape, length, attn_impl, chunk_size, dtype, exact)
+    (MLP_HEAVY, 1024, "sdpa", None, "float32", True),
+    (MLP_HEAVY, 2048, "sdpa", None, "float32", True),
+    (MLP_HEAVY, 512, "eager", None, "float32", True),  # MLP phase with the kept attention weights
+    (MLP_HEAVY, 1024, "eager", None, "float32", True),
+    (MLP_HEAVY, 2048, "eager", None, "float32", True),
+    (HEAD_HEAVY, 1024, "sdpa", 256, "float32", True),
+    (MLP_HEAVY, 1024, "sdpa", None, "bfloat16", True),
+    (MLP_HEAVY, 1024, "eager", None, "bfloat16", False),
+    (HEAD_HEAVY, 512, "sdpa", 256, "bfloat16", True),
+    (HEAD_HEAVY, 256, "sdpa", None, "bfloat16", False),  # one chunk: 6·c·V measured, 8·c·V estimated
 ]
+
+
+def llama_config(shape: dict):
+    return transformers.AutoConfig.for_model("llama", max_position_embeddings=4096, **shape)
+
+
+_models: dict = {}
+
+
+def build(shape: dict, attn_impl: str, dtype: str):
+    key = (json.dumps(shape, sort_keys=True), attn_impl, dtype)
+    if key not in _models:
+        torch.manual_seed(0)
+        _models[key] = transformers.AutoModelForCausalLM.from_config(
+            llama_config(shape), dtype=getattr(torch, dtype), attn_implementation=attn_impl).eval()
+    return _models[key]
+
+
+def tensor_peak(shape, length, attn_impl, chunk_size, dtype) -> int:
+    model = build(shape, attn_impl, dtype)
+    ids = torch.randint(3, shape["vocab_size"], (length,), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        _, peak, retained = memory.measure_tensor_peak_bytes(lambda: token_nll(model, ids, 1, chunk_size))
+    assert retained == 4 * (length - 1)  # only the result, the fp32 NLLs, outlives the call
+    return peak
+
+
+def engine_estimate(shape, length, attn_impl, chunk_size, dtype) -> int:
+    """total − weights: what the engine allocates on top of the loaded model."""
+    est = memory.estimate_peak_bytes(llama_config(shape), dtype, length, chunk_size=chunk_size, attn_impl=attn_impl)
+    return max(est["activations"], est["lm_head_chunk"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{'mlp' if c[0] is MLP_HEAVY else 'head'}-{c[1]}-{c[2]}-{c[4]}"
+                                               for c in CASES])
+def test_estimate_bounds_the_tensor_peak(case):
+    *cell, exact = case
+    measured, estimated = tensor_peak(*cell), engine_estimate(*cell)
+    print(f"{cell[2]} {cell[4]} T={cell[1]}: tensors {measured / MB:.2f} MiB, estimated {estimated / MB:.2f} MiB")
+    assert measured <= estimated <= FACTOR * measured, (measured / MB, estimated / MB)
+    if exact:
+        assert estimated == pytest.approx(measured, rel=EXACT), (measured / MB, estimated / MB)
+
+
+@pytest.mark.parametrize("attn_impl, growth", [("sdpa", "linear"), ("eager", "quadratic")])
+def test_peak_grows_with_length_as_the_formula_says(attn_impl, growth):
+    """Measured and estimated growth from 1024 to 2048 tokens agree (float32, MLP-heavy shape)."""
+    cells = [(MLP_HEAVY, n, attn_impl, None, "float32") for n in (1024, 2048)]
+    measured = [tensor_peak(*cell) for cell in cells]
+    estimated = [engine_estimate(*cell) for cell in cells]
+    assert estimated[1] - estimated[0] == pytest.approx(measured[1] - measured[0], rel=0.01)
+    ratio = estimated[1] / estimated[0]
+    assert ratio == pytest.approx(2, rel=0.01) if growth == "linear" else ratio > 3.5
+
+
+def test_kv_cache_term_is_the_cache_tensors():
+    """The decoder with `use_cache=True` keeps exactly `kv_cache` bytes (plus its output hidden
+    states) after it returns; its peak is bounded by activations + cache."""
+    length = 1024
+    model = build(KV_HEAVY, "sdpa", "float32")
+    ids = torch.randint(3, 64, (1, length), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        out, peak, retained = memory.measure_tensor_peak_bytes(lambda: model.model(input_ids=ids, use_cache=True))
+    est = memory.estimate_peak_bytes(llama_config(KV_HEAVY), "float32", length, kv_cache=True)
+    hidden_out = length * KV_HEAVY["hidden_size"] * 4
+    assert retained == est["kv_cache"] + hidden_out
+    assert peak <= est["activations"] + est["kv_cache"] <= FACTOR * peak
+    del out
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak RSS (machine): the allocator and the CPU's kernels decide; loose bounds
+# ---------------------------------------------------------------------------------------------
+
+RSS_FACTOR, RSS_SLACK = 2.0, 32 * MB  # measured RSS growth ≤ RSS_FACTOR · estimate + RSS_SLACK, and ≥ estimate / 2
 
 CHILD = r"""
 import json, sys
 import torch, transformers
-from evalharness.memory import measure_peak_bytes, _proc_status_bytes
+from evalharness.memory import measure_peak_bytes
 from evalharness.perplexity import token_nll
 
-def build(config, attn_impl, dtype):
-    config = transformers.AutoConfig.for_model("llama", max_position_embeddings=4096, **config)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_impl)
-    return model.eval()
-
 results = []
-for case in json.loads(sys.argv[1]):
-    model = build(case["config"], case["attn_impl"], getattr(torch, case["dtype"]))
-    ids = torch.randint(3, case["config"]["vocab_size"], (case["length"],), generator=torch.Generator().manual_seed(0))
-    if case["mode"] == "engine":
-        token_nll(model, ids[:16], 1, case["chunk_size"])  # warm-up: lazy initialisation, code pages
-        _, peak = measure_peak_bytes(lambda: token_nll(model, ids, 1, case["chunk_size"]))
-        results.append({"peak": peak})
-    else:
-        with torch.inference_mode():
-            model.model(input_ids=ids[None, :16], use_cache=True)
-            before = _proc_status_bytes("VmRSS")
-            out, peak = measure_peak_bytes(lambda: model.model(input_ids=ids[None], use_cache=True))
-            retained = _proc_status_bytes("VmRSS") - before
-        results.append({"peak": peak, "retained": retained})
+for shape, length, attn_impl, chunk_size, dtype in json.loads(sys.argv[1]):
+    config = transformers.AutoConfig.for_model("llama", max_position_embeddings=4096, **shape)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype),
+                                                          attn_implementation=attn_impl).eval()
+    ids = torch.randint(3, shape["vocab_size"], (length,), generator=torch.Generator().manual_seed(0))
+    token_nll(model, ids[:16], 1, chunk_size)  # warm-up: lazy initialisation, code pages
+    _, peak = measure_peak_bytes(lambda: token_nll(model, ids, 1, chunk_size))
+    results.append(peak)
     del model
 print("MEASURED " + json.dumps(results))
 """
+
+RSS_CASES = [case[:5] for case in CASES if case[1] >= 1024]
 
 
 def clear_refs_available() -> bool:
@@ -94,51 +163,23 @@ def clear_refs_available() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def measured():
+@pytest.mark.machine
+def test_estimate_bounds_the_peak_rss_loosely():
+    """Peak RSS growth of the engine's path (child process, MALLOC_MMAP_THRESHOLD_=65536 so glibc
+    returns freed blocks at once) is within [estimate / 2, 2 · estimate + 32 MiB] on any x86
+    machine: the slack holds oneDNN's bf16 weight reorders, per-thread buffers and page rounding."""
     if not clear_refs_available():
         pytest.skip("peak-RSS reset (/proc/self/clear_refs) is not available here")
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CASES)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(RSS_CASES)], capture_output=True, text=True,
                           env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("MEASURED "))
-    return json.loads(line[len("MEASURED "):])
-
-
-def llama_config(shape: dict):
-    return transformers.AutoConfig.for_model("llama", **shape)
-
-
-def within_tolerance(measured_bytes: int, estimated_bytes: int) -> bool:
-    return abs(measured_bytes - estimated_bytes) <= RELATIVE_TOLERANCE * estimated_bytes + ABSOLUTE_SLACK
-
-
-@pytest.mark.parametrize("index", range(len(CASES)))
-def test_estimate_matches_measured_peak_on_cpu(measured, index):
-    case = CASES[index]
-    estimate = memory.estimate_peak_bytes(llama_config(case["config"]), case["dtype"], case["length"],
-                                          kv_cache=case["mode"] == "cache", chunk_size=case["chunk_size"],
-                                          attn_impl=case["attn_impl"])
-    if case["mode"] == "engine":
-        expected = max(estimate["activations"], estimate["lm_head_chunk"])  # total − weights
-    else:  # decoder only, its cache kept: no LM head
-        expected = estimate["activations"] + estimate["kv_cache"]
-        assert within_tolerance(measured[index]["retained"], estimate["kv_cache"])
-    got = measured[index]["peak"]
-    print(f"{case['mode']} {case['attn_impl']} {case['dtype']} T={case['length']}: measured {got / MB:.1f} MiB, "
-          f"estimated {expected / MB:.1f} MiB")
-    assert within_tolerance(got, expected), (got / MB, expected / MB)
-
-
-def test_peak_grows_with_length_as_measured(measured):
-    """The estimate's slope over length (MLP-heavy shape, 1024 → 2048) matches the measured slope."""
-    config = llama_config(MLP_HEAVY)
-    est = [memory.estimate_peak_bytes(config, "fp32", n)["activations"] for n in (1024, 2048)]
-    slope_measured = (measured[1]["peak"] - measured[0]["peak"]) / 1024
-    slope_estimated = (est[1] - est[0]) / 1024
-    assert slope_measured == pytest.approx(slope_estimated, rel=0.05)
+    for cell, peak in zip(RSS_CASES, json.loads(line[len("MEASURED "):])):
+        estimated = engine_estimate(*cell)
+        print(f"{cell[2]} {cell[4]} T={cell[1]}: peak RSS {peak / MB:.1f} MiB, estimated {estimated / MB:.1f} MiB")
+        assert estimated / 2 <= peak <= RSS_FACTOR * estimated + RSS_SLACK, (cell, peak / MB, estimated / MB)
 
 
 @pytest.mark.parametrize("shape", [*RANDOM_SHAPES, "qwen2-biases", "tied", "llama-biases"])

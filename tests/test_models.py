@@ -204,6 +204,7 @@ def test_missing_path_is_named(tmp_path):
         M.load("./nope/model.gguf")
 
 
+@pytest.mark.machine  # wall-clock bound
 def test_offline_hub_id_fails_fast(offline_hub):
     start = time.perf_counter()
     with pytest.raises(ModelLoadError) as err:
@@ -252,6 +253,7 @@ def _fake_checkpoint(folder: Path) -> Path:
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))  # a valid header: load checks it
+    (folder / "tokenizer_config.json").write_text("{}")  # load checks a tokenizer is there (the spy loads it)
     return folder
 
 

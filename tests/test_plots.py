@@ -292,6 +292,7 @@ def test_report_has_the_papers_tables_failed_cells_and_figures(run_folder):
 # Notebooks, executed headless
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("name", ["compare_methods", "paper_figures"])
 def test_notebook_runs_headless_against_a_results_folder(name, run_folder, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

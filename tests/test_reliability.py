@@ -64,6 +64,7 @@ def assert_same(a, b):
         pd.testing.assert_frame_equal(x, y)
 
 
+@pytest.mark.machine
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_at_a_random_moment_then_resume(corpus, tmp_path, uninterrupted, seed):
     out = tmp_path / "out"
@@ -80,6 +81,7 @@ def test_sigkill_at_a_random_moment_then_resume(corpus, tmp_path, uninterrupted,
     assert not list(out.glob(".*.tmp"))  # temp files of the killed writer were cleaned up
 
 
+@pytest.mark.machine
 def test_sigterm_finishes_the_row_and_exits_cleanly(corpus, tmp_path, uninterrupted):
     out = tmp_path / "out"
     proc = start(corpus, out, tmp_path)
