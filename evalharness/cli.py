@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import EvalHarnessError, UsageError
-from .options import parse_count, parse_factors, parse_grid, parse_lengths, positive_count
+from .options import (
+    DEFAULT_PREFILL_CHUNK,
+    PREFILL_AUTO,
+    parse_count,
+    parse_factors,
+    parse_grid,
+    parse_lengths,
+    parse_prefill_chunk,
+    positive_count,
+)
 from .runner import TASKS
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -166,6 +175,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_TEMPERATURES})")
     g.add_argument("--chunk-size", type=int, default=None, help="positions per LM-head chunk (default: 256 MB of "
                                                                 "logits)")
+    g.add_argument("--prefill-chunk", type=parse_prefill_chunk, default=PREFILL_AUTO, metavar="N|auto|off",
+                   help="perplexity and passkey: run each forward in chunks of N tokens through the model's KV cache "
+                        "(memory bounded by the chunk; sliding-window layers cost T·(N + window)); auto (default): "
+                        f"chunks of {DEFAULT_PREFILL_CHUNK} only when the one-shot forward's estimated peak exceeds "
+                        "the device's memory; off: always one forward per window. Same numbers up to rounding")
     g = p.add_argument_group("passkey")
     g.add_argument("--depths", type=int, default=10, help="needle depths, evenly spaced in [0, 1] (--lengths are "
                                                           "the prompt lengths)")
@@ -542,21 +556,34 @@ def check_specs_against_lengths(specs, lengths: list[int]) -> None:
                 f"ask for lengths above {spec.original_ctx} or lower --original-ctx.")
 
 
-def memory_estimate(model, dtype, chunk_size: int | None):
-    """`cell → estimated peak bytes` (`memory.estimate_peak_bytes` at the cell's longest forward;
-    None for a cell that does not know its length)."""
-    from .memory import estimate_peak_bytes
+def memory_estimate(model, dtype, chunk_size: int | None, prefill_chunk: int | str | None = None,
+                    device: str = "cpu"):
+    """(`cell → estimated peak bytes`, `cell → its prefill plan`): `prefill.plan_prefill` at the
+    cell's longest forward, the one-shot or chunked plan the engine will choose; None / `?` for a
+    cell that does not know its length."""
+    from .options import PREFILL_OFF
+    from .prefill import plan_prefill
 
     n_params = sum(p.numel() for p in model.parameters())
     attn_impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    option = PREFILL_OFF if prefill_chunk is None else prefill_chunk
+
+    def plan(cell):
+        # RULER runs through lm-eval's generate: one-shot whatever the option
+        cell_option = option if cell.task in ("perplexity", "temperature-sweep", "passkey") else PREFILL_OFF
+        return plan_prefill(model.config, dtype, device, cell_option, cell.length, chunk_size=chunk_size,
+                            attn_impl=attn_impl, n_params=n_params, kv_cache=cell.kv_cache)
 
     def estimate(cell) -> float | None:
-        if not cell.length:
-            return None
-        return estimate_peak_bytes(model.config, dtype, cell.length, kv_cache=cell.kv_cache, chunk_size=chunk_size,
-                                   attn_impl=attn_impl, n_params=n_params)["total"]
+        return plan(cell)[1]["total"] if cell.length else None
 
-    return estimate
+    def prefill(cell) -> str:
+        if not cell.length:
+            return "?"
+        chunk = plan(cell)[0]
+        return "one-shot" if chunk is None else f"chunk {chunk}"
+
+    return estimate, prefill
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -602,7 +629,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.dry_run:
         if shard.rank == 0:
             status = runner.plan_status(run_plan, {task.name: task for task in tasks}, store)
-            print(describe(status, memory_estimate(model, info.dtype, args.chunk_size), shard.world))
+            estimate, prefill = memory_estimate(model, info.dtype, args.chunk_size, args.prefill_chunk, info.device)
+            print(describe(status, estimate, shard.world, prefill))
         return EXIT_OK
     store.remove_stale_temp_files()  # only those of writers that are gone
     if shard.rank == 0:

@@ -60,7 +60,7 @@ import torch
 from .errors import EvalHarnessError
 from .perplexity import NonFiniteError, logit_transform
 from .plan import Cell, Plan, cell_name
-from .prefill import backbone, cache_argument, last_hidden
+from .prefill import backbone, cache_argument, last_hidden, prefill_chunk_for
 from .runner import Task
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -499,10 +499,11 @@ def scoring_for(spec, dynamic_cache: str = "recompute") -> str:
 
 
 def score_prompt(model, tokenizer, prompt: PasskeyPrompt, max_new_tokens: int = MAX_NEW_TOKENS,
-                 dynamic_cache: str = "recompute") -> PasskeyScore:
+                 dynamic_cache: str = "recompute", prefill_chunk: int | None = None) -> PasskeyScore:
     """The paper's rule on one prompt: greedy continuation of ≤ `max_new_tokens` tokens, correct
-    when its first integer equals the key."""
-    decode = greedy_decode(model, tokenizer, prompt.input_ids, max_new_tokens, dynamic_cache=dynamic_cache)
+    when its first integer equals the key. `prefill_chunk`: as `greedy_decode`."""
+    decode = greedy_decode(model, tokenizer, prompt.input_ids, max_new_tokens, dynamic_cache=dynamic_cache,
+                           prefill_chunk=prefill_chunk)
     return PasskeyScore(is_correct(decode.text, prompt.passkey), decode.text, decode.token_ids,
                         key_forced_argmax(decode.token_ids, prompt.key_token_ids.tolist()),
                         decode.forwards, decode.cached_steps)
@@ -531,9 +532,9 @@ class PasskeyCells(Task):
     table = "passkey"
 
     def __init__(self, model_name: str, tokenizer, specs, lengths: Sequence[int], depths: int | Sequence[float],
-                 trials: int, seed: int, dynamic_cache: str = "recompute"):
+                 trials: int, seed: int, dynamic_cache: str = "recompute", prefill_chunk: int | str | None = None):
         self.model_name, self.tokenizer, self.specs = model_name, tokenizer, list(specs)
-        self.dynamic_cache = dynamic_cache
+        self.dynamic_cache, self.prefill_chunk = dynamic_cache, prefill_chunk
         self.lengths, self.depths, self.trials = [int(n) for n in lengths], depth_grid(depths), int(trials)
         self.seed = int(seed)
         self._prompts: dict[tuple[int, float, int], PasskeyPrompt] = {}
@@ -542,7 +543,7 @@ class PasskeyCells(Task):
     def from_inputs(cls, inputs, session):
         args = inputs.args
         return cls(session.model_name, session.tokenizer, inputs.specs, inputs.lengths, args.depths, args.trials,
-                   args.seed, getattr(args, "dynamic_cache", "recompute"))
+                   args.seed, getattr(args, "dynamic_cache", "recompute"), getattr(args, "prefill_chunk", None))
 
     def _row_key(self, spec, length: int, depth: float, trial: int) -> dict:
         from .results import key_row
@@ -581,7 +582,10 @@ class PasskeyCells(Task):
 
         length, depth, trial = cell.unit
         prompt = self._prompt(length, depth, trial)
-        score = score_prompt(session.model, self.tokenizer, prompt, dynamic_cache=self.dynamic_cache)
+        chunk = prefill_chunk_for(session.model, self.prefill_chunk, prompt.prompt_tokens + MAX_NEW_TOKENS,
+                                  kv_cache=True)
+        score = score_prompt(session.model, self.tokenizer, prompt, dynamic_cache=self.dynamic_cache,
+                             prefill_chunk=chunk)
         session.store.append(self.table, [passkey_row(key_row(self.model_name, cell.spec), prompt, score, trial,
                                                       self.seed, scoring_for(cell.spec, self.dynamic_cache))])
         return {"correct": bool(score.correct), "forwards": score.forwards, "cached_steps": score.cached_steps}

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .errors import NonFiniteError
 from .plan import Cell, Plan, cell_name
-from .prefill import hidden_chunks
+from .prefill import hidden_chunks, prefill_chunk_for
 from .runner import Task
 
 DEFAULT_HEAD_BYTES = 256 * 2**20  # logits chunk budget (fp32) for the LM head
@@ -376,6 +376,7 @@ class PerplexityTask:
     chunk_size: int | None = None
     window_bos: str = "every"  # sliding only (WINDOW_BOS); truncated rows record "first"
     position_bucket: int | None = None  # loss-by-position bucket width; None: original context // 8
+    prefill_chunk: int | str | None = None  # chunked prefill: tokens, "auto" or "off"/None (`prefill`)
 
     @property
     def row_window_bos(self) -> str:
@@ -458,7 +459,8 @@ class PerplexityCells(Task):
         args = inputs.args
         task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(inputs.lengths), args.stride or 0,
                               args.chunk_size, window_bos=getattr(args, "window_bos", None) or "every",
-                              position_bucket=getattr(args, "position_bucket", None))
+                              position_bucket=getattr(args, "position_bucket", None),
+                              prefill_chunk=getattr(args, "prefill_chunk", None))
         return cls(session.model_name, session.info.bos_token_id, cls.specs_of(inputs), inputs.documents(), task,
                    args.seed)
 
@@ -564,7 +566,8 @@ def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, ba
             bar.refresh()
             with LayerProgress(model, bar) as progress:
                 progress.tokens = pass_length
-                nll = truncated_nll(model, doc.ids, pass_length, bos_id, task.chunk_size)
+                nll = truncated_nll(model, doc.ids, pass_length, bos_id, task.chunk_size,
+                                    prefill_chunk_for(model, task.prefill_chunk, pass_length, task.chunk_size))
             if at_unit_scale:
                 unit_scale_passes[doc.doc_id] = nll
         rows, position_rows = [], []
@@ -595,7 +598,8 @@ def _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar) -> No
                 bar.refresh()
 
             scores = sliding_scores(model, doc.ids, window, task.stride, bos_id, task.chunk_size, before_window,
-                                    window_bos=task.window_bos, positions=positions)
+                                    window_bos=task.window_bos, positions=positions,
+                                    prefill_chunk=prefill_chunk_for(model, task.prefill_chunk, window, task.chunk_size))
         store.append("perplexity_positions_docs",
                      [dict(base_row, context_length=window, **r) for r in positions.rows()])
         store.append("perplexity_docs", [_doc_row(base_row, window, combine(scores))])

@@ -16,8 +16,9 @@ of the window, so the prefill fixes the length the harness's rotary modules scal
 whole window's (`scaling.fixed_dynamic_length`): every chunk rotates exactly as the one-shot
 forward does.
 
-`PREFILL_AUTO` / `PREFILL_OFF` are the two non-numeric values of `--prefill-chunk`;
-`choose_prefill_chunk` is the automatic choice (chunk only when the one-shot plan would not fit).
+`--prefill-chunk` (`options.parse_prefill_chunk`): a chunk, `auto` or `off`; `choose_prefill_chunk`
+is the automatic choice (chunk only when the one-shot plan would not fit), `plan_prefill` the
+choice with its memory estimate (the engine and `--dry-run` both use it).
 """
 from __future__ import annotations
 
@@ -26,30 +27,12 @@ from typing import Iterator
 
 import torch
 
-from .errors import UsageError
+from .options import DEFAULT_PREFILL_CHUNK, PREFILL_AUTO, PREFILL_OFF
 from .scaling import fixed_dynamic_length
 
-PREFILL_AUTO, PREFILL_OFF = "auto", "off"
-DEFAULT_PREFILL_CHUNK = 2048  # the chunk `auto` uses when the one-shot plan does not fit
-
-
-def parse_prefill_chunk(text: str) -> int | str:
-    """`--prefill-chunk`: a positive number of tokens (`k` = 1024), `auto` or `off`; UsageError
-    naming the bad value otherwise."""
-    from .options import parse_count
-
-    value = str(text).strip().lower()
-    if value in (PREFILL_AUTO, PREFILL_OFF):
-        return value
-    try:
-        chunk = parse_count(value)
-    except Exception:  # noqa: BLE001 - any parse failure is the same user error
-        chunk = None
-    if not isinstance(chunk, int) or chunk < 1:
-        raise UsageError(f"--prefill-chunk {text!r} is not valid; give a positive number of tokens (e.g. 2048 "
-                         "or 2k), auto or off.")
-    return chunk
-
+__all__ = ["DEFAULT_PREFILL_CHUNK", "PREFILL_AUTO", "PREFILL_OFF", "available_memory_bytes", "backbone",
+           "cache_argument", "choose_prefill_chunk", "chunkable", "hidden_chunks", "last_hidden", "plan_prefill",
+           "prefill_chunk_for"]
 
 def backbone(model):
     """The decoder stack of a causal LM (its base model)."""
@@ -132,3 +115,44 @@ def available_memory_bytes(device) -> int | None:
     except OSError:
         return None
     return None
+
+
+def chunkable(model) -> bool:
+    """Whether the chunked prefill can run the model as scaled now: not with the shipped dynamic
+    RoPE (`native` of a length-dependent rope_type), whose length transformers reads from the
+    positions of each forward."""
+    from .scaling import StatelessNativeRotary, rotary_modules
+
+    return not any(isinstance(module, StatelessNativeRotary) for _, _, module in rotary_modules(model))
+
+
+def plan_prefill(config, dtype, device, option: int | str | None, length: int, *, chunk_size: int | None = None,
+                 attn_impl: str | None = None, n_params: int | None = None, kv_cache: bool = False,
+                 can_chunk: bool = True) -> tuple[int | None, dict]:
+    """(chunk or None for one-shot, the peak-memory estimate of that plan) for a forward of `length`
+    tokens: `choose_prefill_chunk` with the one-shot estimate (`memory.estimate_peak_bytes`) and
+    the memory of `device` (`available_memory_bytes`). `auto` stays one-shot when not `can_chunk`.
+    The one function behind the engine's choice and the dry-run's line."""
+    from .memory import estimate_peak_bytes
+
+    common = dict(chunk_size=chunk_size, attn_impl=attn_impl or "sdpa", n_params=n_params)
+    one_shot = estimate_peak_bytes(config, dtype, length, kv_cache=kv_cache, **common)
+    if option == PREFILL_AUTO and not can_chunk:
+        return None, one_shot
+    chunk = choose_prefill_chunk(option, one_shot["total"], available_memory_bytes(device), length)
+    if chunk is None:
+        return None, one_shot
+    return chunk, estimate_peak_bytes(config, dtype, length, kv_cache=kv_cache, prefill_chunk=chunk, **common)
+
+
+def prefill_chunk_for(model, option: int | str | None, length: int, chunk_size: int | None = None,
+                      kv_cache: bool = False) -> int | None:
+    """The chunk a forward of `length` tokens on the loaded `model` runs with (None: one-shot),
+    by `plan_prefill`."""
+    if option in (None, PREFILL_OFF):
+        return None
+    attn_impl = getattr(model.config, "_attn_implementation", None)
+    n_params = sum(p.numel() for p in model.parameters())
+    chunk, _ = plan_prefill(model.config, model.dtype, model.device, option, length, chunk_size=chunk_size,
+                            attn_impl=attn_impl, n_params=n_params, kv_cache=kv_cache, can_chunk=chunkable(model))
+    return chunk

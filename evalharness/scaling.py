@@ -267,12 +267,19 @@ def shipped_rope(config) -> ShippedRope:
 def rope_note(model: nn.Module) -> dict:
     """The manifest's record of the model's RoPE: what ships, the default L, and what `base` is."""
     shipped = shipped_rope(model.config)
+    bases = layer_rope_bases(model.config)
     base = f"plain RoPE with rope_theta={shipped.rope_theta:g}"
+    if bases:
+        base = "plain RoPE with rope_theta " + ", ".join(f"{t} {b:g}" for t, b in bases.items()) + (
+            "; methods scale the full-attention layers only unless the spec says layers=all")
     if shipped.is_scaled:
         shipped_text = shipped.display.removeprefix("native (").removesuffix(")")
         base += f", not the shipped {shipped_text}; `native` evaluates the shipped RoPE"
-    return {"shipped": shipped.as_dict(), "native": shipped.display, "default_original_ctx": native_context(model),
+    note = {"shipped": shipped.as_dict(), "native": shipped.display, "default_original_ctx": native_context(model),
             "base": base}
+    if bases:
+        note["layer_rope_theta"] = bases
+    return note
 
 
 def resolve_native(spec: ScalingSpec, config) -> ScalingSpec:

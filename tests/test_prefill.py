@@ -1,6 +1,7 @@
 """The chunked prefill (`evalharness.prefill`): chunk by chunk through the model's KV cache equals
 the one-shot forward within fp32 rounding, on a tiny Llama and a tiny Gemma 3 whose sliding
 window is shorter than the text, for both perplexity protocols, static and dynamic methods."""
+import argparse
 import importlib.util
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import transformers
 from conftest import tiny_llama
 
-from evalharness.errors import UsageError
+from evalharness.options import parse_prefill_chunk
 from evalharness.passkey import greedy_decode
 from evalharness.perplexity import sliding_scores, token_nll, truncated_nll
 from evalharness.prefill import (
@@ -17,7 +18,6 @@ from evalharness.prefill import (
     choose_prefill_chunk,
     hidden_chunks,
     last_hidden,
-    parse_prefill_chunk,
 )
 from evalharness.scaling import ScalingError, apply_scaling
 
@@ -143,7 +143,7 @@ def test_parse_prefill_chunk(text, value):
 
 @pytest.mark.parametrize("text", ["0", "-5", "big", "1.5"])
 def test_parse_prefill_chunk_refuses(text):
-    with pytest.raises(UsageError, match=f"--prefill-chunk '{text}' is not valid"):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"--prefill-chunk '{text}' is not valid"):
         parse_prefill_chunk(text)
 
 
