@@ -119,7 +119,8 @@ def sliding_window_setup(model, option, lengths: list[int], tasks: list[str]) ->
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="smollm2-135m",
-                   help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF) or random:NAME (tiny, "
+                   help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF), gemma3-270m (after `bash "
+                        "scripts/bootstrap.sh gemma`) or random:NAME (tiny, "
                         "llama2-7b, ...)")
     g.add_argument("--dtype", default="auto", help="auto (cuda→bf16, cpu→fp32), float32, bfloat16, float16")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -312,11 +313,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rotary_dim, theta, native = args.rotary_dim, args.rope_theta, args.original_ctx
     if args.model:
         from . import models
+        from .scaling import layer_rope_bases
 
-        _, _, info = models.load(args.model, dtype="float32", device="cpu")
+        loaded, _, info = models.load(args.model, dtype="float32", device="cpu", weights=False)
         rotary_dim, theta, native = rotary_dim or info.rotary_dim, theta or info.rope_theta, native or info.native_ctx
-        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={info.rope_theta:g}, "
-              f"native context {info.native_ctx}")
+        bases = layer_rope_bases(loaded.config)
+        thetas = ", ".join(f"{t} {b:g}" for t, b in bases.items()) if bases else f"{info.rope_theta:g}"
+        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={thetas}, "
+              f"native context {info.native_ctx}" + ("; the table is for the full-attention layers "
+                                                     "(--rope-theta for another base)" if bases else ""))
     if not (rotary_dim and theta and native):
         raise UsageError("methods needs --model, or all of --rotary-dim, --rope-theta and --original-ctx.")
     specs = build_specs(args.method, args.factor, native)
@@ -641,7 +646,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "rope": rope_note(model), "sliding_window_attention": window_info}
     if shard.rank == 0:
         main_manifest.start(sys.argv, vars(args), run_info)
-        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
+        from .scaling import layer_rope_bases
+
+        bases = layer_rope_bases(model.config)
+        theta = ", ".join(f"{t} {b:g}" for t, b in bases.items()) if bases else f"{info.rope_theta:g}"
+        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={theta}, "
               f"native {info.native_ctx}, {info.dtype} on {info.device}; tasks {', '.join(plan.tasks)}; "
               f"methods {', '.join(s.short for s in specs)}; out {plan.out}"
               + (f"; {shard.world} processes" if shard.active else ""), file=sys.stderr)

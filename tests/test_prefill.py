@@ -175,3 +175,32 @@ def test_real_gemma3_chunked_equals_one_shot_at_4k():
         chunked = truncated_nll(model, ids, 4096, info.bos_token_id, prefill_chunk=1024)
         torch.testing.assert_close(chunked, one_shot, atol=1e-4, rtol=1e-4)
         assert float(chunked.double().sum()) == pytest.approx(float(one_shot.double().sum()), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the estimate of both plans
+
+
+def test_estimate_knows_both_plans(monkeypatch):
+    from evalharness import prefill
+    from evalharness.memory import estimate_peak_bytes, kv_cache_bytes, layer_windows, model_shape
+    from evalharness.prefill import plan_prefill
+
+    config = tiny_gemma3(window=512).config
+    assert layer_windows(config) == [512, 512, None, 512]
+    T, C = 65536, 2048
+    one_shot = estimate_peak_bytes(config, "float32", T)
+    chunked = estimate_peak_bytes(config, "float32", T, prefill_chunk=C)
+    shape = model_shape(config)
+    # cache: 3 sliding layers keep 511 tokens, the global one all T (keys and values, kv width 32)
+    assert chunked["kv_cache"] == kv_cache_bytes(shape, 4, T, [512, 512, None, 512]) == 2 * (3 * 511 + T) * 32 * 4
+    assert one_shot["activations"] >= T * T  # SDPA's boolean T×T mask of the sliding layers
+    assert chunked["total"] < one_shot["total"] / 10
+    assert estimate_peak_bytes(config, "float32", T, prefill_chunk=T) == one_shot  # C ≥ T is one-shot
+    monkeypatch.setattr(prefill, "available_memory_bytes", lambda device: one_shot["total"])  # just fits
+    assert plan_prefill(config, "float32", "cpu", "auto", T) == (None, one_shot)
+    monkeypatch.setattr(prefill, "available_memory_bytes", lambda device: one_shot["total"] - 1)
+    chunk, estimate = plan_prefill(config, "float32", "cpu", "auto", T)
+    assert chunk == DEFAULT_PREFILL_CHUNK and estimate == estimate_peak_bytes(config, "float32", T,
+                                                                              prefill_chunk=DEFAULT_PREFILL_CHUNK)
+    chunk, estimate = plan_prefill(config, "float32", "cpu", C, T)
+    assert chunk == C and estimate == chunked
