@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import EvalHarnessError, UsageError
-from .options import bounded_count, finite_number, parse_factors, parse_grid, parse_lengths, positive_count
+from .options import (
+    DEFAULT_PREFILL_CHUNK,
+    PREFILL_AUTO,
+    bounded_count,
+    finite_number,
+    parse_factors,
+    parse_grid,
+    parse_lengths,
+    parse_prefill_chunk,
+    positive_count,
+)
 from .runner import TASKS
 from .taskfiles import apply_task_file, task_names
 
@@ -140,7 +150,8 @@ def sliding_window_setup(model, option, lengths: list[int], tasks: list[str]) ->
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="smollm2-135m",
-                   help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF) or random:NAME (tiny, "
+                   help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF), gemma3-270m (after `bash "
+                        "scripts/bootstrap.sh gemma`) or random:NAME (tiny, "
                         "llama2-7b, ...)")
     g.add_argument("--dtype", default="auto", help="auto (cuda→bf16, cpu→fp32), float32, bfloat16, float16")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -202,6 +213,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_TEMPERATURES})")
     g.add_argument("--chunk-size", type=bounded_count("--chunk-size"), default=None,
                    help="positions per LM-head chunk (default: 256 MB of logits)")
+    g.add_argument("--prefill-chunk", type=parse_prefill_chunk, default=PREFILL_AUTO, metavar="N|auto|off",
+                   help="perplexity and passkey: run each forward in chunks of N tokens through the model's KV cache "
+                        "(memory bounded by the chunk; sliding-window layers cost T·(N + window)); auto (default): "
+                        f"chunks of {DEFAULT_PREFILL_CHUNK} only when the one-shot forward's estimated peak exceeds "
+                        "the device's memory; off: always one forward per window. Same numbers up to rounding")
     g = p.add_argument_group("passkey")
     g.add_argument("--depths", type=bounded_count("--depths"), default=10,
                    help="needle depths, evenly spaced in [0, 1] (--lengths are the prompt lengths)")
@@ -339,11 +355,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
     model = None
     if args.model:
         from . import models
+        from .scaling import layer_rope_bases
 
-        model, _, info = models.load(args.model, dtype="float32", device="cpu")
+        model, _, info = models.load(args.model, dtype="float32", device="cpu", weights=False)
         rotary_dim, theta, native = rotary_dim or info.rotary_dim, theta or info.rope_theta, native or info.native_ctx
-        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={info.rope_theta:g}, "
-              f"native context {info.native_ctx}")
+        bases = layer_rope_bases(model.config)
+        thetas = ", ".join(f"{t} {b:g}" for t, b in bases.items()) if bases else f"{info.rope_theta:g}"
+        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={thetas}, "
+              f"native context {info.native_ctx}" + ("; the table is for the full-attention layers "
+                                                     "(--rope-theta for another base)" if bases else ""))
     if not (rotary_dim and theta and native):
         raise UsageError("methods needs --model, or all of --rotary-dim, --rope-theta and --original-ctx.")
     specs = build_specs(args.method, args.factor, native)
@@ -385,7 +405,12 @@ def shipped_frequencies(model):
     from .scaling import rotary_modules
 
     _, _, module = rotary_modules(model)[0]
-    return module.inv_freq.detach().float().cpu(), float(getattr(module, "attention_scaling", 1.0))
+    # one module per layer type keeps `<type>_inv_freq`: the table shows the full-attention layers
+    prefix = "" if hasattr(module, "inv_freq") else "full_attention_"
+    if getattr(module, f"{prefix}inv_freq").is_meta:  # a weightless model: the library rebuilds its buffers
+        module = type(module)(config=module.config)
+    return (getattr(module, f"{prefix}inv_freq").detach().float().cpu(),
+            float(getattr(module, f"{prefix}attention_scaling", 1.0)))
 
 
 def _num(value) -> str:
@@ -682,21 +707,34 @@ def check_specs_against_lengths(specs, lengths: list[int]) -> None:
                 f"ask for lengths above {spec.original_ctx} or lower --original-ctx.")
 
 
-def memory_estimate(model, dtype, chunk_size: int | None):
-    """`cell → estimated peak bytes` (`memory.estimate_peak_bytes` at the cell's longest forward;
-    None for a cell that does not know its length)."""
-    from .memory import estimate_peak_bytes
+def memory_estimate(model, dtype, chunk_size: int | None, prefill_chunk: int | str | None = None,
+                    device: str = "cpu"):
+    """(`cell → estimated peak bytes`, `cell → its prefill plan`): `prefill.plan_prefill` at the
+    cell's longest forward, the one-shot or chunked plan the engine will choose; None / `?` for a
+    cell that does not know its length."""
+    from .options import PREFILL_OFF
+    from .prefill import plan_prefill
 
     n_params = sum(p.numel() for p in model.parameters())
     attn_impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    option = PREFILL_OFF if prefill_chunk is None else prefill_chunk
+
+    def plan(cell):
+        # RULER runs through lm-eval's generate: one-shot whatever the option
+        cell_option = option if cell.task in ("perplexity", "temperature-sweep", "passkey") else PREFILL_OFF
+        return plan_prefill(model.config, dtype, device, cell_option, cell.length, chunk_size=chunk_size,
+                            attn_impl=attn_impl, n_params=n_params, kv_cache=cell.kv_cache)
 
     def estimate(cell) -> float | None:
-        if not cell.length:
-            return None
-        return estimate_peak_bytes(model.config, dtype, cell.length, kv_cache=cell.kv_cache, chunk_size=chunk_size,
-                                   attn_impl=attn_impl, n_params=n_params)["total"]
+        return plan(cell)[1]["total"] if cell.length else None
 
-    return estimate
+    def prefill(cell) -> str:
+        if not cell.length:
+            return "?"
+        chunk = plan(cell)[0]
+        return "one-shot" if chunk is None else f"chunk {chunk}"
+
+    return estimate, prefill
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -750,7 +788,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.dry_run:
         if shard.rank == 0:
             status = runner.plan_status(run_plan, {task.name: task for task in tasks}, store)
-            print(describe(status, memory_estimate(model, info.dtype, args.chunk_size), shard.world))
+            estimate, prefill = memory_estimate(model, info.dtype, args.chunk_size, args.prefill_chunk, info.device)
+            print(describe(status, estimate, shard.world, prefill))
         return EXIT_OK
     store.remove_stale_temp_files()  # only those of writers that are gone
     if shard.rank == 0:
@@ -762,7 +801,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if shard.rank == 0:
         main_manifest.start(recorded_command(sys.argv, args.out or ""),
                             {**vars(args), "out": shown_path(str(plan.out))}, run_info)
-        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={info.rope_theta:g}, "
+        from .scaling import layer_rope_bases
+
+        bases = layer_rope_bases(model.config)
+        theta = ", ".join(f"{t} {b:g}" for t, b in bases.items()) if bases else f"{info.rope_theta:g}"
+        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={theta}, "
               f"native {info.native_ctx}, {info.dtype} on {info.device}; tasks {', '.join(plan.tasks)}; "
               f"methods {', '.join(s.short for s in specs)}; out {plan.out}"
               + (f"; {shard.world} processes" if shard.active else ""), file=sys.stderr)

@@ -13,9 +13,19 @@ RoPE on q/k, gated MLP). The terms, in bytes, with T = length, b = bytes per ele
     total          = weights + kv_cache + max(activations, lm_head_chunk)
 
 `max`, not a sum: the head runs after the decoder forward has returned and its per-layer buffers
-are freed. The formulas follow transformers' Llama modeling code (checked against it at 5.x) op by
-op; allocator overhead (CUDA caching-allocator fragmentation, glibc arenas) is not modelled — the
-tests measure how close the estimate is (`tests/test_memory.py` states the tolerance).
+are freed. On a config with sliding-window layers (Gemma 3, Mistral with a window) shorter than T,
+SDPA gets an explicit boolean T×T mask: + T² bytes.
+
+The chunked prefill (`prefill_chunk=C < T`, `prefill.py`) is the other plan: the decoder runs C
+queries at a time against the cached keys, so activations are those of a C-token forward whose
+attention reads T keys (`key_length`), plus the boolean C×T mask and one transient copy of a full
+layer's keys and values (the cache's concatenation); the KV cache is always there and holds T
+tokens on full layers, window − 1 on sliding ones (`kv_cache_bytes`); the head phase is that of a
+C-token chunk plus the T-long NLL vector.
+
+The formulas follow transformers' Llama modeling code (checked against it at 5.x) op by op;
+allocator overhead (CUDA caching-allocator fragmentation, glibc arenas) is not modelled — the tests
+measure how close the estimate is (`tests/test_memory.py` states the tolerance).
 """
 from __future__ import annotations
 
@@ -142,7 +152,8 @@ def _attention_kind(attn_impl: str | None) -> str:
                      "flash_attention_2, flash_attention_3, flex_attention.")
 
 
-def decoder_peak_bytes(shape: ModelShape, b: int, length: int, attn_impl: str | None = "sdpa") -> int:
+def decoder_peak_bytes(shape: ModelShape, b: int, length: int, attn_impl: str | None = "sdpa",
+                       key_length: int | None = None) -> int:
     """Live activation bytes at the worst moment of the decoder forward over `length` tokens.
 
     T = length, H = hidden, Q = nh·hd, K = n_kv·hd, I = intermediate, b = element bytes.
@@ -166,20 +177,25 @@ def decoder_peak_bytes(shape: ModelShape, b: int, length: int, attn_impl: str | 
     Eager attention adds to the resident tensors the causal mask T²·b (built once per forward), and
     to the phases after attention (post-attention norm, MLP) the layer's attention weights nh·T²·b,
     which the decoder layer keeps bound (`hidden_states, _ = self.self_attn(...)`) until it returns.
+    With `key_length` T_k (a chunk of T queries against T_k cached keys, the chunked prefill): the
+    kernel's k and v and the eager scores and mask span T_k keys instead of T (the mask
+    T·T_k·b and the kept weights nh·T·T_k·b likewise).
     """
     T, H, Q, K, I = length, shape.hidden, shape.q_width, shape.kv_width, shape.intermediate  # noqa: E741 (the formulas' symbols)
+    Tk = key_length or T
     resident = 2 * INT64 * T + 2 * T * shape.head_dim * b + (2 if shape.layers > 1 else 1) * T * H * b
     norm = T * H * b + 8 * T * H
     mlp = 2 * T * H * b + 3 * T * I * b
     if _attention_kind(attn_impl) == "eager":
-        resident += T * T * b  # the causal mask
-        repeated = 2 * T * Q * b if shape.kv_heads < shape.heads else 0
-        scores = shape.heads * T * T * (8 + (b if b < FP32 else 0))
-        attention = T * H * b + (T * Q + 2 * T * K) * b + repeated + scores
-        kept_weights = shape.heads * T * T * b
+        resident += T * Tk * b  # the causal mask
+        repeated = 2 * Tk * Q * b if shape.kv_heads < shape.heads else 0
+        scores = shape.heads * T * Tk * (8 + (b if b < FP32 else 0))
+        attention = T * H * b + (T * Q + 2 * Tk * K) * b + repeated + scores
+        kept_weights = shape.heads * T * Tk * b
         norm, mlp = norm + kept_weights, mlp + kept_weights
     else:
-        attention = T * H * b + b * T * max(4 * Q + 2 * K, 2 * Q + 5 * K, 3 * Q + 2 * K, 2 * Q + 2 * K + H)
+        attention = T * H * b + b * max(T * 4 * Q + 2 * T * K, 2 * T * Q + 5 * T * K, 3 * T * Q + 2 * Tk * K,
+                                        2 * T * Q + 2 * Tk * K + T * H)
     return resident + max(norm, attention, mlp)
 
 
@@ -197,14 +213,33 @@ def head_phase_bytes(shape: ModelShape, b: int, length: int, chunk_size: int | N
     return T * shape.hidden * b + FP32 * T + INT64 * T + logits
 
 
-def kv_cache_bytes(shape: ModelShape, b: int, length: int) -> int:
-    """Keys and values of every layer for `length` tokens: 2·n_layers·T·n_kv·hd·b."""
-    return 2 * shape.layers * length * shape.kv_width * b
+def layer_windows(config: Any) -> list[int | None]:
+    """Per decoder layer: its sliding attention window, or None for full attention (from the
+    config's `layer_types` and `sliding_window`; every layer when there are no layer types)."""
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    window = _get(config, "sliding_window")
+    layers = int(_get(config, "num_hidden_layers"))
+    types = _get(config, "layer_types")
+    if not window:
+        return [None] * layers
+    if not types:
+        return [int(window)] * layers
+    return [int(window) if "sliding" in str(t) else None for t in types]
+
+
+def kv_cache_bytes(shape: ModelShape, b: int, length: int, windows: list[int | None] | None = None) -> int:
+    """Keys and values of every layer for `length` tokens: 2·T_l·n_kv·hd·b summed over layers, T_l
+    = T on full layers and min(T, window − 1) on sliding ones (transformers' sliding cache keeps
+    window − 1 tokens); `windows` None: every layer full, 2·n_layers·T·n_kv·hd·b."""
+    windows = windows or [None] * shape.layers
+    kept = sum(length if w is None else min(length, w - 1) for w in windows)
+    return 2 * kept * shape.kv_width * b
 
 
 def estimate_peak_bytes(config: Any, dtype: Any, length: int, *, kv_cache: bool = False,
                         chunk_size: int | None = None, attn_impl: str = "sdpa",
-                        n_params: int | None = None) -> dict[str, int]:
+                        n_params: int | None = None, prefill_chunk: int | None = None) -> dict[str, int]:
     """Peak memory of one cell at `length` tokens, broken down (bytes; see the module docstring).
 
     Args:
@@ -215,6 +250,7 @@ def estimate_peak_bytes(config: Any, dtype: Any, length: int, *, kv_cache: bool 
         chunk_size: LM-head positions per chunk; None = the engine's default for the vocabulary.
         attn_impl: "sdpa"/"flash_attention_2"/"flex_attention" (no T×T matrix) or "eager".
         n_params: the exact parameter count when known (a loaded model); else from the config.
+        prefill_chunk: C, the chunked prefill's chunk; None (or C ≥ length) = one-shot forward.
 
     Returns:
         {"weights", "activations", "lm_head_chunk", "kv_cache", "total"} in bytes, where
@@ -224,10 +260,21 @@ def estimate_peak_bytes(config: Any, dtype: Any, length: int, *, kv_cache: bool 
         raise ValueError(f"length {length} must be a positive number of tokens.")
     shape = model_shape(config)
     b = dtype_bytes(dtype)
+    T = int(length)
+    windows = layer_windows(config)
     weights = (n_params if n_params is not None else parameter_count(shape)) * b
-    activations = decoder_peak_bytes(shape, b, int(length), attn_impl)
-    head = head_phase_bytes(shape, b, int(length), chunk_size)
-    cache = kv_cache_bytes(shape, b, int(length)) if kv_cache else 0
+    if prefill_chunk is not None and int(prefill_chunk) < T:
+        C = int(prefill_chunk)
+        cat_copy = 2 * T * shape.kv_width * b if any(w is None for w in windows) else 0
+        activations = decoder_peak_bytes(shape, b, C, attn_impl, key_length=T) + C * T + cat_copy
+        head = head_phase_bytes(shape, b, C, chunk_size) + FP32 * T
+        cache = kv_cache_bytes(shape, b, T, windows)
+    else:
+        sliding_mask = T * T if any(w is not None and w < T for w in windows) and \
+            _attention_kind(attn_impl) != "eager" else 0
+        activations = decoder_peak_bytes(shape, b, T, attn_impl) + sliding_mask
+        head = head_phase_bytes(shape, b, T, chunk_size)
+        cache = kv_cache_bytes(shape, b, T) if kv_cache else 0
     return {"weights": weights, "activations": activations, "lm_head_chunk": head, "kv_cache": cache,
             "total": weights + cache + max(activations, head)}
 

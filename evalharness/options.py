@@ -65,6 +65,20 @@ def finite_number(flag: str):
     return parse
 
 
+PREFILL_AUTO, PREFILL_OFF = "auto", "off"  # the non-numeric values of --prefill-chunk
+DEFAULT_PREFILL_CHUNK = 2048  # the chunk `auto` uses when the one-shot plan does not fit
+
+
+def parse_prefill_chunk(text: str) -> int | str:
+    """`--prefill-chunk` (an argparse `type`): a positive number of tokens (`k` = 1024), `auto` or
+    `off`; anything else raises `argparse.ArgumentTypeError` naming the bad value (exit 2)."""
+    value = str(text).strip().lower()
+    if value in (PREFILL_AUTO, PREFILL_OFF):
+        return value
+    return positive_count(value, f"--prefill-chunk {text!r} is not valid; give a positive number of tokens "
+                                 "(e.g. 2048 or 2k), auto or off.")
+
+
 def parse_lengths(text: str) -> list[int]:
     """'2k:16k:2k' (start:stop:step, stop included) or '4096,8192' → strictly increasing lengths."""
     text = str(text).strip()

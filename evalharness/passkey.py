@@ -60,6 +60,7 @@ import torch
 from .errors import EvalHarnessError
 from .perplexity import NonFiniteError, logit_transform
 from .plan import Cell, Plan, cell_name
+from .prefill import backbone, cache_argument, last_hidden, prefill_chunk_for
 from .runner import Task
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -344,24 +345,16 @@ def _logits_at(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _backbone(model):
-    return model.base_model if model.base_model is not model else model.get_decoder()
-
-
-def cache_argument(model) -> str:
-    """The name of the KV-cache argument of the model's forward (and `generate`): later
-    transformers 5.x releases name it `cache`, earlier ones `past_key_values`."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(_backbone(model).forward).parameters else "past_key_values"
-
-
-def _decoder_last_hidden(model, ids: torch.Tensor, cache=None, use_cache: bool = False):
+def _decoder_last_hidden(model, ids: torch.Tensor, cache=None, use_cache: bool = False,
+                         prefill_chunk: int | None = None):
     """(final hidden state of the last position [1, H], the KV cache or None). `ids` [1, n] are
-    the whole sequence (cache None) or the tokens after the cached ones."""
-    backbone = _backbone(model)
+    the whole sequence (cache None) or the tokens after the cached ones. `prefill_chunk` (whole
+    sequence, no cache given): the forward runs in chunks (`prefill.last_hidden`)."""
+    if cache is None and prefill_chunk is not None and prefill_chunk < ids.shape[1]:
+        hidden, filled = last_hidden(model, ids.to(_device(model)), prefill_chunk)
+        return hidden, filled if use_cache else None
     kwargs = {cache_argument(model): cache} if cache is not None else {}
-    out = backbone(input_ids=ids.to(_device(model)), use_cache=use_cache, **kwargs)
+    out = backbone(model)(input_ids=ids.to(_device(model)), use_cache=use_cache, **kwargs)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     if not use_cache:
         return hidden[0, -1:], None
@@ -409,7 +402,8 @@ def _stop_tokens(model, tokenizer) -> set[int]:
 
 @torch.inference_mode()
 def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int = MAX_NEW_TOKENS,
-                  stop_when_decided: bool = True, dynamic_cache: str = "recompute") -> GreedyDecode:
+                  stop_when_decided: bool = True, dynamic_cache: str = "recompute",
+                  prefill_chunk: int | None = None) -> GreedyDecode:
     """Greedy decoding as `model.generate(do_sample=False, max_new_tokens=...)` does it, with the
     KV cache wherever the cache holds what a full forward would compute.
 
@@ -429,6 +423,10 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
     `rerotate.RerotatingCache` and every later step is a one-token step on it, its cached keys
     re-rotated to the scale of the current length (the YaRN paper's kv-caching advice for dynamic
     scaling; not equal to a cache-free `generate` past L, see `rerotate`).
+
+    `prefill_chunk` C: every full forward (the prefill, and each step where the cache cannot be
+    reused) runs in chunks of C tokens through a KV cache (`prefill`), except the re-rotating
+    prefill; the tokens are those of the one-shot forwards up to rounding.
     """
     from .rerotate import dynamic_rotary, rerotating_cache
 
@@ -458,14 +456,14 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
             keep = cache_fits and more and reusable(length, length + 1)
             try:
                 hidden, cache = _decoder_last_hidden(model, ids, rerotating_cache(model) if keep and rerotate else None,
-                                                     use_cache=keep)
+                                                     use_cache=keep, prefill_chunk=prefill_chunk)
             except torch.OutOfMemoryError:
                 if not keep:
                     raise
                 cache, cache_fits = None, False  # the KV cache does not fit: full forwards from here
             if hidden is None:  # retried outside the handler, so the failed forward's tensors are freed
                 _free_accelerator_memory()
-                hidden, _ = _decoder_last_hidden(model, ids)
+                hidden, _ = _decoder_last_hidden(model, ids, prefill_chunk=prefill_chunk)
             built_at = length
         forwards += 1
         token = int(_logits_at(model, hidden).argmax(-1)[0])
@@ -501,10 +499,11 @@ def scoring_for(spec, dynamic_cache: str = "recompute") -> str:
 
 
 def score_prompt(model, tokenizer, prompt: PasskeyPrompt, max_new_tokens: int = MAX_NEW_TOKENS,
-                 dynamic_cache: str = "recompute") -> PasskeyScore:
+                 dynamic_cache: str = "recompute", prefill_chunk: int | None = None) -> PasskeyScore:
     """The paper's rule on one prompt: greedy continuation of ≤ `max_new_tokens` tokens, correct
-    when its first integer equals the key."""
-    decode = greedy_decode(model, tokenizer, prompt.input_ids, max_new_tokens, dynamic_cache=dynamic_cache)
+    when its first integer equals the key. `prefill_chunk`: as `greedy_decode`."""
+    decode = greedy_decode(model, tokenizer, prompt.input_ids, max_new_tokens, dynamic_cache=dynamic_cache,
+                           prefill_chunk=prefill_chunk)
     return PasskeyScore(is_correct(decode.text, prompt.passkey), decode.text, decode.token_ids,
                         key_forced_argmax(decode.token_ids, prompt.key_token_ids.tolist()),
                         decode.forwards, decode.cached_steps)
@@ -533,9 +532,9 @@ class PasskeyCells(Task):
     table = "passkey"
 
     def __init__(self, model_name: str, tokenizer, specs, lengths: Sequence[int], depths: int | Sequence[float],
-                 trials: int, seed: int, dynamic_cache: str = "recompute"):
+                 trials: int, seed: int, dynamic_cache: str = "recompute", prefill_chunk: int | str | None = None):
         self.model_name, self.tokenizer, self.specs = model_name, tokenizer, list(specs)
-        self.dynamic_cache = dynamic_cache
+        self.dynamic_cache, self.prefill_chunk = dynamic_cache, prefill_chunk
         self.lengths, self.depths, self.trials = [int(n) for n in lengths], depth_grid(depths), int(trials)
         self.seed = int(seed)
         self._prompts: dict[tuple[int, float, int], PasskeyPrompt] = {}
@@ -544,7 +543,7 @@ class PasskeyCells(Task):
     def from_inputs(cls, inputs, session):
         args = inputs.args
         return cls(session.model_name, session.tokenizer, inputs.specs, inputs.lengths, args.depths, args.trials,
-                   args.seed, getattr(args, "dynamic_cache", "recompute"))
+                   args.seed, getattr(args, "dynamic_cache", "recompute"), getattr(args, "prefill_chunk", None))
 
     def _row_key(self, spec, length: int, depth: float, trial: int) -> dict:
         from .results import key_row
@@ -583,7 +582,10 @@ class PasskeyCells(Task):
 
         length, depth, trial = cell.unit
         prompt = self._prompt(length, depth, trial)
-        score = score_prompt(session.model, self.tokenizer, prompt, dynamic_cache=self.dynamic_cache)
+        chunk = prefill_chunk_for(session.model, self.prefill_chunk, prompt.prompt_tokens + MAX_NEW_TOKENS,
+                                  kv_cache=True)
+        score = score_prompt(session.model, self.tokenizer, prompt, dynamic_cache=self.dynamic_cache,
+                             prefill_chunk=chunk)
         session.store.append(self.table, [passkey_row(key_row(self.model_name, cell.spec), prompt, score, trial,
                                                       self.seed, scoring_for(cell.spec, self.dynamic_cache))])
         return {"correct": bool(score.correct), "forwards": score.forwards, "cached_steps": score.cached_steps}

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from .errors import NonFiniteError
 from .plan import Cell, Plan, cell_name
+from .prefill import hidden_chunks, prefill_chunk_for
 from .runner import Task
 
 DEFAULT_HEAD_BYTES = 256 * 2**20  # logits chunk budget (fp32) for the LM head
@@ -142,15 +143,28 @@ def nll_from_hidden(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_si
 
 
 @torch.inference_mode()
-def token_nll(model, input_ids: torch.Tensor, first_scored: int = 1, chunk_size: int | None = None) -> torch.Tensor:
+def token_nll(model, input_ids: torch.Tensor, first_scored: int = 1, chunk_size: int | None = None,
+              prefill_chunk: int | None = None) -> torch.Tensor:
     """NLL (float32, on the model's device) of input_ids[first_scored:] each given all tokens
-    before it in this window. input_ids: 1-D. Raises NonFiniteError on NaN/inf."""
+    before it in this window. input_ids: 1-D. `prefill_chunk` C: the decoder runs in chunks of C
+    tokens through its KV cache (`prefill.hidden_chunks`), each chunk scored as soon as it has run;
+    None: one forward over the window. Raises NonFiniteError on NaN/inf."""
     if not 1 <= first_scored < input_ids.shape[-1]:
         raise ValueError(f"first_scored={first_scored} must be in [1, {input_ids.shape[-1] - 1}].")
     ids = input_ids.reshape(1, -1).to(model.get_input_embeddings().weight.device)
-    hidden = decoder_hidden_states(model, ids)[0]
-    hidden = hidden[first_scored - 1 : -1]
-    nll = nll_from_hidden(model, hidden, ids[0, first_scored:], chunk_size)
+    total = ids.shape[1]
+    if prefill_chunk is None or prefill_chunk >= total:
+        hidden = decoder_hidden_states(model, ids)[0]
+        nll = nll_from_hidden(model, hidden[first_scored - 1 : -1], ids[0, first_scored:], chunk_size)
+    else:
+        parts = []
+        for start, states in hidden_chunks(model, ids, prefill_chunk):
+            # hidden state at position p predicts token p + 1; scored: p in [first_scored − 1, T − 1)
+            begin, stop = max(start, first_scored - 1), min(start + states.shape[1], total - 1)
+            if stop > begin:
+                parts.append(nll_from_hidden(model, states[0, begin - start : stop - start],
+                                             ids[0, begin + 1 : stop + 1], chunk_size))
+        nll = torch.cat(parts)
     if not torch.isfinite(nll).all():
         bad = int((~torch.isfinite(nll)).sum())
         raise NonFiniteError(f"{bad} of {nll.numel()} token NLLs are NaN or infinite.")
@@ -170,13 +184,14 @@ def with_bos(doc_ids: torch.Tensor, bos_id: int | None) -> torch.Tensor:
 
 
 def truncated_nll(model, doc_ids: torch.Tensor, length: int, bos_id: int | None,
-                  chunk_size: int | None = None) -> torch.Tensor:
+                  chunk_size: int | None = None, prefill_chunk: int | None = None) -> torch.Tensor:
     """Per-token NLL of the first `length`-token window of a document (BOS included in the
-    length): a tensor of `length`−1 values on CPU; entry i scores window token i+1."""
+    length): a tensor of `length`−1 values on CPU; entry i scores window token i+1.
+    `prefill_chunk`: as `token_nll`."""
     sequence = with_bos(doc_ids, bos_id)
     if sequence.shape[0] < length:
         raise ValueError(f"document has {sequence.shape[0]} tokens (with BOS), fewer than the length {length}.")
-    return token_nll(model, sequence[:length], 1, chunk_size).cpu()
+    return token_nll(model, sequence[:length], 1, chunk_size, prefill_chunk).cpu()
 
 
 def truncated_curve(nll: torch.Tensor, lengths: Iterable[int]) -> dict[int, WindowScore]:
@@ -309,16 +324,18 @@ def _grown(values: torch.Tensor, size: int) -> torch.Tensor:
 
 def sliding_scores(model, doc_ids: torch.Tensor, window: int, stride: int, bos_id: int | None,
                    chunk_size: int | None = None, before_window: Callable[[int], None] | None = None, *,
-                   window_bos: str = "every", positions: PositionBuckets | None = None) -> list[WindowScore]:
+                   window_bos: str = "every", positions: PositionBuckets | None = None,
+                   prefill_chunk: int | None = None) -> list[WindowScore]:
     """Sliding-window protocol over a whole document: one WindowScore per window, BOS per
     `window_bos`. `before_window(n_tokens)` is called before each window's forward (progress
-    reporting); `positions`, when given, receives every scored token's NLL at its window position."""
+    reporting); `positions`, when given, receives every scored token's NLL at its window position;
+    `prefill_chunk`: each window's forward in chunks (`token_nll`)."""
     scores = []
     for w in document_windows(doc_ids.numel(), window, stride, bos_id is not None, window_bos):
         ids = w.input_ids(doc_ids, bos_id)
         if before_window:
             before_window(ids.numel())
-        nll = token_nll(model, ids, w.first_scored_position, chunk_size)
+        nll = token_nll(model, ids, w.first_scored_position, chunk_size, prefill_chunk)
         if positions is not None:
             positions.add(nll, w.first_scored_position)
         scores.append(WindowScore(nll.numel(), float(nll.double().sum())))
@@ -359,6 +376,7 @@ class PerplexityTask:
     chunk_size: int | None = None
     window_bos: str = "every"  # sliding only (WINDOW_BOS); truncated rows record "first"
     position_bucket: int | None = None  # loss-by-position bucket width; None: original context // 8
+    prefill_chunk: int | str | None = None  # chunked prefill: tokens, "auto" or "off"/None (`prefill`)
 
     @property
     def row_window_bos(self) -> str:
@@ -441,7 +459,8 @@ class PerplexityCells(Task):
         args = inputs.args
         task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(inputs.lengths), args.stride or 0,
                               args.chunk_size, window_bos=getattr(args, "window_bos", None) or "every",
-                              position_bucket=getattr(args, "position_bucket", None))
+                              position_bucket=getattr(args, "position_bucket", None),
+                              prefill_chunk=getattr(args, "prefill_chunk", None))
         return cls(session.model_name, session.info.bos_token_id, cls.specs_of(inputs), inputs.documents(), task,
                    args.seed)
 
@@ -547,7 +566,8 @@ def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, ba
             bar.refresh()
             with LayerProgress(model, bar) as progress:
                 progress.tokens = pass_length
-                nll = truncated_nll(model, doc.ids, pass_length, bos_id, task.chunk_size)
+                nll = truncated_nll(model, doc.ids, pass_length, bos_id, task.chunk_size,
+                                    prefill_chunk_for(model, task.prefill_chunk, pass_length, task.chunk_size))
             if at_unit_scale:
                 unit_scale_passes[doc.doc_id] = nll
         rows, position_rows = [], []
@@ -578,7 +598,8 @@ def _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar) -> No
                 bar.refresh()
 
             scores = sliding_scores(model, doc.ids, window, task.stride, bos_id, task.chunk_size, before_window,
-                                    window_bos=task.window_bos, positions=positions)
+                                    window_bos=task.window_bos, positions=positions,
+                                    prefill_chunk=prefill_chunk_for(model, task.prefill_chunk, window, task.chunk_size))
         store.append("perplexity_positions_docs",
                      [dict(base_row, context_length=window, **r) for r in positions.rows()])
         store.append("perplexity_docs", [_doc_row(base_row, window, combine(scores))])

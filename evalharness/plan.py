@@ -50,17 +50,19 @@ def _gib(n_bytes: float | None) -> str:
 
 
 def describe(status: Sequence[tuple[Cell, Any]], memory: Callable[[Cell], float | None] | None = None,
-             world: int = 1) -> str:
-    """The dry-run text: one line per cell (done / to do, tokens, peak memory estimate), then per
-    task and overall totals. `status` pairs each cell with what is still pending (falsy = done);
-    `memory(cell)` estimates the cell's peak bytes (None: unknown)."""
-    lines = [f"{'state':<6} {'tokens':>12} {'peak mem':>11}  cell"]
+             world: int = 1, prefill: Callable[[Cell], str] | None = None) -> str:
+    """The dry-run text: one line per cell (done / to do, tokens, peak memory estimate, and with
+    `prefill` the forward's plan: `one-shot` or `chunk C`), then per task and overall totals.
+    `status` pairs each cell with what is still pending (falsy = done); `memory(cell)` estimates
+    the cell's peak bytes (None: unknown)."""
+    lines = [f"{'state':<6} {'tokens':>12} {'peak mem':>11}  " + (f"{'prefill':<11}  " if prefill else "") + "cell"]
     totals: dict[str, list[int]] = {}
     for cell, pending in status:
         todo = bool(pending)
         peak = memory(cell) if memory else None
+        plan = f"{prefill(cell):<11}  " if prefill else ""
         lines.append(f"{'to do' if todo else 'done':<6} {cell.tokens if cell.tokens else '?':>12} "
-                     f"{_gib(peak):>11}  {cell.name}")
+                     f"{_gib(peak):>11}  {plan}{cell.name}")
         total = totals.setdefault(cell.task, [0, 0, 0])
         total[0] += 1
         total[1] += todo

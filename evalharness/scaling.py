@@ -24,6 +24,7 @@ ships scaling `base` is unscaled RoPE, not the shipped one (`shipped_rope` says 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -48,7 +49,12 @@ class ScaledRotaryEmbedding(nn.Module):
     [batch, seq, rotary_dim] in `x.dtype`, multiplied by the method's attention scale.
 
     `geometry` maps layer_type (None for single-RoPE models) → (rotary_dim, base, scaled); layer
-    types that are not scaled (e.g. Gemma-3's sliding-window layers) keep base RoPE.
+    types that are not scaled (Gemma-3's sliding-window layers unless the spec says `layers=all`)
+    keep base RoPE.
+
+    `dynamic_length`, when set (`fixed_dynamic_length`), is the sequence length a dynamic method
+    scales for, instead of the current forward's max position + 1: a chunked prefill sets it to the
+    whole window's length, so every chunk rotates at the scale the one-shot forward uses.
     """
 
     def __init__(self, spec: ScalingSpec, geometry: dict, original: nn.Module):
@@ -57,6 +63,7 @@ class ScaledRotaryEmbedding(nn.Module):
         self.geometry = geometry
         self.original = [original]  # a list keeps it out of this module's children/state_dict
         self._static: dict = {}
+        self.dynamic_length: int | None = None
 
     def extra_repr(self) -> str:
         return f"spec={self.spec}, geometry={self.geometry}"
@@ -73,7 +80,9 @@ class ScaledRotaryEmbedding(nn.Module):
         return rope_frequencies(spec, rotary_dim, base, seq_len=seq_len)
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type=None):
-        seq_len = int(position_ids.max()) + 1 if self.spec.is_dynamic else 0
+        seq_len = 0
+        if self.spec.is_dynamic:
+            seq_len = self.dynamic_length or int(position_ids.max()) + 1
         inv_freq, attention = self.frequencies(seq_len, layer_type)
         inv_freq = inv_freq.to(device=x.device)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -127,9 +136,10 @@ def _has_inv_freq(module: nn.Module) -> bool:
     )
 
 
-def rope_geometry(config) -> dict:
+def rope_geometry(config, layers: str = "global") -> dict:
     """layer_type → (rotary_dim, base, scaled) read from a transformers v5 config
-    (`config.rope_parameters`, possibly nested per layer type)."""
+    (`config.rope_parameters`, possibly nested per layer type). `layers` (`ScalingSpec.layers`):
+    `global` scales the full-attention layer types only, `all` every layer type."""
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     params = getattr(text_config, "rope_parameters", None)
     if not params:
@@ -140,8 +150,51 @@ def rope_geometry(config) -> dict:
     geometry = {}
     for layer_type, sub in params.items():
         # Only full-attention layers see long context; sliding-window layers keep base RoPE.
-        geometry[layer_type] = _layer_geometry(sub, head_dim, text_config, scaled="sliding" not in layer_type)
+        scaled = layers == "all" or "sliding" not in layer_type
+        geometry[layer_type] = _layer_geometry(sub, head_dim, text_config, scaled=scaled)
     return geometry
+
+
+def layer_rope_bases(config) -> dict:
+    """layer_type → rope base for configs with RoPE per layer type (Gemma 3: `full_attention` 1e6,
+    `sliding_attention` 1e4); {} for one RoPE for every layer (or none)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    params = getattr(text_config, "rope_parameters", None) or {}
+    if "rope_theta" in params:
+        return {}
+    return {layer_type: float(sub["rope_theta"]) for layer_type, sub in params.items()
+            if isinstance(sub, dict) and "rope_theta" in sub}
+
+
+def check_layers(spec: ScalingSpec, config) -> None:
+    """ScalingError when the spec asks for `layers=all` on a model with one RoPE for every layer
+    (the option would change nothing)."""
+    if spec.layers != "global" and len(layer_rope_bases(config)) < 2:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        raise ScalingError(f"{spec}: layers={spec.layers} needs a model with RoPE per layer type (Gemma 3's "
+                           f"sliding and global layers); {text_config.model_type} has one RoPE for every layer, "
+                           "so drop the option.")
+
+
+@contextlib.contextmanager
+def fixed_dynamic_length(model: nn.Module, length: int):
+    """Within the block, dynamic methods on `model` scale for a sequence of `length` positions
+    whatever positions a forward sees (the chunked prefill's chunks see a part of the window).
+    Only the harness's own rotary modules know the option; the shipped dynamic RoPE (`native` of a
+    dynamic rope_type) raises ScalingError, since transformers reads the length from the positions."""
+    modules = [module for _, _, module in rotary_modules(model)]
+    if any(isinstance(module, StatelessNativeRotary) for module in modules):
+        raise ScalingError("the chunked prefill cannot fix the length of the shipped dynamic RoPE (native); "
+                           "use --prefill-chunk off for it.")
+    for module in modules:
+        if isinstance(module, ScaledRotaryEmbedding):
+            module.dynamic_length = int(length)
+    try:
+        yield
+    finally:
+        for module in modules:
+            if isinstance(module, ScaledRotaryEmbedding):
+                module.dynamic_length = None
 
 
 def _layer_geometry(params: dict, head_dim: int, config, scaled: bool) -> tuple[int, float, bool]:
@@ -221,12 +274,19 @@ def shipped_rope(config) -> ShippedRope:
 def rope_note(model: nn.Module) -> dict:
     """The manifest's record of the model's RoPE: what ships, the default L, and what `base` is."""
     shipped = shipped_rope(model.config)
+    bases = layer_rope_bases(model.config)
     base = f"plain RoPE with rope_theta={shipped.rope_theta:g}"
+    if bases:
+        base = "plain RoPE with rope_theta " + ", ".join(f"{t} {b:g}" for t, b in bases.items()) + (
+            "; methods scale the full-attention layers only unless the spec says layers=all")
     if shipped.is_scaled:
         shipped_text = shipped.display.removeprefix("native (").removesuffix(")")
         base += f", not the shipped {shipped_text}; `native` evaluates the shipped RoPE"
-    return {"shipped": shipped.as_dict(), "native": shipped.display, "default_original_ctx": native_context(model),
+    note = {"shipped": shipped.as_dict(), "native": shipped.display, "default_original_ctx": native_context(model),
             "base": base}
+    if bases:
+        note["layer_rope_theta"] = bases
+    return note
 
 
 def resolve_native(spec: ScalingSpec, config) -> ScalingSpec:
@@ -243,6 +303,7 @@ def resolve_spec(model: nn.Module, spec: ScalingSpec) -> ScalingSpec:
     pre-trained context (`native_context`). Resolving a resolved spec returns it unchanged."""
     if spec.method == "native":
         return resolve_native(spec, model.config)
+    check_layers(spec, model.config)
     return spec if spec.original_ctx is not None else spec.with_original_ctx(native_context(model))
 
 
@@ -280,7 +341,7 @@ def apply_scaling(model: nn.Module, spec: ScalingSpec | str) -> ScalingSpec:
     spec = resolve_spec(model, spec)
     if spec.method == "native":
         return apply_native(model, spec, modules)
-    geometry = rope_geometry(model.config)
+    geometry = rope_geometry(model.config, spec.layers)
     _warn_if_shipped_scaling(model.config)
     for parent, name, module in modules:
         original = module.original[0] if isinstance(module, _WRAPPERS) else module

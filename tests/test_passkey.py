@@ -502,11 +502,11 @@ def test_kv_cache_out_of_memory_falls_back_to_full_forwards(sharp_llama, monkeyp
     real = PK._decoder_last_hidden
     requested = []
 
-    def no_room_for_a_cache(model_, ids_, cache=None, use_cache=False):
+    def no_room_for_a_cache(model_, ids_, cache=None, use_cache=False, **kwargs):
         requested.append(use_cache)
         if use_cache:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model_, ids_, cache, use_cache)
+        return real(model_, ids_, cache, use_cache, **kwargs)
 
     monkeypatch.setattr(PK, "_decoder_last_hidden", no_room_for_a_cache)
     got = PK.greedy_decode(model, tok, ids, 10, stop_when_decided=False)

@@ -40,7 +40,8 @@ def _harness_lm_class():
             return super().generate_until(requests, disable_tqdm=disable_tqdm or not self.show_progress)
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            from ..passkey import cache_argument, cache_reusable
+            from ..passkey import cache_reusable
+            from ..prefill import cache_argument
             from ..rerotate import rerotating_cache
 
             cache = rerotating_cache(self.model) if self.rerotate else None
