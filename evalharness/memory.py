@@ -266,11 +266,14 @@ def estimate_peak_bytes(config: Any, dtype: Any, length: int, *, kv_cache: bool 
     if prefill_chunk is not None and int(prefill_chunk) < T:
         C = int(prefill_chunk)
         cat_copy = 2 * T * shape.kv_width * b if any(w is None for w in windows) else 0
-        activations = decoder_peak_bytes(shape, b, C, attn_impl, key_length=T) + C * T + cat_copy
+        activations = decoder_peak_bytes(shape, b, C, attn_impl, key_length=T) + C * T * (2 + b) + cat_copy  # mask as above
         head = head_phase_bytes(shape, b, C, chunk_size) + FP32 * T
         cache = kv_cache_bytes(shape, b, T, windows)
     else:
-        sliding_mask = T * T if any(w is not None and w < T for w in windows) and \
+        # sliding layers under SDPA get an explicit T×T mask: bool, with its bool temporaries while
+        # transformers builds it (2·T² at once), and the additive copy of the activations' dtype the
+        # kernel makes inside (T²·b; seen in peak RSS, not by operator-level accounting)
+        sliding_mask = T * T * (2 + b) if any(w is not None and w < T for w in windows) and \
             _attention_kind(attn_impl) != "eager" else 0
         activations = decoder_peak_bytes(shape, b, T, attn_impl) + sliding_mask
         head = head_phase_bytes(shape, b, T, chunk_size)
