@@ -266,7 +266,8 @@ def estimate_peak_bytes(config: Any, dtype: Any, length: int, *, kv_cache: bool 
     if prefill_chunk is not None and int(prefill_chunk) < T:
         C = int(prefill_chunk)
         cat_copy = 2 * T * shape.kv_width * b if any(w is None for w in windows) else 0
-        activations = decoder_peak_bytes(shape, b, C, attn_impl, key_length=T) + C * T * (2 + b) + cat_copy  # mask as above
+        mask = C * T * (2 + b)  # the C×T mask, as the one-shot T×T one below
+        activations = decoder_peak_bytes(shape, b, C, attn_impl, key_length=T) + mask + cat_copy
         head = head_phase_bytes(shape, b, C, chunk_size) + FP32 * T
         cache = kv_cache_bytes(shape, b, T, windows)
     else:
