@@ -6,13 +6,15 @@ parsed arguments into the task's typed options (`options`, the only place that r
 namespace), checks them before anything is loaded (`check`) and again once the tokenizer exists
 (`check_loaded`), then builds the task's cells (`cells`, a `runner.Task`). After the run the
 task prints its headline table (`summary`) and, under data parallelism, recomputes the tables
-derived from its rows once the shards are merged (`derive`). Options every task may read (lengths,
+derived from its rows once the shards are merged (`derive`); `plots.plot_run` asks it for its
+figures (`figures`). Options every task may read (lengths,
 seed, batch size, ...) come as one `CommonOptions`.
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from .runner import Session, Task
@@ -87,6 +89,11 @@ class TaskDefinition:
     def summary(self, store) -> str | None:
         """The run's headline table of this task as console text, or None when it has no rows."""
         return None
+
+    def figures(self, results_dir: Path, figures_dir: Path) -> list[Path]:
+        """Draw this task's figures from the tables in `results_dir` into `figures_dir` (PNG + PDF);
+        the written paths, none when its tables are missing or empty."""
+        return []
 
     def derive(self, store, common: CommonOptions) -> None:
         """Recompute the tables derived from this task's rows (after merging the shards of a

@@ -14,7 +14,8 @@ import yaml
 
 from evalharness import cli, paper, taskfiles
 from evalharness.cli.eval import add_eval_arguments
-from evalharness.leaderboard import PAPER_TASKS, TASKS_DIR
+from evalharness.leaderboard.mirrors import TASKS_DIR
+from evalharness.leaderboard.protocol import PAPER_TASKS
 from evalharness.options import parse_lengths
 
 PAPER_FILES = ("yarn-paper/proofpile", "yarn-paper/govreport", "yarn-paper/passkey", "yarn-paper/leaderboard",

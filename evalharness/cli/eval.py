@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import datasets
 import torch
 
 from .. import models, parallel, registry, runner
@@ -283,9 +282,9 @@ def recorded_args(args: argparse.Namespace, context: RunContext) -> dict:
 
 
 def flat_fields(options) -> dict:
-    """A task's typed options as destination name → value: its `recorded()` where it resolves
-    defaults that depend on other options, else its fields."""
-    return options.recorded() if hasattr(options, "recorded") else asdict(options)
+    """The values a task's options resolve (`recorded()`: defaults that depend on other options,
+    by destination name); none for options that take the command line as it is."""
+    return options.recorded() if hasattr(options, "recorded") else {}
 
 
 def print_summary(store) -> None:
@@ -319,6 +318,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name, definition in definitions.items():
         definition.check_loaded(context.options[name], context.common, tokenizer)
     if args.no_progress:
+        import datasets  # lazy: ~1 s; only to silence its builders' bars
+
         datasets.disable_progress_bars()  # the parquet / json builders' bars
     main_store, main_manifest = ResultStore(context.out), Manifest(context.out)
     if shard.active:

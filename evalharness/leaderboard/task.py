@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..options import bounded_count, positive_count
-from ..tables import labelled
+from ..plots import plot_leaderboard, save_figure
+from ..tables import labelled, read_table
 from ..task import TaskDefinition
 from .planning import check_task_names
 from .protocol import PAPER_TASKS
@@ -95,6 +96,10 @@ class Leaderboard(TaskDefinition):
             return None
         pivot = labelled(board).pivot_table(index="spec", columns="task", values="value", sort=False)
         return "\nleaderboard (paper metrics)\n" + pivot.round(4).to_string()
+
+    def figures(self, results_dir, figures_dir):
+        board = read_table(results_dir, "leaderboard")
+        return [] if board.empty else save_figure(plot_leaderboard(board), figures_dir / "leaderboard")
 
 
 TASK = Leaderboard()

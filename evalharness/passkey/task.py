@@ -8,7 +8,8 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..options import bounded_count
-from ..tables import PASSKEY_THRESHOLD, SCORING_WORDS, labelled, passkey_accuracy, passkey_effective_context
+from ..plots import plot_passkey_heatmap, save_figure
+from ..tables import PASSKEY_THRESHOLD, SCORING_WORDS, labelled, passkey_accuracy, passkey_effective_context, read_table
 from ..task import TaskDefinition
 from .engine import PasskeyCells, PasskeyError, build_prompt
 
@@ -68,6 +69,10 @@ class Passkey(TaskDefinition):
                                     for spec in pivot.index]
         return (f"\npasskey accuracy (fraction of prompts; passkey context = largest length with ≥ "
                 f"{PASSKEY_THRESHOLD:.0%}, none: no length reaches it)\n" + pivot.to_string())
+
+    def figures(self, results_dir, figures_dir):
+        passkey = read_table(results_dir, "passkey")
+        return [] if passkey.empty else save_figure(plot_passkey_heatmap(passkey), figures_dir / "passkey")
 
 
 TASK = Passkey()

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..options import bounded_count
+from ..plots import plot_ruler_heatmap, plot_ruler_mean, save_figure
 from ..results import read_manifest
-from ..tables import labelled, ruler_means
+from ..tables import labelled, read_table, ruler_means
 from ..task import TaskDefinition
 from .engine import MAX_GEN_TOKENS, RulerCells, check_dynamic_cache, check_lengths, resolve_tasks
 
@@ -61,6 +62,13 @@ class Ruler(TaskDefinition):
                                                          sort=False)
         return "\nRULER mean score over tasks (report.md: per task, ± stderr, paired differences)\n" + \
             pivot.round(3).to_string()
+
+    def figures(self, results_dir, figures_dir):
+        ruler = read_table(results_dir, "ruler")
+        if ruler.empty:
+            return []
+        return (save_figure(plot_ruler_heatmap(ruler), figures_dir / "ruler")
+                + save_figure(plot_ruler_mean(ruler), figures_dir / "ruler_mean"))
 
 
 TASK = Ruler()
