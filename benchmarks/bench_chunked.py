@@ -69,7 +69,7 @@ def child(job: dict) -> dict:
 
     from evalharness import models
     from evalharness.memory import measure_peak_bytes
-    from evalharness.perplexity import truncated_nll
+    from evalharness.perplexity.engine import truncated_nll
     from evalharness.scaling import apply_scaling
 
     torch.manual_seed(0)

@@ -43,7 +43,7 @@ GB = 1e9
 
 
 def parse_args(argv=None):
-    from evalharness.cli import parse_lengths
+    from evalharness.options import parse_lengths
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="random:tiny,small-mlp,small-vocab",
@@ -100,7 +100,7 @@ def run_child(job: dict) -> None:
     import transformers
 
     from evalharness.models import load
-    from evalharness.perplexity import token_nll
+    from evalharness.perplexity.engine import token_nll
 
     dtype = getattr(torch, job["dtype"])
     if job["model"].startswith("random:"):

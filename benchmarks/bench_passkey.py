@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def parse_args(argv=None):
-    from evalharness.cli import parse_lengths
+    from evalharness.options import parse_lengths
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="random:tiny")
@@ -74,7 +74,7 @@ def one_forward(model, input_ids):
     """One decoder forward over the prompt (no cache) and the LM head on its last position."""
     import torch
 
-    from evalharness import passkey as PK
+    from evalharness.passkey import engine as PK
 
     with torch.inference_mode():
         hidden, _ = PK._decoder_last_hidden(model, input_ids.reshape(1, -1))
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     import torch
 
     from evalharness import models
-    from evalharness import passkey as PK
+    from evalharness.passkey import engine as PK
     from evalharness.scaling import apply_scaling
 
     args = parse_args(argv)

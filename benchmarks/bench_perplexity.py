@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def parse_args(argv=None):
-    from evalharness.cli import parse_count, parse_lengths
+    from evalharness.options import parse_count, parse_lengths
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -94,7 +94,7 @@ def phase_reference(model, info, docs, lengths):
     """Per length: model(ids, labels=ids) — full logits, loss by transformers, cache at its default."""
     import torch
 
-    from evalharness.perplexity import with_bos
+    from evalharness.perplexity.engine import with_bos
 
     device = model.get_output_embeddings().weight.device
     out = {}
@@ -110,7 +110,7 @@ def phase_reference(model, info, docs, lengths):
 
 
 def phase_engine(model, info, docs, lengths, positions: bool = False):
-    from evalharness.perplexity import PositionBuckets, passes_for_lengths, truncated_curve, truncated_nll
+    from evalharness.perplexity.engine import PositionBuckets, passes_for_lengths, truncated_curve, truncated_nll
     from evalharness.scaling import current_spec
 
     spec = current_spec(model)
@@ -135,7 +135,7 @@ def phase_positions(model, info, docs, lengths):
 def phase_floor(model, info, docs, lengths):
     import torch
 
-    from evalharness.perplexity import decoder_hidden_states, with_bos
+    from evalharness.perplexity.engine import decoder_hidden_states, with_bos
 
     device = model.get_output_embeddings().weight.device
     with torch.inference_mode():

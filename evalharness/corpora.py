@@ -127,6 +127,15 @@ class CorpusSource:
         raise NotImplementedError
 
 
+    def stored_token_ids(self) -> Iterator[tuple[str, object]] | None:
+        """`(doc_id, ids)` per row when the source stores token ids in an `input_ids` column (the
+        authors' pre-tokenized sets, e.g. `emozilla/proofpile-test-tokenized`); None otherwise. The
+        ids are used as they are: no re-tokenization, and they are taken as document tokens without
+        special tokens (how the authors' sets are made), so the protocols add BOS exactly as for
+        text. Doc ids follow the source's text path (line/row index, split/row)."""
+        return None
+
+
 def _reject_text_field(kind: str, text_field: str | None) -> None:
     """Raise if a text field is given for a source whose documents are whole files."""
     if text_field is not None:
@@ -357,6 +366,13 @@ class JsonlSource(_SingleFileSource):
         return record
 
 
+    def stored_token_ids(self) -> Iterator[tuple[str, object]] | None:
+        first = next(_jsonl_lines(self.path), None)
+        if first is None or PRETOKENIZED_FIELD not in self._parse(first[1], first[0]):
+            return None
+        return ((str(index), ids) for index, ids in self._field_values(PRETOKENIZED_FIELD))
+
+
 class ParquetSource(_SingleFileSource):
     """A local `.parquet` file; doc id = 0-based row index."""
 
@@ -373,6 +389,23 @@ class ParquetSource(_SingleFileSource):
             raise _missing_field_error(self.path, field, dataset.column_names)
         for row, value in enumerate(_column_values(dataset, field)):
             yield Document(str(row), _check_text_value(value, self.path, field, row))
+
+
+    def stored_token_ids(self) -> Iterator[tuple[str, object]] | None:
+        import pyarrow  # lazy: part of the ~1 s datasets import, only for Parquet files
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(self.path)
+        except pyarrow.ArrowException as exc:  # ArrowInvalid: not Parquet, or its footer is damaged
+            reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+            raise CorpusError(f"{self.path} is not a readable Parquet file ({reason}); download or write it "
+                              "again") from None
+        if PRETOKENIZED_FIELD not in parquet.schema_arrow.names:
+            return None
+        batches = (b.column(0).to_pylist() for b in parquet.iter_batches(columns=[PRETOKENIZED_FIELD],
+                                                                          batch_size=256))
+        return ((str(i), ids) for i, ids in enumerate(itertools.chain.from_iterable(batches)))
 
 
 def _read_with_builder(builder: str, files: Sequence[Path], what: str):
@@ -479,6 +512,15 @@ class HFDatasetSource(CorpusSource):
         details = "; ".join(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" for e in errors)
         return CorpusError(f"corpus {self.name!r} could not load {labels} ({details}).")
 
+    def stored_token_ids(self) -> Iterator[tuple[str, object]] | None:
+        dataset, spec = self._load()
+        split = spec.split
+        if PRETOKENIZED_FIELD not in dataset.column_names:
+            return None
+        rows = (ids for batch in dataset.select_columns([PRETOKENIZED_FIELD]).iter(batch_size=64)
+                for ids in batch[PRETOKENIZED_FIELD])
+        return ((f"{split}/{i}", ids) for i, ids in enumerate(rows))
+
 
 # The YaRN authors' pre-tokenized copies of the named corpora (Llama-2 token ids; jquesnelle/yarn eval.sh).
 PRETOKENIZED_SETS = {"proofpile": "hf:emozilla/proofpile-test-tokenized",
@@ -572,6 +614,23 @@ class HubCopySource(CorpusSource):
             if not isinstance(value, str):
                 raise CorpusError(f"field {field!r} of row {row} in {self.folder} is not text.")
             yield Document(f"{spec.split}/{row}", value)
+
+    def stored_token_ids(self) -> Iterator[tuple[str, object]] | None:
+        import datasets  # lazy: ~1 s (with pyarrow), only for hub corpora
+
+        spec, files = self._located()
+        try:
+            dataset = datasets.load_dataset(_SPLIT_FORMATS[files[0].suffix], data_files=[str(f) for f in files],
+                                            split="train")
+        except Exception as exc:  # noqa: BLE001 - as in documents
+            raise CorpusError(f"could not read the local copy of {self.name!r} ({', '.join(map(str, files))}): "
+                              f"{type(exc).__name__}") from exc
+        split = spec.split
+        if PRETOKENIZED_FIELD not in dataset.column_names:
+            return None
+        rows = (ids for batch in dataset.select_columns([PRETOKENIZED_FIELD]).iter(batch_size=64)
+                for ids in batch[PRETOKENIZED_FIELD])
+        return ((f"{split}/{i}", ids) for i, ids in enumerate(rows))
 
 
 # --------------------------------------------------------------------- registry
@@ -832,7 +891,7 @@ def _save_cache(path: Path, table: _TokenTable, fingerprint: str) -> None:
 
 def _token_table(name: str, tokenizer, text_field: str | None, cache_dir) -> _TokenTable:
     """All documents' token ids, from the disk cache, else as stored in an `input_ids` column
-    (`_stored_token_ids`), else by tokenizing the text (then cached)."""
+    (`CorpusSource.stored_token_ids`), else by tokenizing the text (then cached)."""
     source = get_corpus(name)
     stored_path = _cache_file(cache_dir, _corpus_key(name, source, text_field), PRETOKENIZED)
     table = _load_cache(stored_path, PRETOKENIZED) if text_field in (None, PRETOKENIZED_FIELD) else None
@@ -842,7 +901,7 @@ def _token_table(name: str, tokenizer, text_field: str | None, cache_dir) -> _To
     path = _cache_file(cache_dir, _corpus_key(name, source, text_field), fingerprint)
     table = _load_cache(path, fingerprint)
     if table is None:
-        stored = _stored_token_ids(source, text_field)
+        stored = source.stored_token_ids() if text_field in (None, PRETOKENIZED_FIELD) else None
         if stored is not None:
             table = _table_from_rows(stored)
             _save_cache(stored_path, table, PRETOKENIZED)
@@ -858,43 +917,6 @@ PRETOKENIZED_FIELD = "input_ids"
 PRETOKENIZED = "pretokenized"  # the cache's "tokenizer fingerprint" of ids read as stored
 
 
-def _stored_token_ids(source: CorpusSource, text_field: str | None) -> Iterator[tuple[str, object]] | None:
-    """`(doc_id, ids)` per row when the source stores token ids in an `input_ids` column (the
-    authors' pre-tokenized sets, e.g. `emozilla/proofpile-test-tokenized`) and no other field was
-    asked for; None otherwise. The ids are used as they are: no re-tokenization, and they are taken
-    as document tokens without special tokens (how the authors' sets are made), so the protocols
-    add BOS exactly as for text. Doc ids follow the source's text path (line/row index, split/row)."""
-    if text_field not in (None, PRETOKENIZED_FIELD):
-        return None
-    field = PRETOKENIZED_FIELD
-    if isinstance(source, JsonlSource):
-        first = next(_jsonl_lines(source.path), None)
-        if first is None or field not in source._parse(first[1], first[0]):
-            return None
-        return ((str(index), ids) for index, ids in source._field_values(PRETOKENIZED_FIELD))
-    if isinstance(source, ParquetSource):
-        import pyarrow
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(source.path)
-        except pyarrow.ArrowException as exc:  # ArrowInvalid: not Parquet, or its footer is damaged
-            reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
-            raise CorpusError(f"{source.path} is not a readable Parquet file ({reason}); download or write it "
-                              "again") from None
-        if field not in parquet.schema_arrow.names:
-            return None
-        batches = (b.column(0).to_pylist() for b in parquet.iter_batches(columns=[field], batch_size=256))
-        return ((str(i), ids) for i, ids in enumerate(itertools.chain.from_iterable(batches)))
-    if isinstance(source, (HFDatasetSource, HubCopySource)):
-        dataset, split = _hf_dataset(source)
-        if field not in dataset.column_names:
-            return None
-        rows = (ids for batch in dataset.select_columns([field]).iter(batch_size=64) for ids in batch[field])
-        return ((f"{split}/{i}", ids) for i, ids in enumerate(rows))
-    return None
-
-
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(0-based line index, text) of each non-blank line (messages name lines from 1), decoded line by
     line so that a line that is not UTF-8 is an error naming it (a text-mode file would fail on a
@@ -907,23 +929,6 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
                 raise _not_utf8(path, exc, f" line {index + 1}") from None
             if line.strip():
                 yield index, line
-
-
-def _hf_dataset(source: CorpusSource):
-    """(dataset, split) of a hub corpus or of its local copy, loaded the way its text path loads it."""
-    if isinstance(source, HFDatasetSource):
-        dataset, spec = source._load()
-        return dataset, spec.split
-    import datasets
-
-    spec, files = source._located()
-    try:
-        dataset = datasets.load_dataset(_SPLIT_FORMATS[files[0].suffix], data_files=[str(f) for f in files],
-                                        split="train")
-    except Exception as exc:  # noqa: BLE001 - as in HubCopySource.documents
-        raise CorpusError(f"could not read the local copy of {source.name!r} ({', '.join(map(str, files))}): "
-                          f"{type(exc).__name__}") from exc
-    return dataset, spec.split
 
 
 def _table_from_rows(rows: Iterable[tuple[str, object]]) -> _TokenTable:

@@ -134,3 +134,11 @@ def parse_grid(text: str) -> list[float]:
     if not values or not all(map(math.isfinite, values)):
         raise UsageError(f"grid {text!r} must name finite numbers (start:stop:step or a comma list).")
     return values
+
+
+class StoreGiven(argparse.Action):
+    """Store the value and note that the option was given on the command line (`<dest>_given`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .results import CELL_COLUMNS, Manifest, ResultStore
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -64,12 +66,11 @@ def shutdown(shard: Shard) -> None:
         dist.destroy_process_group()
 
 
-def merge_shards(out: Path, world: int, store, manifest,
-                 tables=("perplexity_positions_docs", "perplexity_docs", "passkey", "leaderboard", "ruler_samples",
-                         "ruler")) -> None:
-    """Rank 0, after the barrier: move every shard's rows and cell statuses into `out`, holding
-    the folder's lock (shards share it) so nothing is written into a shard while it is merged."""
-    from .results import Manifest, ResultStore
+def merge_shards(out: Path, world: int, store, manifest, tables=None) -> None:
+    """Rank 0, after the barrier: move every shard's rows of `tables` (default: every table whose
+    rows a cell writes, `results.CELL_COLUMNS`) and cell statuses into `out`, holding the folder's
+    lock (shards share it) so nothing is written into a shard while it is merged."""
+    tables = tuple(CELL_COLUMNS) if tables is None else tables
 
     with store.locked():
         for rank in range(world):

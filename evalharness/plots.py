@@ -34,21 +34,18 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from . import tables
+from . import registry, tables
 from .method_facts import METHOD_FACTS, yarn_mscale
 from .tables import (
     SCORING_WORDS,
     format_number,
-    has_temperature_sweep,
     headline_metric,
     is_missing,
     leaderboard_columns,
     leaderboard_headline,
-    load_perplexity,
     method_display,
     ordered_groups,
     passkey_accuracy,
-    read_table,
     split_label,
     task_display,
     varying,
@@ -798,40 +795,14 @@ def plot_ruler_mean(frame: pd.DataFrame, title: str | None = None) -> Figure:
 def plot_run(results_dir: str | os.PathLike) -> list[Path]:
     """Writes every figure the folder's tables allow to `<dir>/figures/<name>.png|pdf`.
 
-    `perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a sweep
-    exists), `positions` (NLL vs token position, `position_plot`), `temperature`, `passkey`,
-    `leaderboard`, `ruler` (task × length heatmaps) and `ruler_mean` (RULER mean vs length). Missing
-    or empty tables are skipped.
+    Each registered task draws its own (`TaskDefinition.figures`), in registry order; missing or
+    empty tables are skipped.
 
     Returns:
         The written paths.
     """
     results_dir = Path(results_dir)
-    figures = results_dir / "figures"
     written: list[Path] = []
-
-    ppl = load_perplexity(results_dir)
-    if not ppl.empty:
-        if has_temperature_sweep(ppl):
-            written += save_figure(plot_temperature_sweep(ppl), figures / "temperature")
-            swept = ppl["method"].map(
-                lambda m: split_label(m)[0] == "yarn" and "attention_factor" in split_label(m)[1])
-            if (~swept).any():
-                ppl = ppl[~swept]
-        written += save_figure(plot_perplexity(ppl), figures / "perplexity")
-    positions = read_table(results_dir, "perplexity_positions")
-    if not positions.empty:
-        from .position_plot import plot_nll_by_position  # it builds on this module's helpers
-
-        written += save_figure(plot_nll_by_position(positions), figures / "positions")
-    passkey = read_table(results_dir, "passkey")
-    if not passkey.empty:
-        written += save_figure(plot_passkey_heatmap(passkey), figures / "passkey")
-    leaderboard = read_table(results_dir, "leaderboard")
-    if not leaderboard.empty:
-        written += save_figure(plot_leaderboard(leaderboard), figures / "leaderboard")
-    ruler = read_table(results_dir, "ruler")
-    if not ruler.empty:
-        written += save_figure(plot_ruler_heatmap(ruler), figures / "ruler")
-        written += save_figure(plot_ruler_mean(ruler), figures / "ruler_mean")
+    for definition in registry.definitions():
+        written += definition.figures(results_dir, results_dir / "figures")
     return written

@@ -39,46 +39,14 @@ from typing import Sequence
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from . import registry
+from .columns import KEY_COLUMNS
 from .errors import EvalHarnessError
 
-KEY_COLUMNS = ["model", "method", "factor", "original_ctx"]
-
-SCHEMAS: dict[str, list[str]] = {
-    "perplexity_docs": KEY_COLUMNS + [
-        "dataset", "doc_id", "doc_tokens", "protocol", "window_bos", "context_length", "stride", "scored_tokens",
-        "nll_sum", "n_windows", "window_nll_sum", "ppl", "ppl_paper",
-    ],
-    "perplexity": KEY_COLUMNS + [
-        "dataset", "protocol", "window_bos", "context_length", "stride", "n_docs", "scored_tokens", "n_windows",
-        "ppl", "ppl_paper", "ppl_ci_low", "ppl_ci_high",
-    ],
-    "perplexity_positions_docs": KEY_COLUMNS + [
-        "dataset", "doc_id", "protocol", "window_bos", "context_length", "stride", "bucket_width",
-        "position_start", "position_end", "tokens", "nll_sum", "mean_nll",
-    ],
-    "perplexity_positions": KEY_COLUMNS + [
-        "dataset", "protocol", "window_bos", "context_length", "stride", "bucket_width",
-        "position_start", "position_end", "n_docs", "tokens", "nll_sum", "mean_nll",
-    ],
-    "passkey": KEY_COLUMNS + [
-        "context_length", "prompt_tokens", "depth", "trial", "seed", "scoring", "passkey", "continuation", "correct",
-        "key_forced_argmax",
-    ],
-    "leaderboard": KEY_COLUMNS + ["task", "metric", "value", "stderr", "num_fewshot", "n_samples"],
-    "ruler_samples": KEY_COLUMNS + ["task", "context_length", "doc_id", "score"],
-    "ruler": KEY_COLUMNS + ["task", "context_length", "score", "n", "stderr"],
-}
-
-# Columns that identify one cell of each table (rows with equal values are the same observation).
-CELL_COLUMNS: dict[str, list[str]] = {
-    "perplexity_docs": KEY_COLUMNS + ["dataset", "doc_id", "protocol", "window_bos", "context_length", "stride"],
-    "perplexity_positions_docs": KEY_COLUMNS + ["dataset", "doc_id", "protocol", "window_bos", "context_length",
-                                                "stride", "bucket_width", "position_start"],
-    "passkey": KEY_COLUMNS + ["context_length", "depth", "trial", "seed", "scoring"],
-    "leaderboard": KEY_COLUMNS + ["task", "metric"],
-    "ruler_samples": KEY_COLUMNS + ["task", "context_length", "doc_id"],
-    "ruler": KEY_COLUMNS + ["task", "context_length"],
-}
+# Every task's result tables (each task package's `schema`), in registry order; the columns that
+# identify one cell of each table (rows with equal values are the same observation).
+SCHEMAS: dict[str, list[str]] = registry.table_schemas()
+CELL_COLUMNS: dict[str, list[str]] = registry.cell_columns()
 
 
 LOCK_NAME = ".evalharness.lock"

@@ -1,11 +1,9 @@
 """One runner for every task: execute a plan's cells against one loaded model.
 
 Contract:
-- Tasks are classes registered by name in `TASKS` ("module:Class", imported on first use, so
-  listing names costs no import). A task turns its options into cells (`cells`), says which part
-  of a cell is still missing from the result store (`pending`), computes a cell (`run`), and may
-  aggregate after the last cell (`finish`). Adding a task is one module and one `TASKS` entry
-  (its own options, checks and summary lines live in cli.py).
+- A `Task` (built by a task package's `task.TaskDefinition.cells`) lists its cells (`cells`), says
+  which part of a cell is still missing from the result store (`pending`), computes a cell (`run`),
+  and may aggregate after the last cell (`finish`).
 - `run_cells` walks the cells in plan order. Cell i belongs to rank i mod world (`Shard.owns`):
   under torchrun / accelerate every task's cells are split across ranks, each computed once.
   A cell whose rows are all in the store (or in the folders it resumes from) is skipped.
@@ -17,38 +15,20 @@ Contract:
 """
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from .errors import UsageError, failure_text, is_cell_failure
+import torch
+from tqdm.auto import tqdm
+
+from .errors import failure_text, is_cell_failure
 from .parallel import Shard
 from .plan import Cell, Plan
 from .results import now
-
-# name → "module:Class" of the task's implementation (a `Task` subclass).
-TASKS: dict[str, str] = {
-    "perplexity": "evalharness.perplexity:PerplexityCells",
-    "passkey": "evalharness.passkey:PasskeyCells",
-    "leaderboard": "evalharness.leaderboard:LeaderboardCells",
-    "temperature-sweep": "evalharness.perplexity:TemperatureSweepCells",
-    "ruler": "evalharness.ruler:RulerCells",
-}
-
-
-def task_names() -> list[str]:
-    return list(TASKS)
-
-
-def task_class(name: str) -> type["Task"]:
-    """The registered class of a task name (UsageError listing the names when unknown)."""
-    if name not in TASKS:
-        raise UsageError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}.")
-    module, _, attribute = TASKS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+from .scaling import apply_scaling, resolve_spec
 
 
 @dataclass
@@ -71,38 +51,12 @@ class Session:
         return Path(self.run_dir if self.run_dir is not None else self.store.out_dir)
 
 
-@dataclass
-class RunInputs:
-    """What the command line asked, for tasks to build their cells from (`Task.from_inputs`):
-    the parsed arguments, the resolved method specs, the lengths, and the corpus documents
-    (loaded on first use and shared by every task that reads them)."""
-
-    args: Any
-    specs: list
-    lengths: list[int]
-    load_documents: Callable[[], list]
-    _documents: list | None = None
-
-    def documents(self) -> list:
-        if self._documents is None:
-            self._documents = self.load_documents()
-        return self._documents
-
-    def loaded_documents(self) -> list:
-        return self._documents or []
-
-
 class Task:
     """A kind of evaluation. Subclasses set `name` and `table` and implement `cells`, `pending`
     and `run`; `finish` and `close` are optional."""
 
     name: str = ""
     table: str = ""  # the result table its rows go to (`results.SCHEMAS`)
-
-    @classmethod
-    def from_inputs(cls, inputs: RunInputs, session: Session) -> "Task":
-        """The task as the command line asked for it."""
-        raise NotImplementedError
 
     def cells(self, session: Session) -> list[Cell]:
         """Every cell of this task in run order (done or not)."""
@@ -128,7 +82,6 @@ class Task:
 def resolve_specs(model, specs: Sequence) -> list:
     """Specs as their rows will name them: `native` resolved with what ships (rope_type, factor, L),
     the others with `original_ctx` filled in from the model's native context where missing."""
-    from .scaling import resolve_spec
 
     return [resolve_spec(model, s) for s in specs]
 
@@ -148,7 +101,6 @@ def record_failure(session: Session, failed: list, cell: str, error: BaseExcepti
     memory so the next cell starts clean."""
     failed.append(cell)
     session.manifest.cell(cell, "failed", error=failure_text(error))
-    import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -175,9 +127,7 @@ def resume_line(done: int, total: int) -> str:
 def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
     """Compute every cell of `plan` this rank owns and the store lacks; return the failed cells'
     names. Tasks are closed at the end, also when an exception propagates."""
-    from tqdm.auto import tqdm
 
-    from .scaling import apply_scaling
 
     by_name = {task.name: task for task in tasks}
     try:

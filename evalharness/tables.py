@@ -153,6 +153,13 @@ def method_sort_key(method: str, factor=None) -> tuple:
     return (rank, name, f, len(options), str(method))
 
 
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` in the registry's method order with a `spec` column holding each series' display label."""
+    order = sorted(range(len(frame)), key=lambda i: method_sort_key(frame["method"].iloc[i], frame["factor"].iloc[i]))
+    frame = frame.iloc[order]
+    return frame.assign(spec=[method_display(m, f) for m, f in zip(frame["method"], frame["factor"])])
+
+
 def task_sort_key(task: str) -> tuple:
     """The paper's Table 3 order (ARC-c, HellaSwag, MMLU, TruthfulQA; offline `_local` mirrors
     with their task), other tasks after it."""
@@ -431,12 +438,32 @@ def parse_reference(text: str) -> tuple[str, float | None]:
     return ":".join(parts), factor
 
 
-def _reference_rows(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
+def reference_rows(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The rows of `frame` that belong to the series `reference` (`parse_reference` syntax)."""
     label, factor = parse_reference(reference)
     chosen = frame[frame["method"].astype(str) == label]
     if factor is not None:
         chosen = chosen[np.isclose(chosen["factor"].astype(float), factor)]
     return chosen
+
+
+def pair_with_reference(frame: pd.DataFrame, reference: str, join: Sequence[str], values: dict[str, str],
+                        unit: str, how: str = "inner") -> pd.DataFrame | None:
+    """The one pairing of every table's comparison with a reference series: the rows of every
+    series other than `reference`, each joined on `join` (the unit both measured: a document, a
+    prompt, a task, a sample) with the reference's columns `values` renamed (column → new name).
+    None when the frame or the reference has no rows; ValueError when `reference` matches more than
+    one series per unit."""
+    ref = reference_rows(frame, reference)
+    if frame.empty or ref.empty:
+        return None
+    ref_values = ref[list(join) + list(values)].rename(columns=values)
+    if ref_values.duplicated(list(join)).any():
+        raise ValueError(f"reference {reference!r} matches more than one series per {unit}; "
+                         "name its factor or options (e.g. yarn:2).")
+    ref_ids = set(map(tuple, ref[KEY_COLUMNS].astype(str).to_numpy()))
+    others = frame[[tuple(r) not in ref_ids for r in frame[KEY_COLUMNS].astype(str).to_numpy()]]
+    return others.merge(ref_values, on=list(join), how=how)
 
 
 def perplexity_ratios(docs: pd.DataFrame, reference: str = "base", seed: int = 0,
@@ -458,18 +485,11 @@ def perplexity_ratios(docs: pd.DataFrame, reference: str = "base", seed: int = 0
     columns = [c for c in SERIES_COLUMNS if c in docs.columns] + ["dataset", "protocol", *bos, "stride",
                                                                    "context_length", "reference", "n_docs",
                                                                    "ratio", "ratio_ci_low", "ratio_ci_high"]
-    ref = _reference_rows(docs, reference)
-    if docs.empty or ref.empty:
-        return pd.DataFrame(columns=columns)
     join = [c for c in ("run", "model") if c in docs.columns] + DOCUMENT_COLUMNS + bos
-    ref = ref[join + ["nll_sum", "scored_tokens"]].rename(
-        columns={"nll_sum": "ref_nll", "scored_tokens": "ref_tokens"})
-    if ref.duplicated(join).any():
-        raise ValueError(f"reference {reference!r} matches more than one series per document; "
-                         "name its factor or options (e.g. yarn:2).")
-    ref_ids = set(map(tuple, _reference_rows(docs, reference)[SERIES_COLUMNS[1:]].astype(str).to_numpy()))
-    others = docs[[tuple(r) not in ref_ids for r in docs[SERIES_COLUMNS[1:]].astype(str).to_numpy()]]
-    paired = others.merge(ref, on=join, how="inner")
+    paired = pair_with_reference(docs, reference, join, {"nll_sum": "ref_nll", "scored_tokens": "ref_tokens"},
+                                 "document")
+    if paired is None:
+        return pd.DataFrame(columns=columns)
     rows = []
     group_keys = [c for c in SERIES_COLUMNS if c in paired.columns] + ["dataset", "protocol", *bos, "stride",
                                                                         "context_length"]
@@ -661,18 +681,12 @@ def passkey_differences(passkey: pd.DataFrame, reference: str = "base", seed: in
                       "difference_ci_high"]
     if "scoring" in passkey.columns:
         passkey = passkey.assign(rule=passkey["scoring"].astype(str).str.removesuffix("-rerotate"))
-    ref = _reference_rows(passkey, reference)
-    if passkey.empty or ref.empty:
-        return pd.DataFrame(columns=columns)
     join = [c for c in ("run", "model") if c in passkey.columns] + [
         "rule" if c == "scoring" else c for c in PROMPT_COLUMNS if c in passkey.columns]
-    ref = ref.assign(ref_correct=as_correct(ref["correct"]))[join + ["ref_correct"]]
-    if ref.duplicated(join).any():
-        raise ValueError(f"reference {reference!r} matches more than one series per prompt; "
-                         "name its factor or options (e.g. yarn:2).")
-    ref_ids = set(map(tuple, _reference_rows(passkey, reference)[KEY_COLUMNS].astype(str).to_numpy()))
-    others = passkey[[tuple(r) not in ref_ids for r in passkey[KEY_COLUMNS].astype(str).to_numpy()]]
-    paired = others.assign(correct=as_correct(others["correct"])).merge(ref, on=join, how="inner")
+    paired = pair_with_reference(passkey.assign(correct=as_correct(passkey["correct"])), reference, join,
+                                 {"correct": "ref_correct"}, "prompt")
+    if paired is None:
+        return pd.DataFrame(columns=columns)
     paired = paired.dropna(subset=["correct", "ref_correct"])
     rows = []
     for key, group in ordered_groups(paired, keys + ["context_length"]):
@@ -761,19 +775,11 @@ def leaderboard_deltas(leaderboard: pd.DataFrame, reference: str = "base") -> pd
     value on the same task and metric (same run and model); NaN where the reference lacks it."""
     keys = [c for c in SERIES_COLUMNS if c in leaderboard.columns]
     columns = keys + ["task", "metric", "value", "reference", "reference_value", "delta"]
-    ref = _reference_rows(leaderboard, reference)
-    if leaderboard.empty or ref.empty:
-        return pd.DataFrame(columns=columns)
     join = [c for c in ("run", "model") if c in leaderboard.columns] + ["task", "metric"]
-    ref_values = ref.assign(reference_value=pd.to_numeric(ref["value"], errors="coerce"))
-    ref_values = ref_values[join + ["reference_value"]]
-    if ref_values.duplicated(join).any():
-        raise ValueError(f"reference {reference!r} matches more than one series per task; "
-                         "name its factor or options (e.g. yarn:2).")
-    ref_ids = set(map(tuple, ref[KEY_COLUMNS].astype(str).to_numpy()))
-    others = leaderboard[[tuple(r) not in ref_ids for r in leaderboard[KEY_COLUMNS].astype(str).to_numpy()]]
-    out = others.assign(value=pd.to_numeric(others["value"], errors="coerce"))
-    out = out.merge(ref_values, on=join, how="left")
+    out = pair_with_reference(leaderboard.assign(value=pd.to_numeric(leaderboard["value"], errors="coerce")),
+                              reference, join, {"value": "reference_value"}, "task", how="left")
+    if out is None:
+        return pd.DataFrame(columns=columns)
     out["reference"] = reference
     out["delta"] = out["value"] - out["reference_value"]
     return out[columns].reset_index(drop=True)
@@ -939,7 +945,7 @@ def ruler_reference(ruler: pd.DataFrame, fraction: float = RULER_FRACTION,
     columns = group_keys + ["reference_length", "reference_mean", "threshold"]
     if ruler.empty:
         return pd.DataFrame(columns=columns)
-    means = ruler_means(_reference_rows(ruler, reference), group_keys)
+    means = ruler_means(reference_rows(ruler, reference), group_keys)
     rows = []
     for key, _ in ordered_groups(ruler, group_keys):
         mine = means
@@ -1088,17 +1094,11 @@ def ruler_differences(samples: pd.DataFrame, reference: str = "base", seed: int 
     keys = [c for c in SERIES_COLUMNS if c in samples.columns]
     columns = keys + ["task", "context_length", "reference", "n", "difference", "difference_ci_low",
                       "difference_ci_high"]
-    ref = _reference_rows(samples, reference)
-    if samples.empty or ref.empty:
-        return pd.DataFrame(columns=columns)
     join = [c for c in ("run", "model") if c in samples.columns] + ["task", "context_length", "doc_id"]
-    ref = ref.assign(ref_score=pd.to_numeric(ref["score"], errors="coerce"))[join + ["ref_score"]]
-    if ref.duplicated(join).any():
-        raise ValueError(f"reference {reference!r} matches more than one series per sample; "
-                         "name its factor or options (e.g. yarn:2).")
-    ref_ids = set(map(tuple, _reference_rows(samples, reference)[KEY_COLUMNS].astype(str).to_numpy()))
-    others = samples[[tuple(r) not in ref_ids for r in samples[KEY_COLUMNS].astype(str).to_numpy()]]
-    paired = others.assign(score=pd.to_numeric(others["score"], errors="coerce")).merge(ref, on=join, how="inner")
+    paired = pair_with_reference(samples.assign(score=pd.to_numeric(samples["score"], errors="coerce")),
+                                 reference, join, {"score": "ref_score"}, "sample")
+    if paired is None:
+        return pd.DataFrame(columns=columns)
     paired = paired.dropna(subset=["score", "ref_score"])
     if paired.empty:
         return pd.DataFrame(columns=columns)

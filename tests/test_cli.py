@@ -7,8 +7,11 @@ import pytest
 import torch
 from conftest import write_corpus
 
-from evalharness import cli, perplexity
-from evalharness.cli import UsageError, parse_lengths
+from evalharness import cli, registry
+from evalharness.cli import UsageError
+from evalharness.leaderboard.task import parse_limit
+from evalharness.options import parse_lengths
+from evalharness.perplexity import engine as perplexity
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 WORDS = "the cat sat on a mat and the dog ran far away from home"
@@ -217,12 +220,12 @@ def test_methods_command_prints_the_table(capsys):
 
 
 def test_limit_is_one_count_or_one_per_task():
-    assert cli.parse_limit("7") == 7
-    assert cli.parse_limit("arc_challenge=50,mmlu=2") == {"arc_challenge": 50, "mmlu": 2}
-    assert cli.parse_limit("mmlu=1k") == {"mmlu": 1024}  # the token-count forms of options.positive_count
+    assert parse_limit("7") == 7
+    assert parse_limit("arc_challenge=50,mmlu=2") == {"arc_challenge": 50, "mmlu": 2}
+    assert parse_limit("mmlu=1k") == {"mmlu": 1024}  # the token-count forms of options.positive_count
     for bad in ("0", "x", "arc_challenge=0", "=3"):
         with pytest.raises(Exception, match="--limit"):
-            cli.parse_limit(bad)
+            parse_limit(bad)
 
 
 def test_limit_naming_a_task_not_run_is_refused(tmp_path, capsys):
@@ -331,7 +334,7 @@ def test_one_original_context_for_a_model_fine_tuned_with_scaling(corpus, tmp_pa
     assert "native_ctx=4096" in report and "65536" not in report
 
 
-@pytest.mark.parametrize("where", ["evalharness.cli._quiet_libraries", "evalharness.models.load",
+@pytest.mark.parametrize("where", ["evalharness.cli.quiet_libraries", "evalharness.models.load",
                                    "evalharness.corpora.load_corpus"])
 def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(corpus, tmp_path, capsys, monkeypatch, where):
     """Ctrl-C during start-up (library set-up, model load, corpus load): no traceback, exit 130."""
@@ -350,6 +353,37 @@ def test_help_still_prints_usage_and_exits_0(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["eval", "--help"])
     assert exit_.value.code == 0 and "--chunk-size" in capsys.readouterr().out
+
+
+def help_text(capsys, command: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_help_states_every_default_in_words_and_ends_with_examples(capsys, command):
+    """Every option has a help line; none says "(default: None)" or "(default: False)"; each
+    subcommand ends with examples of its use."""
+    text = help_text(capsys, command)
+    assert "default: None" not in text and "default: False" not in text, text
+    parser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    undocumented = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert not undocumented, undocumented
+    assert "\nexamples:\n" in text and text.rstrip().splitlines()[-1].lstrip().startswith("run_eval.py")
+
+
+def test_eval_help_has_a_group_per_task(capsys):
+    """`eval --help` groups the options by task: each registered task's name heads a group, and each
+    option appears once."""
+    text = help_text(capsys, "eval")
+    headings = [line[:-1] for line in text.splitlines() if line and not line[0].isspace() and line.endswith(":")]
+    for name in registry.task_names():
+        assert any(name in heading for heading in headings), (name, headings)
+    flags = [word for line in text.split("options:", 1)[1].splitlines()
+             for word in [line.strip().split(" ")[0].rstrip(",")] if line.startswith("  --")]
+    assert len(flags) == len(set(flags)) and "--stride" in flags and "--ruler-samples" in flags
 
 
 def test_parquet_corpus_shows_no_progress_bar_under_no_progress(tmp_path, capsys):

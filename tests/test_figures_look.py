@@ -4,6 +4,7 @@ figure stays narrow, and one (method, factor) looks the same in every figure."""
 import numpy as np
 import pandas as pd
 
+from evalharness.perplexity.figures import plot_nll_by_position
 from evalharness.plots import (
     plot_leaderboard,
     plot_passkey_heatmap,
@@ -11,7 +12,6 @@ from evalharness.plots import (
     plot_ruler_mean,
     series_style,
 )
-from evalharness.position_plot import plot_nll_by_position
 from evalharness.results import SCHEMAS
 
 

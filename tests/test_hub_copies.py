@@ -9,6 +9,7 @@ from conftest import make_byte_tokenizer
 from evalharness import cli, corpora, hub
 from evalharness.corpora import CorpusError, dataset_label, iter_documents
 from evalharness.options import parse_lengths
+from evalharness.perplexity.task import PERPLEXITY, load_documents
 
 
 def _words(seed, n):
@@ -125,7 +126,8 @@ SELECTIONS = {
 def cli_documents(spec, flags, tokenizer):
     """(dataset label, [(doc id, token ids)]) as `run_eval.py --dataset SPEC FLAGS` selects them."""
     args = cli.parse_args(["--model", "random:tiny", "--tasks", "perplexity", "--dataset", spec, *flags])
-    docs = cli.load_documents(args, parse_lengths(args.lengths), tokenizer, bos=tokenizer.bos_token_id)
+    docs = load_documents(PERPLEXITY.options(args), parse_lengths(args.lengths), tokenizer, bos=tokenizer.bos_token_id,
+                          seed=args.seed)
     return dataset_label(args.dataset), [(d.doc_id, d.ids.tolist()) for d in docs]
 
 

@@ -10,7 +10,21 @@ import torch
 from conftest import break_lm_eval_once, raise_bug
 from leaderboard_data import MMLU_SIZES, hellaswag_rows, mmlu_rows, truthfulqa_rows, write_data, write_jsonl
 
-from evalharness import leaderboard as lb
+from evalharness.leaderboard.extract import result_rows
+from evalharness.leaderboard.lm import wrap_model
+from evalharness.leaderboard.mirrors import (
+    MIRRORS,
+    TASKS_DIR,
+    copy_tasks,
+    lm_eval_tasks_dir,
+    local_data_files,
+    point_mirror,
+    split_files,
+)
+from evalharness.leaderboard.passkey_data import passkey_documents
+from evalharness.leaderboard.planning import TaskPlan, plan_tasks
+from evalharness.leaderboard.protocol import PAPER_TASKS, LeaderboardError, default_max_length, lm_eval_seeds
+from evalharness.leaderboard.run import run_leaderboard
 from evalharness.methods import ScalingSpec
 from evalharness.results import SCHEMAS, Manifest, ResultStore
 from evalharness.scaling import apply_scaling
@@ -19,7 +33,7 @@ from evalharness.scaling import apply_scaling
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, tiny):
     root = write_data(tmp_path_factory.mktemp("lbdata"))
-    docs = lb.passkey_documents(tiny[1], [400], trials=2, seed=0)
+    docs = passkey_documents(tiny[1], [400], trials=2, seed=0)
     write_jsonl(root / "passkey" / "test.jsonl", docs)
     return root
 
@@ -28,7 +42,7 @@ def run(tiny, out, specs, tasks, **kw):
     model, tokenizer, _ = tiny
     store, manifest = ResultStore(out), Manifest(out)
     specs = [ScalingSpec.parse(s) for s in specs]
-    failed = lb.run_leaderboard(model, tokenizer, "random:tiny", specs, tasks, store, manifest, out,
+    failed = run_leaderboard(model, tokenizer, "random:tiny", specs, tasks, store, manifest, out,
                                 show_progress=False, **kw)
     return failed, store, Manifest(out)
 
@@ -38,35 +52,35 @@ def run(tiny, out, specs, tasks, **kw):
 # ---------------------------------------------------------------------------------------------
 
 def test_default_max_length():
-    assert lb.default_max_length(ScalingSpec("yarn", 4, 256)) == 1024
-    assert lb.default_max_length(ScalingSpec("pi", 2.5, 4096)) == 10240
-    assert lb.default_max_length(ScalingSpec("base", 1, 256)) == 256
-    assert lb.default_max_length(ScalingSpec("dynamic-yarn", 1, 256)) == 256
+    assert default_max_length(ScalingSpec("yarn", 4, 256)) == 1024
+    assert default_max_length(ScalingSpec("pi", 2.5, 4096)) == 10240
+    assert default_max_length(ScalingSpec("base", 1, 256)) == 256
+    assert default_max_length(ScalingSpec("dynamic-yarn", 1, 256)) == 256
 
 
 def test_plan_tasks(tmp_path):
     (tmp_path / "mmlu").mkdir()
-    plans = {p.requested: p for p in lb.plan_tasks(["arc_challenge", "mmlu", "passkey_local", "winogrande"], tmp_path)}
+    plans = {p.requested: p for p in plan_tasks(["arc_challenge", "mmlu", "passkey_local", "winogrande"], tmp_path)}
     # no DIR/arc_challenge: the hub task
     assert (plans["arc_challenge"].kind, plans["arc_challenge"].name) == ("hub", "arc_challenge")
     assert (plans["mmlu"].kind, plans["mmlu"].name, plans["mmlu"].metric) == ("mirror", "mmlu_local", "acc_macro")
     assert plans["mmlu"].num_fewshot == 5
     assert plans["passkey_local"].kind == "mirror" and plans["passkey_local"].metric is None
     assert plans["winogrande"].kind == "hub" and plans["winogrande"].num_fewshot is None
-    assert {p.kind for p in lb.plan_tasks(list(lb.PAPER_TASKS))} == {"hub"}
+    assert {p.kind for p in plan_tasks(list(PAPER_TASKS))} == {"hub"}
 
 
 def test_missing_local_split_is_one_sentence(tmp_path):
     write_jsonl(tmp_path / "hellaswag" / "train.jsonl", hellaswag_rows(2, "train"))
-    with pytest.raises(lb.LeaderboardError) as err:
-        lb.local_data_files(lb.MIRRORS["hellaswag_local"], tmp_path)
+    with pytest.raises(LeaderboardError) as err:
+        local_data_files(MIRRORS["hellaswag_local"], tmp_path)
     assert "'validation'" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_split_files_accepts_hub_shards(tmp_path):
     for name in ("test-00000-of-00002.parquet", "test-00001-of-00002.parquet", "testing.parquet", "train.jsonl"):
         (tmp_path / name).write_text("")
-    assert [p.name for p in lb.split_files(tmp_path, "test")] == ["test-00000-of-00002.parquet",
+    assert [p.name for p in split_files(tmp_path, "test")] == ["test-00000-of-00002.parquet",
                                                                    "test-00001-of-00002.parquet"]
 
 
@@ -78,8 +92,8 @@ def test_macro_mean_differs_from_weighted():
         "n-samples": {"mmlu_local_a": {"original": 1, "effective": 1}, "mmlu_local_b": {"original": 3, "effective": 3}},
         "n-shot": {"mmlu_local": 5, "mmlu_local_a": 5, "mmlu_local_b": 5},
     }
-    plan = lb.TaskPlan("mmlu", "mmlu_local", "mirror", 5, "acc_macro")
-    rows = {(r["task"], r["metric"]): r for r in lb.result_rows(results, {"model": "m"}, plan)}
+    plan = TaskPlan("mmlu", "mmlu_local", "mirror", 5, "acc_macro")
+    rows = {(r["task"], r["metric"]): r for r in result_rows(results, {"model": "m"}, plan)}
     assert rows["mmlu_local", "acc_macro"]["value"] == 0.5
     assert rows["mmlu_local", "acc_weighted"]["value"] == 0.25
     assert rows["mmlu_local", "acc_macro"]["n_samples"] == 4
@@ -87,8 +101,8 @@ def test_macro_mean_differs_from_weighted():
     nested = dict(results, group_subtasks={"mmlu": ["mmlu_stem"], "mmlu_stem": ["mmlu_local_a", "mmlu_local_b"]})
     nested["results"] = {"mmlu": {"acc,none": 0.25}, "mmlu_stem": {"acc,none": 0.25}, **{
         k: v for k, v in results["results"].items() if k != "mmlu_local"}}
-    plan = lb.TaskPlan("mmlu", "mmlu", "hub", 5, "acc_macro")
-    rows = {(r["task"], r["metric"]): r["value"] for r in lb.result_rows(nested, {}, plan)}
+    plan = TaskPlan("mmlu", "mmlu", "hub", 5, "acc_macro")
+    rows = {(r["task"], r["metric"]): r["value"] for r in result_rows(nested, {}, plan)}
     assert rows["mmlu", "acc_macro"] == 0.5 and rows["mmlu_stem", "acc_weighted"] == 0.25
 
 
@@ -106,7 +120,7 @@ def test_dynamic_methods_generate_without_kv_cache_across_a_scale_change(tiny, m
     apply_scaling(model, "dynamic-yarn:2")
     try:
         for use_kv_cache, context in ((True, long), (False, short), (False, long)):
-            lm = lb.wrap_model(model, tokenizer, 512, 1, False, use_kv_cache=use_kv_cache)
+            lm = wrap_model(model, tokenizer, 512, 1, False, use_kv_cache=use_kv_cache)
             assert lm.max_length == 512 and lm.model is model
             out = lm._model_generate(context, context.shape[1] + 3, ["\n"], do_sample=False)
             assert out.shape[1] <= context.shape[1] + 3
@@ -117,13 +131,13 @@ def test_dynamic_methods_generate_without_kv_cache_across_a_scale_change(tiny, m
 
 def test_passkey_documents_fill_to_length(tiny):
     tokenizer = tiny[1]
-    docs = lb.passkey_documents(tokenizer, [300, 600], trials=2, seed=3)
+    docs = passkey_documents(tokenizer, [300, 600], trials=2, seed=3)
     assert [d["context_length"] for d in docs] == [300, 300, 600, 600]
     for doc in docs:
         assert doc["context_length"] - 8 <= doc["prompt_tokens"] <= doc["context_length"]  # word granularity
         assert len(doc["passkey"]) == 5 and f"The pass key is {doc['passkey']}. Remember it." in doc["prompt"]
         assert doc["prompt"].endswith("What is the pass key? The pass key is")
-    assert docs == lb.passkey_documents(tokenizer, [300, 600], trials=2, seed=3)
+    assert docs == passkey_documents(tokenizer, [300, 600], trials=2, seed=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,14 +280,14 @@ def test_mirrors_are_lm_evals_own_tasks_with_local_data(data_dir, tmp_path):
     the data source (and the paper's shot count / MMLU's subject filter) replaced."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    out = lb.copy_tasks(tmp_path / "tasks")
+    out = copy_tasks(tmp_path / "tasks")
     mirrors = ("arc_challenge_local", "hellaswag_local", "mmlu_local", "truthfulqa_mc2_local", "truthfulqa_mc1_local")
     for name in mirrors:
-        lb.point_mirror(out, name, data_dir)
+        point_mirror(out, name, data_dir)
     for task, (own_file, overridden) in OWN_TASKS.items():
         (mirror_file,) = out.rglob(f"{task}.yaml")
         mirror = load_yaml(mirror_file, resolve_func=False)
-        own = load_yaml(lb.lm_eval_tasks_dir() / own_file, resolve_func=False)
+        own = load_yaml(lm_eval_tasks_dir() / own_file, resolve_func=False)
         assert mirror["dataset_path"] == "json" and mirror["dataset_name"] is None, task
         splits = mirror["dataset_kwargs"]["data_files"]
         assert all(Path(p).is_absolute() and Path(p).is_file() for paths in splits.values() for p in paths), task
@@ -300,7 +314,7 @@ def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatc
     assert (headline.n_samples == 2).all() and headline.value.between(0, 1).all()
     assert (out / "lm_eval").is_dir() and len(list((out / "lm_eval").glob("*.json"))) == 4
     saved = json.loads((out / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
-    assert saved["evalharness"]["seeds"] == lb.lm_eval_seeds(None)  # no --seed: lm-eval's own seeds
+    assert saved["evalharness"]["seeds"] == lm_eval_seeds(None)  # no --seed: lm-eval's own seeds
     recorded = [cell["lm_eval_json"] for name, cell in json.loads((out / "manifest.json").read_text())["cells"].items()
                 if name.startswith("leaderboard|")]
     assert sorted(recorded) == sorted(f"lm_eval/{p.name}" for p in (out / "lm_eval").glob("*.json"))
@@ -311,8 +325,8 @@ def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatc
 
 def test_wheel_ships_every_task_file(wheel_names):
     """A non-editable install keeps the offline mirrors: the built wheel holds every file of tasks/lm-eval/."""
-    shipped = {f"evalharness/tasks/lm-eval/{p.relative_to(lb.TASKS_DIR).as_posix()}"
-               for p in lb.TASKS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    shipped = {f"evalharness/tasks/lm-eval/{p.relative_to(TASKS_DIR).as_posix()}"
+               for p in TASKS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     assert any(name.endswith("arc_challenge_local/arc_challenge_local.yaml") for name in shipped)
     assert shipped - wheel_names == set()
 
@@ -354,7 +368,7 @@ def test_mirror_equals_lm_evals_own_task_per_sample(tiny, data_dir, tmp_path):
 
 
 def test_seed_sets_all_four_and_changes_the_few_shot_draw(tiny, data_dir, tmp_path):
-    assert lb.lm_eval_seeds(7) == dict.fromkeys(lb.lm_eval_seeds(), 7)
+    assert lm_eval_seeds(7) == dict.fromkeys(lm_eval_seeds(), 7)
     contexts = {}
     for seed in (None, 1234, 0):
         out = tmp_path / f"seed{seed}"
@@ -362,7 +376,7 @@ def test_seed_sets_all_four_and_changes_the_few_shot_draw(tiny, data_dir, tmp_pa
                                   seed=seed, save_samples=True)
         assert failed == []
         saved = json.loads((out / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
-        assert saved["evalharness"]["seeds"] == lb.lm_eval_seeds(seed)
+        assert saved["evalharness"]["seeds"] == lm_eval_seeds(seed)
         contexts[seed] = _samples(out / "lm_eval" / "yarn_4_arc_challenge_local_samples.jsonl")[0]["arguments"][0][0]
     assert contexts[None] == contexts[1234]  # the few-shot sampler's default is 1234
     assert contexts[0] != contexts[None]

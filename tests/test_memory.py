@@ -28,7 +28,7 @@ import transformers
 
 from evalharness import memory
 from evalharness.models import RANDOM_SHAPES
-from evalharness.perplexity import token_nll
+from evalharness.perplexity.engine import token_nll
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 2**20
@@ -162,7 +162,7 @@ CHILD = r"""
 import json, sys
 import torch, transformers
 from evalharness.memory import measure_peak_bytes
-from evalharness.perplexity import token_nll
+from evalharness.perplexity.engine import token_nll
 
 results = []
 for shape, length, attn_impl, chunk_size, dtype in json.loads(sys.argv[1]):
@@ -237,7 +237,7 @@ def test_dict_shapes_equal_config_shapes():
 
 
 def test_default_chunk_is_the_engines():
-    from evalharness.perplexity import head_chunk_size
+    from evalharness.perplexity.engine import head_chunk_size
 
     for vocab in (64, 32000, 128256, 10**7):
         config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=8, intermediate_size=8, num_hidden_layers=1,

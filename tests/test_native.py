@@ -9,6 +9,7 @@ from conftest import write_corpus
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from evalharness import cli, models, scaling, tables
+from evalharness.cli.common import build_specs
 from evalharness.methods import ScalingSpec, native_display
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -173,7 +174,7 @@ def test_native_labels():
     assert tables.method_display("native:rope_type=yarn", 16) == "native (yarn s=16)"
     assert tables.method_display("native:rope_type=linear", 8.0) == "native (linear s=8)"
     # native ignores the --factor grid until it is resolved against a model
-    specs = cli.build_specs("native,yarn", "2,4", 64)
+    specs = build_specs("native,yarn", "2,4", 64)
     assert [str(s) for s in specs] == ["native", "yarn:2:original_ctx=64", "yarn:4:original_ctx=64"]
     assert not ScalingSpec("native").is_dynamic and ScalingSpec("native", native_type="longrope").is_dynamic
 

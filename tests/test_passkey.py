@@ -22,9 +22,9 @@ import torch
 import transformers
 from torch import nn
 
-from evalharness import passkey as PK
 from evalharness.methods import ScalingSpec
 from evalharness.models import build_byte_tokenizer, load
+from evalharness.passkey import engine as PK
 from evalharness.results import SCHEMAS, Manifest, ResultStore
 from evalharness.scaling import apply_scaling
 

@@ -8,7 +8,7 @@ from conftest import tiny_llama
 
 from evalharness.corpora import TokenizedDoc
 from evalharness.methods import ScalingSpec
-from evalharness.perplexity import (
+from evalharness.perplexity.engine import (
     DocScore,
     NonFiniteError,
     PerplexityTask,

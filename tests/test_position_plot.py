@@ -1,8 +1,8 @@
 """The NLL-vs-position figure, from a hand-made positions table."""
 import pandas as pd
 
+from evalharness.perplexity.figures import plot_nll_by_position
 from evalharness.plots import plot_run
-from evalharness.position_plot import plot_nll_by_position
 from evalharness.results import SCHEMAS, ResultStore
 
 L = 64

@@ -10,8 +10,8 @@ import transformers
 from conftest import tiny_llama
 
 from evalharness.options import parse_prefill_chunk
-from evalharness.passkey import greedy_decode
-from evalharness.perplexity import sliding_scores, token_nll, truncated_nll
+from evalharness.passkey.engine import greedy_decode
+from evalharness.perplexity.engine import sliding_scores, token_nll, truncated_nll
 from evalharness.prefill import (
     DEFAULT_PREFILL_CHUNK,
     cache_argument,

@@ -8,11 +8,11 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from evalharness import passkey as PK
 from evalharness.methods import ScalingSpec
 from evalharness.models import load
+from evalharness.passkey import engine as PK
 from evalharness.rerotate import RerotatingCache, dynamic_rotary, rerotate_keys, rerotating_cache
-from evalharness.ruler import check_dynamic_cache, uses_kv_cache
+from evalharness.ruler.engine import check_dynamic_cache, uses_kv_cache
 from evalharness.scaling import apply_scaling
 
 SPEC = "dynamic-yarn:original_ctx=32"

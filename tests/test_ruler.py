@@ -17,7 +17,7 @@ from conftest import break_lm_eval_once, raise_bug
 
 from evalharness import cli
 from evalharness.results import SCHEMAS
-from evalharness.ruler import (
+from evalharness.ruler.engine import (
     MAX_GEN_TOKENS,
     OFFLINE_TASKS,
     RulerTaskFailure,
@@ -94,7 +94,7 @@ def test_generation_reuses_the_kv_cache_only_within_one_scale(tiny):
     decoder's forwards show the rule: within L one prefill then one-token steps on the KV cache,
     across L a full forward over the whole sequence at every step."""
     from evalharness.leaderboard.lm import wrap_model
-    from evalharness.passkey import greedy_decode
+    from evalharness.passkey.engine import greedy_decode
     from evalharness.scaling import apply_scaling
 
     model, tokenizer, _ = tiny
@@ -216,7 +216,7 @@ def test_cwe_prompts_do_not_depend_on_earlier_cells(tiny, tmp_path):
     without `fresh_generator` a second cell (another method) gets other prompts."""
     from lm_eval.tasks import TaskManager
 
-    from evalharness.ruler import fresh_generator, lm_eval_task_folder
+    from evalharness.ruler.engine import fresh_generator, lm_eval_task_folder
 
     tiny[1].save_pretrained(tmp_path / "tok")
     manager = TaskManager(include_path=str(lm_eval_task_folder()), include_defaults=False,
@@ -398,7 +398,7 @@ def test_report_lists_tasks_in_ruler_order(tmp_path):
 
 
 @pytest.mark.parametrize("target", ["evalharness.scaling.ScaledRotaryEmbedding.frequencies",
-                                    "evalharness.ruler.cell_scores"])
+                                    "evalharness.ruler.engine.cell_scores"])
 def test_a_bug_in_harness_code_surfaces_instead_of_failing_the_cell(tmp_path, monkeypatch, target):
     """A ValueError raised in evalharness's own code (the scaled rotary module inside the model that
     lm-eval's generation calls; the scoring after lm-eval returned) propagates out of cli.main and no

@@ -11,11 +11,13 @@ import torch
 from conftest import ROOT, subprocess_env, write_corpus
 from leaderboard_data import write_data
 
-from evalharness import cli, perplexity, runner
+from evalharness import cli, registry, runner
 from evalharness.errors import NonFiniteError, UsageError
 from evalharness.methods import ScalingSpec
+from evalharness.perplexity import engine as perplexity
 from evalharness.plan import Cell, Plan
 from evalharness.results import Manifest, ResultStore
+from evalharness.task import TaskDefinition
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -36,13 +38,13 @@ def leaderboard_data(tmp_path_factory):
 # Registry and failure policy
 # ---------------------------------------------------------------------------------------------
 
-def test_registry_names_every_task_and_loads_its_class():
-    assert set(runner.task_names()) == {"perplexity", "passkey", "leaderboard", "temperature-sweep", "ruler"}
-    for name in runner.task_names():
-        task = runner.task_class(name)
-        assert issubclass(task, runner.Task) and task.name == name
+def test_registry_names_every_task_and_loads_its_definition():
+    assert set(registry.task_names()) == {"perplexity", "passkey", "leaderboard", "temperature-sweep", "ruler"}
+    for name in registry.task_names():
+        definition = registry.definition(name)
+        assert isinstance(definition, TaskDefinition) and definition.name == name
     with pytest.raises(UsageError, match="unknown task 'ppl'"):
-        runner.task_class("ppl")
+        registry.definition("ppl")
 
 
 class ScriptedTask(runner.Task):

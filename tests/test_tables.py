@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from evalharness import tables as T
+from evalharness.cli.eval import print_summary
 from evalharness.method_facts import METHOD_FACTS, yarn_mscale
 from evalharness.results import SCHEMAS, ResultStore
 
@@ -442,7 +443,6 @@ def test_report_compares_with_every_reference_given_on_the_command_line(tmp_path
 
 
 def test_end_of_run_summary_uses_the_report_labels_in_registry_order(tmp_path, capsys):
-    from evalharness import cli
 
     store = ResultStore(tmp_path / "run")
     series = [("yarn", 2.0), ("base", 1.0), ("dynamic-yarn", 1.0), ("ntk", 2.0), ("pi", 2.0)]
@@ -450,7 +450,7 @@ def test_end_of_run_summary_uses_the_report_labels_in_registry_order(tmp_path, c
                                      for i, (m, f) in enumerate(series)])
     store.replace("perplexity", T.aggregate_perplexity(T.read_table(tmp_path / "run", "perplexity_docs")))
     store.append("passkey", passkey_rows({("yarn", 2.0): {4096: 1.0}, ("base", 1.0): {4096: 0.5}}).to_dict("records"))
-    cli.print_summary(store)
+    print_summary(store)
     lines = capsys.readouterr().out.splitlines()
     ppl_rows = [line.split()[0:3] for line in lines[lines.index("perplexity — d, sliding (token-weighted)") + 3:][:5]]
     assert [" ".join(r[:2]) if r[1].startswith("s=") else r[0] for r in ppl_rows] == [

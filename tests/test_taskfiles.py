@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from evalharness import cli, paper, taskfiles
-from evalharness.leaderboard import PAPER_TASKS, TASKS_DIR
+from evalharness.cli.eval import add_eval_arguments
+from evalharness.leaderboard.mirrors import TASKS_DIR
+from evalharness.leaderboard.protocol import PAPER_TASKS
 from evalharness.options import parse_lengths
 
 PAPER_FILES = ("yarn-paper/proofpile", "yarn-paper/govreport", "yarn-paper/passkey", "yarn-paper/leaderboard",
@@ -89,13 +91,13 @@ def test_a_flag_beats_the_file_and_the_file_beats_the_default(tmp_path):
 
 
 def test_given_options_sees_only_what_argv_gives_and_leaves_args_alone():
-    parser = taskfiles.options_parser(cli.add_eval_arguments)
+    parser = taskfiles.options_parser(add_eval_arguments)
     assert taskfiles.given_options(parser, ["--protocol", "truncated", "--stride", "4k"]) == {
         "protocol": "truncated", "stride": 4096}
     assert taskfiles.given_options(parser, []) == {}
     args = parsed()
     before = dict(vars(args))
-    merged = taskfiles.apply_task_file(parsed("--task", "yarn-paper/govreport"), [], cli.add_eval_arguments)
+    merged = taskfiles.apply_task_file(parsed("--task", "yarn-paper/govreport"), [], add_eval_arguments)
     assert vars(args) == before and merged.stride == 256
 
 
@@ -199,7 +201,7 @@ def test_the_wheel_ships_the_task_files_and_every_module(wheel_names):
                if p.is_file() and "__pycache__" not in p.parts}
     assert {f"evalharness/tasks/{name}.yaml" for name in PAPER_FILES} <= shipped
     assert shipped - wheel_names == set()
-    package = Path(cli.__file__).parent
+    package = Path(cli.__file__).parent.parent
     modules = {f"evalharness/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")
                if "__pycache__" not in p.parts}
     assert modules - wheel_names == set()  # pyproject lists every package

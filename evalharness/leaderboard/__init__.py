@@ -33,37 +33,6 @@ Modules: `protocol` (paper tasks, shots, headline metrics, context length), `mir
 task YAMLs and pointing them at local files), `planning` (requested names → task plans),
 `offline` (the message for a hub dataset that is not available), `lm` (the HFLM wrapper), `extract` (lm-eval
 results → rows, provenance JSON), `run` (`run_leaderboard`), `passkey_data` (passkey_local's rows),
-`prepare` and `make_prompts` (command line helpers for plain lm-eval use).
+`prepare` and `make_prompts` (command line helpers for plain lm-eval use), `schema` (its result
+table) and `task` (options, checks, summary: the registry's `TASK`). Import from the submodules.
 """
-from .extract import leaf_tasks, macro_mean, provenance_path, result_rows
-from .lm import wrap_model
-from .mirrors import (
-    DATA_FORMATS,
-    LM_EVAL_TASKS,
-    LOCAL_MIRROR_OF,
-    MIRRORS,
-    TASKS_DIR,
-    Mirror,
-    copy_tasks,
-    lm_eval_tasks_dir,
-    local_data_files,
-    point_mirror,
-    resolve_lm_eval_includes,
-    split_files,
-    write_mmlu_subject_tasks,
-)
-from .offline import offline_message
-from .passkey_data import passkey_documents, write_jsonl
-from .planning import TaskPlan, check_task_names, plan_tasks
-from .protocol import MACRO_GROUPS, PAPER_TASKS, LeaderboardError, default_max_length, lm_eval_seeds
-from .run import LeaderboardCells, LeaderboardTaskFailure, run_leaderboard
-
-__all__ = [
-    "DATA_FORMATS", "LM_EVAL_TASKS", "LOCAL_MIRROR_OF", "MACRO_GROUPS", "MIRRORS", "PAPER_TASKS",
-    "TASKS_DIR", "LeaderboardCells", "LeaderboardError", "LeaderboardTaskFailure", "Mirror", "TaskPlan",
-    "check_task_names", "copy_tasks",
-    "default_max_length", "leaf_tasks", "lm_eval_seeds", "lm_eval_tasks_dir", "local_data_files",
-    "macro_mean", "offline_message", "passkey_documents", "plan_tasks", "point_mirror",
-    "provenance_path", "resolve_lm_eval_includes", "result_rows", "run_leaderboard", "split_files",
-    "wrap_model", "write_jsonl", "write_mmlu_subject_tasks",
-]

@@ -118,7 +118,7 @@ def in_run_folder(out_dir: str | os.PathLike, path: Path) -> str:
     return Path(path).relative_to(Path(out_dir)).as_posix()
 
 
-def _save_results(path: Path, results: dict, extra: dict, save_samples: bool) -> None:
+def save_results(path: Path, results: dict, extra: dict, save_samples: bool) -> None:
     from lm_eval.utils import handle_non_serializable
 
     from ..results import atomic_write_text

@@ -40,7 +40,7 @@ def _harness_lm_class():
             return super().generate_until(requests, disable_tqdm=disable_tqdm or not self.show_progress)
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            from ..passkey import cache_reusable
+            from ..passkey.engine import cache_reusable
             from ..prefill import cache_argument
             from ..rerotate import rerotating_cache
 

@@ -1,4 +1,4 @@
-"""Rows of the passkey_local task: the YaRN paper's passkey prompts (`evalharness.passkey.build_prompt`)
+"""Rows of the passkey_local task: the YaRN paper's passkey prompts (`evalharness.passkey.engine.build_prompt`)
 as jsonl records."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Sequence
 
 
 def passkey_documents(tokenizer, lengths: Sequence[int], trials: int = 5, seed: int = 0) -> list[dict]:
-    """Rows for the passkey_local task: the prompts of `evalharness.passkey.build_prompt` (the
+    """Rows for the passkey_local task: the prompts of `evalharness.passkey.engine.build_prompt` (the
     paper's text, at most `length` tokens with BOS, seeded 5-digit keys) at a uniformly random
     depth per trial, as in the paper."""
     import random
 
-    from ..passkey import build_prompt
+    from ..passkey.engine import build_prompt
 
     rng = random.Random(seed)
     docs = []

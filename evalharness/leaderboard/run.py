@@ -16,7 +16,7 @@ from .. import hub
 from ..errors import delegated_failures
 from ..plan import Cell, Plan, cell_name
 from ..runner import Task
-from .extract import _save_results, in_run_folder, provenance_path, result_rows
+from .extract import in_run_folder, provenance_path, result_rows, save_results
 from .lm import wrap_model
 from .mirrors import copy_tasks, point_mirror
 from .offline import offline_message
@@ -41,7 +41,7 @@ def _is_done(plan: TaskPlan, key: dict, done: tuple[set, set]) -> bool:
 
 
 @contextlib.contextmanager
-def _one_process_view():
+def one_process_view():
     """lm-eval sees one process: under torchrun each rank runs whole lm-eval tasks of its own
     (the runner splits the cells), but `simple_evaluate` returns results only where
     LOCAL_RANK is 0 (its tensor-parallel rule), so LOCAL_RANK reads 0 for the duration."""
@@ -86,15 +86,6 @@ class LeaderboardCells(Task):
         self._offline: bool | None = None  # decided on the first hub task
         self._managers: dict = {}
         self._lm = None  # (spec, wrapped model, max_length, batch size) of the current spec
-
-    @classmethod
-    def from_inputs(cls, inputs, session):
-        args = inputs.args
-        return cls(session.model_name, session.tokenizer, inputs.specs, args.leaderboard_tasks.split(","),
-                   session.out_dir, limit=args.limit, batch_size=args.batch_size, max_length=args.max_length,
-                   seed=args.seed if getattr(args, "seed_given", False) else None,
-                   show_progress=session.show_progress, data_dir=args.leaderboard_data,
-                   save_samples=args.save_samples)
 
     def cells(self, session) -> list[Cell]:
         return [Cell(self.name, spec, (plan.name,), cell_name("leaderboard", self.model_name, spec.short, plan.name),
@@ -160,7 +151,7 @@ class LeaderboardCells(Task):
         offline = bool(self._offline)
         with delegated_failures(lambda exc: LeaderboardTaskFailure(_failure_text(plan, exc, offline))):
             task_manager = self._task_manager(plan)
-            with hub.forced_offline(bool(self._offline)), _one_process_view():
+            with hub.forced_offline(bool(self._offline)), one_process_view():
                 results = lm_eval.simple_evaluate(
                     model=lm, tasks=[plan.name], num_fewshot=plan.num_fewshot, limit=task_limit,
                     task_manager=task_manager, bootstrap_iters=self.bootstrap_iters, log_samples=self.save_samples,
@@ -174,7 +165,7 @@ class LeaderboardCells(Task):
                  "seeds": self.seeds, "task": plan.name, "requested": plan.requested, "kind": plan.kind,
                  "data": self._mirror_data.get(plan.name)}
         path = provenance_path(self.out_dir, spec, plan.name)
-        _save_results(path, results, extra, self.save_samples)
+        save_results(path, results, extra, self.save_samples)
         session.store.append(self.table, rows)
         info = {"seconds": round(time.monotonic() - start, 1), "max_length": length,
                 "lm_eval_json": in_run_folder(self.out_dir, path), "seeds": self.seeds}

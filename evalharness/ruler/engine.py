@@ -39,15 +39,30 @@ length).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import math
+import random
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import CellFailure, UsageError, delegated_failures
-from .plan import Cell, cell_name
-from .runner import Task
+import numpy as np
+import torch
+
+from .. import hub
+from ..errors import CellFailure, UsageError, delegated_failures
+from ..leaderboard.extract import in_run_folder, provenance_path, save_results
+from ..leaderboard.lm import wrap_model
+from ..leaderboard.protocol import lm_eval_seeds
+from ..leaderboard.run import one_process_view
+from ..plan import Cell, cell_name
+from ..results import cell_key, key_row
+from ..runner import Task
 
 # lm-eval's RULER tasks whose data is generated locally (no download).
 OFFLINE_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe")
@@ -129,7 +144,6 @@ def cell_scores(results: dict, task: str, length: int) -> tuple[list[tuple[int, 
 
 def failure_text(task: str, exc: BaseException) -> str:
     """One sentence for a failed cell."""
-    from . import hub
 
     if isinstance(exc, RulerTaskFailure):
         return str(exc)
@@ -164,11 +178,7 @@ def vt_stall_reason(tokenizer, length: int) -> str | None:
     lines) with lm-eval's few-shot example against `length`: past either, lm-eval's search may end at
     zero noise lines, and it retries a sample that does not fit without ever giving up.
     """
-    import contextlib
-    import io
-    import random
 
-    import numpy as np
     from lm_eval.tasks.ruler import vt_utils
 
     def tokens(text: str) -> int:
@@ -213,9 +223,7 @@ def cwe_problem_reason(tokenizer, length: int) -> str | None:
     `cwe_utils.generate_input_output` on a draw seeded with CHECK_SEED; random states restored), or
     None. The words drawn change the count a little, so at a length right at the margin lm-eval's own
     draw may still come out empty; its metric then divides by zero, reported by `failure_text`."""
-    import random
 
-    import numpy as np
     from lm_eval.tasks.ruler import cwe_utils
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
@@ -253,10 +261,6 @@ TEMPLATE_MODULES = {"niah": "niah_utils", "ruler_vt": "vt_utils", "ruler_cwe": "
 def template_tokens(task: str, tokenizer) -> int:
     """Tokens of `task`'s prompt template with every field empty (measured with lm-eval's own template
     and this tokenizer) plus the tokens it generates: no prompt of the task is shorter."""
-    import contextlib
-    import importlib
-    import io
-    import re
 
     prefix = next(p for p in TEMPLATE_MODULES if task.startswith(p))
     # importing niah_utils makes nltk try to fetch punkt_tab and print about it: not our message
@@ -287,7 +291,6 @@ def fresh_generator(task: str) -> None:
     """Make lm-eval execute the task's generator module anew on its next load (its YAML loader reuses
     a module only while it is in `sys.modules`), so every cell of a task sees the generator as a
     fresh process does: the same prompts for every method and on every resume."""
-    import sys
 
     if task in STATEFUL_GENERATORS:
         sys.modules.pop(STATEFUL_GENERATORS[task], None)
@@ -343,7 +346,6 @@ class RulerCells(Task):
     def __init__(self, model_name: str, tokenizer, specs, tasks: Sequence[str], lengths: Sequence[int], out_dir,
                  samples: int = 10, seed: int | None = None, batch_size: int = 1, show_progress: bool = True,
                  save_samples: bool = False, dynamic_cache: str = "recompute"):
-        from .leaderboard.protocol import lm_eval_seeds
 
         self.dynamic_cache = dynamic_cache
         self.model_name, self.tokenizer, self.specs = model_name, tokenizer, list(specs)
@@ -355,22 +357,7 @@ class RulerCells(Task):
         self._tasks: dict[tuple[str, int], object] = {}  # lm-eval Task objects of the current length
         self._lm = None  # (spec, length, wrapped model) of the last cell
 
-    @classmethod
-    def from_inputs(cls, inputs, session):
-        from .results import read_manifest
-
-        args = inputs.args
-        dynamic_cache = getattr(args, "dynamic_cache", "recompute")
-        check_dynamic_cache(read_manifest(session.out_dir / "manifest.json", quiet=True), dynamic_cache,
-                            inputs.specs)
-        return cls(session.model_name, session.tokenizer, inputs.specs, resolve_tasks(args.ruler_tasks),
-                   inputs.lengths, session.out_dir, samples=args.ruler_samples,
-                   seed=args.seed if getattr(args, "seed_given", False) else None, batch_size=args.batch_size,
-                   show_progress=session.show_progress, save_samples=args.save_samples, dynamic_cache=dynamic_cache)
-
     def _row_key(self, spec, task: str, length: int) -> dict:
-        from .results import key_row
-
         return dict(key_row(self.model_name, spec), task=task, context_length=int(length))
 
     def cells(self, session) -> list[Cell]:
@@ -381,8 +368,6 @@ class RulerCells(Task):
                 for length in self.lengths for spec in self.specs for task in self.tasks]
 
     def pending(self, cell: Cell, done: set) -> bool:
-        from .results import cell_key
-
         return cell_key(self.table, self._row_key(cell.spec, *cell.unit)) not in done
 
     def _task_manager(self, length: int):
@@ -404,10 +389,7 @@ class RulerCells(Task):
         method's cell: generated as `simple_evaluate` would (python, numpy and torch seeded with
         lm-eval's seeds first, the generator module fresh), so a resumed run regenerates the same
         prompts; only the current length's tasks are kept (cells are length-major)."""
-        import random
 
-        import numpy as np
-        import torch
 
         if (task, length) not in self._tasks:
             if any(held != length for _, held in self._tasks):
@@ -420,8 +402,6 @@ class RulerCells(Task):
         return self._tasks[task, length]
 
     def _wrapped(self, session, spec, length: int):
-        from .leaderboard.lm import wrap_model
-
         if self._lm is None or self._lm[:2] != (spec, length):
             batch = 1 if spec.is_dynamic else self.batch_size
             self._lm = (spec, length, wrap_model(session.model, self.tokenizer, length + MAX_GEN_TOKENS, batch,
@@ -432,9 +412,6 @@ class RulerCells(Task):
     def run(self, cell: Cell, pending, session) -> dict:
         import lm_eval
 
-        from . import hub
-        from .leaderboard.extract import _save_results, in_run_folder, provenance_path
-        from .leaderboard.run import _one_process_view
 
         task, length = cell.unit
         spec = cell.spec
@@ -444,14 +421,14 @@ class RulerCells(Task):
             raise RulerTaskFailure(problem)
         with delegated_failures(lambda exc: RulerTaskFailure(failure_text(task, exc))):
             lm = self._wrapped(session, spec, length)
-            with hub.forced_offline(hub.work_offline()), _one_process_view():
+            with hub.forced_offline(hub.work_offline()), one_process_view():
                 generated = self._lm_eval_task(task, length)
                 results = lm_eval.simple_evaluate(model=lm, tasks=[generated], limit=self.samples,
                                                   task_manager=self._task_manager(length), log_samples=True,
                                                   **self.seeds)
             scores, score, stderr = cell_scores(results, task, length)
         path = provenance_path(self.out_dir, spec, f"{task}_{length}")
-        _save_results(path, results, {"spec": str(spec), "task": task, "context_length": length,
+        save_results(path, results, {"spec": str(spec), "task": task, "context_length": length,
                                       "max_length": length + MAX_GEN_TOKENS, "limit": self.samples,
                                       "seeds": self.seeds}, self.save_samples)
         key = self._row_key(spec, task, length)

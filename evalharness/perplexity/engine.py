@@ -37,11 +37,15 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .errors import NonFiniteError
-from .plan import Cell, Plan, cell_name
-from .prefill import hidden_chunks, prefill_chunk_for
-from .runner import Task
+from ..errors import NonFiniteError
+from ..parallel import Shard
+from ..plan import Cell, Plan, cell_name
+from ..prefill import hidden_chunks, prefill_chunk_for
+from ..results import cell_key, key_row
+from ..runner import Session, Task, resolve_specs, run_cells
+from ..tables import aggregate_perplexity, aggregate_positions
 
 DEFAULT_HEAD_BYTES = 256 * 2**20  # logits chunk budget (fp32) for the LM head
 
@@ -452,25 +456,7 @@ class PerplexityCells(Task):
         self.docs = {doc.doc_id: doc for doc in docs}
         self._unit_scale_passes: dict[str, torch.Tensor] = {}  # doc_id → per-token NLL at scale 1
 
-    @classmethod
-    def from_inputs(cls, inputs, session):
-        from .corpora import dataset_label
-
-        args = inputs.args
-        task = PerplexityTask(dataset_label(args.dataset), args.protocol, tuple(inputs.lengths), args.stride or 0,
-                              args.chunk_size, window_bos=getattr(args, "window_bos", None) or "every",
-                              position_bucket=getattr(args, "position_bucket", None),
-                              prefill_chunk=getattr(args, "prefill_chunk", None))
-        return cls(session.model_name, session.info.bos_token_id, cls.specs_of(inputs), inputs.documents(), task,
-                   args.seed)
-
-    @staticmethod
-    def specs_of(inputs) -> list:
-        return inputs.specs
-
     def _base_row(self, spec, doc) -> dict:
-        from .results import key_row
-
         task = self.task
         return dict(key_row(self.model_name, spec), dataset=task.dataset, doc_id=doc.doc_id,
                     doc_tokens=int(doc.ids.numel()), protocol=task.protocol, window_bos=task.row_window_bos,
@@ -490,16 +476,10 @@ class PerplexityCells(Task):
         return cells
 
     def pending(self, cell: Cell, done: set) -> list[int]:
-        from .results import cell_key
-
         base_row = self._base_row(cell.spec, self.docs[cell.unit[0]])
         return [n for n in self.task.lengths if cell_key(self.table, dict(base_row, context_length=n)) not in done]
 
     def run(self, cell: Cell, missing: list[int], session) -> dict:
-        from tqdm.auto import tqdm
-
-        from .tables import aggregate_perplexity, aggregate_positions
-
         doc, spec = self.docs[cell.unit[0]], cell.spec
         if doc.doc_id not in self._unit_scale_passes:
             self._unit_scale_passes.clear()  # keep only the current document's pass
@@ -527,26 +507,11 @@ class TemperatureSweepCells(PerplexityCells):
 
     name = "temperature-sweep"
 
-    @staticmethod
-    def specs_of(inputs) -> list:
-        from .methods import ScalingSpec
-        from .options import parse_factors, parse_grid
-
-        original_ctx = inputs.specs[0].original_ctx
-        specs = []
-        for factor in parse_factors(inputs.args.factor):
-            specs.append(ScalingSpec("yarn", factor, original_ctx=original_ctx))
-            specs += [ScalingSpec("yarn", factor, original_ctx=original_ctx, attention_factor=value)
-                      for value in parse_grid(inputs.args.temperatures)]
-        return specs
-
 
 def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task: PerplexityTask, store, manifest,
                    seed: int = 0, show_progress: bool = True, shard=None) -> list[str]:
     """Evaluate every (spec, document) cell not already in the store through the runner; return
     the failed cells (library entry point; the CLI builds the same cells from its arguments)."""
-    from .parallel import Shard
-    from .runner import Session, resolve_specs, run_cells
 
     session = Session(model, None, model_name, store, manifest, shard or Shard(), show_progress)
     cells_task = PerplexityCells(model_name, bos_id, resolve_specs(model, specs), docs, task, seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .plots import (
+from ..plots import (
     empty_figure,
     length_text,
     mark_original_context,
@@ -21,7 +21,7 @@ from .plots import (
     series_label,
     series_style,
 )
-from .tables import ordered_groups, split_label, varying
+from ..tables import ordered_groups, split_label, varying
 
 POSITION_XLABEL = "Token position in the window"
 NLL_YLABEL = "Mean NLL per token (lower is better)"

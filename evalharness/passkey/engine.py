@@ -57,11 +57,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import EvalHarnessError
-from .perplexity import NonFiniteError, logit_transform
-from .plan import Cell, Plan, cell_name
-from .prefill import backbone, cache_argument, last_hidden, prefill_chunk_for
-from .runner import Task
+from ..errors import EvalHarnessError
+from ..methods import native_type_is_dynamic
+from ..parallel import Shard
+from ..perplexity.engine import NonFiniteError, logit_transform
+from ..plan import Cell, Plan, cell_name
+from ..prefill import backbone, cache_argument, last_hidden, prefill_chunk_for
+from ..rerotate import dynamic_rotary, rerotating_cache
+from ..results import cell_key, key_row
+from ..runner import Session, Task, resolve_specs, run_cells
+from ..scaling import current_spec, shipped_rope
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
          "I will quiz you about the important information there.")
@@ -373,8 +378,6 @@ def cache_reusable(model, built_at: int, length: int) -> bool:
     token, so every greedy step needs a full forward (YaRN paper App. B.3, the KV-cache trap).
     Without an evalharness spec (rotary modules as loaded), a length-dependent shipped type: never.
     """
-    from .methods import native_type_is_dynamic
-    from .scaling import current_spec, shipped_rope
 
     spec = current_spec(model)
     if spec is None:
@@ -428,7 +431,6 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
     reused) runs in chunks of C tokens through a KV cache (`prefill`), except the re-rotating
     prefill; the tokens are those of the one-shot forwards up to rounding.
     """
-    from .rerotate import dynamic_rotary, rerotating_cache
 
     rerotate = dynamic_cache == "rerotate" and dynamic_rotary(model) is not None
 
@@ -539,15 +541,7 @@ class PasskeyCells(Task):
         self.seed = int(seed)
         self._prompts: dict[tuple[int, float, int], PasskeyPrompt] = {}
 
-    @classmethod
-    def from_inputs(cls, inputs, session):
-        args = inputs.args
-        return cls(session.model_name, session.tokenizer, inputs.specs, inputs.lengths, args.depths, args.trials,
-                   args.seed, getattr(args, "dynamic_cache", "recompute"), getattr(args, "prefill_chunk", None))
-
     def _row_key(self, spec, length: int, depth: float, trial: int) -> dict:
-        from .results import key_row
-
         return dict(key_row(self.model_name, spec), context_length=length, depth=depth, trial=trial, seed=self.seed,
                     scoring=scoring_for(spec, self.dynamic_cache))
 
@@ -565,8 +559,6 @@ class PasskeyCells(Task):
         return cells
 
     def pending(self, cell: Cell, done: set) -> bool:
-        from .results import cell_key
-
         return cell_key(self.table, self._row_key(cell.spec, *cell.unit)) not in done
 
     def _prompt(self, length: int, depth: float, trial: int) -> PasskeyPrompt:
@@ -578,8 +570,6 @@ class PasskeyCells(Task):
         return self._prompts[key]
 
     def run(self, cell: Cell, pending, session) -> dict:
-        from .results import key_row
-
         length, depth, trial = cell.unit
         prompt = self._prompt(length, depth, trial)
         chunk = prefill_chunk_for(session.model, self.prefill_chunk, prompt.prompt_tokens + MAX_NEW_TOKENS,
@@ -596,8 +586,6 @@ def run_passkey(model, tokenizer, model_name: str, specs, lengths: Sequence[int]
                 dynamic_cache: str = "recompute") -> list[str]:
     """Score every (spec, length, depth, trial) prompt not already in `store` through the runner;
     return the failed cells (library entry point; the CLI builds the same cells)."""
-    from .parallel import Shard
-    from .runner import Session, resolve_specs, run_cells
 
     session = Session(model, tokenizer, model_name, store, manifest, shard or Shard(), show_progress)
     grid = PasskeyCells(model_name, tokenizer, resolve_specs(model, specs), lengths, depths, trials, seed,

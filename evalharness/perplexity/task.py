@@ -1,0 +1,250 @@
+"""The perplexity and temperature-sweep tasks as the command line sees them: options (the corpus,
+the protocol, the temperature grid), their checks, the documents they read, cells and summary."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+
+from .. import corpora
+from ..errors import UsageError
+from ..methods import ScalingSpec
+from ..options import bounded_count, parse_grid
+from ..plots import plot_perplexity, plot_temperature_sweep, save_figure
+from ..runner import Session
+from ..tables import (
+    aggregate_perplexity,
+    aggregate_positions,
+    has_temperature_sweep,
+    labelled,
+    load_perplexity,
+    read_table,
+    split_label,
+)
+from ..task import CommonOptions, RunInputs, TaskDefinition
+from .engine import PerplexityCells, PerplexityTask, TemperatureSweepCells
+from .figures import plot_nll_by_position
+
+DEFAULT_STRIDE = 256
+DEFAULT_TEMPERATURES = "1.0:1.4:0.05"
+
+
+@dataclass(frozen=True)
+class PerplexityOptions:
+    """The corpus (`--dataset` and its selection) and the perplexity protocol, with the defaults
+    that depend on the protocol resolved (sliding: stride 256, BOS in every window)."""
+
+    dataset: str = "coq-stdlib"
+    text_field: str | None = None
+    protocol: str = "truncated"
+    stride: int | None = None
+    window_bos: str | None = None
+    position_bucket: int | None = None
+    docs: int | None = None
+    sample: int | None = None
+    min_tokens: int | None = None
+
+    @property
+    def resolved_stride(self) -> int:
+        return DEFAULT_STRIDE if self.stride is None else self.stride
+
+    @property
+    def resolved_window_bos(self) -> str:
+        """sliding: BOS in every window unless asked otherwise; truncated: one window per document,
+        BOS at its start."""
+        return (self.window_bos or "every") if self.protocol == "sliding" else "first"
+
+    def recorded(self) -> dict:
+        """The options as the manifest records them (stride and BOS rule resolved)."""
+        return {**asdict(self), "stride": self.resolved_stride if self.protocol == "sliding" else self.stride,
+                "window_bos": self.resolved_window_bos}
+
+
+@dataclass(frozen=True)
+class TemperatureSweepOptions:
+    """The corpus and protocol of the perplexity task, and the grid of YaRN attention factors."""
+
+    corpus: PerplexityOptions
+    temperatures: str = DEFAULT_TEMPERATURES
+
+    def recorded(self) -> dict:
+        """The options as the manifest records them."""
+        return {**self.corpus.recorded(), "temperatures": self.temperatures}
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("perplexity and temperature-sweep: corpus and protocol")
+    g.add_argument("--dataset", default="coq-stdlib",
+                   help="govreport, proofpile, pg19 (HF datasets; NAME=DIR reads a local copy in the hub layout), "
+                        "hf:OWNER/NAME[:SPLIT] or hf:OWNER/NAME:CONFIG:SPLIT (any HF dataset, split test unless "
+                        "given), coq-stdlib, debian-policy (offline), local:PATH (default: %(default)s)")
+    g.add_argument("--text-field", default=None,
+                   help="text column of .jsonl/.parquet files and hub datasets (default: a stored input_ids column, "
+                        "else text; govreport: input or report)")
+    g.add_argument("--protocol", choices=("truncated", "sliding"), default="truncated",
+                   help="first L tokens per document (truncated), or a sliding window L moved by --stride "
+                        "(default: %(default)s)")
+    g.add_argument("--stride", type=bounded_count("--stride"), default=None,
+                   help=f"sliding-window stride S (default: {DEFAULT_STRIDE})")
+    g.add_argument("--window-bos", choices=("every", "first"), default=None,
+                   help="sliding: BOS + L−1 document tokens in every window (the authors' algorithm) or BOS only "
+                        "at the document start (the transformers perplexity recipe) (default: every)")
+    g.add_argument("--position-bucket", type=bounded_count("--position-bucket"), default=None,
+                   help="width in tokens of the loss-by-position buckets (default: original context L / 8)")
+    g.add_argument("--docs", type=bounded_count("--docs"), default=None,
+                   help="the first N documents after the length filter, as the paper (default: every document)")
+    g.add_argument("--sample", type=bounded_count("--sample"), default=None,
+                   help="instead of --docs: a seeded random sample of N documents (default: none)")
+    g.add_argument("--min-tokens", type=bounded_count("--min-tokens", 0), default=None,
+                   help="keep documents with at least this many tokens (default: truncated, the largest length; "
+                        "sliding, every document)")
+
+
+def corpus_options(args: argparse.Namespace) -> PerplexityOptions:
+    return PerplexityOptions(dataset=args.dataset, text_field=args.text_field, protocol=args.protocol,
+                             stride=args.stride, window_bos=args.window_bos, position_bucket=args.position_bucket,
+                             docs=args.docs, sample=args.sample, min_tokens=args.min_tokens)
+
+
+def check_corpus(options: PerplexityOptions, common: CommonOptions) -> None:
+    """The corpus selection and the protocol's stride and BOS rule, against the lengths asked."""
+    if options.text_field is not None and not options.text_field.strip():
+        raise UsageError(f"--text-field {options.text_field!r} is empty; give a column name (e.g. text) or leave "
+                         "it out.")
+    if options.docs is not None and options.sample is not None:
+        raise UsageError("--docs (first N documents) and --sample (random N documents) exclude each other; give one.")
+    for flag, given in (("--stride", options.stride), ("--window-bos", options.window_bos)):
+        if given is not None and options.protocol != "sliding":
+            raise UsageError(f"{flag} only applies with --protocol sliding; drop it or add that.")
+    if options.protocol == "sliding":
+        stride, shortest = options.resolved_stride, min(common.lengths)
+        if stride > shortest:
+            raise UsageError(f"--stride {stride} is larger than the smallest window {shortest}: "
+                             "tokens would go unscored.")
+        if options.resolved_window_bos == "every" and stride > shortest - 1:
+            raise UsageError(f"--stride {stride} is larger than the {shortest - 1} document tokens the "
+                             f"smallest window {shortest} holds besides its BOS (--window-bos every): "
+                             "tokens would go unscored.")
+
+
+def load_documents(options: PerplexityOptions, lengths, tokenizer, bos: int | None, vocab_size: int | None = None,
+                   seed: int = 0) -> list:
+    """The corpus documents the options select (`--dataset` and its selection options, the seed of
+    `--sample`); UsageError when a truncated length is longer than a selected document."""
+    min_tokens = options.min_tokens
+    if min_tokens is None:
+        min_tokens = corpora.default_min_tokens(options.protocol, lengths, bos is not None)
+    docs = corpora.load_corpus(options.dataset, tokenizer, min_tokens=min_tokens, n_docs=options.docs,
+                               sample=options.sample, seed=seed, text_field=options.text_field)
+    if vocab_size is not None:  # stored input_ids made for another tokenizer
+        corpora.check_token_ids(docs, vocab_size, options.dataset)
+    if options.protocol == "truncated":
+        shortest = min(d.ids.numel() for d in docs) + (bos is not None)
+        if shortest < max(lengths):
+            raise UsageError(f"length {max(lengths)} is longer than a selected document ({shortest} "
+                             "tokens with BOS); lower --lengths or raise --min-tokens.")
+    return docs
+
+
+def run_documents(options: PerplexityOptions, inputs: RunInputs, session: Session) -> list:
+    """The documents of this run, loaded once for every task that reads the corpus."""
+    info = session.info
+    return inputs.shared("documents", lambda: load_documents(options, inputs.common.lengths, session.tokenizer,
+                                                             info.bos_token_id, info.vocab_size, inputs.common.seed))
+
+
+def protocol_of(options: PerplexityOptions, common: CommonOptions) -> PerplexityTask:
+    return PerplexityTask(corpora.dataset_label(options.dataset), options.protocol, tuple(common.lengths),
+                          options.resolved_stride if options.protocol == "sliding" else 0, common.chunk_size,
+                          window_bos=options.resolved_window_bos,
+                          position_bucket=options.position_bucket, prefill_chunk=common.prefill_chunk)
+
+
+class Perplexity(TaskDefinition):
+    name = "perplexity"
+    own_forward = True
+
+    def add_arguments(self, parser):
+        add_corpus_arguments(parser)
+
+    def options(self, args):
+        return corpus_options(args)
+
+    def check(self, options, common):
+        check_corpus(options, common)
+
+    def cells(self, options, inputs, session):
+        return PerplexityCells(session.model_name, session.info.bos_token_id, inputs.specs,
+                               run_documents(options, inputs, session), protocol_of(options, inputs.common),
+                               inputs.common.seed)
+
+    def summary(self, store):
+        table = store.read("perplexity")
+        if table.empty:
+            return None
+        lines = []
+        for (dataset, protocol), part in labelled(table).groupby(["dataset", "protocol"]):
+            pivot = part.pivot_table(index="spec", columns="context_length", values="ppl", sort=False)
+            lines += [f"\nperplexity — {dataset}, {protocol} (token-weighted)", pivot.round(3).to_string()]
+        return "\n".join(lines)
+
+    def figures(self, results_dir, figures_dir):
+        """`perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a
+        sweep exists), `temperature`, `positions` (NLL vs token position)."""
+        written = []
+        ppl = load_perplexity(results_dir)
+        if not ppl.empty:
+            if has_temperature_sweep(ppl):
+                written += save_figure(plot_temperature_sweep(ppl), figures_dir / "temperature")
+                swept = ppl["method"].map(
+                    lambda m: split_label(m)[0] == "yarn" and "attention_factor" in split_label(m)[1])
+                if (~swept).any():
+                    ppl = ppl[~swept]
+            written += save_figure(plot_perplexity(ppl), figures_dir / "perplexity")
+        positions = read_table(results_dir, "perplexity_positions")
+        if not positions.empty:
+            written += save_figure(plot_nll_by_position(positions), figures_dir / "positions")
+        return written
+
+    def derive(self, store, common):
+        store.derive("perplexity", "perplexity_docs", lambda docs: aggregate_perplexity(docs, seed=common.seed))
+        store.derive("perplexity_positions", "perplexity_positions_docs", aggregate_positions)
+
+
+def temperature_specs(factors, temperatures: str, original_ctx: int) -> list:
+    """YaRN at each factor with its own attention factor, then with each value of the grid."""
+    specs = []
+    for factor in factors:
+        specs.append(ScalingSpec("yarn", factor, original_ctx=original_ctx))
+        specs += [ScalingSpec("yarn", factor, original_ctx=original_ctx, attention_factor=value)
+                  for value in parse_grid(temperatures)]
+    return specs
+
+
+class TemperatureSweep(TaskDefinition):
+    name = "temperature-sweep"
+    own_forward = True
+    exclusive_options = ("temperatures",)
+
+    def add_arguments(self, parser):
+        g = parser.add_argument_group("temperature-sweep")
+        g.add_argument("--temperatures", default=None,
+                       help="grid of YaRN attention factors sqrt(1/t), start:stop:step or comma list "
+                            f"(default: {DEFAULT_TEMPERATURES})")
+
+    def options(self, args):
+        return TemperatureSweepOptions(corpus_options(args), args.temperatures or DEFAULT_TEMPERATURES)
+
+    def check(self, options, common):
+        check_corpus(options.corpus, common)
+        if any(v <= 0 for v in parse_grid(options.temperatures)):
+            raise UsageError(f"--temperatures {options.temperatures!r}: attention factors must be > 0.")
+
+    def cells(self, options, inputs, session):
+        specs = temperature_specs(inputs.common.factors, options.temperatures, inputs.specs[0].original_ctx)
+        return TemperatureSweepCells(session.model_name, session.info.bos_token_id, specs,
+                                     run_documents(options.corpus, inputs, session),
+                                     protocol_of(options.corpus, inputs.common), inputs.common.seed)
+
+
+PERPLEXITY = Perplexity()
+TEMPERATURE_SWEEP = TemperatureSweep()

@@ -1,0 +1,58 @@
+"""The task registry: every task by name, the one module outside the task packages that names them.
+
+Contract: `TASKS` maps a task name to "module:ATTRIBUTE" of its `task.TaskDefinition`, imported on
+first use (`definition`), in the order the command line lists them, runs them and reports them.
+Each task's package holds a `schema` module (`SCHEMAS`, `CELL_COLUMNS`: its result tables), read by
+`results` through `table_schemas` / `cell_columns`. Adding a task is one package and one line here.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+
+if TYPE_CHECKING:  # task.py imports the runner, which imports results, which reads the schemas here
+    from .task import TaskDefinition
+
+TASKS: dict[str, str] = {
+    "perplexity": "evalharness.perplexity.task:PERPLEXITY",
+    "passkey": "evalharness.passkey.task:TASK",
+    "leaderboard": "evalharness.leaderboard.task:TASK",
+    "temperature-sweep": "evalharness.perplexity.task:TEMPERATURE_SWEEP",
+    "ruler": "evalharness.ruler.task:TASK",
+}
+
+
+def task_names() -> list[str]:
+    """Every registered task name, in registry order."""
+    return list(TASKS)
+
+
+def definition(name: str) -> "TaskDefinition":
+    """The definition of the task `name` (UsageError listing the names when unknown)."""
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}.")
+    module, _, attribute = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def definitions() -> list["TaskDefinition"]:
+    """Every registered task's definition, in registry order."""
+    return [definition(name) for name in TASKS]
+
+
+def schema_modules() -> list:
+    """Each task package's `schema` module, once per package, in registry order."""
+    packages = dict.fromkeys(target.partition(":")[0].rpartition(".")[0] for target in TASKS.values())
+    return [importlib.import_module(f"{package}.schema") for package in packages]
+
+
+def table_schemas() -> dict[str, list[str]]:
+    """Every result table's columns (table name → columns), from the task packages."""
+    return {table: columns for module in schema_modules() for table, columns in module.SCHEMAS.items()}
+
+
+def cell_columns() -> dict[str, list[str]]:
+    """The columns that identify a cell of each table that has them, from the task packages."""
+    return {table: columns for module in schema_modules() for table, columns in module.CELL_COLUMNS.items()}
