@@ -356,6 +356,15 @@ class ResultStore:
             self.replace(table, function(self.read(source)))
 
 
+def read_table(results_dir: str | os.PathLike, table: str) -> pd.DataFrame:
+    """`<dir>/<table>.csv` through `ResultStore.read`, or an empty frame with the schema's columns
+    when the file is missing or unreadable (summaries and figures never fail a run)."""
+    try:
+        return ResultStore(results_dir).read(table)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
+        return pd.DataFrame(columns=SCHEMAS.get(table, []))
+
+
 def upgrade_columns(table: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Tables written before a column existed, in today's terms: a missing `window_bos` is `first`
     (BOS only at the document start, the one placement there was); an old per-document
