@@ -1,7 +1,7 @@
 """The effective context: per series, the longest tested length that passes each criterion.
 
 One rule for every criterion (`longest_passing_length`): the longest tested length ℓ that passes,
-also after a failing shorter one (the paper's passkey definition). What "passes" means is each
+also after a failing shorter one (the YaRN paper's definition for its retrieval test). What "passes" means is each
 task's own criterion (a `Criterion` in its package's `analysis` module, reached through the
 registry), with its thresholds among the `EffectiveContextRules` and its command-line options in the
 effective-context argument group. `effective_context` loops over the criteria; a criterion without
@@ -30,7 +30,7 @@ def longest_passing_length(passes: pd.Series) -> tuple[float, bool]:
 
     With T the tested lengths (the index of `passes`) and pass(ℓ) the criterion at ℓ:
     effective = max{ℓ ∈ T : pass(ℓ)}, NaN when no length passes. A length that passes after a failing
-    shorter one counts (the paper's passkey definition).
+    shorter one counts (the YaRN paper's definition for its retrieval test).
 
     Returns:
         (effective, shorter_failure): shorter_failure is True when some ℓ ∈ T below the effective
