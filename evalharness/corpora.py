@@ -1,4 +1,4 @@
-"""Document corpora for long-context perplexity evaluation.
+"""Document corpora for long-context evaluation.
 
 Every corpus is a `CorpusSource` registered under a name in `CORPORA`
 (or given as `local:PATH`).  A source yields `Document` objects in a

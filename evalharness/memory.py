@@ -1,7 +1,7 @@
 """Peak-memory estimate of one evaluation cell, from the model's config alone (no torch, no weights).
 
 Contract: `estimate_peak_bytes(config, dtype, length, ...)` returns the bytes alive at the peak of
-one cell's computation as the engine runs it (`perplexity.token_nll`: the decoder once over the
+one cell's computation as the engine runs it (the engine's `token_nll`: the decoder once over the
 window with `use_cache=False` and no mask tensor, then the LM head + cross-entropy over chunks of
 positions) for a Llama-family decoder (Llama, Mistral, Qwen2, Gemma, SmolLM2: pre-norm RMSNorm,
 RoPE on q/k, gated MLP). The terms, in bytes, with T = length, b = bytes per element of `dtype`:
@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# Mirrors perplexity.DEFAULT_HEAD_BYTES / head_chunk_size (kept here so this module needs no torch;
+# Mirrors the engine's DEFAULT_HEAD_BYTES / head_chunk_size (kept here so this module needs no torch;
 # a test asserts the two rules agree).
 DEFAULT_HEAD_BYTES = 256 * 2**20
 MIN_HEAD_CHUNK = 64
@@ -245,7 +245,7 @@ def estimate_peak_bytes(config: Any, dtype: Any, length: int, *, kv_cache: bool 
     Args:
         config: a transformers PretrainedConfig (or a dict with its keys).
         dtype: torch.dtype or name of the weights and activations.
-        length: tokens in one forward (the window, or prompt + key for passkey).
+        length: tokens in one forward (the window, or a prompt with its key).
         kv_cache: add a KV cache of `length` tokens (generation with a cache).
         chunk_size: LM-head positions per chunk; None = the engine's default for the vocabulary.
         attn_impl: "sdpa"/"flash_attention_2"/"flex_attention" (no T×T matrix) or "eager".

@@ -231,7 +231,7 @@ def passkey_differences(prompts_per_length: pd.Series) -> list[str]:
 
 def compare_passkey(run: pd.DataFrame, model: str | None = None, folder: Path | None = None) -> pd.DataFrame:
     """The run's passkey context (per method) next to the paper's Table 5."""
-    from .tables import passkey_accuracy, passkey_effective_context
+    from .passkey.analysis import passkey_accuracy, passkey_effective_context
 
     paper = published("passkey")
     paper["key"] = paper["model"].map(model_key)

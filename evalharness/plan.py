@@ -3,11 +3,9 @@
 A `Cell` is one unit of work of one task under one scaling spec, with a stable `name` (the key of
 its entry in manifest.json):
 
-    perplexity|MODEL|SPEC|DATASET|DOC_ID|PROTOCOL         one document, every length, one protocol
-    passkey|MODEL|SPEC|LENGTH|SCORING|depth=D|trial=T     one prompt
-    leaderboard|MODEL|SPEC|TASK                          one lm-eval task or group
+    TASK|MODEL|SPEC|UNIT...     the task's name, the model, the scaling spec, the task's unit of work
 
-(the temperature sweep's cells are perplexity cells whose SPEC carries its attention factor).
+(each task's unit: ARCHITECTURE.md, "Tasks and cells").
 `tokens` is the number of tokens the cell's forward passes process (0 when the task cannot know,
 as for lm-eval tasks), `length` its longest forward (what sets peak memory) and `kv_cache`
 whether that forward keeps a KV cache. `describe` renders a plan for `--dry-run`.

@@ -2,8 +2,12 @@
 
 Contract: `TASKS` maps a task name to "module:ATTRIBUTE" of its `task.TaskDefinition`, imported on
 first use (`definition`), in the order the command line lists them, runs them and reports them.
-Each task's package holds a `schema` module (`SCHEMAS`, `CELL_COLUMNS`: its result tables), read by
-`results` through `table_schemas` / `cell_columns`. Adding a task is one package and one line here.
+Each task's package holds, beside its `task` module, modules that need no torch and that the shared
+layers reach through `package_modules`: `schema` (`SCHEMAS`, `CELL_COLUMNS`: its result tables, read
+by `results` through `table_schemas` / `cell_columns`), `analysis` (its tables' aggregations and, if
+it has one, its effective-context `CRITERION`), `figures` (`figures(results_dir, figures_dir)`) and
+`report` (`report_section`, `FIGURE_CAPTIONS`, `TABLES`). Adding a task is one package and one line
+here.
 """
 from __future__ import annotations
 
@@ -42,10 +46,16 @@ def definitions() -> list["TaskDefinition"]:
     return [definition(name) for name in TASKS]
 
 
+def package_modules(kind: str) -> list:
+    """Each task package's module `kind` (`schema`, `analysis`, `figures`, `report`), once per
+    package, in registry order."""
+    packages = dict.fromkeys(target.partition(":")[0].rpartition(".")[0] for target in TASKS.values())
+    return [importlib.import_module(f"{package}.{kind}") for package in packages]
+
+
 def schema_modules() -> list:
     """Each task package's `schema` module, once per package, in registry order."""
-    packages = dict.fromkeys(target.partition(":")[0].rpartition(".")[0] for target in TASKS.values())
-    return [importlib.import_module(f"{package}.schema") for package in packages]
+    return package_modules("schema")
 
 
 def table_schemas() -> dict[str, list[str]]:

@@ -19,7 +19,7 @@ What this is and is not: attention at step n' sees every key rotated at the scal
 forward over the whole sequence would; the hidden states that produced the cached keys and values
 of deeper layers are still those of the step at which each token was processed (a cache-free
 forward would recompute them at the new scale). It is the paper's recommended way of decoding with
-a dynamic method and costs one prefill + one token per step; `greedy_decode` and RULER's generation
+a dynamic method and costs one prefill + one token per step; the tasks' greedy decoding and generation
 use it when asked (`--dynamic-cache rerotate`), and full forwards otherwise.
 """
 from __future__ import annotations

@@ -356,20 +356,21 @@ class ResultStore:
             self.replace(table, function(self.read(source)))
 
 
+def read_table(results_dir: str | os.PathLike, table: str) -> pd.DataFrame:
+    """`<dir>/<table>.csv` through `ResultStore.read`, or an empty frame with the schema's columns
+    when the file is missing or unreadable (summaries and figures never fail a run)."""
+    try:
+        return ResultStore(results_dir).read(table)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
+        return pd.DataFrame(columns=SCHEMAS.get(table, []))
+
+
 def upgrade_columns(table: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Tables written before a column existed, in today's terms: a missing `window_bos` is `first`
-    (BOS only at the document start, the one placement there was); an old per-document
-    `ppl_window_mean` (exp of the mean of the document's window mean NLLs) is today's per-document
-    `ppl_paper`, and n_windows · ln of it the `window_nll_sum`. An old aggregate's
-    `ppl_window_mean` (a mean over documents of per-document values) has no successor: dropped."""
-    if table.startswith("perplexity") and "window_bos" not in frame.columns and "protocol" in frame.columns:
-        frame.insert(frame.columns.get_loc("protocol") + 1, "window_bos", "first")
-    if "ppl_window_mean" in frame.columns:
-        if table == "perplexity_docs" and "ppl_paper" not in frame.columns:
-            old = frame["ppl_window_mean"].astype(float)
-            frame["window_nll_sum"] = frame["n_windows"].astype(float) * old.map(math.log)
-            frame["ppl_paper"] = old
-        frame = frame.drop(columns="ppl_window_mean")
+    """A table written before a column existed, in today's terms: each task package's schema
+    `upgrade(table, frame)`, where it has one, for its own tables."""
+    for module in registry.schema_modules():
+        if table in module.SCHEMAS and hasattr(module, "upgrade"):
+            frame = module.upgrade(table, frame)
     return frame
 
 

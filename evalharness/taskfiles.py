@@ -2,7 +2,7 @@
 
 Contract: a task file is a YAML mapping (read with `yaml.safe_load`). `description` and `source`
 (text) say what it evaluates and where its settings come from; `paper` (a mapping, optional)
-records facts of a published evaluation that are no option (the leaderboard's shots and headline
+records facts of a published evaluation that are no option (an lm-eval group's shots and headline
 metric per task); every other key is an option of `run_eval.py eval` under its destination name
 (`min_tokens` for `--min-tokens`) with the text the flag takes (`lengths: 2k:128k:2k`,
 `stride: 256`; a list is joined with commas, a mapping written `key=value,...`, `true` gives a
@@ -15,7 +15,7 @@ parser, so a file accepts exactly what the flag accepts. A bad name or field rai
 
 The folder ships in the wheel as `evalharness/tasks` (pyproject's package-dir mapping); in a source
 checkout it is the repository's `tasks/`. Its `lm-eval/` subfolder holds lm-eval task YAMLs (the
-offline mirrors, `leaderboard.mirrors`), which are not task files of the harness.
+offline mirrors of lm-eval's tasks), which are not task files of the harness.
 """
 from __future__ import annotations
 

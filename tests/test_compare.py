@@ -305,7 +305,7 @@ def test_a_csv_in_a_missing_folder_is_refused_before_the_work(run_dir, tmp_path,
         raise AssertionError("the work ran before --csv was checked")
 
     monkeypatch.setattr(paper, "compare_run", must_not_run)
-    monkeypatch.setattr("evalharness.tables.load_effective_context_tables", must_not_run)
+    monkeypatch.setattr("evalharness.analysis.effective_context.load_effective_context_tables", must_not_run)
     target = tmp_path / "nowhere" / "x.csv"
     assert cli.main([command, str(run_dir), "--csv", str(target)]) == cli.EXIT_USAGE
     err = capsys.readouterr().err.strip()

@@ -7,9 +7,18 @@ import pandas as pd
 import pytest
 
 from evalharness import cli
-from evalharness import tables as T
+from evalharness.analysis.effective_context import (
+    EFFECTIVE_CONTEXT_COLUMNS,
+    EffectiveContextRules,
+    effective_context,
+    load_effective_context_tables,
+    longest_passing_length,
+)
+from evalharness.passkey.analysis import passkey_effective_context
+from evalharness.perplexity.analysis import perplexity_effective_context
 from evalharness.report import build_report
 from evalharness.results import SCHEMAS
+from evalharness.ruler.analysis import RULER_COLUMNS, load_ruler, ruler_effective_context, ruler_means, ruler_reference
 
 L = 4096  # original context of the hand-made perplexity and passkey series
 
@@ -45,7 +54,7 @@ def ruler_rows(curves, original_ctx=8192, model="m"):
                  context_length=length, score=score, n=10, stderr=0.05)
             for (method, factor), curve in curves.items() for length, scores in curve.items()
             for task, score in scores.items()]
-    return pd.DataFrame(rows, columns=T.RULER_COLUMNS)
+    return pd.DataFrame(rows, columns=RULER_COLUMNS)
 
 
 PPL = {
@@ -87,14 +96,14 @@ def by_method(frame):
 # ---------------------------------------------------------------------------------------------
 
 def test_longest_passing_length_counts_a_length_after_a_failing_shorter_one():
-    assert T.longest_passing_length(pd.Series([True, False, True], index=[1, 2, 4])) == (4.0, True)
-    assert T.longest_passing_length(pd.Series([True, True, False], index=[1, 2, 4])) == (2.0, False)
-    effective, gap = T.longest_passing_length(pd.Series([False, False], index=[1, 2]))
+    assert longest_passing_length(pd.Series([True, False, True], index=[1, 2, 4])) == (4.0, True)
+    assert longest_passing_length(pd.Series([True, True, False], index=[1, 2, 4])) == (2.0, False)
+    effective, gap = longest_passing_length(pd.Series([False, False], index=[1, 2]))
     assert math.isnan(effective) and gap is False
 
 
 def test_perplexity_rule_worked_example():
-    ctx = by_method(T.perplexity_effective_context(ppl_rows(PPL)))
+    ctx = by_method(perplexity_effective_context(ppl_rows(PPL)))
     assert ctx.loc["yarn", "best_length"] == 2048 and ctx.loc["yarn", "best"] == 10.0
     assert ctx.loc["yarn", "threshold"] == pytest.approx(11.0)
     assert ctx.loc["yarn", "effective_context"] == 8192 and ctx.loc["yarn", "value_at_context"] == 10.9
@@ -107,9 +116,9 @@ def test_perplexity_rule_worked_example():
 
 def test_perplexity_tolerance_changes_the_answer():
     # τ = 0.25: yarn θ = 12.5, 16384 (11.2) passes; τ = 0: only the best length itself passes.
-    assert by_method(T.perplexity_effective_context(ppl_rows(PPL), tolerance=0.25)).loc[
+    assert by_method(perplexity_effective_context(ppl_rows(PPL), tolerance=0.25)).loc[
         "yarn", "effective_context"] == 16384
-    strict = by_method(T.perplexity_effective_context(ppl_rows(PPL), tolerance=0.0))
+    strict = by_method(perplexity_effective_context(ppl_rows(PPL), tolerance=0.0))
     assert strict.loc["yarn", "effective_context"] == 2048 and strict.loc["base", "effective_context"] == 4096
 
 
@@ -117,9 +126,9 @@ def test_perplexity_without_a_length_at_most_L_is_not_measured():
     # yarn: lengths 8192 and 16384 only, L = 4096: no reference, so no row ("—", not "none");
     # base has 4096 and keeps its row
     curves = {("yarn", 2.0): {8192: 5.0, 16384: 5.1}, ("base", 1.0): {4096: 5.0, 8192: 9.0}}
-    ctx = T.perplexity_effective_context(ppl_rows(curves))
+    ctx = perplexity_effective_context(ppl_rows(curves))
     assert list(ctx["method"]) == ["base"] and ctx.loc[0, "effective_context"] == 4096
-    table = T.effective_context(ppl_rows(curves), pd.DataFrame(), pd.DataFrame())
+    table = effective_context({"perplexity": ppl_rows(curves), "passkey": pd.DataFrame(), "ruler": pd.DataFrame()})
     assert list(table["method"]) == ["base"]
 
 
@@ -127,38 +136,38 @@ def test_perplexity_is_per_data():
     frame = pd.concat([ppl_rows({("yarn", 2.0): {2048: 10.0, 8192: 10.9}}),
                        ppl_rows({("yarn", 2.0): {2048: 10.0, 8192: 11.5}}, dataset="g", protocol="sliding",
                                 stride=256)])
-    table = T.effective_context(frame, pd.DataFrame(), pd.DataFrame())
+    table = effective_context({"perplexity": frame, "passkey": pd.DataFrame(), "ruler": pd.DataFrame()})
     assert dict(zip(table["data"], table["effective_context"])) == {
         "d, truncated": 8192, "g, sliding (stride 256)": 2048}
 
 
 def test_passkey_rule_is_the_papers_and_its_threshold_is_an_option():
-    table = T.effective_context(pd.DataFrame(), passkey_rows(PASSKEY), pd.DataFrame())
+    table = effective_context({"perplexity": pd.DataFrame(), "passkey": passkey_rows(PASSKEY), "ruler": pd.DataFrame()})
     ctx = by_method(table)
     assert set(table["criterion"]) == {"passkey"}
     assert ctx.loc["yarn", "effective_context"] == 16384 and ctx.loc["yarn", "shorter_failure"]
     assert ctx.loc["yarn", "value_at_context"] == pytest.approx(0.8) and ctx.loc["yarn", "threshold"] == 0.8
     assert math.isnan(ctx.loc["base", "effective_context"])
     # the same number as passkey_effective_context, which the report's passkey section shows
-    direct = by_method(T.passkey_effective_context(passkey_rows(PASSKEY)))
+    direct = by_method(passkey_effective_context(passkey_rows(PASSKEY)))
     assert direct.loc["yarn", "effective_context"] == 16384
     # threshold 0.5: base passes at 4096 (0.6); yarn still at 16384
-    loose = by_method(T.effective_context(pd.DataFrame(), passkey_rows(PASSKEY), pd.DataFrame(),
-                                          T.EffectiveContextRules(passkey_threshold=0.5)))
+    loose = by_method(effective_context({"passkey": passkey_rows(PASSKEY)},
+                                          EffectiveContextRules(passkey_threshold=0.5)))
     assert loose.loc["base", "effective_context"] == 4096 and loose.loc["yarn", "effective_context"] == 16384
     # threshold 0.9: yarn only at 4096 (1.0)
-    strict = by_method(T.effective_context(pd.DataFrame(), passkey_rows(PASSKEY), pd.DataFrame(),
-                                           T.EffectiveContextRules(passkey_threshold=0.9)))
+    strict = by_method(effective_context({"passkey": passkey_rows(PASSKEY)},
+                                          EffectiveContextRules(passkey_threshold=0.9)))
     assert strict.loc["yarn", "effective_context"] == 4096 and not strict.loc["yarn", "shorter_failure"]
 
 
 def test_ruler_rule_worked_example():
-    means = T.ruler_means(ruler_rows(RULER))
+    means = ruler_means(ruler_rows(RULER))
     base_means = means[means["method"] == "base"].set_index("context_length")["mean_score"]
     assert base_means.to_dict() == pytest.approx({2048: 0.8, 4096: 0.7, 8192: 0.6, 16384: 0.1})
-    (ref,) = T.ruler_reference(ruler_rows(RULER)).to_dict("records")
+    (ref,) = ruler_reference(ruler_rows(RULER)).to_dict("records")
     assert ref["reference_length"] == 4096 and ref["threshold"] == pytest.approx(0.595)
-    ctx = by_method(T.ruler_effective_context(ruler_rows(RULER)))
+    ctx = by_method(ruler_effective_context(ruler_rows(RULER)))
     assert ctx.loc["base", "effective_context"] == 8192 and not ctx.loc["base", "shorter_failure"]
     assert ctx.loc["base", "value_at_context"] == pytest.approx(0.6)
     assert ctx.loc["yarn", "effective_context"] == 16384 and ctx.loc["yarn", "shorter_failure"]
@@ -168,15 +177,15 @@ def test_ruler_rule_worked_example():
 
 def test_ruler_fraction_and_absolute_threshold_are_options():
     # fraction 1.0: θ = 0.7; base: 8192 (0.6) fails → 4096; yarn: 4096 (0.75) → 4096
-    ctx = by_method(T.ruler_effective_context(ruler_rows(RULER), fraction=1.0))
+    ctx = by_method(ruler_effective_context(ruler_rows(RULER), fraction=1.0))
     assert ctx.loc["base", "effective_context"] == 4096 and ctx.loc["yarn", "effective_context"] == 4096
     # absolute θ = 0.55: base 8192 (0.6), yarn 16384 (0.6); no reference length
-    ctx = by_method(T.ruler_effective_context(ruler_rows(RULER), threshold=0.55))
+    ctx = by_method(ruler_effective_context(ruler_rows(RULER), threshold=0.55))
     assert ctx.loc["base", "effective_context"] == 8192 and ctx.loc["yarn", "effective_context"] == 16384
     assert ctx["reference_length"].isna().all()
     # through the rules object
-    rules = T.EffectiveContextRules(ruler_fraction=1.0)
-    table = by_method(T.effective_context(pd.DataFrame(), pd.DataFrame(), ruler_rows(RULER), rules))
+    rules = EffectiveContextRules(ruler_fraction=1.0)
+    table = by_method(effective_context({"ruler": ruler_rows(RULER)}, rules))
     assert table.loc["base", "effective_context"] == 4096
     assert table.loc["base", "threshold"] == pytest.approx(0.7)
 
@@ -184,32 +193,32 @@ def test_ruler_fraction_and_absolute_threshold_are_options():
 def test_ruler_reference_is_the_longest_base_length_at_most_half_L():
     # L/2 = 4096 is not tested: ℓ_ref = 3000 (mean 0.8) → θ = 0.68; 6000 (0.7) passes, 12000 (0.5) fails
     curves = {("base", 1.0): {3000: {"a": 0.8}, 6000: {"a": 0.7}, 12000: {"a": 0.5}}}
-    (ref,) = T.ruler_reference(ruler_rows(curves)).to_dict("records")
+    (ref,) = ruler_reference(ruler_rows(curves)).to_dict("records")
     assert ref["reference_length"] == 3000 and ref["threshold"] == pytest.approx(0.68)
-    assert T.ruler_effective_context(ruler_rows(curves)).loc[0, "effective_context"] == 6000
+    assert ruler_effective_context(ruler_rows(curves)).loc[0, "effective_context"] == 6000
 
 
 def test_ruler_reference_is_matched_by_model_and_L_and_missing_base_gives_nan():
     other = ruler_rows({("yarn", 2.0): {4096: {"a": 0.9}}}, model="other")  # no base for this model
     late = ruler_rows({("base", 1.0): {8192: {"a": 0.9}}, ("yarn", 2.0): {8192: {"a": 0.9}}}, model="late")
     frame = pd.concat([ruler_rows(RULER), other, late], ignore_index=True)
-    ctx = T.ruler_effective_context(frame).set_index(["model", "method"])
+    ctx = ruler_effective_context(frame).set_index(["model", "method"])
     assert ctx.loc[("m", "yarn"), "effective_context"] == 16384  # as without the other models
     assert math.isnan(ctx.loc[("other", "yarn"), "effective_context"])
     assert math.isnan(ctx.loc[("late", "yarn"), "threshold"])  # base has no length ≤ L/2 = 4096
 
 
 def test_missing_tables_give_only_what_was_measured(tmp_path):
-    assert T.effective_context(pd.DataFrame(), pd.DataFrame(), pd.DataFrame()).empty
-    table = T.effective_context(ppl_rows(PPL), passkey_rows(PASSKEY), pd.DataFrame())
+    assert effective_context({"perplexity": pd.DataFrame(), "passkey": pd.DataFrame(), "ruler": pd.DataFrame()}).empty
+    table = effective_context({"perplexity": ppl_rows(PPL), "passkey": passkey_rows(PASSKEY), "ruler": pd.DataFrame()})
     assert set(table["criterion"]) == {"perplexity", "passkey"}
-    assert list(table.columns) == T.EFFECTIVE_CONTEXT_COLUMNS
+    assert list(table.columns) == EFFECTIVE_CONTEXT_COLUMNS
     # display order: series (Base, PI, NTK, YaRN), perplexity before passkey within one
     assert list(zip(table["method"], table["criterion"])) == [
         ("base", "perplexity"), ("base", "passkey"), ("pi", "perplexity"), ("ntk", "perplexity"),
         ("yarn", "perplexity"), ("yarn", "passkey")]
-    empty = T.load_ruler(tmp_path)
-    assert empty.empty and list(empty.columns) == T.RULER_COLUMNS
+    empty = load_ruler(tmp_path)
+    assert empty.empty and list(empty.columns) == RULER_COLUMNS
 
 
 def test_several_folders_are_one_table_and_a_repeated_cell_comes_from_the_first(tmp_path):
@@ -221,11 +230,11 @@ def test_several_folders_are_one_table_and_a_repeated_cell_comes_from_the_first(
     ppl_rows({("yarn", 2.0): {2048: 50.0, 8192: 50.0, 16384: 10.95}}).to_csv(second / "perplexity.csv",
                                                                             index=False)
     ruler_rows(RULER).to_csv(second / "ruler.csv", index=False)
-    tables = T.load_effective_context_tables([first, second])
+    tables = load_effective_context_tables([first, second])
     ppl = tables["perplexity"].set_index("context_length")["ppl"]
     assert ppl.to_dict() == {2048: 10.0, 8192: 10.9, 16384: 10.95}
     assert tables["passkey"].empty and len(tables["ruler"]) == len(ruler_rows(RULER))
-    table = T.effective_context(tables["perplexity"], tables["passkey"], tables["ruler"])
+    table = effective_context(tables)
     yarn = table[table["method"] == "yarn"].set_index("criterion")
     assert yarn.loc["perplexity", "effective_context"] == 16384
     assert yarn.loc["ruler", "effective_context"] == 16384
@@ -324,7 +333,7 @@ def test_report_has_the_section_with_what_the_folder_has(run_folders):
     rows = markdown_rows(section)
     assert rows["YaRN s=2"] == ["8192"]  # the criteria the folder has, with their rules only
     assert "Perplexity: ppl" in section and "RULER" not in section and "Passkey:" not in section
-    loose = build_report(run_folders["ppl"], rules=T.EffectiveContextRules(ppl_tolerance=0.25))
+    loose = build_report(run_folders["ppl"], rules=EffectiveContextRules(ppl_tolerance=0.25))
     assert markdown_rows(loose[loose.index("## Effective context"):])["YaRN s=2"][0] == "≥16384"
     passkey = build_report(run_folders["passkey"])
     assert markdown_rows(passkey[passkey.index("## Effective context"):])["YaRN s=2"] == ["≥16384†"]

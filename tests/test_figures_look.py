@@ -4,15 +4,12 @@ figure stays narrow, and one (method, factor) looks the same in every figure."""
 import numpy as np
 import pandas as pd
 
-from evalharness.perplexity.figures import plot_nll_by_position
-from evalharness.plots import (
-    plot_leaderboard,
-    plot_passkey_heatmap,
-    plot_perplexity,
-    plot_ruler_mean,
-    series_style,
-)
+from evalharness.leaderboard.figures import plot_leaderboard
+from evalharness.passkey.figures import plot_passkey_heatmap
+from evalharness.perplexity.figures import plot_nll_by_position, plot_perplexity
+from evalharness.plots import series_style
 from evalharness.results import SCHEMAS
+from evalharness.ruler.figures import plot_ruler_mean
 
 
 def ppl_rows(series, lengths_of, original_ctx=8192, ci=True):

@@ -8,7 +8,8 @@ import torch
 from conftest import write_corpus
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from evalharness import cli, models, scaling, tables
+from evalharness import cli, models, scaling
+from evalharness.analysis.display import method_display
 from evalharness.cli.common import build_specs
 from evalharness.methods import ScalingSpec, native_display
 
@@ -171,8 +172,8 @@ def test_native_labels():
     assert native_display("yarn", 16.0) == "native (yarn s=16)"
     assert native_display("dynamic", 2.0) == "native (dynamic s=2)"
     assert native_display("default", 1.0) == "native (default)"
-    assert tables.method_display("native:rope_type=yarn", 16) == "native (yarn s=16)"
-    assert tables.method_display("native:rope_type=linear", 8.0) == "native (linear s=8)"
+    assert method_display("native:rope_type=yarn", 16) == "native (yarn s=16)"
+    assert method_display("native:rope_type=linear", 8.0) == "native (linear s=8)"
     # native ignores the --factor grid until it is resolved against a model
     specs = build_specs("native,yarn", "2,4", 64)
     assert [str(s) for s in specs] == ["native", "yarn:2:original_ctx=64", "yarn:4:original_ctx=64"]

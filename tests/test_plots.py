@@ -10,15 +10,12 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
 
-from evalharness.plots import (
-    plot_leaderboard,
-    plot_passkey_heatmap,
-    plot_perplexity,
-    plot_run,
-    plot_temperature_sweep,
-    save_figure,
-)
-from evalharness.report import markdown_table, write_report
+from evalharness.analysis.display import markdown_table
+from evalharness.leaderboard.figures import plot_leaderboard
+from evalharness.passkey.figures import plot_passkey_heatmap
+from evalharness.perplexity.figures import plot_perplexity, plot_temperature_sweep
+from evalharness.plots import plot_run, save_figure
+from evalharness.report import write_report
 from evalharness.results import SCHEMAS, ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
+from evalharness.perplexity.analysis import aggregate_perplexity
 from evalharness.results import SCHEMAS, Manifest, ResultStore
-from evalharness.tables import aggregate_perplexity
 
 
 def doc_row(doc_id, length, tokens, nll_sum, window_nll_sum=None, n_windows=3, method="yarn", factor=2.0,

@@ -17,6 +17,7 @@ from conftest import break_lm_eval_once, raise_bug
 
 from evalharness import cli
 from evalharness.results import SCHEMAS
+from evalharness.ruler.analysis import ruler_differences
 from evalharness.ruler.engine import (
     MAX_GEN_TOKENS,
     OFFLINE_TASKS,
@@ -27,7 +28,7 @@ from evalharness.ruler.engine import (
     resolve_tasks,
     vt_stall_reason,
 )
-from evalharness.tables import ruler_differences
+from evalharness.ruler.figures import plot_ruler_heatmap, plot_ruler_mean
 
 LENGTH = 1024  # niah_single_1 and fwe fit their prompts + 128 tokens of the byte tokenizer
 LENGTH_CWE = 3072  # cwe's smallest prompt (10 words) needs about 2k bytes
@@ -318,7 +319,7 @@ def _hand_made_ruler() -> pd.DataFrame:
 
 
 def test_ruler_figures_from_the_table():
-    from evalharness.plots import plot_ruler_heatmap, plot_ruler_mean
+
 
     table = _hand_made_ruler()
     heatmap = plot_ruler_heatmap(table)

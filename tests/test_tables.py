@@ -11,10 +11,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalharness import tables as T
+from evalharness.analysis.display import method_display, ordered_groups, pivot_by_length
+from evalharness.analysis.stats import paired_accuracy_difference_interval, parse_reference, wilson_interval
 from evalharness.cli.eval import print_summary
+from evalharness.leaderboard.analysis import (
+    headline_metric,
+    leaderboard_columns,
+    leaderboard_deltas,
+    leaderboard_means,
+    task_display,
+    task_sort_key,
+    without_subtasks,
+)
 from evalharness.method_facts import METHOD_FACTS, yarn_mscale
-from evalharness.results import SCHEMAS, ResultStore
+from evalharness.passkey.analysis import passkey_accuracy, passkey_differences, passkey_effective_context
+from evalharness.perplexity.analysis import (
+    aggregate_perplexity,
+    bootstrap_ppl_interval,
+    paired_ppl_ratio_interval,
+    perplexity_ratios,
+    temperature_sweep,
+)
+from evalharness.results import SCHEMAS, ResultStore, read_table
 
 ROOT = Path(__file__).resolve().parent.parent
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
@@ -67,18 +85,22 @@ def test_tables_plots_and_registry_facts_work_with_torch_unimportable(tmp_path):
             pass
         else:
             raise SystemExit("torch was importable")
-        from evalharness import method_facts, plots, report, tables
+        from evalharness import method_facts, report
+        from evalharness.analysis import display, stats
+        from evalharness.passkey import analysis as passkey_analysis
+        from evalharness.perplexity import analysis as perplexity_analysis, figures as perplexity_figures
+        from evalharness.results import read_table
         facts = method_facts.METHOD_FACTS
         assert facts["yarn"].uses_factor and facts["dynamic-yarn"].dynamic and not facts["base"].uses_factor
         assert abs(method_facts.yarn_mscale(4.0) - (0.1 * __import__("math").log(4.0) + 1)) < 1e-15
-        assert tables.method_display("yarn", 2.0) == "YaRN s=2"
-        assert tables.method_display("dynamic-ntk", 1.0) == "Dynamic-NTK"
-        assert tables.wilson_interval(0, 10)[0] == 0.0
-        ppl = tables.load_perplexity({str(tmp_path / 'run')!r})
+        assert display.method_display("yarn", 2.0) == "YaRN s=2"
+        assert display.method_display("dynamic-ntk", 1.0) == "Dynamic-NTK"
+        assert stats.wilson_interval(0, 10)[0] == 0.0
+        ppl = perplexity_analysis.load_perplexity({str(tmp_path / 'run')!r})
         assert len(ppl) == 4, ppl
-        assert tables.passkey_effective_context(tables.read_table({str(tmp_path / 'run')!r}, "passkey"))[
+        assert passkey_analysis.passkey_effective_context(read_table({str(tmp_path / 'run')!r}, "passkey"))[
             "effective_context"].tolist() == [4096.0]
-        figure = plots.plot_perplexity(ppl)
+        figure = perplexity_figures.plot_perplexity(ppl)
         assert [line.get_label() for line in figure.axes[0].lines if line.get_gid() == "series"] == [
             "Base", "YaRN s=2"]
         text = report.build_report({str(tmp_path / 'run')!r})
@@ -123,22 +145,22 @@ def test_registry_facts_agree_with_the_methods_that_use_them():
     ("mystery", 1.0, "mystery"), ("mystery", 3.0, "mystery s=3"),
 ])
 def test_method_display(method, factor, expected):
-    assert T.method_display(method, factor) == expected
+    assert method_display(method, factor) == expected
 
 
 def test_series_come_in_registry_order_and_references_parse():
     frame = pd.DataFrame({"method": ["dynamic-yarn", "yarn", "base", "yarn", "pi"],
                           "factor": [1.0, 4.0, 1.0, 2.0, 2.0], "x": range(5)})
-    order = [(k["method"], k["factor"]) for k, _ in T.ordered_groups(frame, ["method", "factor"])]
+    order = [(k["method"], k["factor"]) for k, _ in ordered_groups(frame, ["method", "factor"])]
     assert order == [("base", 1.0), ("pi", 2.0), ("yarn", 2.0), ("yarn", 4.0), ("dynamic-yarn", 1.0)]
-    assert T.parse_reference("base") == ("base", None)
-    assert T.parse_reference("yarn:2") == ("yarn", 2.0)
-    assert T.parse_reference("yarn:2:attention_factor=1.1") == ("yarn:attention_factor=1.1", 2.0)
+    assert parse_reference("base") == ("base", None)
+    assert parse_reference("yarn:2") == ("yarn", 2.0)
+    assert parse_reference("yarn:2:attention_factor=1.1") == ("yarn:attention_factor=1.1", 2.0)
     with pytest.raises(ValueError, match="not a factor"):
-        T.parse_reference("yarn:two")
-    assert T.task_display("arc_challenge_local") == "ARC-c (local)"
-    assert T.task_display("hellaswag") == "HellaSwag"
-    tasks = sorted(["mmlu", "other", "arc_challenge_local"], key=T.task_sort_key)
+        parse_reference("yarn:two")
+    assert task_display("arc_challenge_local") == "ARC-c (local)"
+    assert task_display("hellaswag") == "HellaSwag"
+    tasks = sorted(["mmlu", "other", "arc_challenge_local"], key=task_sort_key)
     assert tasks == ["arc_challenge_local", "mmlu", "other"]
 
 
@@ -159,9 +181,9 @@ def test_bootstrap_ppl_interval_is_the_seeded_percentile_bootstrap_over_document
     for _ in range(1000):
         picks = [rng.randrange(12) for _ in range(12)]
         values.append(math.exp(sum(nll[i] for i in picks) / sum(tokens[i] for i in picks)))
-    assert T.bootstrap_ppl_interval(nll, tokens, seed=7) == naive_percentile(values)  # identical, not approx
-    assert T.bootstrap_ppl_interval(nll, tokens, seed=7) != T.bootstrap_ppl_interval(nll, tokens, seed=8)
-    assert T.bootstrap_ppl_interval([50.0], [25], seed=0) == (math.exp(2), math.exp(2))
+    assert bootstrap_ppl_interval(nll, tokens, seed=7) == naive_percentile(values)  # identical, not approx
+    assert bootstrap_ppl_interval(nll, tokens, seed=7) != bootstrap_ppl_interval(nll, tokens, seed=8)
+    assert bootstrap_ppl_interval([50.0], [25], seed=0) == (math.exp(2), math.exp(2))
 
 
 @pytest.mark.parametrize("k, n", [(0, 10), (10, 10), (2, 3), (7, 20), (1, 1)])
@@ -172,25 +194,25 @@ def test_wilson_interval_solves_the_score_equation(k, n):
     a, b, c = 1 + Z95 ** 2 / n, -(2 * p_hat + Z95 ** 2 / n), p_hat ** 2
     root = math.sqrt(b * b - 4 * a * c)
     expected = ((-b - root) / (2 * a), (-b + root) / (2 * a))
-    assert T.wilson_interval(k, n) == pytest.approx(expected, abs=1e-12)
+    assert wilson_interval(k, n) == pytest.approx(expected, abs=1e-12)
 
 
 def test_wilson_interval_worked_by_hand():
     # 0 of 10: low = 0, high = z²/(n + z²) = 3.84146/13.84146
-    assert T.wilson_interval(0, 10) == pytest.approx((0.0, 0.277532), abs=1e-6)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.277532), abs=1e-6)
     # 2 of 3: z² = 3.841459; centre (2/3 + z²/6)/(1 + z²/3) = 1.306910/2.280486 = 0.573084,
     # half z·√(2/27 + z²/36)/(1 + z²/3) = 1.959964·0.425184/2.280486 = 0.365425
-    assert T.wilson_interval(2, 3) == pytest.approx((0.207660, 0.938508), abs=2e-6)
-    assert all(math.isnan(v) for v in T.wilson_interval(0, 0))
+    assert wilson_interval(2, 3) == pytest.approx((0.207660, 0.938508), abs=2e-6)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
     stats = pytest.importorskip("scipy.stats")
     ci = stats.binomtest(7, 20).proportion_ci(confidence_level=0.95, method="wilson")
-    assert T.wilson_interval(7, 20) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    assert wilson_interval(7, 20) == pytest.approx((ci.low, ci.high), abs=1e-12)
 
 
 def test_paired_ppl_ratio_matches_a_naive_loop_with_the_same_seed():
     nll_a, tok_a = [120.0, 260.0, 85.0, 390.0, 160.0, 70.0], [100, 120, 80, 300, 90, 60]
     nll_b, tok_b = [110.0, 270.0, 80.0, 400.0, 150.0, 75.0], [100, 120, 80, 300, 90, 60]
-    ratio, low, high = T.paired_ppl_ratio_interval(nll_a, tok_a, nll_b, tok_b, seed=3)
+    ratio, low, high = paired_ppl_ratio_interval(nll_a, tok_a, nll_b, tok_b, seed=3)
     direct = math.exp(sum(nll_a) / sum(tok_a)) / math.exp(sum(nll_b) / sum(tok_b))
     assert ratio == pytest.approx(direct, rel=1e-12)
     rng = random.Random(3)
@@ -209,18 +231,18 @@ def test_pairing_cancels_the_documents_own_difficulty():
     tokens = [100, 400, 50, 250]
     nll_b = [100.0, 900.0, 20.0, 600.0]
     nll_a = [x + math.log(0.98) * t for x, t in zip(nll_b, tokens)]
-    ratio, low, high = T.paired_ppl_ratio_interval(nll_a, tokens, nll_b, tokens, seed=0)
+    ratio, low, high = paired_ppl_ratio_interval(nll_a, tokens, nll_b, tokens, seed=0)
     assert (ratio, low, high) == pytest.approx((0.98, 0.98, 0.98), rel=1e-12)
-    unpaired = T.bootstrap_ppl_interval(nll_a, tokens, seed=0)
+    unpaired = bootstrap_ppl_interval(nll_a, tokens, seed=0)
     assert unpaired[1] / unpaired[0] > 1.5  # each method alone is very uncertain
     with pytest.raises(ValueError, match="differ in length"):
-        T.paired_ppl_ratio_interval(nll_a, tokens, nll_b[:3], tokens[:3], seed=0)
+        paired_ppl_ratio_interval(nll_a, tokens, nll_b[:3], tokens[:3], seed=0)
 
 
 def test_paired_accuracy_difference_matches_a_naive_loop_with_the_same_seed():
     a = [1, 1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1]
     b = [1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0]
-    diff, low, high = T.paired_accuracy_difference_interval(a, b, seed=11)
+    diff, low, high = paired_accuracy_difference_interval(a, b, seed=11)
     assert diff == pytest.approx(sum(a) / 12 - sum(b) / 12)
     rng = random.Random(11)
     diffs = []
@@ -228,7 +250,7 @@ def test_paired_accuracy_difference_matches_a_naive_loop_with_the_same_seed():
         picks = [rng.randrange(12) for _ in range(12)]
         diffs.append(sum(a[i] for i in picks) / 12 - sum(b[i] for i in picks) / 12)
     assert (low, high) == pytest.approx(naive_percentile(diffs), abs=1e-12)
-    assert T.paired_accuracy_difference_interval(a, a, seed=0) == (0.0, 0.0, 0.0)
+    assert paired_accuracy_difference_interval(a, a, seed=0) == (0.0, 0.0, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,13 +260,13 @@ def test_paired_accuracy_difference_matches_a_naive_loop_with_the_same_seed():
 def test_aggregate_is_token_weighted_and_keeps_the_authors_mean():
     docs = pd.DataFrame([doc_row("a", 128, 100, 200.0, window_nll_sum=6.0),
                          doc_row("b", 128, 300, 300.0, window_nll_sum=3.0)])
-    (row,) = T.aggregate_perplexity(docs).to_dict("records")
+    (row,) = aggregate_perplexity(docs).to_dict("records")
     assert row["n_docs"] == 2 and row["scored_tokens"] == 400 and row["n_windows"] == 6
     assert row["ppl"] == pytest.approx(math.exp(500 / 400))  # not the mean of exp(2) and exp(1)
     assert row["ppl_paper"] == pytest.approx(math.exp(9 / 6))  # mean over all 6 windows
-    expected = T.bootstrap_ppl_interval([200.0, 300.0], [100, 300], seed=0)
+    expected = bootstrap_ppl_interval([200.0, 300.0], [100, 300], seed=0)
     assert (row["ppl_ci_low"], row["ppl_ci_high"]) == expected
-    assert list(T.aggregate_perplexity(docs).columns) == SCHEMAS["perplexity"]
+    assert list(aggregate_perplexity(docs).columns) == SCHEMAS["perplexity"]
 
 
 def test_perplexity_ratios_pair_documents_with_the_reference():
@@ -256,7 +278,7 @@ def test_perplexity_ratios_pair_documents_with_the_reference():
             if doc != "c":  # pi lacks document c: only a and b pair
                 rows.append(doc_row(doc, length, tokens, base_nll * 1.1, method="pi", factor=2.0))
     docs = pd.DataFrame(rows)
-    ratios = T.perplexity_ratios(docs, reference="base")
+    ratios = perplexity_ratios(docs, reference="base")
     cells = [(r.method, r.context_length) for r in ratios.itertuples()]
     assert cells == [("pi", 128), ("pi", 256), ("yarn", 128), ("yarn", 256)]
     pi = ratios[ratios["method"] == "pi"].iloc[0]
@@ -266,18 +288,18 @@ def test_perplexity_ratios_pair_documents_with_the_reference():
     assert yarn["n_docs"] == 3 and yarn["ratio"] == pytest.approx(math.exp(-0.1 * 740 / 450))
     assert yarn["ratio_ci_low"] <= yarn["ratio"] <= yarn["ratio_ci_high"] < 1
     # against pi as the reference, base is now a row and pi is not
-    assert set(T.perplexity_ratios(docs, reference="pi:2")["method"]) == {"base", "yarn"}
-    assert T.perplexity_ratios(docs, reference="ntk").empty
+    assert set(perplexity_ratios(docs, reference="pi:2")["method"]) == {"base", "yarn"}
+    assert perplexity_ratios(docs, reference="ntk").empty
     twice = pd.concat([docs, docs.assign(factor=4.0)[docs["method"] == "yarn"]])
     with pytest.raises(ValueError, match="more than one series"):
-        T.perplexity_ratios(twice, reference="yarn")
+        perplexity_ratios(twice, reference="yarn")
 
 
 def test_pivot_by_length_has_series_rows_in_display_order():
     frame = pd.DataFrame([dict(model="m", method=m, factor=f, original_ctx=64, context_length=n, ppl=v)
                           for m, f, v0 in (("yarn", 2.0, 5.0), ("base", 1.0, 9.0)) for n, v in ((256, v0 + 1),
                                                                                                  (128, v0))])
-    pivot = T.pivot_by_length(frame, "ppl")
+    pivot = pivot_by_length(frame, "ppl")
     assert list(pivot.columns) == [128, 256]
     assert [key[1] for key in pivot.index] == ["base", "yarn"]
     assert pivot.to_numpy().tolist() == [[9.0, 10.0], [5.0, 6.0]]
@@ -294,39 +316,39 @@ CURVES = {("yarn", 16.0): {8192: 1.0, 16384: 0.9, 32768: 0.8, 65536: 0.3},
 
 def test_passkey_accuracy_counts_prompts_with_wilson_intervals():
     frame = passkey_rows(CURVES)
-    acc = T.passkey_accuracy(frame, by=("context_length",))
-    assert [(k["method"], k["factor"]) for k, _ in T.ordered_groups(acc, ["method", "factor"])] == [
+    acc = passkey_accuracy(frame, by=("context_length",))
+    assert [(k["method"], k["factor"]) for k, _ in ordered_groups(acc, ["method", "factor"])] == [
         ("base", 1.0), ("pi", 2.0), ("yarn", 16.0)]
     assert (acc["n"] == 10).all() and len(acc) == 12
     yarn = acc[acc["method"] == "yarn"].set_index("context_length")
     assert yarn["accuracy"].to_dict() == pytest.approx({8192: 1.0, 16384: 0.9, 32768: 0.8, 65536: 0.3})
     assert yarn.loc[65536, "correct"] == 3
-    assert (yarn.loc[65536, "ci_low"], yarn.loc[65536, "ci_high"]) == T.wilson_interval(3, 10)
-    overall = T.passkey_accuracy(frame, by=()).set_index("method")
+    assert (yarn.loc[65536, "ci_low"], yarn.loc[65536, "ci_high"]) == wilson_interval(3, 10)
+    overall = passkey_accuracy(frame, by=()).set_index("method")
     assert overall.loc["yarn", "n"] == 40 and overall.loc["yarn", "accuracy"] == pytest.approx(30 / 40)
     # CSV text ("True"/"False") must not all read as True
     as_text = frame.assign(correct=frame["correct"].map(str))
-    assert T.passkey_accuracy(as_text).equals(T.passkey_accuracy(frame))
+    assert passkey_accuracy(as_text).equals(passkey_accuracy(frame))
 
 
 def test_effective_context_is_the_longest_length_at_or_above_80_percent():
-    ctx = T.passkey_effective_context(passkey_rows(CURVES)).set_index("method")
+    ctx = passkey_effective_context(passkey_rows(CURVES)).set_index("method")
     assert ctx.loc["yarn", "effective_context"] == 32768
     assert ctx.loc["yarn", "accuracy_at_context"] == pytest.approx(0.8)
     assert ctx.loc["pi", "effective_context"] == 16384  # the longest passing length, not the first failure
     assert math.isnan(ctx.loc["base", "effective_context"])
     assert math.isnan(ctx.loc["base", "accuracy_at_context"])
     assert (ctx["max_length_tested"] == 65536).all()
-    assert T.passkey_effective_context(passkey_rows(CURVES), threshold=0.95).set_index("method").loc[
+    assert passkey_effective_context(passkey_rows(CURVES), threshold=0.95).set_index("method").loc[
         "yarn", "effective_context"] == 8192
 
 
 def test_passkey_differences_pair_the_same_prompts():
     frame = passkey_rows({("base", 1.0): {4096: 0.5}, ("yarn", 2.0): {4096: 0.8}}, depths=(0.0, 1.0))
-    (row,) = T.passkey_differences(frame, reference="base", seed=0).to_dict("records")
+    (row,) = passkey_differences(frame, reference="base", seed=0).to_dict("records")
     assert row["method"] == "yarn" and row["n"] == 20 and row["difference"] == pytest.approx(0.3)
     pairs = frame.pivot_table(index=["depth", "trial"], columns="method", values="correct", aggfunc="first")
-    expected = T.paired_accuracy_difference_interval(pairs["yarn"].astype(float).tolist(),
+    expected = paired_accuracy_difference_interval(pairs["yarn"].astype(float).tolist(),
                                                      pairs["base"].astype(float).tolist(), seed=0)
     assert (row["difference"], row["difference_ci_low"], row["difference_ci_high"]) == pytest.approx(expected)
     # every prompt yarn gets right base gets right too: the difference is never negative
@@ -338,7 +360,7 @@ def test_rerotated_rows_pair_with_the_reference_paper_rows_and_teacher_forced_on
     dynamic = frame["method"] == "dynamic-yarn"
     mixed = pd.concat([frame.assign(scoring=np.where(dynamic, "paper-rerotate", "paper")),
                        frame[dynamic].assign(scoring="teacher-forced")])
-    rows = T.passkey_differences(mixed, reference="base", seed=0)
+    rows = passkey_differences(mixed, reference="base", seed=0)
     (row,) = rows.to_dict("records")
     assert row["scoring"] == "paper-rerotate" and row["n"] == 20 and row["difference"] == pytest.approx(0.3)
 
@@ -354,10 +376,10 @@ def test_leaderboard_means_and_deltas():
                                  ("yarn", 2.0, {"mmlu": 0.28}))
             for t, v in scores.items()]
     frame = pd.DataFrame(rows, columns=SCHEMAS["leaderboard"])
-    assert T.leaderboard_columns(frame) == [("hellaswag", "acc"), ("mmlu", "acc")]
-    means = T.leaderboard_means(frame).set_index("method")
+    assert leaderboard_columns(frame) == [("hellaswag", "acc"), ("mmlu", "acc")]
+    means = leaderboard_means(frame).set_index("method")
     assert means.loc["base", "mean"] == pytest.approx(0.45) and means.loc["yarn", "n_tasks"] == 1
-    (delta,) = T.leaderboard_deltas(frame, reference="base").to_dict("records")
+    (delta,) = leaderboard_deltas(frame, reference="base").to_dict("records")
     assert (delta["method"], delta["task"]) == ("yarn", "mmlu") and delta["delta"] == pytest.approx(-0.02)
 
 
@@ -371,11 +393,11 @@ def test_leaderboard_mean_counts_one_headline_metric_per_task():
     frame = pd.DataFrame([dict(model="m", method="base", factor=1.0, original_ctx=64, task=t, metric=m, value=v,
                                stderr=0.01, num_fewshot=0, n_samples=10) for (t, m), v in values.items()],
                          columns=SCHEMAS["leaderboard"])
-    (row,) = T.leaderboard_means(frame).to_dict("records")
+    (row,) = leaderboard_means(frame).to_dict("records")
     by_hand = (0.34 + 0.20 + 0.48 + 0.70 + 0.50) / 5  # "other": no preferred metric, the first sorted (bleu)
     assert row["n_tasks"] == 5 and row["mean"] == pytest.approx(by_hand)
-    assert T.headline_metric("hellaswag", ["acc", "acc_norm"]) == "acc_norm"
-    assert T.headline_metric("mmlu", ["acc_macro", "acc_weighted"]) == "acc_macro"
+    assert headline_metric("hellaswag", ["acc", "acc_norm"]) == "acc_norm"
+    assert headline_metric("mmlu", ["acc_macro", "acc_weighted"]) == "acc_macro"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,9 +416,9 @@ def test_temperature_sweep_curves_have_their_minimum_and_the_formula():
                          protocol="truncated", context_length=256, ppl=7.0 + s))
     rows.append(dict(model="m", method="base", factor=1.0, original_ctx=64, dataset="d", protocol="truncated",
                      context_length=256, ppl=30.0))
-    length, curves = T.temperature_sweep(pd.DataFrame(rows))
+    length, curves = temperature_sweep(pd.DataFrame(rows))
     assert length == 256  # the largest length every s has
-    assert [(k["factor"]) for k, _ in T.ordered_groups(curves, ["factor", "variant"])] == [2.0, 4.0]
+    assert [(k["factor"]) for k, _ in ordered_groups(curves, ["factor", "variant"])] == [2.0, 4.0]
     two = curves[curves["factor"] == 2.0]
     assert two["sqrt_inv_t"].tolist() == pytest.approx(sorted([1.0, 1.1, 1.2, 1.3, 0.1 * math.log(2) + 1]))
     assert (two["formula"] == yarn_mscale(2.0)).all()
@@ -405,17 +427,17 @@ def test_temperature_sweep_curves_have_their_minimum_and_the_formula():
     assert best["sqrt_inv_t"] == pytest.approx(0.1 * math.log(2) + 1) and best["value"] == 9.0
     four = curves[(curves["factor"] == 4.0) & curves["best"]]
     assert four["value"].item() == 10.0 and four["sqrt_inv_t"].item() == pytest.approx(1.2)
-    length, at_128 = T.temperature_sweep(pd.DataFrame(rows), context_length=128)
+    length, at_128 = temperature_sweep(pd.DataFrame(rows), context_length=128)
     assert length == 128 and (at_128["value"] == 50.0).all()
-    assert T.temperature_sweep(pd.DataFrame(rows[-1:]))[1].empty  # base only: nothing to sweep
-    assert T.temperature_sweep(pd.DataFrame(rows), context_length=512)[1].empty
+    assert temperature_sweep(pd.DataFrame(rows[-1:]))[1].empty  # base only: nothing to sweep
+    assert temperature_sweep(pd.DataFrame(rows), context_length=512)[1].empty
 
 
 def test_subject_rows_stay_out_of_leaderboard_summaries():
     frame = pd.DataFrame({"task": ["mmlu_local", "mmlu_local_anatomy", "mmlu_local_virology", "arc_challenge_local",
                                    "truthfulqa_mc1_local", "truthfulqa_mc2_local"],
                           "metric": ["acc_macro", "acc", "acc", "acc_norm", "acc", "acc"]})
-    kept = T.without_subtasks(frame)
+    kept = without_subtasks(frame)
     assert list(kept["task"]) == ["mmlu_local", "arc_challenge_local", "truthfulqa_mc1_local", "truthfulqa_mc2_local"]
 
 
@@ -428,7 +450,7 @@ def test_report_compares_with_every_reference_given_on_the_command_line(tmp_path
     store = ResultStore(tmp_path / "run")
     store.append("perplexity_docs", [doc_row(d, 128, 100, sums[i], method=m, factor=f)
                                      for (m, f), sums in nll.items() for i, d in enumerate("ab")])
-    store.replace("perplexity", T.aggregate_perplexity(T.read_table(tmp_path / "run", "perplexity_docs")))
+    store.replace("perplexity", aggregate_perplexity(read_table(tmp_path / "run", "perplexity_docs")))
     assert cli.main(["plot", str(tmp_path / "run"), "--reference", "ntk:2,pi:7"]) == 0
     text = (tmp_path / "run" / "report.md").read_text()
     assert "Ratio to Base on the same documents" in text
@@ -448,7 +470,7 @@ def test_end_of_run_summary_uses_the_report_labels_in_registry_order(tmp_path, c
     series = [("yarn", 2.0), ("base", 1.0), ("dynamic-yarn", 1.0), ("ntk", 2.0), ("pi", 2.0)]
     store.append("perplexity_docs", [doc_row("a", 128, 100, 150.0 + i, method=m, factor=f)
                                      for i, (m, f) in enumerate(series)])
-    store.replace("perplexity", T.aggregate_perplexity(T.read_table(tmp_path / "run", "perplexity_docs")))
+    store.replace("perplexity", aggregate_perplexity(read_table(tmp_path / "run", "perplexity_docs")))
     store.append("passkey", passkey_rows({("yarn", 2.0): {4096: 1.0}, ("base", 1.0): {4096: 0.5}}).to_dict("records"))
     print_summary(store)
     lines = capsys.readouterr().out.splitlines()

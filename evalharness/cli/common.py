@@ -4,19 +4,19 @@ figures-and-report step."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .. import plots
+from ..analysis.effective_context import EffectiveContextRules, criteria
+from ..analysis.stats import parse_reference
 from ..errors import UsageError
 from ..methods import ScalingSpec, canonical_method
 from ..options import finite_number, parse_factors
-from ..report import RULE_FIELDS, write_report
+from ..report import rule_fields, write_report
 from ..results import SCHEMAS
-from ..tables import EffectiveContextRules, parse_reference
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE_FAILED = 3
@@ -59,7 +59,7 @@ def add_reference_argument(p: argparse.ArgumentParser) -> None:
 
 
 def parse_references(text: str | None) -> tuple[str, ...]:
-    """`--reference` → the reference series (`tables.parse_reference` syntax); UsageError naming a bad one."""
+    """`--reference` → the reference series (`analysis.stats.parse_reference` syntax); UsageError naming a bad one."""
     references = tuple(part.strip() for part in (text or "").split(",") if part.strip())
     for reference in references:
         try:
@@ -70,43 +70,31 @@ def parse_references(text: str | None) -> tuple[str, ...]:
 
 
 def add_effective_context_arguments(p: argparse.ArgumentParser) -> None:
-    """The thresholds of the effective-context table (report.md and `effective-context`)."""
-    defaults = EffectiveContextRules()
+    """The thresholds of the effective-context table (report.md and `effective-context`): each
+    registered criterion's options (`analysis.effective_context.RuleOption`), in registry order."""
     g = p.add_argument_group("effective context: the longest length each method passes")
-    g.add_argument("--ppl-tolerance", type=finite_number("--ppl-tolerance"), default=None,
-                   help="perplexity rule: ppl(l) <= (1 + tolerance) * best ppl at lengths <= L "
-                        f"(default: {defaults.ppl_tolerance:g})")
-    g.add_argument("--passkey-threshold", type=finite_number("--passkey-threshold"), default=None,
-                   help=f"passkey rule: accuracy >= threshold (default: {defaults.passkey_threshold:g})")
-    g.add_argument("--ruler-fraction", type=finite_number("--ruler-fraction"), default=None,
-                   help="RULER rule: mean score >= fraction * base's mean at the longest length <= L/2 "
-                        f"(default: {defaults.ruler_fraction:g})")
-    g.add_argument("--ruler-threshold", type=finite_number("--ruler-threshold"), default=None,
-                   help="RULER rule with an absolute threshold on the mean score instead, 0-1 (default: none, "
-                        "the relative rule)")
+    for criterion in criteria():
+        for option in criterion.options:
+            g.add_argument(option.flag, dest=option.name, type=finite_number(option.flag), default=None,
+                           help=option.help)
 
 
 def effective_context_rules(args: argparse.Namespace) -> EffectiveContextRules:
-    """`tables.EffectiveContextRules` from the options of `add_effective_context_arguments`;
-    UsageError (one sentence) for a value outside its range."""
-    defaults = EffectiveContextRules()
-    checks = [("--ppl-tolerance", args.ppl_tolerance, lambda v: 0 <= v < math.inf,
-               "a number >= 0 (0.10 = 10 %)"),
-              ("--passkey-threshold", args.passkey_threshold, lambda v: 0 < v <= 1, "in (0, 1]"),
-              ("--ruler-fraction", args.ruler_fraction, lambda v: 0 < v < math.inf, "a number > 0"),
-              ("--ruler-threshold", args.ruler_threshold, lambda v: 0 < v <= 1, "in (0, 1]")]
-    for flag, value, valid, text in checks:
-        if value is not None and not valid(value):
-            raise UsageError(f"{flag} {value:g} is out of range; give {text}.")
-    if args.ruler_fraction is not None and args.ruler_threshold is not None:
-        raise UsageError("--ruler-fraction (relative to base) and --ruler-threshold (absolute) exclude each "
-                         "other; give one.")
-    return EffectiveContextRules(
-        ppl_tolerance=defaults.ppl_tolerance if args.ppl_tolerance is None else args.ppl_tolerance,
-        passkey_threshold=(defaults.passkey_threshold if args.passkey_threshold is None
-                           else args.passkey_threshold),
-        ruler_fraction=defaults.ruler_fraction if args.ruler_fraction is None else args.ruler_fraction,
-        ruler_threshold=args.ruler_threshold)
+    """`EffectiveContextRules` from the options of `add_effective_context_arguments` (a criterion's
+    default where an option is absent); UsageError (one sentence) for a value outside its range or
+    two options that exclude each other."""
+    values = {}
+    for criterion in criteria():
+        for option in criterion.options:
+            value = getattr(args, option.name)
+            if value is not None and not option.valid(value):
+                raise UsageError(f"{option.flag} {value:g} is out of range; give {option.valid_text}.")
+            if value is not None:
+                values[option.name] = value
+        for first, second, message in criterion.excludes:
+            if getattr(args, first) is not None and getattr(args, second) is not None:
+                raise UsageError(message)
+    return EffectiveContextRules(**values)
 
 
 def given_report_options(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict]:
@@ -114,7 +102,7 @@ def given_report_options(args: argparse.Namespace) -> tuple[tuple[str, ...] | No
     the effective-context options given, by name; what is not given is read from the folder."""
     effective_context_rules(args)  # checks the values
     references = parse_references(args.reference) if args.reference is not None else None
-    return references, {name: getattr(args, name) for name in RULE_FIELDS if getattr(args, name) is not None}
+    return references, {name: getattr(args, name) for name in rule_fields() if getattr(args, name) is not None}
 
 
 def check_csv_destination(path: str | None) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..analysis.effective_context import effective_context, load_effective_context_tables
 from ..errors import UsageError
 from ..report import effective_context_lines
-from ..tables import effective_context, load_effective_context_tables
 from .common import (
     EXIT_OK,
     add_effective_context_arguments,
@@ -36,7 +36,7 @@ def cmd_effective_context(args: argparse.Namespace) -> int:
         names = list(tables)
         raise UsageError(f"{', '.join(str(f) for f in folders)}: no {', '.join(names[:-1])} or {names[-1]} table, "
                          "so there is no effective context to compute; give the run folders of those tasks.")
-    table = effective_context(**tables, rules=rules)
+    table = effective_context(tables, rules)
     print("\n".join(effective_context_lines(table, rules)).rstrip())
     if args.csv:
         table.to_csv(args.csv, index=False)

@@ -6,11 +6,11 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..analysis.display import labelled
 from ..errors import UsageError
 from ..options import bounded_count, positive_count
-from ..plots import plot_leaderboard, save_figure
-from ..tables import labelled, read_table
 from ..task import TaskDefinition
+from . import figures
 from .planning import check_task_names
 from .protocol import PAPER_TASKS
 from .run import LeaderboardCells
@@ -98,8 +98,7 @@ class Leaderboard(TaskDefinition):
         return "\nleaderboard (paper metrics)\n" + pivot.round(4).to_string()
 
     def figures(self, results_dir, figures_dir):
-        board = read_table(results_dir, "leaderboard")
-        return [] if board.empty else save_figure(plot_leaderboard(board), figures_dir / "leaderboard")
+        return figures.figures(results_dir, figures_dir)
 
 
 TASK = Leaderboard()

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..analysis.display import SCORING_WORDS, labelled
 from ..errors import UsageError
 from ..options import bounded_count
-from ..plots import plot_passkey_heatmap, save_figure
-from ..tables import PASSKEY_THRESHOLD, SCORING_WORDS, labelled, passkey_accuracy, passkey_effective_context, read_table
 from ..task import TaskDefinition
+from . import figures
+from .analysis import PASSKEY_THRESHOLD, passkey_accuracy, passkey_effective_context
 from .engine import PasskeyCells, PasskeyError, build_prompt
 
 
@@ -71,8 +72,7 @@ class Passkey(TaskDefinition):
                 f"{PASSKEY_THRESHOLD:.0%}, none: no length reaches it)\n" + pivot.to_string())
 
     def figures(self, results_dir, figures_dir):
-        passkey = read_table(results_dir, "passkey")
-        return [] if passkey.empty else save_figure(plot_passkey_heatmap(passkey), figures_dir / "passkey")
+        return figures.figures(results_dir, figures_dir)
 
 
 TASK = Passkey()

@@ -45,7 +45,7 @@ from ..plan import Cell, Plan, cell_name
 from ..prefill import hidden_chunks, prefill_chunk_for
 from ..results import cell_key, key_row
 from ..runner import Session, Task, resolve_specs, run_cells
-from ..tables import aggregate_perplexity, aggregate_positions
+from .analysis import aggregate_perplexity, aggregate_positions
 
 DEFAULT_HEAD_BYTES = 256 * 2**20  # logits chunk budget (fp32) for the LM head
 

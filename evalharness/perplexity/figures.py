@@ -1,27 +1,181 @@
-"""The "NLL vs token position" figure from `perplexity_positions.csv` (loss by position).
-
-One panel per (dataset, protocol, window_bos, stride), titled with the model and data set; in it,
-one line per method × factor at the panel's largest context length, in the look of
-`plots.series_style`: the mean NLL of each position bucket, drawn at the bucket's centre, against
-the position inside the window the model read; L marked (`plots.mark_original_context`). Built
-from the table only (no torch).
+"""The perplexity figures: perplexity against context length (the paper's Figure 1,
+`figures/perplexity`), against the YaRN attention factor √(1/t) (`figures/temperature`), and the mean
+NLL against token position (`figures/positions`, from `perplexity_positions.csv`: one panel per
+(dataset, protocol, window_bos, stride), one line per method × factor at the panel's largest context
+length, L marked). Built from the tables only (no torch).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..analysis.display import format_number, is_missing, ordered_groups, split_label, varying
+from ..method_facts import yarn_mscale
 from ..plots import (
+    CTX_XLABEL,
+    context_note,
+    dot_interval_panel,
     empty_figure,
+    extra_keys,
+    has_interval,
+    length_axis,
+    length_series,
     length_text,
+    log_y,
     mark_original_context,
     new_figure,
-    panel_title_text,
+    ordered_series,
     position_ticks,
+    save_figure,
     series_label,
     series_style,
+    with_model,
 )
-from ..tables import ordered_groups, split_label, varying
+from ..results import read_table
+from .analysis import has_temperature_sweep, load_perplexity, temperature_sweep
+
+PPL_YLABEL = "Perplexity (lower is better)"
+
+def panel_title_text(key: dict, stride_varies: bool) -> str:
+    """A perplexity panel's title: `dataset (protocol[, stride N][, BOS ...])`."""
+    dataset = key.get("dataset", "")
+    protocol = key.get("protocol", "")
+    title = f"{dataset} ({protocol}" if protocol else str(dataset)
+    stride = key.get("stride")
+    if protocol == "sliding" and stride is not None and not is_missing(stride) and float(stride) > 0:
+        title += f", stride {format_number(stride)}"
+        if key.get("window_bos") in ("every", "first"):
+            title += ", BOS every window" if key["window_bos"] == "every" else ", BOS at start"
+    elif stride_varies and stride is not None and not is_missing(stride):
+        title += f", stride {format_number(stride)}"
+    return title + (")" if protocol else "")
+
+def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = True,
+                    ylim: tuple[float, float] | None = None, title: str | None = None) -> Figure:
+    """Perplexity against context length (the paper's Figure 1).
+
+    One line per (method, factor) (and per model / run when those vary) in the look of
+    `series_style`, log y, markers at the measured lengths and no line across a length a series
+    lacks, error bars for the bootstrap interval `ppl_ci_low/high` (`ci`, ppl only), L marked
+    (`mark_original_context`); one panel per (dataset, protocol[, window_bos][, stride]), titled
+    with the model and data set. A panel with one length is a dot-and-interval plot, one dot per
+    series. Non-finite values are left out.
+
+    Args:
+        frame: perplexity.csv rows.
+        value: the column to draw: `ppl` (token-weighted) or `ppl_paper`.
+        ci: draw the bootstrap interval where the table has one.
+        ylim: fixed y range.
+        title: a figure title.
+    """
+    frame = frame.copy()
+    if frame.empty:
+        return empty_figure("no perplexity rows")
+    frame[value] = pd.to_numeric(frame[value], errors="coerce")
+    frame = frame[np.isfinite(frame[value]) & (frame[value] > 0)]
+    if frame.empty:
+        return empty_figure("no finite perplexity values")
+    stride_varies = ("stride" in frame
+                     and frame.groupby(["dataset", "protocol"])["stride"].nunique().gt(1).any())
+    panel_columns = ["dataset", "protocol"] + [c for c in ("window_bos", "stride") if c in frame]
+    panels = ordered_groups(frame, panel_columns)
+    fig, axes = new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(7.0, 4.8))
+    extra = extra_keys(frame)
+    interval = ("ppl_ci_low", "ppl_ci_high") if ci and value == "ppl" else None
+    for ax, (key, panel) in zip(axes, panels):
+        grid = sorted({float(v) for v in panel["context_length"]})
+        series = [(series_label(skey, extra), series_style(skey["method"], skey["factor"]), group)
+                  for skey, group in ordered_series(panel, extra)]
+        panel_title = panel_title_text(key, stride_varies)
+        if len(grid) == 1:
+            dot_interval_panel(ax, series, value, interval)
+            context_note(ax, grid[0], panel.get("original_ctx", pd.Series(dtype=float)))
+            panel_title += f" at {length_text(grid[0])}"
+        else:
+            for label, style, group in series:
+                length_series(ax, group, value, grid, label, style, interval)
+            mark_original_context(ax, panel.get("original_ctx", pd.Series(dtype=float)), grid)
+            length_axis(ax, panel["context_length"])
+            ax.set_xlabel(CTX_XLABEL)
+        log_y(ax)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_ylabel(PPL_YLABEL if value == "ppl" else f"{PPL_YLABEL}, {value}")
+        if "model" not in extra:
+            panel_title = with_model(panel_title, panel)
+        ax.set_title(panel_title)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.12)
+        bars = "bars: 95 % bootstrap interval over documents" if interval and has_interval(panel, interval) else None
+        if len(grid) > 1:
+            ax.legend(fontsize="small", frameon=False, title=bars, title_fontsize="x-small")
+        elif bars:
+            ax.annotate(bars, xy=(0.02, 0.02), xycoords="axes fraction", fontsize="x-small", color="0.3")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = None,
+                           value: str = "ppl") -> Figure:
+    """Perplexity against √(1/t) for several s (`temperature_sweep`).
+
+    One line per s (static-YaRN rows: x read from `yarn:attention_factor=X` labels, 0.1·ln(s)+1
+    for plain `yarn`), a star at each line's minimum and a dotted vertical line at the formula
+    value 0.1·ln(s)+1; one panel per (dataset, protocol), titled with the model and the length.
+    Uses the rows of one context length: `context_length`, or the only one, or the largest one
+    every s has.
+    """
+    length, curves = temperature_sweep(frame, context_length, value)
+    if curves.empty:
+        return empty_figure("no YaRN rows to sweep" if context_length is None
+                            else f"no YaRN rows at context length {context_length}")
+    panels = ordered_groups(curves, ["dataset", "protocol"])
+    fig, axes = new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(6.4, 4.6))
+    extra = extra_keys(curves)
+    cmap_colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                   "tab:gray", "tab:olive", "tab:cyan"]
+    factor_list = sorted({float(f) for f in curves["factor"]})
+    contexts = sorted({float(c) for c in frame["original_ctx"].dropna()}) if "original_ctx" in frame else []
+    for ax, (key, panel) in zip(axes, panels):
+        groups = ordered_groups(panel, extra + ["factor", "variant"])
+        for n, (gkey, group) in enumerate(groups):
+            s = float(gkey["factor"])
+            if len(groups) == len(factor_list):  # one line per s: YaRN s's own look
+                style = series_style("yarn", s)
+            else:
+                style = {"color": cmap_colors[n % len(cmap_colors)], "marker": "o"}
+            color = style["color"]
+            x = group["sqrt_inv_t"].to_numpy(dtype=float)
+            y = group["value"].to_numpy(dtype=float)
+            best = int(np.flatnonzero(group["best"].to_numpy())[0])
+            prefix = " / ".join(str(gkey[c]) for c in extra)
+            label = f"YaRN s={format_number(s)}"
+            if gkey["variant"] != "yarn":
+                label += " (" + gkey["variant"].split(":", 1)[1] + ")"
+            if prefix:
+                label = f"{prefix}: {label}"
+            ax.plot(x, y, color=color, marker=style["marker"], markersize=4, linewidth=1.6,
+                    label=f"{label}: best {x[best]:.3g}, formula {yarn_mscale(s):.3g}", gid="series")
+            ax.plot([x[best]], [y[best]], color=color, marker="*", markersize=14, linestyle="none",
+                    markeredgecolor="black", markeredgewidth=0.6, label="_minimum", gid="minimum")
+            ax.axvline(yarn_mscale(s), color=color, linestyle=":", linewidth=1.4,
+                       label="_formula", gid="formula")
+        ax.set_xlabel("√(1/t)  (YaRN attention factor; star: minimum, dotted: 0.1·ln(s)+1)")
+        ax.set_ylabel(PPL_YLABEL)
+        dataset, protocol = key.get("dataset", ""), key.get("protocol", "")
+        where = f"context {length_text(length)}"
+        if len(contexts) == 1:
+            where += f" (L={length_text(contexts[0])})"
+        panel_title = f"{dataset} ({protocol}), {where}"
+        ax.set_title(with_model(panel_title, curves) if "model" not in extra else panel_title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", frameon=False)
+    return fig
+
 
 POSITION_XLABEL = "Token position in the window"
 NLL_YLABEL = "Mean NLL per token (lower is better)"
@@ -68,3 +222,22 @@ def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", frameon=False)
     return fig
+
+
+def figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """`perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a sweep
+    exists), `temperature`, `positions` (NLL vs token position); the written paths."""
+    written = []
+    ppl = load_perplexity(results_dir)
+    if not ppl.empty:
+        if has_temperature_sweep(ppl):
+            written += save_figure(plot_temperature_sweep(ppl), figures_dir / "temperature")
+            swept = ppl["method"].map(
+                lambda m: split_label(m)[0] == "yarn" and "attention_factor" in split_label(m)[1])
+            if (~swept).any():
+                ppl = ppl[~swept]
+        written += save_figure(plot_perplexity(ppl), figures_dir / "perplexity")
+    positions = read_table(results_dir, "perplexity_positions")
+    if not positions.empty:
+        written += save_figure(plot_nll_by_position(positions), figures_dir / "positions")
+    return written

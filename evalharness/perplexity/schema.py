@@ -1,4 +1,9 @@
-"""The result tables of the perplexity tasks: their columns, and the columns that identify a cell."""
+"""The result tables of the perplexity tasks: their columns, the columns that identify a cell, and
+the upgrade of tables written before a column existed."""
+import math
+
+import pandas as pd
+
 from ..columns import KEY_COLUMNS
 
 SCHEMAS: dict[str, list[str]] = {
@@ -25,3 +30,20 @@ CELL_COLUMNS: dict[str, list[str]] = {
     "perplexity_positions_docs": KEY_COLUMNS + ["dataset", "doc_id", "protocol", "window_bos", "context_length",
                                                 "stride", "bucket_width", "position_start"],
 }
+
+
+def upgrade(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Tables written before a column existed, in today's terms: a missing `window_bos` is `first`
+    (BOS only at the document start, the one placement there was); an old per-document
+    `ppl_window_mean` (exp of the mean of the document's window mean NLLs) is today's per-document
+    `ppl_paper`, and n_windows · ln of it the `window_nll_sum`. An old aggregate's
+    `ppl_window_mean` (a mean over documents of per-document values) has no successor: dropped."""
+    if "window_bos" not in frame.columns and "protocol" in frame.columns:
+        frame.insert(frame.columns.get_loc("protocol") + 1, "window_bos", "first")
+    if "ppl_window_mean" in frame.columns:
+        if table == "perplexity_docs" and "ppl_paper" not in frame.columns:
+            old = frame["ppl_window_mean"].astype(float)
+            frame["window_nll_sum"] = frame["n_windows"].astype(float) * old.map(math.log)
+            frame["ppl_paper"] = old
+        frame = frame.drop(columns="ppl_window_mean")
+    return frame

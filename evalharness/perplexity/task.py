@@ -6,23 +6,15 @@ import argparse
 from dataclasses import asdict, dataclass
 
 from .. import corpora
+from ..analysis.display import labelled
 from ..errors import UsageError
 from ..methods import ScalingSpec
 from ..options import bounded_count, parse_grid
-from ..plots import plot_perplexity, plot_temperature_sweep, save_figure
 from ..runner import Session
-from ..tables import (
-    aggregate_perplexity,
-    aggregate_positions,
-    has_temperature_sweep,
-    labelled,
-    load_perplexity,
-    read_table,
-    split_label,
-)
 from ..task import CommonOptions, RunInputs, TaskDefinition
+from . import figures
+from .analysis import aggregate_perplexity, aggregate_positions
 from .engine import PerplexityCells, PerplexityTask, TemperatureSweepCells
-from .figures import plot_nll_by_position
 
 DEFAULT_STRIDE = 256
 DEFAULT_TEMPERATURES = "1.0:1.4:0.05"
@@ -188,22 +180,7 @@ class Perplexity(TaskDefinition):
         return "\n".join(lines)
 
     def figures(self, results_dir, figures_dir):
-        """`perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a
-        sweep exists), `temperature`, `positions` (NLL vs token position)."""
-        written = []
-        ppl = load_perplexity(results_dir)
-        if not ppl.empty:
-            if has_temperature_sweep(ppl):
-                written += save_figure(plot_temperature_sweep(ppl), figures_dir / "temperature")
-                swept = ppl["method"].map(
-                    lambda m: split_label(m)[0] == "yarn" and "attention_factor" in split_label(m)[1])
-                if (~swept).any():
-                    ppl = ppl[~swept]
-            written += save_figure(plot_perplexity(ppl), figures_dir / "perplexity")
-        positions = read_table(results_dir, "perplexity_positions")
-        if not positions.empty:
-            written += save_figure(plot_nll_by_position(positions), figures_dir / "positions")
-        return written
+        return figures.figures(results_dir, figures_dir)
 
     def derive(self, store, common):
         store.derive("perplexity", "perplexity_docs", lambda docs: aggregate_perplexity(docs, seed=common.seed))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..analysis.display import labelled
 from ..errors import UsageError
 from ..options import bounded_count
-from ..plots import plot_ruler_heatmap, plot_ruler_mean, save_figure
 from ..results import read_manifest
-from ..tables import labelled, read_table, ruler_means
 from ..task import TaskDefinition
+from . import figures
+from .analysis import ruler_means
 from .engine import MAX_GEN_TOKENS, RulerCells, check_dynamic_cache, check_lengths, resolve_tasks
 
 
@@ -64,11 +65,7 @@ class Ruler(TaskDefinition):
             pivot.round(3).to_string()
 
     def figures(self, results_dir, figures_dir):
-        ruler = read_table(results_dir, "ruler")
-        if ruler.empty:
-            return []
-        return (save_figure(plot_ruler_heatmap(ruler), figures_dir / "ruler")
-                + save_figure(plot_ruler_mean(ruler), figures_dir / "ruler_mean"))
+        return figures.figures(results_dir, figures_dir)
 
 
 TASK = Ruler()
