@@ -52,6 +52,11 @@ class CellProgress:
     def enabled(self) -> bool:
         return self.mode != "off"
 
+    @property
+    def bar(self):
+        """The tqdm bar of `bar` mode once a stage has begun (None otherwise)."""
+        return self._bar
+
     def stage(self, verb: str, total: int | None = None, unit: str = "tokens") -> None:
         """Start counting `unit` (`tokens`, `requests`) that are `verb` (`prefilled`, `generated`)
         from zero; `total`: how many the stage will count, when known."""

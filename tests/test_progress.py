@@ -176,3 +176,4 @@ def test_lm_eval_cells_count_tokens_and_requests(tmp_path_factory, tmp_path, cap
     assert answered[-1] == f"{total} / {total} requests" and total > 1
     assert len(set(answered)) == total  # one step per request
     assert "Running loglikelihood requests" not in stderr  # lm-eval's own request bar is off while ours counts
+    assert "Generating test split" not in stderr  # datasets' bars are a terminal's only
