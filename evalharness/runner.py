@@ -11,7 +11,10 @@ Contract:
 - Failure policy: an exception for which `errors.is_cell_failure` holds (out of memory, a
   non-finite result, an lm-eval task error, any `CellFailure`) is recorded in the manifest as the
   cell's failure and the run goes on; every other exception (a bug, a user error) propagates.
-- Progress: one overall bar (cells done / to do, tokens/s, ETA) above the task's per-cell bar.
+- Progress: on a terminal one overall bar (cells done / to do, tokens/s, ETA) above the cell's own
+  (`progress.CellProgress`, `Session.progress`: tokens prefilled or generated); in a log file one
+  plain line per cell and, inside a long cell, at most one line every `progress.PLAIN_INTERVAL_S`
+  seconds; nothing with `show_progress` off.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 from .errors import failure_text, is_cell_failure
 from .parallel import Shard
 from .plan import Cell, Plan
+from .progress import CellProgress
 from .results import now
 from .scaling import apply_scaling, resolve_spec
 
@@ -44,6 +48,7 @@ class Session:
     show_progress: bool = True
     info: Any = None  # models.ModelInfo when the CLI loaded the model
     run_dir: Any = None  # the run folder (`--out`); a rank's store writes to a shard folder inside it
+    progress: CellProgress = field(default_factory=CellProgress)  # the running cell's (`run_cells` sets it)
 
     @property
     def out_dir(self) -> Path:
@@ -128,7 +133,6 @@ def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
     """Compute every cell of `plan` this rank owns and the store lacks; return the failed cells'
     names. Tasks are closed at the end, also when an exception propagates."""
 
-
     by_name = {task.name: task for task in tasks}
     try:
         status = plan_status(plan, by_name, session.store)
@@ -140,6 +144,7 @@ def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
         if len(todo) < len(owned):
             print(resume_line(len(owned) - len(todo), len(owned)), file=sys.stderr)
         terminal = sys.stderr.isatty()
+        mode = "off" if not session.show_progress else "bar" if terminal else "lines"
         overall = tqdm(total=len(todo), unit="cell", desc="cells", position=0, dynamic_ncols=True,
                        disable=not session.show_progress or not todo or not terminal)
         tokens, start = 0, time.monotonic()
@@ -149,6 +154,7 @@ def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
                 apply_scaling(session.model, cell.spec)
                 overall.set_description(f"cells ({cell.task})")
                 cell_start = time.monotonic()
+                session.progress = CellProgress(f"cell {number}/{len(todo)}", mode)
                 try:
                     info = task.run(cell, pending, session)
                     seconds = round(time.monotonic() - cell_start, 1)
@@ -157,6 +163,9 @@ def run_cells(plan: Plan, tasks: Sequence[Task], session: Session) -> list[str]:
                     if not is_cell_failure(exc):
                         raise
                     record_failure(session, failed, cell.name, exc)
+                finally:
+                    session.progress.close()
+                    session.progress = CellProgress()
                 tokens += cell.tokens
                 overall.update(1)
                 if session.show_progress and not terminal:  # a log file: one plain line per cell

@@ -286,7 +286,8 @@ def test_layer_progress_ends_exactly_at_the_forward_tokens():
     import warnings
 
     import transformers
-    from tqdm import tqdm
+
+    from evalharness import progress
 
     assert sum([25 / 6] * 6) > 25  # the overshoot the integer split avoids
     config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
@@ -295,15 +296,15 @@ def test_layer_progress_ends_exactly_at_the_forward_tokens():
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     ids = torch.randint(1, 97, (25,), generator=torch.Generator().manual_seed(0))
-    bar = tqdm(total=50, file=io.StringIO())
+    counting = progress.CellProgress("cell 1/1", "bar", stream=io.StringIO())  # a tqdm bar (terminal mode)
+    counting.stage("prefilled", 50)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with perplexity.LayerProgress(model, bar) as progress:
+        with counting.layers(model):
             for done in (25, 50):
-                progress.tokens = 25
                 perplexity.token_nll(model, ids)
-                assert bar.n == done
-        bar.close()
+                assert counting.count == counting.bar.n == done
+        counting.close()
 
 
 # ---------------------------------------------------------------------------------------------

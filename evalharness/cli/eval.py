@@ -317,7 +317,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_specs_against_lengths(specs, lengths)
     for name, definition in definitions.items():
         definition.check_loaded(context.options[name], context.common, tokenizer)
-    if args.no_progress:
+    if args.no_progress or not sys.stderr.isatty():  # in a log file its bars would write carriage returns
         import datasets  # lazy: ~1 s; only to silence its builders' bars
 
         datasets.disable_progress_bars()  # the parquet / json builders' bars

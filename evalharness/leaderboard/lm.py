@@ -1,9 +1,30 @@
 """The scaled model inside lm-eval's `HFLM`: the object itself (never reloaded) with an explicit
 `max_length`, progress bars on/off, and generation that reuses the KV cache only where the RoPE
-scale cannot change during it (`passkey.cache_reusable`, for dynamic scaling)."""
+scale cannot change during it (`passkey.cache_reusable`, for dynamic scaling).
+
+Progress: the task sets `lm.progress` to its cell's `progress.CellProgress` before lm-eval runs.
+While it is enabled lm-eval's own request bars are off (their carriage returns would fill a log
+file) and the cell's progress counts the tokens that pass through the decoder layers, with the
+requests answered so far (`k / n requests`, counted where lm-eval hands each answer to its cache
+hook, once per request) as its detail."""
 from __future__ import annotations
 
 import functools
+from typing import Callable
+
+from ..progress import CellProgress
+
+
+class CountingCacheHook:
+    """lm-eval's cache hook (`LM.set_cache_hook`) that also calls `on_answer` once per answered
+    request, then hands the answer to the hook it replaces."""
+
+    def __init__(self, inner, on_answer: Callable[[], None]):
+        self.inner, self.on_answer = inner, on_answer
+
+    def add_partial(self, attr, req, res) -> None:
+        self.inner.add_partial(attr, req, res)
+        self.on_answer()
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,15 +50,37 @@ def _harness_lm_class():
             self.show_progress = show_progress
             self.use_kv_cache = use_kv_cache
             self.rerotate = rerotate
+            self.progress = CellProgress()  # the running cell's, set by the task (module docstring)
+
+        def _counted(self, method, requests, disable_tqdm: bool):
+            progress = self.progress
+            quiet = disable_tqdm or not self.show_progress or progress.enabled
+            if not progress.enabled:
+                return method(requests, disable_tqdm=quiet)
+            total, answered = len(requests), 0
+
+            def on_answer() -> None:
+                nonlocal answered
+                answered += 1
+                progress.advance(0, f"{answered:,} / {total:,} requests")
+
+            inner = self.cache_hook
+            progress.stage("processed")
+            self.set_cache_hook(CountingCacheHook(inner, on_answer))
+            try:
+                with progress.layers(self.model):
+                    return method(requests, disable_tqdm=quiet)
+            finally:
+                self.set_cache_hook(inner)
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.show_progress)
+            return self._counted(super().loglikelihood, requests, disable_tqdm)
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or not self.show_progress)
+            return self._counted(super().loglikelihood_rolling, requests, disable_tqdm)
 
         def generate_until(self, requests, disable_tqdm: bool = False):
-            return super().generate_until(requests, disable_tqdm=disable_tqdm or not self.show_progress)
+            return self._counted(super().generate_until, requests, disable_tqdm)
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             from ..passkey.engine import cache_reusable

@@ -144,6 +144,7 @@ class LeaderboardCells(Task):
         if plan.error:
             raise LeaderboardTaskFailure(plan.error)
         lm, length, batch = self._wrapped(session, spec)
+        lm.progress = session.progress
         if plan.kind == "hub" and self._offline is None:
             self._offline = hub.work_offline()
         start = time.monotonic()

@@ -52,6 +52,7 @@ import hashlib
 import math
 import random
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -63,6 +64,7 @@ from ..parallel import Shard
 from ..perplexity.engine import NonFiniteError, logit_transform
 from ..plan import Cell, Plan, cell_name
 from ..prefill import backbone, cache_argument, last_hidden, prefill_chunk_for
+from ..progress import CellProgress
 from ..rerotate import dynamic_rotary, rerotating_cache
 from ..results import cell_key, key_row
 from ..runner import Session, Task, resolve_specs, run_cells
@@ -406,7 +408,7 @@ def _stop_tokens(model, tokenizer) -> set[int]:
 @torch.inference_mode()
 def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int = MAX_NEW_TOKENS,
                   stop_when_decided: bool = True, dynamic_cache: str = "recompute",
-                  prefill_chunk: int | None = None) -> GreedyDecode:
+                  prefill_chunk: int | None = None, progress: CellProgress | None = None) -> GreedyDecode:
     """Greedy decoding as `model.generate(do_sample=False, max_new_tokens=...)` does it, with the
     KV cache wherever the cache holds what a full forward would compute.
 
@@ -430,6 +432,9 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
     `prefill_chunk` C: every full forward (the prefill, and each step where the cache cannot be
     reused) runs in chunks of C tokens through a KV cache (`prefill`), except the re-rotating
     prefill; the tokens are those of the one-shot forwards up to rounding.
+
+    `progress` (`progress.CellProgress`): the prompt's tokens as the prefill runs them (layer by
+    layer, chunk by chunk), then the tokens generated, one per step.
     """
 
     rerotate = dynamic_cache == "rerotate" and dynamic_rotary(model) is not None
@@ -439,6 +444,8 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
 
     ids = input_ids.reshape(1, -1).long()
     prompt_tokens = ids.shape[1]
+    progress = progress or CellProgress()
+    progress.stage("prefilled", prompt_tokens)
     stop = _stop_tokens(model, tokenizer)
     new: list[int] = []
     text = ""
@@ -456,22 +463,29 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int
                 cache, cache_fits = None, False
         if hidden is None:
             keep = cache_fits and more and reusable(length, length + 1)
-            try:
-                hidden, cache = _decoder_last_hidden(model, ids, rerotating_cache(model) if keep and rerotate else None,
-                                                     use_cache=keep, prefill_chunk=prefill_chunk)
-            except torch.OutOfMemoryError:
-                if not keep:
-                    raise
-                cache, cache_fits = None, False  # the KV cache does not fit: full forwards from here
-            if hidden is None:  # retried outside the handler, so the failed forward's tensors are freed
-                _free_accelerator_memory()
-                hidden, _ = _decoder_last_hidden(model, ids, prefill_chunk=prefill_chunk)
+            with progress.layers(model) if step == 0 else nullcontext():
+                try:
+                    hidden, cache = _decoder_last_hidden(model, ids,
+                                                         rerotating_cache(model) if keep and rerotate else None,
+                                                         use_cache=keep, prefill_chunk=prefill_chunk)
+                except torch.OutOfMemoryError:
+                    if not keep:
+                        raise
+                    cache, cache_fits = None, False  # the KV cache does not fit: full forwards from here
+                if hidden is None:  # retried outside the handler, so the failed forward's tensors are freed
+                    _free_accelerator_memory()
+                    if step == 0:  # the prefill again, from zero
+                        progress.stage("prefilled", prompt_tokens)
+                    hidden, _ = _decoder_last_hidden(model, ids, prefill_chunk=prefill_chunk)
             built_at = length
+        if step == 0:
+            progress.stage("generated", max_new_tokens)
         forwards += 1
         token = int(_logits_at(model, hidden).argmax(-1)[0])
         if token in stop:
             break
         new.append(token)
+        progress.advance(1)
         ids = torch.cat([ids, torch.tensor([[token]], dtype=torch.long)], dim=1)
         text = tokenizer.decode(new, skip_special_tokens=True)
         if stop_when_decided and outcome_decided(text):
@@ -501,11 +515,12 @@ def scoring_for(spec, dynamic_cache: str = "recompute") -> str:
 
 
 def score_prompt(model, tokenizer, prompt: PasskeyPrompt, max_new_tokens: int = MAX_NEW_TOKENS,
-                 dynamic_cache: str = "recompute", prefill_chunk: int | None = None) -> PasskeyScore:
+                 dynamic_cache: str = "recompute", prefill_chunk: int | None = None,
+                 progress: CellProgress | None = None) -> PasskeyScore:
     """The paper's rule on one prompt: greedy continuation of ≤ `max_new_tokens` tokens, correct
-    when its first integer equals the key. `prefill_chunk`: as `greedy_decode`."""
+    when its first integer equals the key. `prefill_chunk`, `progress`: as `greedy_decode`."""
     decode = greedy_decode(model, tokenizer, prompt.input_ids, max_new_tokens, dynamic_cache=dynamic_cache,
-                           prefill_chunk=prefill_chunk)
+                           prefill_chunk=prefill_chunk, progress=progress)
     return PasskeyScore(is_correct(decode.text, prompt.passkey), decode.text, decode.token_ids,
                         key_forced_argmax(decode.token_ids, prompt.key_token_ids.tolist()),
                         decode.forwards, decode.cached_steps)
@@ -575,7 +590,7 @@ class PasskeyCells(Task):
         chunk = prefill_chunk_for(session.model, self.prefill_chunk, prompt.prompt_tokens + MAX_NEW_TOKENS,
                                   kv_cache=True)
         score = score_prompt(session.model, self.tokenizer, prompt, dynamic_cache=self.dynamic_cache,
-                             prefill_chunk=chunk)
+                             prefill_chunk=chunk, progress=session.progress)
         session.store.append(self.table, [passkey_row(key_row(self.model_name, cell.spec), prompt, score, trial,
                                                       self.seed, scoring_for(cell.spec, self.dynamic_cache))])
         return {"correct": bool(score.correct), "forwards": score.forwards, "cached_steps": score.cached_steps}

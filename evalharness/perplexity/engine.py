@@ -37,12 +37,12 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError
 from ..parallel import Shard
 from ..plan import Cell, Plan, cell_name
 from ..prefill import hidden_chunks, prefill_chunk_for
+from ..progress import CellProgress
 from ..results import cell_key, key_row
 from ..runner import Session, Task, resolve_specs, run_cells
 from .analysis import aggregate_perplexity, aggregate_positions
@@ -391,48 +391,6 @@ class PerplexityTask:
         return self.position_bucket or max(1, spec.original_ctx // 8)
 
 
-class LayerProgress:
-    """Advance a tqdm bar as decoder layers finish, so a 4-minute forward shows live tokens/s.
-
-    Set `tokens` before each forward: the forward's tokens are spread over its layers in whole
-    numbers (layer k of n adds ⌊k·T/n⌋ − ⌊(k−1)·T/n⌋), so the bar ends exactly at its total."""
-
-    def __init__(self, model, bar):
-        self.bar = bar
-        self.layers = _decoder_layers(model)
-        self._tokens = 0
-        self._layers_done = 0
-        self.handles = []
-
-    @property
-    def tokens(self) -> int:
-        return self._tokens
-
-    @tokens.setter
-    def tokens(self, value: int) -> None:
-        self._tokens, self._layers_done = int(value), 0
-
-    def __enter__(self):
-        for layer in self.layers:
-            self.handles.append(layer.register_forward_hook(self._hook))
-        return self
-
-    def _hook(self, module, args, output):
-        n = len(self.layers)
-        if self._tokens and self._layers_done < n:
-            k = self._layers_done = self._layers_done + 1
-            self.bar.update(k * self._tokens // n - (k - 1) * self._tokens // n)
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-
-
-def _decoder_layers(model) -> list:
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
-
-
 def window_tokens(task: PerplexityTask, spec, n_tokens: int, lengths: Sequence[int]) -> int:
     """Tokens the forwards of one document's cell process (BOS included in `n_tokens`): the
     truncated passes (`passes_for_lengths`), or every sliding window of every length."""
@@ -484,16 +442,15 @@ class PerplexityCells(Task):
         if doc.doc_id not in self._unit_scale_passes:
             self._unit_scale_passes.clear()  # keep only the current document's pass
         base_row = self._base_row(spec, doc)
-        bar = tqdm(total=0, unit="tok", unit_scale=True, disable=not session.show_progress, leave=False,
-                   desc=f"{spec.short} {doc.doc_id[-28:]}", dynamic_ncols=True)
+        progress = session.progress
+        progress.stage("prefilled")
         try:
             if self.task.protocol == "truncated":
                 _truncated_cell(session.model, self.bos_id, spec, doc, missing, self.task, base_row, session.store,
-                                bar, self._unit_scale_passes)
+                                progress, self._unit_scale_passes)
             else:
-                _sliding_cell(session.model, self.bos_id, doc, missing, self.task, base_row, session.store, bar)
+                _sliding_cell(session.model, self.bos_id, doc, missing, self.task, base_row, session.store, progress)
         finally:
-            bar.close()
             if not session.shard.active:
                 session.store.derive("perplexity", "perplexity_docs",
                                      lambda docs: aggregate_perplexity(docs, seed=self.seed))
@@ -518,7 +475,8 @@ def run_perplexity(model, model_name: str, bos_id: int | None, specs, docs, task
     return run_cells(Plan(cells_task.cells(session)), [cells_task], session)
 
 
-def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, bar, unit_scale_passes) -> None:
+def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, progress: CellProgress,
+                    unit_scale_passes) -> None:
     for pass_length, served in passes_for_lengths(missing, spec.is_dynamic, spec.original_ctx):
         reusable = unit_scale_passes.get(doc.doc_id)
         # native's shipped RoPE at l ≤ L need not be base (longrope's short factors): never shared
@@ -527,10 +485,8 @@ def _truncated_cell(model, bos_id, spec, doc, missing, task, base_row, store, ba
         if at_unit_scale and reusable is not None and reusable.shape[0] >= pass_length - 1:
             nll = reusable
         else:
-            bar.total += pass_length
-            bar.refresh()
-            with LayerProgress(model, bar) as progress:
-                progress.tokens = pass_length
+            progress.expect(pass_length)
+            with progress.layers(model):
                 nll = truncated_nll(model, doc.ids, pass_length, bos_id, task.chunk_size,
                                     prefill_chunk_for(model, task.prefill_chunk, pass_length, task.chunk_size))
             if at_unit_scale:
@@ -552,17 +508,14 @@ def _doc_row(base_row: dict, length: int, score: DocScore) -> dict:
                 ppl_paper=score.ppl_paper)
 
 
-def _sliding_cell(model, bos_id, doc, missing, task, base_row, store, bar) -> None:
+def _sliding_cell(model, bos_id, doc, missing, task, base_row, store, progress: CellProgress) -> None:
+    has_bos = bos_id is not None
+    progress.expect(sum(w.end - w.begin + int(w.bos) for window in missing
+                        for w in document_windows(doc.ids.numel(), window, task.stride, has_bos, task.window_bos)))
     for window in missing:
         positions = PositionBuckets(base_row["bucket_width"])
-        with LayerProgress(model, bar) as progress:
-
-            def before_window(n_tokens: int) -> None:
-                progress.tokens = n_tokens
-                bar.total += n_tokens
-                bar.refresh()
-
-            scores = sliding_scores(model, doc.ids, window, task.stride, bos_id, task.chunk_size, before_window,
+        with progress.layers(model):
+            scores = sliding_scores(model, doc.ids, window, task.stride, bos_id, task.chunk_size,
                                     window_bos=task.window_bos, positions=positions,
                                     prefill_chunk=prefill_chunk_for(model, task.prefill_chunk, window, task.chunk_size))
         store.append("perplexity_positions_docs",

@@ -421,6 +421,7 @@ class RulerCells(Task):
             raise RulerTaskFailure(problem)
         with delegated_failures(lambda exc: RulerTaskFailure(failure_text(task, exc))):
             lm = self._wrapped(session, spec, length)
+            lm.progress = session.progress
             with hub.forced_offline(hub.work_offline()), one_process_view():
                 generated = self._lm_eval_task(task, length)
                 results = lm_eval.simple_evaluate(model=lm, tasks=[generated], limit=self.samples,
