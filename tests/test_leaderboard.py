@@ -403,3 +403,12 @@ def test_an_lm_eval_failure_fails_its_cell_and_the_run_goes_on(tiny, data_dir, t
     assert failed == ["leaderboard|random:tiny|yarn:2|arc_challenge_local"], failed
     assert manifest.failed_cells()[failed[0]]["error"] == "LeaderboardTaskFailure: ValueError: lm-eval broke"
     assert set(store.read("leaderboard")["task"]) == {"truthfulqa_mc2_local"}
+
+
+def test_report_and_figure_name_truthfulqa_mc2_as_mc2():
+    """TruthfulQA MC2's score is lm-eval's `acc`: the committed report's headers call it MC2, as the figure does."""
+    from evalharness.leaderboard.analysis import metric_words
+
+    assert metric_words("truthfulqa_mc2_local", "acc") == "MC2" and metric_words("arc_challenge", "acc") == "acc"
+    text = (Path(__file__).resolve().parent.parent / "results" / "smollm2-135m-leaderboard" / "report.md").read_text()
+    assert "TruthfulQA (local) (MC2, 0-shot, n=100)" in text and "TruthfulQA (local) (acc," not in text

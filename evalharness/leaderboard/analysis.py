@@ -105,3 +105,13 @@ def leaderboard_deltas(leaderboard: pd.DataFrame, reference: str = "base") -> pd
     out["reference"] = reference
     out["delta"] = out["value"] - out["reference_value"]
     return out[columns].reset_index(drop=True)
+
+
+# A metric in words where lm-eval's name hides what it is (TruthfulQA MC2's score is lm-eval's `acc`).
+METRIC_WORDS = {("truthfulqa_mc2", "acc"): "MC2", ("mmlu", "acc_macro"): "acc (macro)",
+                ("mmlu", "acc_weighted"): "acc (weighted)"}
+
+
+def metric_words(task: str, metric: str) -> str:
+    """How figures and the report name `metric` of `task` (a local mirror named as its hub task)."""
+    return METRIC_WORDS.get((str(task).removesuffix("_local"), metric), metric)

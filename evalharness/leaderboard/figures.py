@@ -21,12 +21,11 @@ from ..plots import (
     with_model,
 )
 from ..results import read_table
-from .analysis import headline_metric, leaderboard_columns, leaderboard_headline, task_display
+from .analysis import headline_metric, leaderboard_columns, leaderboard_headline, metric_words, task_display
 
-METRIC_WORDS = {("truthfulqa_mc2", "acc"): "MC2", ("mmlu", "acc_macro"): "acc (macro)"}
 
 def _task_text(task: str, metric: str, fewshot=None, n=None) -> str:
-    words = METRIC_WORDS.get((str(task).removesuffix("_local"), metric), metric)
+    words = metric_words(task, metric)
     text = f"{task_display(task)}\n{words}"
     if not is_missing(fewshot):
         text += f", {format_number(fewshot)}-shot"

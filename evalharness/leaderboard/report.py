@@ -19,7 +19,14 @@ from ..analysis.display import (
 from ..analysis.stats import REFERENCE_METHOD
 from ..report import SERIES, by_series, row_label, series_id
 from ..results import read_table
-from .analysis import leaderboard_columns, leaderboard_deltas, leaderboard_means, task_display, without_subtasks
+from .analysis import (
+    leaderboard_columns,
+    leaderboard_deltas,
+    leaderboard_means,
+    metric_words,
+    task_display,
+    without_subtasks,
+)
 
 REFERENCE = REFERENCE_METHOD
 FIGURE_CAPTIONS = {"leaderboard": "Leaderboard tasks (base hatched, dashed base level)."}
@@ -39,7 +46,7 @@ def _leaderboard_section(leaderboard: pd.DataFrame) -> list[str]:
 
     def header(task: str, metric: str) -> str:
         part = frame[(frame["task"] == task) & (frame["metric"] == metric)]
-        bits = [metric]
+        bits = [metric_words(task, metric)]
         shots = set(part["num_fewshot"].dropna()) if "num_fewshot" in part else set()
         if len(shots) == 1:
             bits.append(f"{format_number(shots.pop())}-shot")
