@@ -1,6 +1,7 @@
 """Effective context per method (issue 15 item 3): each rule on hand-made tables with the answer worked
 out by hand in the comments, the thresholds as options, several run folders at once through the CLI,
 the report section, and bad input."""
+from pathlib import Path
 import math
 
 import pandas as pd
@@ -344,3 +345,9 @@ def test_plot_command_writes_the_report_with_the_options(run_folders):
     text = (run_folders["ppl"] / "report.md").read_text()
     assert "(1 + 0.25)" in text
     assert markdown_rows(text[text.index("## Effective context"):])["YaRN s=2"][0] == "≥16384"
+
+
+def test_passkey_scoring_rule_is_named_in_words_in_the_effective_context_table():
+    """The paper's rule is the passkey column as such; the re-rotated cache's column says so in words."""
+    text = (Path(__file__).resolve().parent.parent / "results" / "smollm2-135m-passkey" / "report.md").read_text()
+    assert "| method | passkey | passkey (re-rotated KV cache) |" in text and "scoring paper" not in text

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..analysis.display import SERIES_COLUMNS, fmt_pct, ordered_groups, varying
+from ..analysis.display import SCORING_WORDS, SERIES_COLUMNS, fmt_pct, ordered_groups, varying
 from ..analysis.effective_context import Criterion, RuleOption, longest_passing_length
 from ..analysis.stats import (
     BOOTSTRAP_RESAMPLES,
@@ -143,7 +143,9 @@ def load_passkey(results_dir) -> pd.DataFrame:
 
 def _effective_context_rows(passkey: pd.DataFrame, rules) -> pd.DataFrame:
     part = passkey_effective_context(passkey, rules.passkey_threshold)
-    data = part["scoring"].map(lambda s: f"scoring {s}") if "scoring" in part.columns else ""
+    # the paper's rule is the passkey criterion as such; another rule is named in words
+    data = part["scoring"].map(lambda s: "" if s == "paper" else SCORING_WORDS.get(s, f"scoring {s}")) \
+        if "scoring" in part.columns else ""
     return part.assign(criterion="passkey", data=data, threshold=rules.passkey_threshold,
                        reference_length=math.nan, value_at_context=part["accuracy_at_context"])
 
