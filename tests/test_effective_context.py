@@ -1,8 +1,8 @@
 """Effective context per method (issue 15 item 3): each rule on hand-made tables with the answer worked
 out by hand in the comments, the thresholds as options, several run folders at once through the CLI,
 the report section, and bad input."""
-from pathlib import Path
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
