@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from evalharness import cli, paper
+from evalharness.perplexity import paper as perplexity_paper
 
 MODEL = "NousResearch/Yarn-Llama-2-7b-64k"
 # the authors' numbers for this model, copied by hand from their result files
@@ -89,8 +90,9 @@ def test_compare_prefers_the_authors_aggregation(run_dir, capsys):
 
 def test_model_names_match_by_last_component():
     assert paper.model_key("NousResearch/Yarn-Llama-2-7b-64k") == paper.model_key("/m/yarn-llama-2-7B-64k/")
-    assert paper.dataset_key("proofpile") == "proofpile" and paper.dataset_key("hf:emozilla/proof-pile") == "proofpile"
-    assert paper.dataset_key("coq-stdlib") is None
+    assert (perplexity_paper.dataset_key("proofpile") == "proofpile"
+            and perplexity_paper.dataset_key("hf:emozilla/proof-pile") == "proofpile")
+    assert perplexity_paper.dataset_key("coq-stdlib") is None
 
 
 def test_compare_as_another_name_and_bad_input(run_dir, tmp_path, capsys):
