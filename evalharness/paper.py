@@ -183,7 +183,7 @@ def _number_text(value: float) -> str:
 def format_comparison(frame: pd.DataFrame) -> str:
     """The comparison as a fixed-width text table (relative difference in percent, `differs` last)."""
     shown = frame.drop(columns=["paper_source"]).copy()
-    shown["run"] = shown["run"].map(_number_text)  # NaN: e.g. a passkey context no length reaches
+    shown["run"] = shown["run"].map(_number_text)  # NaN: e.g. an effective context no length reaches
     shown["paper"] = shown["paper"].map(_number_text)
     shown["rel_diff"] = shown["rel_diff"].map(lambda v: "—" if pd.isna(v) else f"{100 * v:+.2f}%")
     width = int(shown["differs"].str.len().max()) if len(shown) else 0
