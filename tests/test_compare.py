@@ -6,6 +6,7 @@ the relative differences are computed independently of evalharness.paper.
 """
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -315,3 +316,23 @@ def test_a_csv_in_a_missing_folder_is_refused_before_the_work(run_dir, tmp_path,
                   "in an existing folder.", err
     assert cli.main([command, str(run_dir), "--csv", str(run_dir)]) == cli.EXIT_USAGE
     assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+# ----
+# Every committed run folder in results/ rebuilds its report.md and figures byte-identically from
+# the folder alone (`run_eval.py plot DIR` on a copy: the report options are recorded in it); the
+# report's layout; what the console says (resume, plain progress, `none`, compare, methods).
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compare_says_why_nothing_matched_and_prints_no_nan(capsys):
+    govreport = ROOT / "results" / "smollm2-135m-govreport"
+    assert cli.main(["compare", str(govreport), "--model", "yarn-llama-2-7b-64k"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "govreport sliding perplexity is published at 32768 tokens, this run measured 16384" in err
+    assert cli.main(["compare", str(ROOT / "results" / "smollm2-135m-passkey"), "--model",
+                     "yarn-llama-2-7b-64k"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and " none " in out
