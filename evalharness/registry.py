@@ -6,12 +6,14 @@ Each task's package holds, beside its `task` module, modules that need no torch 
 layers reach through `package_modules`: `schema` (`SCHEMAS`, `CELL_COLUMNS`: its result tables, read
 by `results` through `table_schemas` / `cell_columns`), `analysis` (its tables' aggregations and, if
 it has one, its effective-context `CRITERION`), `figures` (`figures(results_dir, figures_dir)`) and
-`report` (`report_section`, `FIGURE_CAPTIONS`, `TABLES`). Adding a task is one package and one line
-here.
+`report` (`report_section`, `FIGURE_CAPTIONS`, `TABLES`), and where the YaRN paper published its
+numbers `paper` (`TABLE`, `PUBLISHED`, `compare`, `mismatch_reason`, read by `paper`). Adding a task
+is one package and one line here.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
@@ -46,11 +48,13 @@ def definitions() -> list["TaskDefinition"]:
     return [definition(name) for name in TASKS]
 
 
-def package_modules(kind: str) -> list:
-    """Each task package's module `kind` (`schema`, `analysis`, `figures`, `report`), once per
-    package, in registry order."""
+def package_modules(kind: str, required: bool = True) -> list:
+    """Each task package's module `kind` (`schema`, `analysis`, `figures`, `report`; `paper`, which
+    only the packages with published numbers have, with `required=False`), once per package, in
+    registry order."""
     packages = dict.fromkeys(target.partition(":")[0].rpartition(".")[0] for target in TASKS.values())
-    return [importlib.import_module(f"{package}.{kind}") for package in packages]
+    return [importlib.import_module(f"{package}.{kind}") for package in packages
+            if required or importlib.util.find_spec(f"{package}.{kind}") is not None]
 
 
 def schema_modules() -> list:

@@ -220,7 +220,8 @@ def effective_context_lines(table: pd.DataFrame, rules: EffectiveContextRules | 
         cells = {(r["criterion"], r["data"]): r for r in group.to_dict("records")}
         rows.append([row_label(key, show)] + [_effective_context_text(cells.get(c)) for c in columns])
     lines = ["- Effective context: the longest tested length ℓ that meets the rule, counted also when a "
-             "shorter tested length fails (the paper's passkey definition; † marks such a gap"
+             "shorter tested length fails (" + "".join(f"{c.rule_source}; " for c in every if c.rule_source)
+             + "† marks such a gap"
              + "".join(c.gap_note for c in shown)
              + "); ≥: met at the longest length tested; none: no tested length meets it; —: not measured"
              + "".join(c.unmeasured_note for c in shown) + "."]

@@ -67,6 +67,8 @@ class TaskDefinition:
     own_forward: bool = False
     # a dynamic method asked only at lengths ≤ L measures nothing new for this task
     lengths_matter: bool = True
+    # one `eval` command line of this task for `eval --help`'s examples (what follows `run_eval.py`)
+    example: str = ""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this task's argument group to the `eval` parser (a group shared by two tasks of one

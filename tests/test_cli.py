@@ -417,3 +417,50 @@ def test_sigint_during_start_up_is_one_line_and_exit_130(corpus, tmp_path, delay
     text = stderr.decode().strip()
     assert proc.returncode == 130, text
     assert "Traceback" not in text and text.splitlines()[-1].startswith("interrupted"), text
+
+
+# ----
+# Every committed run folder in results/ rebuilds its report.md and figures byte-identically from
+# the folder alone (`run_eval.py plot DIR` on a copy: the report options are recorded in it); the
+# report's layout; what the console says (resume, plain progress, `none`, compare, methods).
+
+
+def test_methods_explains_its_columns_and_shows_native_of_the_given_model(capsys):
+    import torch
+
+    from evalharness import models
+    from evalharness.methods import base_inv_freq
+
+    assert cli.main(["methods", "--model", "random:tiny", "--method", "base,yarn,native", "--factor", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "error" not in out
+    native = next(line for line in out.splitlines() if line.startswith("native"))
+    _, _, info = models.load("random:tiny", dtype="float32", device="cpu")
+    theta = base_inv_freq(info.rotary_dim, info.rope_theta)  # random:tiny ships plain RoPE
+    assert native.split()[3:5] == [f"{float(theta[0]):.6g}", f"{float(theta[-1]):.6g}"]
+    assert float(native.split()[-1]) == 1.0 and torch.is_tensor(theta)
+    for column in ("ramp", "max λ", "interp.", "attn"):
+        assert any(line.startswith(column + " ") for line in out.splitlines()), column
+    assert cli.main(["methods", "--rotary-dim", "64", "--rope-theta", "10000", "--original-ctx", "4096",
+                     "--method", "native"]) == cli.EXIT_USAGE
+    assert "give --model" in capsys.readouterr().err
+
+
+# ----
+# The plan and the cell runner: the task registry, the failure policy, --dry-run, and data-parallel
+# sharding of every task (passkey and leaderboard under 2 gloo processes compute each cell once).
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_bare_form_means_eval_and_commands_parse_their_own_options():
+    bare = cli.parse_args(["--model", "random:tiny", "--lengths", "64,128"])
+    explicit = cli.parse_args(["eval", "--model", "random:tiny", "--lengths", "64,128"])
+    assert bare.command == explicit.command == "eval" and vars(bare) == vars(explicit)
+    assert cli.parse_args([]).command == "eval"
+    plot = cli.parse_args(["plot", "a", "b", "--no-report"])
+    assert (plot.command, plot.results_dirs, plot.no_report) == ("plot", ["a", "b"], True)
+    methods = cli.parse_args(["methods", "--rotary-dim", "64"])
+    assert (methods.command, methods.rotary_dim) == ("methods", 64)
+    assert set(cli.COMMANDS) >= {"eval", "methods", "plot", "compare"}
+    with pytest.raises(cli.UsageError, match="unrecognized arguments: --model x"):  # another command's option
+        cli.parse_args(["plot", "a", "--model", "x"])

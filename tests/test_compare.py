@@ -6,11 +6,13 @@ the relative differences are computed independently of evalharness.paper.
 """
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from evalharness import cli, paper
+from evalharness.perplexity import paper as perplexity_paper
 
 MODEL = "NousResearch/Yarn-Llama-2-7b-64k"
 # the authors' numbers for this model, copied by hand from their result files
@@ -89,8 +91,9 @@ def test_compare_prefers_the_authors_aggregation(run_dir, capsys):
 
 def test_model_names_match_by_last_component():
     assert paper.model_key("NousResearch/Yarn-Llama-2-7b-64k") == paper.model_key("/m/yarn-llama-2-7B-64k/")
-    assert paper.dataset_key("proofpile") == "proofpile" and paper.dataset_key("hf:emozilla/proof-pile") == "proofpile"
-    assert paper.dataset_key("coq-stdlib") is None
+    assert (perplexity_paper.dataset_key("proofpile") == "proofpile"
+            and perplexity_paper.dataset_key("hf:emozilla/proof-pile") == "proofpile")
+    assert perplexity_paper.dataset_key("coq-stdlib") is None
 
 
 def test_compare_as_another_name_and_bad_input(run_dir, tmp_path, capsys):
@@ -313,3 +316,23 @@ def test_a_csv_in_a_missing_folder_is_refused_before_the_work(run_dir, tmp_path,
                   "in an existing folder.", err
     assert cli.main([command, str(run_dir), "--csv", str(run_dir)]) == cli.EXIT_USAGE
     assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+# ----
+# Every committed run folder in results/ rebuilds its report.md and figures byte-identically from
+# the folder alone (`run_eval.py plot DIR` on a copy: the report options are recorded in it); the
+# report's layout; what the console says (resume, plain progress, `none`, compare, methods).
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compare_says_why_nothing_matched_and_prints_no_nan(capsys):
+    govreport = ROOT / "results" / "smollm2-135m-govreport"
+    assert cli.main(["compare", str(govreport), "--model", "yarn-llama-2-7b-64k"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "govreport sliding perplexity is published at 32768 tokens, this run measured 16384" in err
+    assert cli.main(["compare", str(ROOT / "results" / "smollm2-135m-passkey"), "--model",
+                     "yarn-llama-2-7b-64k"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and " none " in out

@@ -10,6 +10,13 @@ import torch
 from conftest import break_lm_eval_once, raise_bug
 from leaderboard_data import MMLU_SIZES, hellaswag_rows, mmlu_rows, truthfulqa_rows, write_data, write_jsonl
 
+from evalharness.leaderboard.analysis import (
+    headline_metric,
+    leaderboard_columns,
+    leaderboard_deltas,
+    leaderboard_means,
+    without_subtasks,
+)
 from evalharness.leaderboard.extract import result_rows
 from evalharness.leaderboard.lm import wrap_model
 from evalharness.leaderboard.mirrors import (
@@ -403,6 +410,48 @@ def test_an_lm_eval_failure_fails_its_cell_and_the_run_goes_on(tiny, data_dir, t
     assert failed == ["leaderboard|random:tiny|yarn:2|arc_challenge_local"], failed
     assert manifest.failed_cells()[failed[0]]["error"] == "LeaderboardTaskFailure: ValueError: lm-eval broke"
     assert set(store.read("leaderboard")["task"]) == {"truthfulqa_mc2_local"}
+
+
+# ---- The tables layer: summaries and statistics against direct computations on hand-made tables.
+
+
+def test_leaderboard_means_and_deltas():
+    rows = [dict(model="m", method=m, factor=f, original_ctx=64, task=t, metric="acc", value=v, stderr=0.01,
+                 num_fewshot=0, n_samples=100)
+            for m, f, scores in (("base", 1.0, {"mmlu": 0.30, "hellaswag": 0.60}),
+                                 ("yarn", 2.0, {"mmlu": 0.28}))
+            for t, v in scores.items()]
+    frame = pd.DataFrame(rows, columns=SCHEMAS["leaderboard"])
+    assert leaderboard_columns(frame) == [("hellaswag", "acc"), ("mmlu", "acc")]
+    means = leaderboard_means(frame).set_index("method")
+    assert means.loc["base", "mean"] == pytest.approx(0.45) and means.loc["yarn", "n_tasks"] == 1
+    (delta,) = leaderboard_deltas(frame, reference="base").to_dict("records")
+    assert (delta["method"], delta["task"]) == ("yarn", "mmlu") and delta["delta"] == pytest.approx(-0.02)
+
+
+def test_leaderboard_mean_counts_one_headline_metric_per_task():
+    """A task reporting several metrics counts once in the mean, by the paper's metric (ARC-c
+    acc_norm, MMLU acc_macro, TruthfulQA MC2 acc), other tasks by acc_norm before acc."""
+    values = {("arc_challenge_local", "acc"): 0.30, ("arc_challenge_local", "acc_norm"): 0.34,
+              ("mmlu_local", "acc_macro"): 0.20, ("mmlu_local", "acc_weighted"): 0.40,
+              ("truthfulqa_mc2", "acc"): 0.48, ("mytask", "acc"): 0.10, ("mytask", "acc_norm"): 0.70,
+              ("other", "f1"): 0.90, ("other", "bleu"): 0.50}
+    frame = pd.DataFrame([dict(model="m", method="base", factor=1.0, original_ctx=64, task=t, metric=m, value=v,
+                               stderr=0.01, num_fewshot=0, n_samples=10) for (t, m), v in values.items()],
+                         columns=SCHEMAS["leaderboard"])
+    (row,) = leaderboard_means(frame).to_dict("records")
+    by_hand = (0.34 + 0.20 + 0.48 + 0.70 + 0.50) / 5  # "other": no preferred metric, the first sorted (bleu)
+    assert row["n_tasks"] == 5 and row["mean"] == pytest.approx(by_hand)
+    assert headline_metric("hellaswag", ["acc", "acc_norm"]) == "acc_norm"
+    assert headline_metric("mmlu", ["acc_macro", "acc_weighted"]) == "acc_macro"
+
+
+def test_subject_rows_stay_out_of_leaderboard_summaries():
+    frame = pd.DataFrame({"task": ["mmlu_local", "mmlu_local_anatomy", "mmlu_local_virology", "arc_challenge_local",
+                                   "truthfulqa_mc1_local", "truthfulqa_mc2_local"],
+                          "metric": ["acc_macro", "acc", "acc", "acc_norm", "acc", "acc"]})
+    kept = without_subtasks(frame)
+    assert list(kept["task"]) == ["mmlu_local", "arc_challenge_local", "truthfulqa_mc1_local", "truthfulqa_mc2_local"]
 
 
 def test_report_and_figure_name_truthfulqa_mc2_as_mc2():

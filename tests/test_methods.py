@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from evalharness.method_facts import METHOD_FACTS
 from evalharness.methods import (
     METHODS,
     MethodError,
@@ -166,3 +167,23 @@ def test_describe_summarises_the_table():
     assert row["inv_freq_first"] == 1.0
     assert row["pairs_interpolated"] == 64 - 46
     assert row["max_wavelength"] == pytest.approx(2 * math.pi / (theta(63) / 16), rel=1e-5)
+
+
+# ---- The tables layer: summaries and statistics against direct computations on hand-made tables.
+
+
+def test_registry_facts_agree_with_the_methods_that_use_them():
+    from evalharness.methods import METHODS, ScalingSpec
+
+    assert list(METHODS) == list(METHOD_FACTS)
+    for name, facts in METHOD_FACTS.items():
+        entry = METHODS[name]
+        assert entry.facts is facts
+        # a method that reads the factor keeps it; the others are normalised to 1 in result rows
+        assert (ScalingSpec(name, factor=2.0, original_ctx=64).factor == 2.0) == facts.uses_factor
+        assert ScalingSpec(name, factor=2.0, original_ctx=64).is_dynamic == facts.dynamic
+    # the attention factor of the math is the facts' formula
+    from evalharness.methods import rope_frequencies
+
+    _, attention = rope_frequencies(ScalingSpec("yarn", 4.0, original_ctx=64), 8, 10000.0)
+    assert attention == pytest.approx(yarn_mscale(4.0)) == pytest.approx(0.1 * math.log(4) + 1)

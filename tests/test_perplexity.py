@@ -1,13 +1,24 @@
 """The perplexity engine against independent slow computations (transformers' own loss)."""
 import math
+import random
 
+import pandas as pd
 import pytest
 import torch
 import transformers
 from conftest import tiny_llama
 
+from evalharness.analysis.display import ordered_groups
 from evalharness.corpora import TokenizedDoc
+from evalharness.method_facts import yarn_mscale
 from evalharness.methods import ScalingSpec
+from evalharness.perplexity.analysis import (
+    aggregate_perplexity,
+    bootstrap_ppl_interval,
+    paired_ppl_ratio_interval,
+    perplexity_ratios,
+    temperature_sweep,
+)
 from evalharness.perplexity.engine import (
     DocScore,
     NonFiniteError,
@@ -26,7 +37,7 @@ from evalharness.perplexity.engine import (
     truncated_nll,
     with_bos,
 )
-from evalharness.results import Manifest, ResultStore
+from evalharness.results import SCHEMAS, Manifest, ResultStore
 from evalharness.scaling import apply_scaling
 
 L = 64
@@ -394,3 +405,129 @@ def test_smollm2_ppl_paper_equals_the_authors_algorithm(tmp_path):
     (row,) = store.read("perplexity").to_dict("records")
     assert row["n_windows"] == n_windows > 10
     assert row["ppl_paper"] == pytest.approx(expected, rel=1e-5)
+
+
+# ---- The tables layer: summaries and statistics against direct computations on hand-made tables.
+
+
+def doc_row(doc_id, length, tokens, nll_sum, method="yarn", factor=2.0, window_nll_sum=None, model="m"):
+    window_nll_sum = 3 * nll_sum / tokens if window_nll_sum is None else window_nll_sum
+    return dict(model=model, method=method, factor=factor, original_ctx=64, dataset="d", doc_id=doc_id,
+                doc_tokens=1000, protocol="sliding", window_bos="every", context_length=length, stride=16,
+                scored_tokens=tokens, nll_sum=nll_sum, n_windows=3, window_nll_sum=window_nll_sum,
+                ppl=math.exp(nll_sum / tokens), ppl_paper=math.exp(window_nll_sum / 3))
+
+
+def naive_percentile(values, level=0.95):
+    values = sorted(values)
+    b = len(values)
+    return values[math.floor(0.025 * (b - 1))], values[math.ceil(0.975 * (b - 1))]
+
+
+def test_bootstrap_ppl_interval_is_the_seeded_percentile_bootstrap_over_documents():
+    nll, tokens = [100.0 + 13.7 * i + 40 * (i % 3) for i in range(12)], [100 + 7 * i for i in range(12)]
+    rng = random.Random(7)
+    values = []
+    for _ in range(1000):
+        picks = [rng.randrange(12) for _ in range(12)]
+        values.append(math.exp(sum(nll[i] for i in picks) / sum(tokens[i] for i in picks)))
+    assert bootstrap_ppl_interval(nll, tokens, seed=7) == naive_percentile(values)  # identical, not approx
+    assert bootstrap_ppl_interval(nll, tokens, seed=7) != bootstrap_ppl_interval(nll, tokens, seed=8)
+    assert bootstrap_ppl_interval([50.0], [25], seed=0) == (math.exp(2), math.exp(2))
+
+
+def test_paired_ppl_ratio_matches_a_naive_loop_with_the_same_seed():
+    nll_a, tok_a = [120.0, 260.0, 85.0, 390.0, 160.0, 70.0], [100, 120, 80, 300, 90, 60]
+    nll_b, tok_b = [110.0, 270.0, 80.0, 400.0, 150.0, 75.0], [100, 120, 80, 300, 90, 60]
+    ratio, low, high = paired_ppl_ratio_interval(nll_a, tok_a, nll_b, tok_b, seed=3)
+    direct = math.exp(sum(nll_a) / sum(tok_a)) / math.exp(sum(nll_b) / sum(tok_b))
+    assert ratio == pytest.approx(direct, rel=1e-12)
+    rng = random.Random(3)
+    ratios = []
+    for _ in range(1000):
+        picks = [rng.randrange(6) for _ in range(6)]
+        ppl_a = math.exp(sum(nll_a[i] for i in picks) / sum(tok_a[i] for i in picks))
+        ppl_b = math.exp(sum(nll_b[i] for i in picks) / sum(tok_b[i] for i in picks))
+        ratios.append(ppl_a / ppl_b)
+    assert (low, high) == pytest.approx(naive_percentile(ratios), rel=1e-12)
+    assert low <= ratio <= high
+
+
+def test_pairing_cancels_the_documents_own_difficulty():
+    # The method is 2 % better on every token of every document; documents differ a lot.
+    tokens = [100, 400, 50, 250]
+    nll_b = [100.0, 900.0, 20.0, 600.0]
+    nll_a = [x + math.log(0.98) * t for x, t in zip(nll_b, tokens)]
+    ratio, low, high = paired_ppl_ratio_interval(nll_a, tokens, nll_b, tokens, seed=0)
+    assert (ratio, low, high) == pytest.approx((0.98, 0.98, 0.98), rel=1e-12)
+    unpaired = bootstrap_ppl_interval(nll_a, tokens, seed=0)
+    assert unpaired[1] / unpaired[0] > 1.5  # each method alone is very uncertain
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_ppl_ratio_interval(nll_a, tokens, nll_b[:3], tokens[:3], seed=0)
+
+
+def test_aggregate_is_token_weighted_and_keeps_the_authors_mean():
+    docs = pd.DataFrame([doc_row("a", 128, 100, 200.0, window_nll_sum=6.0),
+                         doc_row("b", 128, 300, 300.0, window_nll_sum=3.0)])
+    (row,) = aggregate_perplexity(docs).to_dict("records")
+    assert row["n_docs"] == 2 and row["scored_tokens"] == 400 and row["n_windows"] == 6
+    assert row["ppl"] == pytest.approx(math.exp(500 / 400))  # not the mean of exp(2) and exp(1)
+    assert row["ppl_paper"] == pytest.approx(math.exp(9 / 6))  # mean over all 6 windows
+    expected = bootstrap_ppl_interval([200.0, 300.0], [100, 300], seed=0)
+    assert (row["ppl_ci_low"], row["ppl_ci_high"]) == expected
+    assert list(aggregate_perplexity(docs).columns) == SCHEMAS["perplexity"]
+
+
+def test_perplexity_ratios_pair_documents_with_the_reference():
+    rows = []
+    for length in (128, 256):
+        for doc, (tokens, base_nll) in {"a": (100, 200.0), "b": (300, 450.0), "c": (50, 90.0)}.items():
+            rows.append(doc_row(doc, length, tokens, base_nll, method="base", factor=1.0))
+            rows.append(doc_row(doc, length, tokens, base_nll * 0.9, method="yarn", factor=2.0))
+            if doc != "c":  # pi lacks document c: only a and b pair
+                rows.append(doc_row(doc, length, tokens, base_nll * 1.1, method="pi", factor=2.0))
+    docs = pd.DataFrame(rows)
+    ratios = perplexity_ratios(docs, reference="base")
+    cells = [(r.method, r.context_length) for r in ratios.itertuples()]
+    assert cells == [("pi", 128), ("pi", 256), ("yarn", 128), ("yarn", 256)]
+    pi = ratios[ratios["method"] == "pi"].iloc[0]
+    assert pi["n_docs"] == 2
+    assert pi["ratio"] == pytest.approx(math.exp(1.1 * 650 / 400) / math.exp(650 / 400))
+    yarn = ratios[ratios["method"] == "yarn"].iloc[0]
+    assert yarn["n_docs"] == 3 and yarn["ratio"] == pytest.approx(math.exp(-0.1 * 740 / 450))
+    assert yarn["ratio_ci_low"] <= yarn["ratio"] <= yarn["ratio_ci_high"] < 1
+    # against pi as the reference, base is now a row and pi is not
+    assert set(perplexity_ratios(docs, reference="pi:2")["method"]) == {"base", "yarn"}
+    assert perplexity_ratios(docs, reference="ntk").empty
+    twice = pd.concat([docs, docs.assign(factor=4.0)[docs["method"] == "yarn"]])
+    with pytest.raises(ValueError, match="more than one series"):
+        perplexity_ratios(twice, reference="yarn")
+
+
+def test_temperature_sweep_curves_have_their_minimum_and_the_formula():
+    rows = []
+    for s, best in ((2.0, 1.1), (4.0, 1.2)):
+        for x in (1.0, 1.1, 1.2, 1.3):
+            for length in (128, 256):
+                value = 10 + 100 * (x - best) ** 2 if length == 256 else 50.0
+                rows.append(dict(model="m", method=f"yarn:attention_factor={x}", factor=s, original_ctx=64,
+                                 dataset="d", protocol="truncated", context_length=length, ppl=value))
+        rows.append(dict(model="m", method="yarn", factor=s, original_ctx=64, dataset="d",
+                         protocol="truncated", context_length=256, ppl=7.0 + s))
+    rows.append(dict(model="m", method="base", factor=1.0, original_ctx=64, dataset="d", protocol="truncated",
+                     context_length=256, ppl=30.0))
+    length, curves = temperature_sweep(pd.DataFrame(rows))
+    assert length == 256  # the largest length every s has
+    assert [(k["factor"]) for k, _ in ordered_groups(curves, ["factor", "variant"])] == [2.0, 4.0]
+    two = curves[curves["factor"] == 2.0]
+    assert two["sqrt_inv_t"].tolist() == pytest.approx(sorted([1.0, 1.1, 1.2, 1.3, 0.1 * math.log(2) + 1]))
+    assert (two["formula"] == yarn_mscale(2.0)).all()
+    # plain `yarn` sits at the formula's √(1/t) with its own perplexity, and is the minimum here
+    (best,) = two[two["best"]].to_dict("records")
+    assert best["sqrt_inv_t"] == pytest.approx(0.1 * math.log(2) + 1) and best["value"] == 9.0
+    four = curves[(curves["factor"] == 4.0) & curves["best"]]
+    assert four["value"].item() == 10.0 and four["sqrt_inv_t"].item() == pytest.approx(1.2)
+    length, at_128 = temperature_sweep(pd.DataFrame(rows), context_length=128)
+    assert length == 128 and (at_128["value"] == 50.0).all()
+    assert temperature_sweep(pd.DataFrame(rows[-1:]))[1].empty  # base only: nothing to sweep
+    assert temperature_sweep(pd.DataFrame(rows), context_length=512)[1].empty

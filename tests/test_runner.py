@@ -1,14 +1,11 @@
 """The plan and the cell runner: the task registry, the failure policy, --dry-run, and data-parallel
 sharding of every task (passkey and leaderboard under 2 gloo processes compute each cell once)."""
-import json
-import subprocess
-import sys
+
 import time
 
-import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, subprocess_env, write_corpus
+from conftest import write_corpus
 from leaderboard_data import write_data
 
 from evalharness import cli, registry, runner
@@ -20,6 +17,7 @@ from evalharness.results import Manifest, ResultStore
 from evalharness.task import TaskDefinition
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
+
 
 WORDS = "we prove the theorem by induction and rewrite with the lemma"
 
@@ -33,10 +31,6 @@ def corpus(tmp_path_factory):
 def leaderboard_data(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("lbdata"))
 
-
-# ---------------------------------------------------------------------------------------------
-# Registry and failure policy
-# ---------------------------------------------------------------------------------------------
 
 def test_registry_names_every_task_and_loads_its_definition():
     assert set(registry.task_names()) == {"perplexity", "passkey", "leaderboard", "temperature-sweep", "ruler"}
@@ -117,10 +111,6 @@ def test_anything_else_surfaces(tiny, tmp_path, bug):
     assert task.ran == [0, 1] and task.closed  # stopped at the bug, resources released
     assert list(Manifest(tmp_path).data["cells"]) == ["scripted|0"]
 
-
-# ---------------------------------------------------------------------------------------------
-# --dry-run
-# ---------------------------------------------------------------------------------------------
 
 def tiny_args(out, *extra):
     return ["--model", "random:tiny", "--out", str(out), "--no-progress", "--no-plots", *extra]
@@ -229,56 +219,6 @@ def test_dry_run_reads_no_weights_and_estimates_as_with_them(corpus, tmp_path, c
         cli.main(args[:-1])
 
 
-# ---------------------------------------------------------------------------------------------
-# Every task is sharded: 2 processes compute each cell once and give the one-process tables
-# ---------------------------------------------------------------------------------------------
-
-def test_passkey_and_leaderboard_cells_split_across_two_processes(leaderboard_data, tmp_path):
-    env = subprocess_env(tmp_path)
-    args = ["run_eval.py", "--model", "random:tiny", "--method", "base,yarn", "--factor", "2",
-            "--tasks", "passkey,leaderboard", "--lengths", "300,400", "--depths", "2",
-            "--leaderboard-tasks", "arc_challenge,mmlu", "--leaderboard-data", str(leaderboard_data),
-            "--limit", "2", "--no-progress", "--no-plots"]
-    single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=1800)
-    assert single.returncode == 0, single.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", "29533"]
-    double = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=1800)
-    assert double.returncode == 0, double.stderr[-2000:]
-    assert "2 processes" in double.stderr
-
-    cells_one = json.loads((tmp_path / "one" / "manifest.json").read_text())["cells"]
-    cells_two = json.loads((tmp_path / "two" / "manifest.json").read_text())["cells"]
-    n_passkey, n_leaderboard = 2 * 2 * 2, 2 * 2
-    assert len(cells_one) == len(cells_two) == n_passkey + n_leaderboard
-    assert set(cells_one) == set(cells_two)
-    # plan order: passkey cells (length, spec, depth), then leaderboard cells (spec, task); cell i
-    # belongs to rank i mod 2. Had both ranks computed a cell, the merge would show the last rank.
-    order = [f"passkey|random:tiny|{spec}|{length}|paper|depth={depth}|trial=0"
-             for length in (300, 400) for spec in ("base", "yarn:2") for depth in (0, 1)]
-    order += [f"leaderboard|random:tiny|{spec}|{task}" for spec in ("base", "yarn:2")
-              for task in ("arc_challenge_local", "mmlu_local")]
-    ranks_seen = {name: cell["rank"] for name, cell in cells_two.items()}
-    assert ranks_seen == {name: i % 2 for i, name in enumerate(order)}
-    ranks = [cell["rank"] for cell in cells_two.values()]
-    assert ranks.count(0) == ranks.count(1) == len(order) // 2
-    lm_eval_files = sorted(p.name for p in (tmp_path / "two" / "lm_eval").glob("*.json"))
-    assert lm_eval_files == sorted(p.name for p in (tmp_path / "one" / "lm_eval").glob("*.json"))
-
-    for table, key in (("passkey", ["method", "factor", "context_length", "depth", "trial"]),
-                       ("leaderboard", ["method", "factor", "task", "metric"])):
-        one = pd.read_csv(tmp_path / "one" / f"{table}.csv").sort_values(key).reset_index(drop=True)
-        two = pd.read_csv(tmp_path / "two" / f"{table}.csv").sort_values(key).reset_index(drop=True)
-        assert len(one) > 0
-        pd.testing.assert_frame_equal(one, two)
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress
-# ---------------------------------------------------------------------------------------------
-
 def test_layer_progress_ends_exactly_at_the_forward_tokens():
     """25 tokens over 6 layers: six float steps of 25/6 sum to more than 25 (tqdm then warns
     "clamping frac"); whole-number steps end exactly at 25, window after window."""
@@ -305,21 +245,3 @@ def test_layer_progress_ends_exactly_at_the_forward_tokens():
                 perplexity.token_nll(model, ids)
                 assert counting.count == counting.bar.n == done
         counting.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Subcommands
-# ---------------------------------------------------------------------------------------------
-
-def test_bare_form_means_eval_and_commands_parse_their_own_options():
-    bare = cli.parse_args(["--model", "random:tiny", "--lengths", "64,128"])
-    explicit = cli.parse_args(["eval", "--model", "random:tiny", "--lengths", "64,128"])
-    assert bare.command == explicit.command == "eval" and vars(bare) == vars(explicit)
-    assert cli.parse_args([]).command == "eval"
-    plot = cli.parse_args(["plot", "a", "b", "--no-report"])
-    assert (plot.command, plot.results_dirs, plot.no_report) == ("plot", ["a", "b"], True)
-    methods = cli.parse_args(["methods", "--rotary-dim", "64"])
-    assert (methods.command, methods.rotary_dim) == ("methods", 64)
-    assert set(cli.COMMANDS) >= {"eval", "methods", "plot", "compare"}
-    with pytest.raises(cli.UsageError, match="unrecognized arguments: --model x"):  # another command's option
-        cli.parse_args(["plot", "a", "--model", "x"])

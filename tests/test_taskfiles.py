@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from evalharness import cli, paper, taskfiles
+from evalharness import cli, taskfiles
 from evalharness.cli.eval import add_eval_arguments
 from evalharness.leaderboard.mirrors import TASKS_DIR
 from evalharness.leaderboard.protocol import PAPER_TASKS
 from evalharness.options import parse_lengths
+from evalharness.perplexity import paper as perplexity_paper
 
 PAPER_FILES = ("yarn-paper/proofpile", "yarn-paper/govreport", "yarn-paper/passkey", "yarn-paper/leaderboard",
                "yarn-paper/ruler")
@@ -185,13 +186,13 @@ def test_dry_run_plans_passkey_and_ruler(isolated_cache, capsys):
 def test_compare_reads_the_authors_protocol_from_the_task_files(tmp_path, monkeypatch):
     row = pd.Series(dict(window_bos="every", stride=256, n_docs=50))
     selection = dict(sample=False, min_tokens=16384)
-    assert paper.perplexity_differences(row, "govreport", selection) == []
+    assert perplexity_paper.perplexity_differences(row, "govreport", selection) == []
     edited = tmp_path / "tasks"
     shutil.copytree(taskfiles.tasks_root() / "yarn-paper", edited / "yarn-paper")
     text = (edited / "yarn-paper" / "govreport.yaml").read_text().replace("stride: 256", "stride: 512")
     (edited / "yarn-paper" / "govreport.yaml").write_text(text)
     monkeypatch.setattr(taskfiles, "tasks_root", lambda: edited)
-    assert paper.perplexity_differences(row, "govreport", selection) == ["stride 256 (paper 512)"]
+    assert perplexity_paper.perplexity_differences(row, "govreport", selection) == ["stride 256 (paper 512)"]
     assert parsed("--task", "yarn-paper/govreport").stride == 512  # the run reads the same file
 
 

@@ -72,6 +72,9 @@ class Criterion:
         excludes: (option, option, message) pairs that exclude each other: given both, `message`;
             given one, a recorded other is dropped.
         gap_note, unmeasured_note: what its † and "—" mean beyond the shared wording.
+        passes: what passing means, in a few words (the `effective-context` command's description).
+        rule_source: where the shared rule (a length that passes after a failing shorter one counts)
+            comes from, when it is this task's published definition (the report names it).
     """
 
     name: str
@@ -84,6 +87,8 @@ class Criterion:
     excludes: Sequence[tuple[str, str, str]] = ()
     gap_note: str = ""
     unmeasured_note: str = ""
+    passes: str = ""
+    rule_source: str = ""
 
 
 def criteria() -> list[Criterion]:

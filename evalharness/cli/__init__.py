@@ -29,8 +29,12 @@ from ..results import ResultWriteError
 from ..taskfiles import apply_task_file
 from .common import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WRITE_FAILED, Command
 from .compare import add_compare_arguments, cmd_compare
-from .effective_context import add_effective_context_command_arguments, cmd_effective_context
-from .eval import EXAMPLES, add_eval_arguments, cmd_eval
+from .effective_context import (
+    add_effective_context_command_arguments,
+    cmd_effective_context,
+    effective_context_description,
+)
+from .eval import add_eval_arguments, cmd_eval
 from .methods import add_methods_arguments, cmd_methods
 from .plot import add_plot_arguments, cmd_plot
 
@@ -67,7 +71,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("run an evaluation (default)",
                     "Evaluate RoPE context-extension methods (PI, NTK, NTK-by-parts, YaRN, dynamic variants) with "
                     "the YaRN paper's protocols. Every option says its default in words.",
-                    add_eval_arguments, cmd_eval, EXAMPLES),
+                    add_eval_arguments, cmd_eval),  # its examples: add_eval_arguments, from the registry
     "methods": Command("frequency tables of the methods",
                        "Print each method's frequency table summary: first/last inv_freq, ramp bounds, attention "
                        "scale (the columns are explained below the table).", add_methods_arguments, cmd_methods,
@@ -83,9 +87,7 @@ COMMANDS: dict[str, Command] = {
                        add_compare_arguments, cmd_compare,
                        "examples:\n  run_eval.py compare results/run1 --model yarn-llama-2-7b-64k --csv cmp.csv"),
     "effective-context": Command("effective context per method from one or more run folders",
-                                 "The longest length at which each method x factor passes each task's rule "
-                                 "(perplexity within a tolerance of its best at <= L, accuracy or mean score above "
-                                 "a threshold), from the tables of all RUN_DIRs together (markdown table).",
+                                 effective_context_description(),
                                  add_effective_context_command_arguments, cmd_effective_context,
                                  "examples:\n  run_eval.py effective-context results/run1 results/run2 --csv ec.csv"),
 }

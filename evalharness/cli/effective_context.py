@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..analysis.effective_context import effective_context, load_effective_context_tables
+from ..analysis.effective_context import criteria, effective_context, load_effective_context_tables
 from ..errors import UsageError
 from ..report import effective_context_lines
 from .common import (
@@ -15,6 +15,13 @@ from .common import (
     check_run_folder_given,
     effective_context_rules,
 )
+
+
+def effective_context_description() -> str:
+    """The command's description, each registered criterion's rule in a few words."""
+    return ("The longest length at which each method x factor passes each task's rule ("
+            + ", ".join(c.passes for c in criteria() if c.passes)
+            + "), from the tables of all RUN_DIRs together (markdown table).")
 
 
 def add_effective_context_command_arguments(p: argparse.ArgumentParser) -> None:

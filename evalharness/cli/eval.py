@@ -48,12 +48,14 @@ from .common import (
     write_figures_and_report,
 )
 
-EXAMPLES = """examples:
-  run_eval.py --model smollm2-135m --method base,pi,yarn --factor 2 --lengths 2k:8k:2k --docs 2
-  run_eval.py --model M --method native --task yarn-paper/govreport      # a task file, flags override it
-  run_eval.py --model M --method base,dynamic-yarn --tasks passkey --lengths 2k,4k,8k --depths 5
-  run_eval.py --model M --method base,yarn --tasks ruler --ruler-tasks niah_single_1,fwe --lengths 4k,8k
-  run_eval.py --model M --tasks perplexity,passkey --out results/run1 --dry-run   # the plan, nothing run"""
+
+def eval_examples() -> str:
+    """`eval --help`'s examples: each registered task's own example line, a task file, a dry run."""
+    names = registry.task_names()
+    lines = [definition.example for definition in registry.definitions() if definition.example]
+    lines += [f"--model M --method native --task {task_file_names()[0]}      # a task file, flags override it",
+              f"--model M --tasks {','.join(names[:2])} --out results/run1 --dry-run   # the plan, nothing run"]
+    return "examples:\n" + "\n".join(f"  run_eval.py {line}" for line in lines)
 
 
 def parse_window(text: str) -> int | str:
@@ -67,6 +69,7 @@ def parse_window(text: str) -> int | str:
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """Every option of `eval`: the shared groups, then each registered task's group, then report and
     output options."""
+    p.epilog = eval_examples()
     g = p.add_argument_group("model")
     g.add_argument("--model", default="smollm2-135m",
                    help="hub id, local folder, .gguf file, smollm2-135m (bundled GGUF), gemma3-270m (after `bash "

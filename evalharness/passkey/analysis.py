@@ -160,4 +160,5 @@ CRITERION = Criterion(
     evaluate=_effective_context_rows, rule_line=_rule_line,
     options=(RuleOption("passkey_threshold", PASSKEY_THRESHOLD, "--passkey-threshold",
                         f"passkey rule: accuracy >= threshold (default: {PASSKEY_THRESHOLD:g})",
-                        lambda v: 0 < v <= 1, "in (0, 1]"),))
+                        lambda v: 0 < v <= 1, "in (0, 1]"),),
+    passes="passkey accuracy >= a threshold", rule_source="the paper's passkey definition")

@@ -35,6 +35,7 @@ def with_scoring(frame: pd.DataFrame) -> pd.DataFrame:
 class Passkey(TaskDefinition):
     name = "passkey"
     own_forward = True
+    example = "--model M --method base,dynamic-yarn --tasks passkey --lengths 2k,4k,8k --depths 5"
 
     def add_arguments(self, parser):
         g = parser.add_argument_group("passkey (--lengths are the prompt lengths)")

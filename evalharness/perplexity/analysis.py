@@ -334,4 +334,5 @@ CRITERION = Criterion(
                         "perplexity rule: ppl(l) <= (1 + tolerance) * best ppl at lengths <= L "
                         f"(default: {PPL_TOLERANCE:g})", lambda v: 0 <= v < math.inf, "a number >= 0 (0.10 = 10 %)"),),
     gap_note=", for perplexity between the best length and ℓ",
-    unmeasured_note=" (perplexity: also when no length ≤ L was run, which leaves no reference)")
+    unmeasured_note=" (perplexity: also when no length ≤ L was run, which leaves no reference)",
+    passes="perplexity within a tolerance of its best at <= L")

@@ -154,6 +154,7 @@ def protocol_of(options: PerplexityOptions, common: CommonOptions) -> Perplexity
 class Perplexity(TaskDefinition):
     name = "perplexity"
     own_forward = True
+    example = "--model smollm2-135m --method base,pi,yarn --factor 2 --lengths 2k:8k:2k --docs 2"
 
     def add_arguments(self, parser):
         add_corpus_arguments(parser)

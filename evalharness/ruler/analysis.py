@@ -234,4 +234,5 @@ CRITERION = Criterion(
                         "RULER rule with an absolute threshold on the mean score instead, 0-1 (default: none, "
                         "the relative rule)", lambda v: 0 < v <= 1, "in (0, 1]")),
     excludes=(("ruler_fraction", "ruler_threshold",
-               "--ruler-fraction (relative to base) and --ruler-threshold (absolute) exclude each other; give one."),))
+               "--ruler-fraction (relative to base) and --ruler-threshold (absolute) exclude each other; give one."),),
+    passes="RULER mean score >= a fraction of base's (or a threshold)")

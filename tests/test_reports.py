@@ -1,32 +1,105 @@
-"""Figures, the run report and the notebooks, on small hand-made tables with the exact schemas."""
+"""report.md and the console summary: each task's section, references, the committed results/
+folders rebuilt byte-identically, notebooks against a run folder."""
 import json
 import math
+import shutil
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.container import BarContainer
 
+from evalharness import cli
 from evalharness.analysis.display import markdown_table
-from evalharness.leaderboard.figures import plot_leaderboard
-from evalharness.passkey.figures import plot_passkey_heatmap
-from evalharness.perplexity.figures import plot_perplexity, plot_temperature_sweep
-from evalharness.plots import plot_run, save_figure
+from evalharness.cli.eval import print_summary
+from evalharness.perplexity.analysis import aggregate_perplexity
 from evalharness.report import write_report
-from evalharness.results import SCHEMAS, ResultStore
+from evalharness.results import SCHEMAS, ResultStore, read_table
+
+# ----
+# Every committed run folder in results/ rebuilds its report.md and figures byte-identically from
+# the folder alone (`run_eval.py plot DIR` on a copy: the report options are recorded in it); the
+# report's layout; what the console says (resume, plain progress, `none`, compare, methods).
+
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+COMMITTED = sorted(p for p in (ROOT / "results").iterdir() if (p / "report.md").exists())
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_plot_on_a_copy_rebuilds_the_committed_report_and_figures(folder, tmp_path, capsys):
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    assert cli.main(["plot", str(copy)]) == cli.EXIT_OK
+    rebuilt = sorted(p.relative_to(copy) for p in [copy / "report.md", *(copy / "figures").iterdir()])
+    committed = sorted(p.relative_to(folder) for p in [folder / "report.md", *(folder / "figures").iterdir()])
+    assert rebuilt == committed
+    for name in committed:
+        assert (copy / name).read_bytes() == (folder / name).read_bytes(), name
+    text = (copy / "report.md").read_text()
+    assert "/work/" not in text and "/home/" not in text  # no absolute path of the machine that ran it
+
+
+def test_the_readme_references_are_recorded_in_the_committed_folders():
+    text = (ROOT / "results" / "smollm2-135m-proofpile" / "report.md").read_text()
+    assert "Ratio to NTK s=4 on the same documents" in text
+    text = (ROOT / "results" / "smollm2-135m-govreport" / "report.md").read_text()
+    assert "Ratio to NTK s=2 on the same documents" in text
+
+
+def test_a_resume_that_computed_nothing_is_one_line_and_the_run_comes_last(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from evalharness.report import build_report
+    from evalharness.results import SCHEMAS
+
+    rows = [dict(model="m", method="base", factor=1, original_ctx=64, context_length=n, prompt_tokens=n, depth=0.5,
+                 trial=0, seed=0, scoring="paper", passkey=1, continuation=" 1.", correct=n <= 64) for n in (64, 128)]
+    pd.DataFrame(rows, columns=SCHEMAS["passkey"]).to_csv(tmp_path / "passkey.csv", index=False)
+    run = {"model_info": {"name": "m"}, "status": "finished"}
+    manifest = {"runs": [{**run, "command": ["run_eval.py", "--tasks", "passkey"], "start": "2026-01-01T00:00:00",
+                          "end": "2026-01-01T01:00:00"},
+                         {**run, "command": ["run_eval.py", "--tasks", "passkey"], "start": "2026-01-02T00:00:00",
+                          "end": "2026-01-02T00:00:05"}],
+                "cells": {"a": {"status": "done", "time": "2026-01-01T00:30:00"}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    text = build_report(tmp_path)
+    assert "Invocation" not in text
+    assert "- 2026-01-02T00:00:00: `python run_eval.py --tasks passkey` computed nothing" in text
+    assert text.index("## Passkey retrieval") < text.index("## Run")
+    assert "Perplexity: ppl" not in text and "RULER" not in text  # rules of the tasks present only
+
+
+def test_console_resume_line_plain_progress_and_none(tmp_path, capsys):
+    out = tmp_path / "pk"
+    argv = ["--model", "random:tiny", "--tasks", "passkey", "--method", "base,yarn", "--factor", "2",
+            "--lengths", "256,512", "--depths", "2", "--trials", "1", "--out", str(out), "--no-plots"]
+    assert cli.main(argv) == cli.EXIT_OK
+    first = capsys.readouterr()
+    assert "\x1b" not in first.err and "\r" not in first.err  # stderr is not a terminal: plain lines
+    cell_lines = [line for line in first.err.splitlines() if line.startswith("cell ")]
+    assert [line.split(" done")[0] for line in cell_lines] == [f"cell {i}/8" for i in range(1, 9)]
+    assert "NaN" not in first.out and "none" in first.out
+    assert cli.main(argv[:5] + ["base,yarn,pi"] + argv[6:]) == cli.EXIT_OK
+    assert "8 of 12 cells already done; computing the other 4." in capsys.readouterr().err
+
+
+# ---- Figures, the run report and the notebooks, on small hand-made tables with the exact schemas.
+
+
 L = 128
+
+
 LENGTHS = [64, 128, 256]
+
+
 SERIES = [("base", 1.0), ("pi", 2.0), ("yarn", 2.0), ("dynamic-yarn", 1.0)]
 
-
-# ---------------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------------
 
 def ppl_value(method, factor, length, dataset="d1"):
     """A distinct, recognisable perplexity per cell."""
@@ -75,6 +148,8 @@ LEADERBOARD = {  # (method, factor) → {task: value}
     ("pi", 2.0): {"arc_challenge": 0.35, "hellaswag": 0.55, "mmlu": 0.28},
     ("yarn", 2.0): {"arc_challenge": 0.41, "hellaswag": 0.58, "mmlu": 0.29},
 }
+
+
 METRICS = {"arc_challenge": ("acc_norm", 25), "hellaswag": ("acc_norm", 10), "mmlu": ("acc", 5)}
 
 
@@ -115,80 +190,6 @@ def run_folder(tmp_path):
     return folder
 
 
-def series_lines(ax):
-    return [line for line in ax.lines if line.get_gid() == "series"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------
-
-def test_perplexity_figure_has_one_panel_per_dataset_and_the_papers_look():
-    frame = perplexity_frame(datasets=(("d1", "truncated", 0), ("d2", "sliding", 16)))
-    fig = plot_perplexity(frame)
-    assert len(fig.axes) == 2
-    for ax, dataset in zip(fig.axes, ["d1", "d2"]):
-        lines = series_lines(ax)
-        assert [line.get_label() for line in lines] == ["Base", "PI s=2", "YaRN s=2", "Dynamic-YaRN"]
-        for line, (method, factor) in zip(lines, SERIES):
-            assert list(line.get_xdata()) == LENGTHS
-            expected = [ppl_value(method, factor, n, dataset) for n in LENGTHS]
-            assert list(line.get_ydata()) == pytest.approx(expected)
-        assert ax.get_yscale() == "log"
-        assert ax.get_xlabel() == "Context window (tokens)"
-        assert ax.get_ylabel() == "Perplexity (lower is better)"
-        (vline,) = [line for line in ax.lines if line.get_gid() == "original_ctx"]
-        assert list(vline.get_xdata()) == [L, L] and vline.get_linestyle() == "--"
-        assert dataset in ax.get_title()
-    assert "sliding" in fig.axes[1].get_title() and "stride 16" in fig.axes[1].get_title()
-
-
-def test_perplexity_figure_leaves_out_non_finite_values_and_saves_png_and_pdf(tmp_path):
-    frame = perplexity_frame()
-    frame.loc[(frame["method"] == "base") & (frame["context_length"] == 256), "ppl"] = math.inf
-    fig = plot_perplexity(frame)
-    base = series_lines(fig.axes[0])[0]
-    assert list(base.get_xdata()) == [64, 128]
-    paths = save_figure(fig, tmp_path / "sub" / "ppl")
-    assert [p.name for p in paths] == ["ppl.png", "ppl.pdf"]
-    assert all(p.stat().st_size > 1000 for p in paths)
-    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
-
-
-def test_passkey_heatmap_shows_the_mean_accuracy_per_length_and_depth(tmp_path):
-    store = ResultStore(tmp_path)  # round trip through the CSV: `correct` comes back from text
-    store.append("passkey", passkey_frame().to_dict("records"))
-    fig = plot_passkey_heatmap(store.read("passkey"))
-    panels = [ax for ax in fig.axes if ax.get_gid() != "colorbar"]
-    assert len(panels) == 2 and len(fig.axes) == 3  # two panels + the colorbar
-    assert [ax.get_title() for ax in panels] == ["Base", "YaRN s=2"]
-    assert fig.get_suptitle() == "m: passkey retrieval accuracy (n=3 prompts per cell)"
-    for ax, method in zip(panels, ["base", "yarn"]):
-        (image,) = ax.images
-        expected = np.array([[np.mean([passkey_correct(method, n, d, t) for t in range(3)]) for n in LENGTHS]
-                             for d in PASSKEY_DEPTHS])
-        np.testing.assert_allclose(np.asarray(image.get_array()), expected)
-        assert image.get_clim() == (0.0, 1.0)
-        assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "128", "256"]
-        assert [t.get_text() for t in ax.get_yticklabels()] == ["0%", "50%", "100%"]
-
-
-def test_leaderboard_bars_have_the_values_with_base_first():
-    fig = plot_leaderboard(leaderboard_frame())
-    (ax,) = fig.axes
-    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
-    assert [c.get_label() for c in bars] == ["Base", "PI s=2", "YaRN s=2"]
-    for container, (key, scores) in zip(bars, LEADERBOARD.items()):
-        assert [bar.get_height() for bar in container.patches] == pytest.approx(list(scores.values()))
-    assert all(bar.get_hatch() == "//" for bar in bars[0].patches)
-    assert not any(bar.get_hatch() for bar in bars[1].patches)
-    ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks[0].startswith("ARC-c") and "25-shot" in ticks[0] and ticks[2].startswith("MMLU")
-    # dashed base level over each task group
-    refs = [c for c in ax.collections if c.get_gid() == "base_reference"]
-    assert len(refs) == 3
-
-
 def sweep_frame():
     """Perplexity = 10 + 100·(x − x*(s))² at length 256 for s = 2, 4, with x* = 1.1 (s=2), 1.15 (s=4);
     other lengths hold noise that must be ignored."""
@@ -204,44 +205,6 @@ def sweep_frame():
     rows.append(ppl_row("pi", 2.0, 256, value=12.0))
     return pd.DataFrame(rows, columns=SCHEMAS["perplexity"])
 
-
-def test_temperature_sweep_marks_each_minimum_and_the_formula():
-    fig = plot_temperature_sweep(sweep_frame(), context_length=256)
-    (ax,) = fig.axes
-    lines = series_lines(ax)
-    assert len(lines) == 2
-    assert lines[0].get_label().startswith("YaRN s=2") and lines[1].get_label().startswith("YaRN s=4")
-    xs2 = sorted([1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 0.1 * math.log(2) + 1])
-    assert list(lines[0].get_xdata()) == pytest.approx(xs2)
-    minima = [line for line in ax.lines if line.get_gid() == "minimum"]
-    assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in minima] == [pytest.approx((1.1, 10.0)),
-                                                                              pytest.approx((1.15, 10.0))]
-    formula = [line for line in ax.lines if line.get_gid() == "formula"]
-    expected = [0.1 * math.log(2) + 1, 0.1 * math.log(4) + 1]
-    assert [line.get_xdata()[0] for line in formula] == pytest.approx(expected)
-    assert "256" in ax.get_title()
-    # without context_length: the largest length every s has (256 here) is used
-    auto = plot_temperature_sweep(sweep_frame())
-    assert list(series_lines(auto.axes[0])[0].get_ydata()) == pytest.approx(list(lines[0].get_ydata()))
-
-
-def test_plot_run_writes_what_the_tables_allow_and_skips_missing_ones(tmp_path, run_folder):
-    paths = plot_run(run_folder)
-    names = sorted(p.name for p in paths)
-    assert names == ["leaderboard.pdf", "leaderboard.png", "passkey.pdf", "passkey.png", "perplexity.pdf",
-                     "perplexity.png"]
-    assert all(p.exists() and p.parent == run_folder / "figures" for p in paths)
-
-    only_ppl = tmp_path / "only_ppl"
-    ResultStore(only_ppl).replace("perplexity", sweep_frame())
-    stems = sorted(p.stem for p in plot_run(only_ppl))
-    assert stems == ["perplexity", "perplexity", "temperature", "temperature"]
-    assert plot_run(tmp_path / "empty") == []
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
 
 def test_markdown_table_escapes_pipes():
     text = markdown_table(["a", "b"], [["x|y", 1.5]])
@@ -284,10 +247,6 @@ def test_report_has_the_papers_tables_failed_cells_and_figures(run_folder):
         assert f"](figures/{name}.png)" in text
         assert (run_folder / "figures" / f"{name}.png").exists()
 
-
-# ---------------------------------------------------------------------------------------------
-# Notebooks, executed headless
-# ---------------------------------------------------------------------------------------------
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", ["compare_methods", "paper_figures"])
@@ -370,14 +329,73 @@ def test_report_shows_the_temperature_sweep(tmp_path):
     assert f"| d1, truncated | s=4 | 1.139 | 1.15 | 10.00 | {at_formula[4]:.2f} |" in text
 
 
-def test_the_same_figure_saved_twice_gives_the_same_bytes(tmp_path):
-    """No creation date in the PDF (or software stamp in the PNG): redrawing unchanged tables
-    leaves the committed figures unchanged."""
-    import time
+# ---- The tables layer: summaries and statistics against direct computations on hand-made tables.
 
-    from evalharness.plots import save_figure
 
-    first = save_figure(plot_perplexity(perplexity_frame()), tmp_path / "a" / "ppl")
-    time.sleep(1.1)  # PDF dates have one-second resolution
-    second = save_figure(plot_perplexity(perplexity_frame()), tmp_path / "b" / "ppl")
-    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+def doc_row(doc_id, length, tokens, nll_sum, method="yarn", factor=2.0, window_nll_sum=None, model="m"):
+    window_nll_sum = 3 * nll_sum / tokens if window_nll_sum is None else window_nll_sum
+    return dict(model=model, method=method, factor=factor, original_ctx=64, dataset="d", doc_id=doc_id,
+                doc_tokens=1000, protocol="sliding", window_bos="every", context_length=length, stride=16,
+                scored_tokens=tokens, nll_sum=nll_sum, n_windows=3, window_nll_sum=window_nll_sum,
+                ppl=math.exp(nll_sum / tokens), ppl_paper=math.exp(window_nll_sum / 3))
+
+
+def passkey_rows(curves, depths=(0.5,), trials=10):
+    """One row per prompt; `curves`: {(method, factor): {length: accuracy}} with accuracy·trials
+    correct prompts (the first ones) per depth."""
+    rows = []
+    for (method, factor), curve in curves.items():
+        for length, accuracy in curve.items():
+            for depth in depths:
+                for trial in range(trials):
+                    rows.append(dict(model="m", method=method, factor=factor, original_ctx=4096,
+                                     context_length=length, prompt_tokens=length - 2, depth=depth,
+                                     trial=trial, seed=0, scoring="generate", passkey=12345, continuation="",
+                                     correct=trial < round(accuracy * trials)))
+    return pd.DataFrame(rows, columns=SCHEMAS["passkey"])
+
+
+def test_report_compares_with_every_reference_given_on_the_command_line(tmp_path, capsys):
+    from evalharness import cli
+
+    # two documents, three series; nll sums chosen so the ratios are worked by hand:
+    # ratio(yarn / ntk) = exp(Σ nll_yarn / Σ tok − Σ nll_ntk / Σ tok) = exp((200 + 220 − 210 − 230) / 200)
+    nll = {("base", 1.0): (300.0, 320.0), ("ntk", 2.0): (210.0, 230.0), ("yarn", 2.0): (200.0, 220.0)}
+    store = ResultStore(tmp_path / "run")
+    store.append("perplexity_docs", [doc_row(d, 128, 100, sums[i], method=m, factor=f)
+                                     for (m, f), sums in nll.items() for i, d in enumerate("ab")])
+    store.replace("perplexity", aggregate_perplexity(read_table(tmp_path / "run", "perplexity_docs")))
+    assert cli.main(["plot", str(tmp_path / "run"), "--reference", "ntk:2,pi:7"]) == 0
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "Ratio to Base on the same documents" in text
+    block = text.split("Ratio to NTK s=2 on the same documents:")[1].split("\n\n", 3)[2]
+    yarn_row = next(line for line in block.splitlines() if line.startswith("| YaRN s=2 |"))
+    assert yarn_row.startswith(f"| YaRN s=2 | {math.exp(-20 / 200):.3f} [")
+    assert "| NTK s=2 |" not in block  # the reference itself is not a row of its own table
+    assert "No perplexity series matches --reference 'pi:7'." in text
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path / "run"), "--reference", "ntk:x"]) == 2
+    assert "--reference: reference 'ntk:x': 'x' is not a factor" in capsys.readouterr().err
+
+
+def test_end_of_run_summary_uses_the_report_labels_in_registry_order(tmp_path, capsys):
+
+    store = ResultStore(tmp_path / "run")
+    series = [("yarn", 2.0), ("base", 1.0), ("dynamic-yarn", 1.0), ("ntk", 2.0), ("pi", 2.0)]
+    store.append("perplexity_docs", [doc_row("a", 128, 100, 150.0 + i, method=m, factor=f)
+                                     for i, (m, f) in enumerate(series)])
+    store.replace("perplexity", aggregate_perplexity(read_table(tmp_path / "run", "perplexity_docs")))
+    store.append("passkey", passkey_rows({("yarn", 2.0): {4096: 1.0}, ("base", 1.0): {4096: 0.5}}).to_dict("records"))
+    print_summary(store)
+    lines = capsys.readouterr().out.splitlines()
+    ppl_rows = [line.split()[0:3] for line in lines[lines.index("perplexity — d, sliding (token-weighted)") + 3:][:5]]
+    assert [" ".join(r[:2]) if r[1].startswith("s=") else r[0] for r in ppl_rows] == [
+        "Base", "PI s=2", "NTK s=2", "YaRN s=2", "Dynamic-YaRN"]
+    # each row holds its own series' perplexity (nll 150 + i over 100 tokens)
+    expected = {"Base": 151.0, "PI s=2": 154.0, "NTK s=2": 153.0, "YaRN s=2": 150.0, "Dynamic-YaRN": 152.0}
+    for row in ppl_rows:
+        label = " ".join(row[:2]) if row[1].startswith("s=") else row[0]
+        assert float(row[-1] if row[1].startswith("s=") else row[1]) == pytest.approx(
+            math.exp(expected[label] / 100), abs=5e-4)
+    passkey = lines[lines.index(next(line for line in lines if line.startswith("passkey accuracy"))) + 3:]
+    assert passkey[0].split()[0] == "Base" and passkey[1].split()[:2] == ["YaRN", "s=2"]

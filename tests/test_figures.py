@@ -1,0 +1,436 @@
+"""Figures: each task's figures from its tables (plots.py's common look: L marked, no line across an
+unmeasured length, intervals, one look per method), the loss-by-position figure, and plot_run."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.container import BarContainer
+
+from evalharness.leaderboard.figures import plot_leaderboard
+from evalharness.passkey.figures import plot_passkey_heatmap
+from evalharness.perplexity.figures import plot_nll_by_position, plot_perplexity, plot_temperature_sweep
+from evalharness.plots import plot_run, save_figure, series_style
+from evalharness.results import SCHEMAS, ResultStore
+from evalharness.ruler.figures import plot_ruler_mean
+
+# ---- Figures, the run report and the notebooks, on small hand-made tables with the exact schemas.
+
+
+L = 128
+
+
+LENGTHS = [64, 128, 256]
+
+
+SERIES = [("base", 1.0), ("pi", 2.0), ("yarn", 2.0), ("dynamic-yarn", 1.0)]
+
+
+def ppl_value(method, factor, length, dataset="d1"):
+    """A distinct, recognisable perplexity per cell."""
+    rank = [m for m, _ in SERIES].index(method) if method in [m for m, _ in SERIES] else 9
+    return round(5.0 + rank + length / 64 + (0.5 if dataset == "d2" else 0.0), 4)
+
+
+def ppl_row(method, factor, length, dataset="d1", protocol="truncated", stride=0, value=None, model="m"):
+    value = ppl_value(method, factor, length, dataset) if value is None else value
+    return dict(model=model, method=method, factor=factor, original_ctx=L, dataset=dataset, protocol=protocol,
+                window_bos="every" if protocol == "sliding" else "first", context_length=length, stride=stride,
+                n_docs=2, scored_tokens=2 * length, n_windows=2, ppl=value, ppl_paper=value + 0.25,
+                ppl_ci_low=value - 0.5, ppl_ci_high=value + 0.5)
+
+
+def perplexity_frame(datasets=(("d1", "truncated", 0),)):
+    rows = [ppl_row(m, f, n, d, p, s) for d, p, s in datasets for m, f in SERIES for n in LENGTHS]
+    return pd.DataFrame(rows, columns=SCHEMAS["perplexity"])
+
+
+PASSKEY_DEPTHS = [0.0, 0.5, 1.0]
+
+
+def passkey_correct(method, length, depth, trial):
+    """Pattern: base fails past L; yarn fails only at the deepest needle of 256 on trial 0."""
+    if method == "base":
+        return length <= L and not (depth == 0.5 and trial == 2)
+    return not (length == 256 and depth == 1.0 and trial == 0)
+
+
+def passkey_frame():
+    rows = []
+    for method, factor in [("base", 1.0), ("yarn", 2.0)]:
+        for length in LENGTHS:
+            for depth in PASSKEY_DEPTHS:
+                for trial in range(3):
+                    rows.append(dict(model="m", method=method, factor=factor, original_ctx=L,
+                                     context_length=length, prompt_tokens=length, depth=depth, trial=trial,
+                                     seed=trial, passkey=12345 + trial, continuation=" 12345.",
+                                     correct=passkey_correct(method, length, depth, trial)))
+    return pd.DataFrame(rows, columns=SCHEMAS["passkey"])
+
+
+LEADERBOARD = {  # (method, factor) → {task: value}
+    ("base", 1.0): {"arc_challenge": 0.40, "hellaswag": 0.60, "mmlu": 0.30},
+    ("pi", 2.0): {"arc_challenge": 0.35, "hellaswag": 0.55, "mmlu": 0.28},
+    ("yarn", 2.0): {"arc_challenge": 0.41, "hellaswag": 0.58, "mmlu": 0.29},
+}
+
+
+METRICS = {"arc_challenge": ("acc_norm", 25), "hellaswag": ("acc_norm", 10), "mmlu": ("acc", 5)}
+
+
+def leaderboard_frame():
+    rows = []
+    for (method, factor), scores in LEADERBOARD.items():
+        for task, value in scores.items():
+            metric, shots = METRICS[task]
+            rows.append(dict(model="m", method=method, factor=factor, original_ctx=L, task=task,
+                             metric=metric, value=value, stderr=0.01, num_fewshot=shots, n_samples=100))
+    return pd.DataFrame(rows, columns=SCHEMAS["leaderboard"])
+
+
+def write_manifest(folder):
+    manifest = {
+        "runs": [{"command": ["run_eval.py", "--model", "m", "--method", "base,pi,yarn"],
+                  "args": {"model": "m"},
+                  "environment": {"python": "3.11.0", "torch": "9.9.9", "transformers": "5.0.0"},
+                  "model_info": {"name": "tiny-model", "native_ctx": L, "rope_theta": 10000.0},
+                  "specs": ["base:original_ctx=128", "yarn:2:original_ctx=128"],
+                  "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T01:00:00+00:00"}],
+        "cells": {"perplexity|m|base|d1": {"status": "done"},
+                  "passkey|m|pi|2": {"status": "failed",
+                                     "error": "Traceback ...\nRuntimeError: out of memory"}},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture()
+def run_folder(tmp_path):
+    """A run folder with perplexity, passkey and leaderboard tables written through the store."""
+    folder = tmp_path / "run"
+    store = ResultStore(folder)
+    store.replace("perplexity", perplexity_frame())
+    store.append("passkey", passkey_frame().to_dict("records"))
+    store.append("leaderboard", leaderboard_frame().to_dict("records"))
+    write_manifest(folder)
+    return folder
+
+
+def series_lines(ax):
+    return [line for line in ax.lines if line.get_gid() == "series"]
+
+
+def sweep_frame():
+    """Perplexity = 10 + 100·(x − x*(s))² at length 256 for s = 2, 4, with x* = 1.1 (s=2), 1.15 (s=4);
+    other lengths hold noise that must be ignored."""
+    rows = []
+    optimum = {2.0: 1.1, 4.0: 1.15}
+    for s, best in optimum.items():
+        for x in [1.0, 1.05, 1.1, 1.15, 1.2, 1.25]:
+            for length in (128, 256):
+                value = 10 + 100 * (x - best) ** 2 if length == 256 else 50.0
+                rows.append(ppl_row(f"yarn:attention_factor={x}", s, length, value=value))
+        rows.append(ppl_row("yarn", s, 256, value=10 + 100 * (0.1 * math.log(s) + 1 - best) ** 2))
+    rows.append(ppl_row("base", 1.0, 256, value=30.0))
+    rows.append(ppl_row("pi", 2.0, 256, value=12.0))
+    return pd.DataFrame(rows, columns=SCHEMAS["perplexity"])
+
+
+def test_perplexity_figure_has_one_panel_per_dataset_and_the_papers_look():
+    frame = perplexity_frame(datasets=(("d1", "truncated", 0), ("d2", "sliding", 16)))
+    fig = plot_perplexity(frame)
+    assert len(fig.axes) == 2
+    for ax, dataset in zip(fig.axes, ["d1", "d2"]):
+        lines = series_lines(ax)
+        assert [line.get_label() for line in lines] == ["Base", "PI s=2", "YaRN s=2", "Dynamic-YaRN"]
+        for line, (method, factor) in zip(lines, SERIES):
+            assert list(line.get_xdata()) == LENGTHS
+            expected = [ppl_value(method, factor, n, dataset) for n in LENGTHS]
+            assert list(line.get_ydata()) == pytest.approx(expected)
+        assert ax.get_yscale() == "log"
+        assert ax.get_xlabel() == "Context window (tokens)"
+        assert ax.get_ylabel() == "Perplexity (lower is better)"
+        (vline,) = [line for line in ax.lines if line.get_gid() == "original_ctx"]
+        assert list(vline.get_xdata()) == [L, L] and vline.get_linestyle() == "--"
+        assert dataset in ax.get_title()
+    assert "sliding" in fig.axes[1].get_title() and "stride 16" in fig.axes[1].get_title()
+
+
+def test_perplexity_figure_leaves_out_non_finite_values_and_saves_png_and_pdf(tmp_path):
+    frame = perplexity_frame()
+    frame.loc[(frame["method"] == "base") & (frame["context_length"] == 256), "ppl"] = math.inf
+    fig = plot_perplexity(frame)
+    base = series_lines(fig.axes[0])[0]
+    assert list(base.get_xdata()) == [64, 128]
+    paths = save_figure(fig, tmp_path / "sub" / "ppl")
+    assert [p.name for p in paths] == ["ppl.png", "ppl.pdf"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+def test_passkey_heatmap_shows_the_mean_accuracy_per_length_and_depth(tmp_path):
+    store = ResultStore(tmp_path)  # round trip through the CSV: `correct` comes back from text
+    store.append("passkey", passkey_frame().to_dict("records"))
+    fig = plot_passkey_heatmap(store.read("passkey"))
+    panels = [ax for ax in fig.axes if ax.get_gid() != "colorbar"]
+    assert len(panels) == 2 and len(fig.axes) == 3  # two panels + the colorbar
+    assert [ax.get_title() for ax in panels] == ["Base", "YaRN s=2"]
+    assert fig.get_suptitle() == "m: passkey retrieval accuracy (n=3 prompts per cell)"
+    for ax, method in zip(panels, ["base", "yarn"]):
+        (image,) = ax.images
+        expected = np.array([[np.mean([passkey_correct(method, n, d, t) for t in range(3)]) for n in LENGTHS]
+                             for d in PASSKEY_DEPTHS])
+        np.testing.assert_allclose(np.asarray(image.get_array()), expected)
+        assert image.get_clim() == (0.0, 1.0)
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "128", "256"]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["0%", "50%", "100%"]
+
+
+def test_leaderboard_bars_have_the_values_with_base_first():
+    fig = plot_leaderboard(leaderboard_frame())
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [c.get_label() for c in bars] == ["Base", "PI s=2", "YaRN s=2"]
+    for container, (key, scores) in zip(bars, LEADERBOARD.items()):
+        assert [bar.get_height() for bar in container.patches] == pytest.approx(list(scores.values()))
+    assert all(bar.get_hatch() == "//" for bar in bars[0].patches)
+    assert not any(bar.get_hatch() for bar in bars[1].patches)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0].startswith("ARC-c") and "25-shot" in ticks[0] and ticks[2].startswith("MMLU")
+    # dashed base level over each task group
+    refs = [c for c in ax.collections if c.get_gid() == "base_reference"]
+    assert len(refs) == 3
+
+
+def test_temperature_sweep_marks_each_minimum_and_the_formula():
+    fig = plot_temperature_sweep(sweep_frame(), context_length=256)
+    (ax,) = fig.axes
+    lines = series_lines(ax)
+    assert len(lines) == 2
+    assert lines[0].get_label().startswith("YaRN s=2") and lines[1].get_label().startswith("YaRN s=4")
+    xs2 = sorted([1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 0.1 * math.log(2) + 1])
+    assert list(lines[0].get_xdata()) == pytest.approx(xs2)
+    minima = [line for line in ax.lines if line.get_gid() == "minimum"]
+    assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in minima] == [pytest.approx((1.1, 10.0)),
+                                                                              pytest.approx((1.15, 10.0))]
+    formula = [line for line in ax.lines if line.get_gid() == "formula"]
+    expected = [0.1 * math.log(2) + 1, 0.1 * math.log(4) + 1]
+    assert [line.get_xdata()[0] for line in formula] == pytest.approx(expected)
+    assert "256" in ax.get_title()
+    # without context_length: the largest length every s has (256 here) is used
+    auto = plot_temperature_sweep(sweep_frame())
+    assert list(series_lines(auto.axes[0])[0].get_ydata()) == pytest.approx(list(lines[0].get_ydata()))
+
+
+def test_plot_run_writes_what_the_tables_allow_and_skips_missing_ones(tmp_path, run_folder):
+    paths = plot_run(run_folder)
+    names = sorted(p.name for p in paths)
+    assert names == ["leaderboard.pdf", "leaderboard.png", "passkey.pdf", "passkey.png", "perplexity.pdf",
+                     "perplexity.png"]
+    assert all(p.exists() and p.parent == run_folder / "figures" for p in paths)
+
+    only_ppl = tmp_path / "only_ppl"
+    ResultStore(only_ppl).replace("perplexity", sweep_frame())
+    stems = sorted(p.stem for p in plot_run(only_ppl))
+    assert stems == ["perplexity", "perplexity", "temperature", "temperature"]
+    assert plot_run(tmp_path / "empty") == []
+
+
+def test_the_same_figure_saved_twice_gives_the_same_bytes(tmp_path):
+    """No creation date in the PDF (or software stamp in the PNG): redrawing unchanged tables
+    leaves the committed figures unchanged."""
+    import time
+
+    from evalharness.plots import save_figure
+
+    first = save_figure(plot_perplexity(perplexity_frame()), tmp_path / "a" / "ppl")
+    time.sleep(1.1)  # PDF dates have one-second resolution
+    second = save_figure(plot_perplexity(perplexity_frame()), tmp_path / "b" / "ppl")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+# ----
+# Figure checks that can fail: axis limits hold the data and L is marked, no line spans a length a
+# series lacks, a one-length run is a dot-and-interval plot, uncertainty is drawn, the leaderboard
+# figure stays narrow, and one (method, factor) looks the same in every figure.
+
+
+def ppl_rows(series, lengths_of, original_ctx=8192, ci=True):
+    rows = []
+    for method, factor in series:
+        for length in lengths_of[method]:
+            value = 10.0 + length / 4096 + (2 if method == "base" else 0)
+            rows.append(dict(model="tiny", method=method, factor=factor, original_ctx=original_ctx, dataset="d",
+                             protocol="truncated", window_bos="first", context_length=length, stride=0,
+                             n_docs=2, scored_tokens=length, n_windows=2, ppl=value, ppl_paper=value,
+                             ppl_ci_low=value - 1 if ci else np.nan, ppl_ci_high=value + 1 if ci else np.nan))
+    return pd.DataFrame(rows, columns=SCHEMAS["perplexity"])
+
+
+def series(ax):
+    return [line for line in ax.lines if line.get_gid() == "series"]
+
+
+def context_marks(ax):
+    return [a for a in [*ax.lines, *ax.texts] if a.get_gid() == "original_ctx"]
+
+
+def test_axis_holds_the_data_and_marks_L_inside_with_a_line():
+    grid = [4096, 8192, 12288, 16384]
+    fig = plot_perplexity(ppl_rows([("base", 1), ("yarn", 4)], {"base": grid, "yarn": grid}))
+    (ax,) = fig.axes
+    low, high = ax.get_xlim()
+    xs = np.concatenate([line.get_xdata() for line in series(ax)])
+    assert low < xs.min() and xs.max() < high
+    (mark,) = context_marks(ax)
+    assert list(mark.get_xdata()) == [8192, 8192]
+    assert "tiny" in ax.get_title() and "d (truncated)" in ax.get_title()
+
+
+def test_L_outside_the_measured_range_is_an_annotation_and_the_axis_is_not_stretched():
+    grid = [2048, 4096]
+    fig = plot_perplexity(ppl_rows([("base", 1), ("yarn", 4)], {"base": grid, "yarn": grid}))
+    (ax,) = fig.axes
+    low, high = ax.get_xlim()
+    assert high < 8192 and high - low < 1.2 * (4096 - 2048)  # measured range + padding only
+    (mark,) = context_marks(ax)
+    assert mark.get_text() == "L=8k →"
+
+
+def test_no_line_segment_spans_a_length_the_series_lacks():
+    full = [4096, 8192, 12288, 16384, 20480, 24576, 28672, 32768]
+    fig = plot_perplexity(ppl_rows([("yarn", 4), ("dynamic-yarn", 1)],
+                                   {"yarn": full, "dynamic-yarn": [4096, 8192, 16384, 32768]}))
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in series(ax)}
+    for line in lines.values():
+        x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        for i in range(len(x) - 1):
+            if np.isfinite(y[i]) and np.isfinite(y[i + 1]):  # a drawn segment joins neighbours of the grid
+                assert full.index(x[i + 1]) == full.index(x[i]) + 1
+    dynamic = lines["Dynamic-YaRN"]
+    finite = [x for x, y in zip(dynamic.get_xdata(), dynamic.get_ydata()) if np.isfinite(y)]
+    assert finite == [4096, 8192, 16384, 32768]  # a marker at every measured length
+    assert dynamic.get_linestyle() == "--"
+
+
+def test_the_bootstrap_interval_is_drawn_as_error_bars():
+    grid = [4096, 8192]
+    fig = plot_perplexity(ppl_rows([("yarn", 4)], {"yarn": grid}))
+    (ax,) = fig.axes
+    bars = [c for c in ax.collections if c.get_gid() == "ci"]
+    (segments,) = [b.get_segments() for b in bars]
+    assert [tuple(s[:, 1]) for s in segments] == [(10.0, 12.0), (11.0, 13.0)]
+    no_ci = plot_perplexity(ppl_rows([("yarn", 4)], {"yarn": grid}, ci=False))
+    assert not [c for c in no_ci.axes[0].collections if c.get_gid() == "ci"]
+
+
+def test_a_one_length_run_is_a_dot_and_interval_plot_with_L_noted():
+    fig = plot_perplexity(ppl_rows([("base", 1), ("pi", 2), ("yarn", 2)], {m: [16384] for m in ("base", "pi", "yarn")}))
+    (ax,) = fig.axes
+    dots = series(ax)
+    assert [list(d.get_xdata()) for d in dots] == [[0], [1], [2]]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Base", "PI s=2", "YaRN s=2"]
+    assert [m.get_text() for m in context_marks(ax)] == ["16k = 2·L (L=8k)"]
+    assert "at 16k" in ax.get_title()
+    assert [c for c in ax.collections if c.get_gid() == "ci"]
+
+
+def test_the_leaderboard_shows_the_headline_numbers_only_and_stays_narrow():
+    rows = []
+    subjects = [f"mmlu_subject_{i}" for i in range(57)]
+    for method, factor in (("base", 1), ("pi", 2), ("ntk", 2), ("yarn", 2)):
+        for task, metric in (("arc_challenge", "acc"), ("arc_challenge", "acc_norm"), ("mmlu", "acc_macro"),
+                             ("mmlu", "acc_weighted"), ("truthfulqa_mc2", "acc"),
+                             *[(s, "acc") for s in subjects]):
+            rows.append(dict(model="tiny", method=method, factor=factor, original_ctx=8192, task=task, metric=metric,
+                             value=0.5, stderr=0.05, num_fewshot=0, n_samples=100))
+    fig = plot_leaderboard(pd.DataFrame(rows, columns=SCHEMAS["leaderboard"]))
+    (ax,) = fig.axes
+    assert fig.get_size_inches()[0] <= 12.0
+    ticks = [t.get_text().split("\n")[:2] for t in ax.get_xticklabels()]
+    assert ticks == [["ARC-c", "acc_norm, 0-shot"], ["MMLU", "acc (macro), 0-shot"], ["TruthfulQA", "MC2, 0-shot"]]
+
+
+def test_one_look_per_method_across_figures():
+    grid = [4096, 8192]
+    ppl = plot_perplexity(ppl_rows([("base", 1), ("yarn", 4)], {"base": grid, "yarn": grid}))
+    ruler = pd.DataFrame([dict(model="tiny", method="yarn", factor=4, original_ctx=8192, task="niah_single_1",
+                               context_length=n, score=0.5, n=4, stderr=0.1) for n in grid],
+                         columns=SCHEMAS["ruler"])
+    mean = plot_ruler_mean(ruler)
+    positions = pd.DataFrame([dict(model="tiny", method="yarn", factor=4, original_ctx=8192, dataset="d",
+                                   protocol="truncated", window_bos="first", context_length=8192, stride=0,
+                                   bucket_width=4096, position_start=s, position_end=s + 4096, n_docs=1,
+                                   tokens=4096, nll_sum=4096.0, mean_nll=1.0) for s in (0, 4096)],
+                             columns=SCHEMAS["perplexity_positions"])
+    by_position = plot_nll_by_position(positions)
+    looks = []
+    for fig in (ppl, mean, by_position):
+        (line,) = [line for line in series(fig.axes[0]) if line.get_label() == "YaRN s=4"]
+        looks.append((line.get_color(), line.get_marker(), line.get_linestyle()))
+    style = series_style("yarn", 4)
+    assert looks == [(style["color"], style["marker"], style["linestyle"])] * 3
+    assert series_style("yarn", 2)["color"] != style["color"]  # another s, another shade
+    assert "±1 standard error" in mean.axes[0].get_legend().get_title().get_text()
+
+
+def test_passkey_heatmap_names_the_rerotated_series_in_words_and_marks_L():
+    rows = []
+    for method, scoring in (("base", "paper"), ("dynamic-yarn", "paper-rerotate")):
+        for length in (4096, 8192, 16384):
+            rows.append(dict(model="tiny", method=method, factor=1, original_ctx=8192, context_length=length,
+                             prompt_tokens=length, depth=0.5, trial=0, seed=0, scoring=scoring, passkey=1,
+                             continuation=" 1.", correct=True))
+    fig = plot_passkey_heatmap(pd.DataFrame(rows, columns=SCHEMAS["passkey"]))
+    panels = [ax for ax in fig.axes if ax.get_gid() != "colorbar"]
+    assert [ax.get_title() for ax in panels] == ["Base", "Dynamic-YaRN, re-rotated KV cache"]
+    for ax in panels:
+        (line,) = [line for line in ax.lines if line.get_gid() == "original_ctx"]
+        assert list(line.get_xdata()) == [1.5, 1.5]  # between 8k (≤ L) and 16k
+    assert fig.get_suptitle().startswith("tiny: passkey retrieval accuracy")
+
+
+# ---- The NLL-vs-position figure, from a hand-made positions table.
+
+
+L_position_plot = 64
+
+
+def positions_frame():
+    rows = []
+    for method, factor, slope in (("base", 1.0, 0.02), ("yarn", 2.0, 0.0)):
+        for length in (128, 256):
+            for start in range(0, length, 16):
+                mean = 3.0 + slope * max(0, start - L_position_plot)
+                rows.append(dict(model="m", method=method, factor=factor, original_ctx=L_position_plot, dataset="d",
+                                 protocol="truncated", window_bos="first", context_length=length, stride=0,
+                                 bucket_width=16, position_start=start, position_end=start + 16, n_docs=2,
+                                 tokens=32, nll_sum=32 * mean, mean_nll=mean))
+    return pd.DataFrame(rows, columns=SCHEMAS["perplexity_positions"])
+
+
+def test_one_line_per_method_at_the_largest_length_with_L_marked():
+    fig = plot_nll_by_position(positions_frame())
+    (ax,) = fig.axes
+    lines = [line for line in ax.get_lines() if line.get_gid() == "series"]
+    assert [line.get_label() for line in lines] == ["Base", "YaRN s=2"]
+    base = lines[0]
+    assert list(base.get_xdata()) == [start + 8 for start in range(0, 256, 16)]  # bucket centres, length 256
+    assert base.get_ydata()[-1] == 3.0 + 0.02 * (240 - L_position_plot)
+    (marker,) = [line for line in ax.get_lines() if line.get_gid() == "original_ctx"]
+    assert list(marker.get_xdata()) == [L_position_plot, L_position_plot]
+    assert "window 256" in ax.get_title() and "buckets of 16" in ax.get_title()
+
+
+def test_a_chosen_length_and_an_empty_table():
+    fig = plot_nll_by_position(positions_frame(), context_length=128)
+    line = next(line for line in fig.axes[0].get_lines() if line.get_gid() == "series")
+    assert max(line.get_xdata()) == 120
+    assert not [line for ax in plot_nll_by_position(positions_frame().iloc[:0]).axes for line in ax.get_lines()]
+
+
+def test_plot_run_draws_the_positions_figure(tmp_path):
+    ResultStore(tmp_path).replace("perplexity_positions", positions_frame())
+    paths = plot_run(tmp_path)
+    assert tmp_path / "figures" / "positions.png" in paths and (tmp_path / "figures" / "positions.pdf").exists()
