@@ -693,3 +693,19 @@ def test_sliding_window_bad_input(corpus, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("error: --sliding-window-attention 'zero' is not valid; give a size ≥ 1 (e.g. 4096 or 4k) "
                    "or off."), err
+
+
+def test_local_and_global_layers_get_a_note_not_a_warning(capsys):
+    """Gemma 3's local layers have a window by design and its global layers see every token: a
+    length past the window is a one-line note, not the warning meant for Mistral-style windows."""
+    from evalharness.cli.eval import sliding_window_setup
+
+    config = transformers.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           vocab_size=97, sliding_window=16, max_position_embeddings=256,
+                                           layer_types=["sliding_attention", "full_attention"])
+    model = transformers.Gemma3ForCausalLM(config)
+    recorded = sliding_window_setup(model, None, [16, 64], own_forward=True)
+    err = capsys.readouterr().err
+    assert "note: lengths up to 64 exceed the 16-token window" in err and "warning" not in err
+    assert recorded == {"config": 16, "option": None, "applied": 16}

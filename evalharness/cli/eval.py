@@ -16,6 +16,7 @@ import torch
 
 from .. import models, parallel, registry, runner
 from ..errors import UsageError
+from ..memory import layer_windows
 from ..models import check_attn_impl, set_sliding_window, sliding_window
 from ..options import (
     DEFAULT_PREFILL_CHUNK,
@@ -232,9 +233,13 @@ def sliding_window_setup(model, option, lengths: list[int], own_forward: bool) -
     if option is not None:
         set_sliding_window(model, None if option == "off" else option)
     elif configured and own_forward and max(lengths) > configured:
-        print(f"warning: lengths up to {max(lengths)} exceed the model's sliding attention window {configured}; "
-              "tokens further back are not attended (--sliding-window-attention off for full attention).",
-              file=sys.stderr)
+        if None in layer_windows(model.config):  # local and global layers by design (Gemma 2/3)
+            print(f"note: lengths up to {max(lengths)} exceed the {configured}-token window of the model's local "
+                  "layers; its full-attention layers see every token.", file=sys.stderr)
+        else:
+            print(f"warning: lengths up to {max(lengths)} exceed the model's sliding attention window {configured}; "
+                  "tokens further back are not attended (--sliding-window-attention off for full attention).",
+                  file=sys.stderr)
     return {"config": configured, "option": option, "applied": sliding_window(model)}
 
 
