@@ -111,10 +111,15 @@ def _stable_index(text: str, n: int) -> int:
 
 def series_style(method: str, factor=None) -> dict:
     """The look of a (method, factor) series in every figure: `color`, `marker`, `linestyle`
-    (dashed for dynamic methods). A fixed function of its arguments: same series, same look."""
-    name = split_label(str(method))[0]
+    (dashed for dynamic methods; a method with options, e.g. `yarn:layers=all`, keeps the method's
+    colour with another marker and a dotted line). A fixed function of its arguments."""
+    name, options = split_label(str(method))
     color = METHOD_COLORS.get(name) or _SPARE_COLORS[_stable_index(name, len(_SPARE_COLORS))]
     marker = METHOD_MARKERS.get(name) or _SPARE_MARKERS[_stable_index(name, len(_SPARE_MARKERS))]
+    if options:  # a variant of the method (e.g. layers=all, attention_factor=…): its colour, another marker, dotted
+        variant = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+        others = [m for m in _SPARE_MARKERS if m != marker]
+        marker = others[_stable_index(variant, len(others))]
     facts = METHOD_FACTS.get(name)
     if facts is not None and facts.uses_factor and not is_missing(factor) and float(factor) > 0:
         shade = float(np.clip(0.3 * (math.log2(float(factor)) - 2), -0.45, 0.6))
@@ -122,7 +127,8 @@ def series_style(method: str, factor=None) -> dict:
         rgb = rgb + (1 - rgb) * shade if shade > 0 else rgb * (1 + shade)
         color = to_hex(rgb)
     dynamic = facts.dynamic if facts is not None else name.startswith("dynamic")
-    return {"color": color, "marker": marker, "linestyle": "--" if dynamic else "-"}
+    return {"color": color, "marker": marker, "linestyle": ("-." if dynamic else ":") if options else
+            ("--" if dynamic else "-")}
 
 
 def length_text(value, _pos=None) -> str:

@@ -434,3 +434,15 @@ def test_plot_run_draws_the_positions_figure(tmp_path):
     ResultStore(tmp_path).replace("perplexity_positions", positions_frame())
     paths = plot_run(tmp_path)
     assert tmp_path / "figures" / "positions.png" in paths and (tmp_path / "figures" / "positions.pdf").exists()
+
+
+def test_a_method_variant_keeps_its_colour_with_another_marker_and_line():
+    """`yarn:layers=all` next to `yarn` (same factor): the method's colour, but a marker and a line
+    style of its own, so the two are told apart in every figure; the same variant looks the same."""
+    from evalharness.plots import series_style
+
+    plain, variant = series_style("yarn", 2.0), series_style("yarn:layers=all", 2.0)
+    assert variant["color"] == plain["color"]
+    assert variant["marker"] != plain["marker"] and variant["linestyle"] != plain["linestyle"]
+    assert series_style("yarn:layers=all", 2.0) == variant
+    assert series_style("dynamic-yarn:layers=all")["linestyle"] not in (variant["linestyle"], "-")
