@@ -151,3 +151,19 @@ def break_lm_eval_once(monkeypatch) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lm_eval.evaluator, "evaluate", broken_once)
+
+
+@pytest.fixture()
+def run_folder(tmp_path):
+    """A run folder with perplexity, passkey and leaderboard tables written through the store."""
+    from tables_data import leaderboard_frame, passkey_frame, perplexity_frame, write_manifest
+
+    from evalharness.results import ResultStore
+
+    folder = tmp_path / "run"
+    store = ResultStore(folder)
+    store.replace("perplexity", perplexity_frame())
+    store.append("passkey", passkey_frame().to_dict("records"))
+    store.append("leaderboard", leaderboard_frame().to_dict("records"))
+    write_manifest(folder)
+    return folder
