@@ -15,7 +15,8 @@ import pytest
 import torch
 import transformers
 from conftest import write_corpus
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from model_folders import WORDS, run, save_folder, tiny_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evalharness import cli, models
 from evalharness import models as M
@@ -510,41 +511,9 @@ def test_missing_package_names_the_setup_command(monkeypatch):
 # `--allow-pickle-weights` and `--sliding-window-attention`, on tiny local model folders built here.
 
 
-WORDS = "the cat sat on a mat and the dog ran far away from home"
-
-
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, vocab_size=models.BYTE_VOCAB_SIZE, bos_token_id=1,
-            eos_token_id=2, tie_word_embeddings=False, initializer_range=0.1)
-
-
-def tiny_model(model_type="llama", seed=0, **overrides):
-    config = AutoConfig.for_model(model_type, **{**TINY, **overrides})
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
-
-
-def save_folder(model, folder, safetensors=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    if safetensors:
-        model.save_pretrained(folder)
-    else:  # a pre-safetensors checkpoint: config.json + pytorch_model.bin
-        model.config.save_pretrained(folder)
-        torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    models.build_byte_tokenizer().save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus"), 2, WORDS, lambda i: 60 + 10 * i)
-
-
-def run(folder, corpus, out, *extra, method="native", lengths="32,64,96,128"):
-    argv = ["--model", str(folder), "--method", method, "--factor", "2", "--dataset", f"local:{corpus}",
-            "--lengths", lengths, "--out", str(out), "--no-progress", "--no-plots", "--dtype", "float32",
-            "--device", "cpu", *extra]
-    return cli.main(argv)
 
 
 def nll_sum(model, ids, length):
