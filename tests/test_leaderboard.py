@@ -1,6 +1,7 @@
 """The lm-eval bridge on random:tiny (native context 256, byte tokenizer) with small local data in
 the original datasets' column layouts (leaderboard_data.py)."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def test_mirrors_end_to_end_and_resume(tiny, data_dir, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
     assert saved["evalharness"]["max_length"] == 1024 and saved["n-shot"]["arc_challenge_local"] == 25
     test_file = str((data_dir / "arc_challenge" / "test.jsonl").resolve())
-    assert saved["evalharness"]["data"]["data_files"]["test"] == [test_file]
+    assert saved["evalharness"]["data"]["data_files"]["test"] == [os.path.relpath(test_file)]  # no absolute path
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished cell ran again")
@@ -461,3 +462,17 @@ def test_report_and_figure_name_truthfulqa_mc2_as_mc2():
     assert metric_words("truthfulqa_mc2_local", "acc") == "MC2" and metric_words("arc_challenge", "acc") == "acc"
     text = (Path(__file__).resolve().parent.parent / "results" / "smollm2-135m-leaderboard" / "report.md").read_text()
     assert "TruthfulQA (local) (MC2, 0-shot, n=100)" in text and "TruthfulQA (local) (acc," not in text
+
+
+def test_saved_lm_eval_results_name_no_absolute_path():
+    """An installed task's YAML is named from site-packages, a data file from the working folder."""
+    from evalharness.leaderboard.extract import relative_paths
+
+    body = {"configs": {"t": {"config_source": "/venv/site/lm_eval/tasks/ruler/vt.yaml",
+                              "data_files": ["/home/u/data/arc/test.jsonl"], "doc": "/ not a path\nx"}}}
+    out = relative_paths(body, site_packages="/venv/site", cwd="/home/u/repo")
+    assert out["configs"]["t"]["config_source"] == "lm_eval/tasks/ruler/vt.yaml"
+    assert out["configs"]["t"]["data_files"] == ["../data/arc/test.jsonl"]
+    assert out["configs"]["t"]["doc"] == "/ not a path\nx"
+    committed = Path(__file__).resolve().parent.parent / "results"
+    assert not [p for p in committed.glob("*/lm_eval/*.json") if '": "/' in p.read_text()]

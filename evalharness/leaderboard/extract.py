@@ -118,13 +118,31 @@ def in_run_folder(out_dir: str | os.PathLike, path: Path) -> str:
     return Path(path).relative_to(Path(out_dir)).as_posix()
 
 
+def relative_paths(value, site_packages: str | None = None, cwd: str | None = None):
+    """`value` (lm-eval's results: nested dicts and lists) with every absolute path made relative: an
+    installed package's file to its site-packages folder (`lm_eval/tasks/...`), any other to the
+    working directory, so a committed JSON names no folder of the machine it ran on."""
+    import lm_eval
+
+    site_packages = site_packages or str(Path(lm_eval.__file__).resolve().parent.parent)
+    cwd = cwd or os.getcwd()
+    if isinstance(value, dict):
+        return {key: relative_paths(item, site_packages, cwd) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(item, site_packages, cwd) for item in value]
+    if isinstance(value, str) and os.path.isabs(value) and "\n" not in value:
+        base = site_packages if value.startswith(site_packages + os.sep) else cwd
+        return os.path.relpath(value, base)
+    return value
+
+
 def save_results(path: Path, results: dict, extra: dict, save_samples: bool) -> None:
     from lm_eval.utils import handle_non_serializable
 
     from ..results import atomic_write_text
 
     samples = results.pop("samples", None)
-    body = dict(results, evalharness=extra)
+    body = relative_paths(dict(results, evalharness=extra))
     atomic_write_text(path, json.dumps(body, indent=2, default=handle_non_serializable) + "\n")
     if save_samples and samples:
         lines = []
