@@ -109,3 +109,26 @@ def sweep_frame():
     rows.append(ppl_row("base", 1.0, 256, value=30.0))
     rows.append(ppl_row("pi", 2.0, 256, value=12.0))
     return pd.DataFrame(rows, columns=SCHEMAS["perplexity"])
+
+
+def doc_row(doc_id, length, tokens, nll_sum, method="yarn", factor=2.0, window_nll_sum=None, model="m"):
+    window_nll_sum = 3 * nll_sum / tokens if window_nll_sum is None else window_nll_sum
+    return dict(model=model, method=method, factor=factor, original_ctx=64, dataset="d", doc_id=doc_id,
+                doc_tokens=1000, protocol="sliding", window_bos="every", context_length=length, stride=16,
+                scored_tokens=tokens, nll_sum=nll_sum, n_windows=3, window_nll_sum=window_nll_sum,
+                ppl=math.exp(nll_sum / tokens), ppl_paper=math.exp(window_nll_sum / 3))
+
+
+def passkey_rows(curves, depths=(0.5,), trials=10):
+    """One row per prompt; `curves`: {(method, factor): {length: accuracy}} with accuracy·trials
+    correct prompts (the first ones) per depth."""
+    rows = []
+    for (method, factor), curve in curves.items():
+        for length, accuracy in curve.items():
+            for depth in depths:
+                for trial in range(trials):
+                    rows.append(dict(model="m", method=method, factor=factor, original_ctx=4096,
+                                     context_length=length, prompt_tokens=length - 2, depth=depth,
+                                     trial=trial, seed=0, scoring="generate", passkey=12345, continuation="",
+                                     correct=trial < round(accuracy * trials)))
+    return pd.DataFrame(rows, columns=SCHEMAS["passkey"])

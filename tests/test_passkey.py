@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 import transformers
+from tables_data import passkey_rows
 from torch import nn
 
 from evalharness.analysis.display import ordered_groups
@@ -746,21 +747,6 @@ def test_smollm2_paper_score_equals_generate():
 
 
 # ---- The tables layer: summaries and statistics against direct computations on hand-made tables.
-
-
-def passkey_rows(curves, depths=(0.5,), trials=10):
-    """One row per prompt; `curves`: {(method, factor): {length: accuracy}} with accuracy·trials
-    correct prompts (the first ones) per depth."""
-    rows = []
-    for (method, factor), curve in curves.items():
-        for length, accuracy in curve.items():
-            for depth in depths:
-                for trial in range(trials):
-                    rows.append(dict(model="m", method=method, factor=factor, original_ctx=4096,
-                                     context_length=length, prompt_tokens=length - 2, depth=depth,
-                                     trial=trial, seed=0, scoring="generate", passkey=12345, continuation="",
-                                     correct=trial < round(accuracy * trials)))
-    return pd.DataFrame(rows, columns=SCHEMAS["passkey"])
 
 
 def naive_percentile(values, level=0.95):

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from tables_data import (
     LENGTHS,
+    doc_row,
+    passkey_rows,
     perplexity_frame,
     ppl_value,
     sweep_frame,
@@ -61,7 +63,6 @@ def test_a_resume_that_computed_nothing_is_one_line_and_the_run_comes_last(tmp_p
     import pandas as pd
 
     from evalharness.report import build_report
-    from evalharness.results import SCHEMAS
 
     rows = [dict(model="m", method="base", factor=1, original_ctx=64, context_length=n, prompt_tokens=n, depth=0.5,
                  trial=0, seed=0, scoring="paper", passkey=1, continuation=" 1.", correct=n <= 64) for n in (64, 128)]
@@ -221,29 +222,6 @@ def test_report_shows_the_temperature_sweep(tmp_path):
 
 
 # ---- The tables layer: summaries and statistics against direct computations on hand-made tables.
-
-
-def doc_row(doc_id, length, tokens, nll_sum, method="yarn", factor=2.0, window_nll_sum=None, model="m"):
-    window_nll_sum = 3 * nll_sum / tokens if window_nll_sum is None else window_nll_sum
-    return dict(model=model, method=method, factor=factor, original_ctx=64, dataset="d", doc_id=doc_id,
-                doc_tokens=1000, protocol="sliding", window_bos="every", context_length=length, stride=16,
-                scored_tokens=tokens, nll_sum=nll_sum, n_windows=3, window_nll_sum=window_nll_sum,
-                ppl=math.exp(nll_sum / tokens), ppl_paper=math.exp(window_nll_sum / 3))
-
-
-def passkey_rows(curves, depths=(0.5,), trials=10):
-    """One row per prompt; `curves`: {(method, factor): {length: accuracy}} with accuracy·trials
-    correct prompts (the first ones) per depth."""
-    rows = []
-    for (method, factor), curve in curves.items():
-        for length, accuracy in curve.items():
-            for depth in depths:
-                for trial in range(trials):
-                    rows.append(dict(model="m", method=method, factor=factor, original_ctx=4096,
-                                     context_length=length, prompt_tokens=length - 2, depth=depth,
-                                     trial=trial, seed=0, scoring="generate", passkey=12345, continuation="",
-                                     correct=trial < round(accuracy * trials)))
-    return pd.DataFrame(rows, columns=SCHEMAS["passkey"])
 
 
 def test_report_compares_with_every_reference_given_on_the_command_line(tmp_path, capsys):
