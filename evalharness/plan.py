@@ -7,8 +7,9 @@ its entry in manifest.json):
 
 (each task's unit: ARCHITECTURE.md, "Tasks and cells").
 `tokens` is the number of tokens the cell's forward passes process (0 when the task cannot know,
-as for lm-eval tasks), `length` its longest forward (what sets peak memory) and `kv_cache`
-whether that forward keeps a KV cache. `describe` renders a plan for `--dry-run`.
+as for lm-eval tasks), `length` its longest forward (what sets peak memory), `kv_cache`
+whether that forward keeps a KV cache and `chunkable` whether `--prefill-chunk` applies to it.
+`describe` renders a plan for `--dry-run`.
 No torch import here.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Cell:
     tokens: int = 0
     length: int = 0
     kv_cache: bool = False
+    chunkable: bool = False
 
 
 @dataclass

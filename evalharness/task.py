@@ -62,8 +62,8 @@ class TaskDefinition:
     the defaults add no arguments, check nothing and print nothing."""
 
     name: str = ""
-    # the task runs the model's forward itself (not through lm-eval): --prefill-chunk applies, and a
-    # length beyond the model's sliding attention window is worth a warning
+    # the task runs the model's forward itself (not through lm-eval): a length beyond the model's
+    # sliding attention window is worth a warning
     own_forward: bool = False
     # a dynamic method asked only at lengths ≤ L measures nothing new for this task
     lengths_matter: bool = True

@@ -125,6 +125,35 @@ def test_generation_reuses_the_kv_cache_only_within_one_scale(tiny):
         apply_scaling(model, "base")
 
 
+def test_generation_on_the_kv_cache_prefills_in_chunks(tiny):
+    """With `prefill_chunk` C, lm-eval's generation on the plain KV cache prefills the prompt in
+    chunks of C tokens (the decoder's forwards: C, C, …, the rest, then one token per step) and
+    generates the tokens of the one-shot prefill; a prompt no longer than C is one forward."""
+    from evalharness.leaderboard.lm import wrap_model
+    from evalharness.scaling import apply_scaling
+
+    model, tokenizer, _ = tiny
+    spans = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: spans.append(int((kwargs.get("input_ids") if kwargs.get("input_ids") is not None
+                                                       else args[0]).shape[1])), with_kwargs=True)
+    apply_scaling(model, "yarn:2")
+    ids = torch.randint(3, 259, (1, 300), generator=torch.Generator().manual_seed(4))
+    try:
+        outputs = {}
+        for chunk in (None, 128, 512):
+            lm = wrap_model(model, tokenizer, 512, 1, show_progress=False, prefill_chunk=chunk)
+            spans.clear()
+            outputs[chunk] = lm._model_generate(ids, 300 + 12, stop=[], do_sample=False, temperature=0.0)[0].tolist()
+            steps = len(outputs[chunk]) - 300
+            prefill = [128, 128, 44] if chunk == 128 else [300]
+            assert spans == prefill + [1] * (steps - 1), chunk
+        assert outputs[128] == outputs[None] == outputs[512]
+    finally:
+        hook.remove()
+        apply_scaling(model, "base")
+
+
 def _string_match_all(prediction: str, references: list[str]) -> float:
     """RULER's metric, written out: the fraction of references contained in the prediction (case-insensitive)."""
     text = prediction.strip().lower()
@@ -294,6 +323,23 @@ def test_dry_run_lists_ruler_cells_with_memory(tmp_path, capsys):
     assert tokens("dynamic-yarn", "ruler_fwe", 512) == 3 * 512  # 512 + 128 ≤ L: one scale, the cache holds
     assert tokens("dynamic-yarn", "ruler_fwe", 4096) == 3 * 4096 * MAX_GEN_TOKENS  # a full forward per step
     assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_shows_which_ruler_cells_prefill_in_chunks(tmp_path, capsys):
+    """`--prefill-chunk` applies to cells that generate on the plain KV cache; a dynamic method's cell
+    that generates by full forwards, or on the re-rotated cache, prefills one-shot."""
+    def plans(*extra):
+        argv = ["--model", "random:tiny", "--method", "base,dynamic-yarn", "--original-ctx", "1024", "--tasks",
+                "ruler", "--ruler-tasks", "fwe", "--lengths", "512,4096", "--prefill-chunk", "256",
+                "--out", str(tmp_path / "r"), "--dry-run", *extra]
+        assert cli.main(argv) == cli.EXIT_OK
+        lines = [line for line in capsys.readouterr().out.splitlines() if "ruler|" in line]
+        return {tuple(line.split()[-1].split("|")[2:5:2]): ("chunk 256" in line) for line in lines}
+
+    assert plans() == {("base", "512"): True, ("base", "4096"): True,
+                       ("dynamic-yarn", "512"): True, ("dynamic-yarn", "4096"): False}
+    assert plans("--dynamic-cache", "rerotate") == {("base", "512"): True, ("base", "4096"): True,
+                                                    ("dynamic-yarn", "512"): False, ("dynamic-yarn", "4096"): False}
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -262,8 +262,7 @@ def memory_estimate(model, dtype, chunk_size: int | None, prefill_chunk: int | s
     option = PREFILL_OFF if prefill_chunk is None else prefill_chunk
 
     def plan(cell):
-        # a task that runs through lm-eval's generate: one-shot whatever the option
-        cell_option = option if registry.definition(cell.task).own_forward else PREFILL_OFF
+        cell_option = option if cell.chunkable else PREFILL_OFF
         return plan_prefill(model.config, dtype, device, cell_option, cell.length, chunk_size=chunk_size,
                             attn_impl=attn_impl, n_params=n_params, kv_cache=cell.kv_cache)
 

@@ -1,6 +1,7 @@
 """The scaled model inside lm-eval's `HFLM`: the object itself (never reloaded) with an explicit
 `max_length`, progress bars on/off, and generation that reuses the KV cache only where the RoPE
-scale cannot change during it (`passkey.cache_reusable`, for dynamic scaling).
+scale cannot change during it (`passkey.cache_reusable`, for dynamic scaling), with the prompt
+prefilled in chunks when asked (`prefill_chunk`: transformers' `prefill_chunk_size`).
 
 Progress: the task sets `lm.progress` to its cell's `progress.CellProgress` before lm-eval runs.
 While it is enabled lm-eval's own request bars are off (their carriage returns would fill a log
@@ -42,14 +43,17 @@ def _harness_lm_class():
         the prompt's length to the generation's last one, else every step a full forward (HFLM
         hard-codes use_cache=True). The scale s(l) = max(1, l/L) never decreases with l, so equal
         scales at both ends mean one scale for every step. `rerotate` (a dynamic evalharness
-        method, `--dynamic-cache rerotate`): every generation on a fresh `rerotate.RerotatingCache`."""
+        method, `--dynamic-cache rerotate`): every generation on a fresh `rerotate.RerotatingCache`.
+        `prefill_chunk` C: a generation on the plain KV cache prefills a prompt longer than C in
+        chunks of C tokens (transformers' `prefill_chunk_size`)."""
 
         def __init__(self, *args, show_progress: bool = True, use_kv_cache: bool = True, rerotate: bool = False,
-                     **kwargs):
+                     prefill_chunk: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.show_progress = show_progress
             self.use_kv_cache = use_kv_cache
             self.rerotate = rerotate
+            self.prefill_chunk = prefill_chunk
             self.progress = CellProgress()  # the running cell's, set by the task (module docstring)
 
         def _counted(self, method, requests, disable_tqdm: bool):
@@ -92,6 +96,8 @@ def _harness_lm_class():
                 generation_kwargs[cache_argument(self.model)] = cache
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
             if self.use_kv_cache or cache_reusable(self.model, int(context.shape[1]), int(max_length)):
+                if self.prefill_chunk is not None and self.prefill_chunk < context.shape[1]:
+                    generation_kwargs["prefill_chunk_size"] = int(self.prefill_chunk)
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
             temperature = generation_kwargs.pop("temperature", 0.0)
             if temperature == 0.0 and generation_kwargs.get("do_sample") is None:
@@ -107,9 +113,9 @@ def _harness_lm_class():
 
 
 def wrap_model(model, tokenizer, max_length: int, batch_size: int = 1, show_progress: bool = True,
-               use_kv_cache: bool = True, rerotate: bool = False):
+               use_kv_cache: bool = True, rerotate: bool = False, prefill_chunk: int | None = None):
     """The model object itself inside lm-eval's HFLM, with an explicit max_length."""
     return _harness_lm_class()(pretrained=model, tokenizer=tokenizer, max_length=int(max_length),
                                batch_size=int(batch_size), show_progress=show_progress, use_kv_cache=use_kv_cache,
-                               rerotate=rerotate)
+                               rerotate=rerotate, prefill_chunk=prefill_chunk)
 

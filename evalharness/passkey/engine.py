@@ -570,7 +570,8 @@ class PasskeyCells(Task):
                                          scoring_for(spec, self.dynamic_cache),
                                          f"depth={depth:g}", f"trial={trial}")
                         cells.append(Cell(self.name, spec, (length, depth, trial), name, tokens=length,
-                                          length=length + MAX_NEW_TOKENS, kv_cache=True))
+                                          length=length + MAX_NEW_TOKENS, kv_cache=True,
+                                          chunkable=scoring_for(spec, self.dynamic_cache) == SCORING))
         return cells
 
     def pending(self, cell: Cell, done: set) -> bool:

@@ -430,7 +430,7 @@ class PerplexityCells(Task):
                                             task.protocol, *([f"bos={task.window_bos}"]
                                                              if task.protocol == "sliding" else [])),
                                   tokens=window_tokens(task, spec, n_tokens, task.lengths),
-                                  length=max(task.lengths)))
+                                  length=max(task.lengths), chunkable=True))
         return cells
 
     def pending(self, cell: Cell, done: set) -> list[int]:

@@ -20,6 +20,12 @@ stay ≤ L, where the scale is 1); otherwise every step is a full forward (`lead
 `--dynamic-cache rerotate` asks for the re-rotated cache (`rerotate`), recorded in each dynamic
 cell's manifest entry (a folder never mixes the two: `check_dynamic_cache`).
 
+Chunked prefill: where the cell generates on the plain KV cache, `prefill_chunk` (tokens, `auto` or
+None, as `--prefill-chunk`) chooses the chunk by `prefill.prefill_chunk_for` at length + 128, and
+transformers' `generate` prefills the prompt in chunks of that many tokens (its
+`prefill_chunk_size`); generation that is not on the plain cache (full forwards, the re-rotated
+cache) is one-shot.
+
 Score of a cell: the mean over its samples of the task's own per-sample metric (lm-eval's
 `process_results` stores it under the key `str(length)`: RULER's string_match_all, the fraction of
 the expected strings found in the prediction); stderr = sample standard deviation / √n. The
@@ -61,6 +67,7 @@ from ..leaderboard.lm import wrap_model
 from ..leaderboard.protocol import lm_eval_seeds
 from ..leaderboard.run import one_process_view
 from ..plan import Cell, cell_name
+from ..prefill import prefill_chunk_for
 from ..results import cell_key, key_row
 from ..runner import Task
 
@@ -310,6 +317,12 @@ def uses_kv_cache(spec, length: int, dynamic_cache: str = "recompute") -> bool:
             or spec.scale_at(int(length) + MAX_GEN_TOKENS) == spec.scale_at(1))
 
 
+def chunks_prefill(spec, length: int, dynamic_cache: str = "recompute") -> bool:
+    """Whether `--prefill-chunk` applies to a cell at `length`: its generation runs on the plain KV
+    cache (not full forwards, not the re-rotated cache)."""
+    return uses_kv_cache(spec, length, dynamic_cache) and not rerotates(spec, dynamic_cache)
+
+
 def check_dynamic_cache(manifest: dict, dynamic_cache: str, specs=None) -> None:
     """UsageError when the run folder already holds RULER cells of a dynamic method of this run
     (`specs`; None: every method) generated with another `--dynamic-cache` (its rows would mix two
@@ -345,9 +358,9 @@ class RulerCells(Task):
 
     def __init__(self, model_name: str, tokenizer, specs, tasks: Sequence[str], lengths: Sequence[int], out_dir,
                  samples: int = 10, seed: int | None = None, batch_size: int = 1, show_progress: bool = True,
-                 save_samples: bool = False, dynamic_cache: str = "recompute"):
-
-        self.dynamic_cache = dynamic_cache
+                 save_samples: bool = False, dynamic_cache: str = "recompute",
+                 prefill_chunk: int | str | None = None):
+        self.dynamic_cache, self.prefill_chunk = dynamic_cache, prefill_chunk
         self.model_name, self.tokenizer, self.specs = model_name, tokenizer, list(specs)
         self.tasks, self.lengths = list(tasks), [int(n) for n in lengths]
         self.out_dir, self.samples, self.batch_size = out_dir, int(samples), int(batch_size)
@@ -364,7 +377,8 @@ class RulerCells(Task):
         return [Cell(self.name, spec, (task, length),
                      cell_name("ruler", self.model_name, spec.short, task, length),
                      tokens=forward_tokens_bound(length, self.samples, uses_kv_cache(spec, length, self.dynamic_cache)),
-                     length=length + MAX_GEN_TOKENS, kv_cache=uses_kv_cache(spec, length, self.dynamic_cache))
+                     length=length + MAX_GEN_TOKENS, kv_cache=uses_kv_cache(spec, length, self.dynamic_cache),
+                     chunkable=chunks_prefill(spec, length, self.dynamic_cache))
                 for length in self.lengths for spec in self.specs for task in self.tasks]
 
     def pending(self, cell: Cell, done: set) -> bool:
@@ -404,9 +418,11 @@ class RulerCells(Task):
     def _wrapped(self, session, spec, length: int):
         if self._lm is None or self._lm[:2] != (spec, length):
             batch = 1 if spec.is_dynamic else self.batch_size
+            chunk = (prefill_chunk_for(session.model, self.prefill_chunk, length + MAX_GEN_TOKENS, kv_cache=True)
+                     if chunks_prefill(spec, length, self.dynamic_cache) else None)
             self._lm = (spec, length, wrap_model(session.model, self.tokenizer, length + MAX_GEN_TOKENS, batch,
                                                  self.show_progress, use_kv_cache=not spec.is_dynamic,
-                                                 rerotate=rerotates(spec, self.dynamic_cache)))
+                                                 rerotate=rerotates(spec, self.dynamic_cache), prefill_chunk=chunk))
         return self._lm[2]
 
     def run(self, cell: Cell, pending, session) -> dict:
@@ -451,5 +467,5 @@ class RulerCells(Task):
 
 
 __all__ = ["ALIASES", "DOWNLOAD_TASKS", "MAX_GEN_TOKENS", "OFFLINE_TASKS", "RulerCells", "RulerTaskFailure",
-           "cell_scores", "check_lengths", "cwe_problem_reason", "generator_problem", "mean_and_stderr",
-           "resolve_tasks", "sample_scores", "uses_kv_cache", "vt_stall_reason"]
+           "cell_scores", "check_lengths", "chunks_prefill", "cwe_problem_reason", "generator_problem",
+           "mean_and_stderr", "resolve_tasks", "sample_scores", "uses_kv_cache", "vt_stall_reason"]

@@ -54,7 +54,7 @@ class Ruler(TaskDefinition):
                           common.lengths, session.out_dir, samples=options.samples,
                           seed=common.seed if common.seed_given else None, batch_size=common.batch_size,
                           show_progress=session.show_progress, save_samples=common.save_samples,
-                          dynamic_cache=common.dynamic_cache)
+                          dynamic_cache=common.dynamic_cache, prefill_chunk=common.prefill_chunk)
 
     def summary(self, store):
         ruler = store.read("ruler")
