@@ -14,6 +14,7 @@ forward layer by layer.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Callable, Iterator, TextIO
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as std_tqdm
 
 MODES = ("bar", "lines", "off")
 PLAIN_INTERVAL_S = 30.0  # `lines` mode: seconds between two in-cell lines (and before the first)
@@ -30,6 +32,22 @@ def decoder_layers(model) -> list:
     """The decoder layers of a model: its longest ModuleList (empty when it has none)."""
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     return list(max(lists, key=len)) if lists else []
+
+
+@contextmanager
+def other_bars_off(off: bool = True) -> Iterator[None]:
+    """While inside (when `off`), a tqdm bar made without an explicit `disable` is disabled: the bars of
+    other libraries that take no such option (lm-eval's request and RULER sample-generation bars)
+    write nothing to a log file or under `--no-progress`."""
+    if not off:
+        yield
+        return
+    original = std_tqdm.__init__
+    std_tqdm.__init__ = functools.partialmethod(original, disable=True)
+    try:
+        yield
+    finally:
+        std_tqdm.__init__ = original
 
 
 class CellProgress:

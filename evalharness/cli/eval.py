@@ -31,6 +31,7 @@ from ..options import (
 )
 from ..plan import describe
 from ..prefill import plan_prefill
+from ..progress import other_bars_off
 from ..report import record_options
 from ..results import Manifest, ResultStore, check_run_folder
 from ..scaling import check_supported, layer_rope_bases, rope_note
@@ -324,7 +325,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_specs_against_lengths(specs, lengths)
     for name, definition in definitions.items():
         definition.check_loaded(context.options[name], context.common, tokenizer)
-    if args.no_progress or not sys.stderr.isatty():  # in a log file its bars would write carriage returns
+    bars_off = args.no_progress or not sys.stderr.isatty()  # a log file gets no bars (carriage returns)
+    if bars_off:
         import datasets  # lazy: ~1 s; only to silence its builders' bars
 
         datasets.disable_progress_bars()  # the parquet / json builders' bars
@@ -362,7 +364,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"methods {', '.join(s.short for s in specs)}; out {context.out}"
               + (f"; {shard.world} processes" if shard.active else ""), file=sys.stderr)
     try:
-        failed = runner.run_cells(run_plan, tasks, session)
+        with other_bars_off(bars_off):  # lm-eval's own bars
+            failed = runner.run_cells(run_plan, tasks, session)
     except KeyboardInterrupt:
         main_manifest.finish("interrupted")
         print(f"interrupted; finished rows are in {context.out} (rerun the same command to resume).",
