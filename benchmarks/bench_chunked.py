@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--method", default="base", help="scaling spec applied before the forward (e.g. yarn:2)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--data", default="/work/shared/data/corpora/pg19/test.jsonl",
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "corpora" / "pg19" / "test.jsonl"),
                    help="jsonl with a text field (first record long enough); missing: synthetic text")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # child-process mode: one JSON job
     args = p.parse_args(argv)
