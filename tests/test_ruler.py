@@ -89,6 +89,19 @@ def test_ruler_differences_pair_samples_by_task_length_and_doc():
     assert out.set_index("task").loc["b", "difference"] == pytest.approx(0.5)
 
 
+@contextlib.contextmanager
+def decoder_forward_lengths(model):
+    """The list of token counts of the decoder's forwards while inside (a pre-hook on `model.model`)."""
+    spans = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: spans.append(int((kwargs.get("input_ids") if kwargs.get("input_ids") is not None
+                                                       else args[0]).shape[1])), with_kwargs=True)
+    try:
+        yield spans
+    finally:
+        hook.remove()
+
+
 def test_generation_reuses_the_kv_cache_only_within_one_scale(tiny):
     """lm-eval's generation (HarnessLM._model_generate) for dynamic YaRN gives the tokens of
     passkey.greedy_decode (the paper's rule, tested against transformers' cache-free generate); the
@@ -99,29 +112,26 @@ def test_generation_reuses_the_kv_cache_only_within_one_scale(tiny):
     from evalharness.scaling import apply_scaling
 
     model, tokenizer, _ = tiny
-    spans = []
-    hook = model.model.register_forward_pre_hook(
-        lambda module, args, kwargs: spans.append(int((kwargs.get("input_ids") if kwargs.get("input_ids") is not None
-                                                       else args[0]).shape[1])), with_kwargs=True)
     apply_scaling(model, "dynamic-yarn:2")
     lm = wrap_model(model, tokenizer, 512, 1, show_progress=False, use_kv_cache=False)
     generator = torch.Generator().manual_seed(0)
     try:
-        for prompt, new in ((100, 40), (230, 60)):  # within L = 256; across it
-            ids = torch.randint(3, 259, (1, prompt), generator=generator)
-            spans.clear()
-            out = lm._model_generate(ids, prompt + new, stop=[], do_sample=False, temperature=0.0)
-            produced, forwards = out[0, prompt:].tolist(), list(spans)
-            expected = list(greedy_decode(model, tokenizer, ids, max_new_tokens=new, stop_when_decided=False).token_ids)
-            assert produced[:len(expected)] == expected
-            assert produced[len(expected):] in ([], [tokenizer.eos_token_id])
-            steps = len(produced)
-            if prompt + new <= 256:
-                assert forwards == [prompt] + [1] * (steps - 1)
-            else:
-                assert forwards == [prompt + i for i in range(steps)]
+        with decoder_forward_lengths(model) as spans:
+            for prompt, new in ((100, 40), (230, 60)):  # within L = 256; across it
+                ids = torch.randint(3, 259, (1, prompt), generator=generator)
+                spans.clear()
+                out = lm._model_generate(ids, prompt + new, stop=[], do_sample=False, temperature=0.0)
+                produced, forwards = out[0, prompt:].tolist(), list(spans)
+                expected = list(greedy_decode(model, tokenizer, ids, max_new_tokens=new,
+                                              stop_when_decided=False).token_ids)
+                assert produced[:len(expected)] == expected
+                assert produced[len(expected):] in ([], [tokenizer.eos_token_id])
+                steps = len(produced)
+                if prompt + new <= 256:
+                    assert forwards == [prompt] + [1] * (steps - 1)
+                else:
+                    assert forwards == [prompt + i for i in range(steps)]
     finally:
-        hook.remove()
         apply_scaling(model, "base")
 
 
@@ -133,24 +143,21 @@ def test_generation_on_the_kv_cache_prefills_in_chunks(tiny):
     from evalharness.scaling import apply_scaling
 
     model, tokenizer, _ = tiny
-    spans = []
-    hook = model.model.register_forward_pre_hook(
-        lambda module, args, kwargs: spans.append(int((kwargs.get("input_ids") if kwargs.get("input_ids") is not None
-                                                       else args[0]).shape[1])), with_kwargs=True)
     apply_scaling(model, "yarn:2")
     ids = torch.randint(3, 259, (1, 300), generator=torch.Generator().manual_seed(4))
     try:
-        outputs = {}
-        for chunk in (None, 128, 512):
-            lm = wrap_model(model, tokenizer, 512, 1, show_progress=False, prefill_chunk=chunk)
-            spans.clear()
-            outputs[chunk] = lm._model_generate(ids, 300 + 12, stop=[], do_sample=False, temperature=0.0)[0].tolist()
-            steps = len(outputs[chunk]) - 300
-            prefill = [128, 128, 44] if chunk == 128 else [300]
-            assert spans == prefill + [1] * (steps - 1), chunk
-        assert outputs[128] == outputs[None] == outputs[512]
+        with decoder_forward_lengths(model) as spans:
+            outputs = {}
+            for chunk in (None, 128, 512):
+                lm = wrap_model(model, tokenizer, 512, 1, show_progress=False, prefill_chunk=chunk)
+                spans.clear()
+                generated = lm._model_generate(ids, 300 + 12, stop=[], do_sample=False, temperature=0.0)
+                outputs[chunk] = generated[0].tolist()
+                steps = len(outputs[chunk]) - 300
+                prefill = [128, 128, 44] if chunk == 128 else [300]
+                assert spans == prefill + [1] * (steps - 1), chunk
+            assert outputs[128] == outputs[None] == outputs[512]
     finally:
-        hook.remove()
         apply_scaling(model, "base")
 
 
