@@ -514,12 +514,17 @@ class HFDatasetSource(CorpusSource):
 
     def stored_token_ids(self) -> Iterator[tuple[str, object]] | None:
         dataset, spec = self._load()
-        split = spec.split
-        if PRETOKENIZED_FIELD not in dataset.column_names:
-            return None
-        rows = (ids for batch in dataset.select_columns([PRETOKENIZED_FIELD]).iter(batch_size=64)
-                for ids in batch[PRETOKENIZED_FIELD])
-        return ((f"{split}/{i}", ids) for i, ids in enumerate(rows))
+        return pretokenized_rows(dataset, spec.split)
+
+
+def pretokenized_rows(dataset, split: str) -> Iterator[tuple[str, object]] | None:
+    """(`split/i`, token ids) of each row of a `datasets` split holding `PRETOKENIZED_FIELD`; None
+    when it has no such column."""
+    if PRETOKENIZED_FIELD not in dataset.column_names:
+        return None
+    rows = (ids for batch in dataset.select_columns([PRETOKENIZED_FIELD]).iter(batch_size=64)
+            for ids in batch[PRETOKENIZED_FIELD])
+    return ((f"{split}/{i}", ids) for i, ids in enumerate(rows))
 
 
 # The YaRN authors' pre-tokenized copies of the named corpora (Llama-2 token ids; jquesnelle/yarn eval.sh).
@@ -625,12 +630,7 @@ class HubCopySource(CorpusSource):
         except Exception as exc:  # noqa: BLE001 - as in documents
             raise CorpusError(f"could not read the local copy of {self.name!r} ({', '.join(map(str, files))}): "
                               f"{type(exc).__name__}") from exc
-        split = spec.split
-        if PRETOKENIZED_FIELD not in dataset.column_names:
-            return None
-        rows = (ids for batch in dataset.select_columns([PRETOKENIZED_FIELD]).iter(batch_size=64)
-                for ids in batch[PRETOKENIZED_FIELD])
-        return ((f"{split}/{i}", ids) for i, ids in enumerate(rows))
+        return pretokenized_rows(dataset, spec.split)
 
 
 # --------------------------------------------------------------------- registry
