@@ -38,7 +38,7 @@ from .analysis.effective_context import (
     load_effective_context_tables,
     rule_options,
 )
-from .analysis.stats import REFERENCE_METHOD, parse_reference
+from .analysis.stats import REFERENCE_METHOD
 from .plots import plot_run
 from .results import Manifest, atomic_write_text, read_manifest
 
@@ -174,11 +174,6 @@ def _models_line(manifest: dict, results_dir: Path) -> list[str]:
     if tables:
         bits.append("tables " + ", ".join(f"`{t}.csv`" for t in tables))
     return ([("; ".join(bits)) + ". How it ran (commands, environment) is at the end.", ""] if bits else [])
-
-
-def reference_display(reference: str) -> str:
-    method, factor = parse_reference(reference)
-    return method_display(method, factor)
 
 
 def unmatched_references(tables_by_reference: dict, what: str) -> list[str]:

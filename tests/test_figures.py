@@ -12,6 +12,7 @@ from tables_data import (
     PASSKEY_DEPTHS,
     SERIES,
     L,
+    doc_row,
     leaderboard_frame,
     passkey_correct,
     passkey_frame,
@@ -22,7 +23,14 @@ from tables_data import (
 
 from evalharness.leaderboard.figures import plot_leaderboard
 from evalharness.passkey.figures import plot_passkey_heatmap
-from evalharness.perplexity.figures import plot_nll_by_position, plot_perplexity, plot_temperature_sweep
+from evalharness.perplexity.analysis import aggregate_perplexity, perplexity_ratios
+from evalharness.perplexity.figures import (
+    figures,
+    plot_nll_by_position,
+    plot_perplexity,
+    plot_perplexity_ratio,
+    plot_temperature_sweep,
+)
 from evalharness.plots import plot_run, save_figure, series_style
 from evalharness.results import SCHEMAS, ResultStore
 from evalharness.ruler.figures import plot_ruler_mean
@@ -343,3 +351,57 @@ def test_a_method_variant_keeps_its_colour_with_another_marker_and_line():
     assert variant["marker"] != plain["marker"] and variant["linestyle"] != plain["linestyle"]
     assert series_style("yarn:layers=all", 2.0) == variant
     assert series_style("dynamic-yarn:layers=all")["linestyle"] not in (variant["linestyle"], "-")
+
+
+# ---- the paired ratio to Base
+
+
+def ratio_docs():
+    """Two documents, Base and YaRN s=2 at 32 and 128 tokens (L = 64): YaRN's NLL sums chosen so
+    that the ratio differs per length and per document."""
+    rows = []
+    for doc, scale in (("a", 1.0), ("b", 1.5)):
+        for length in (32, 128):
+            tokens = length - 1
+            base = 2.0 * tokens * scale * (1.2 if length > 64 else 1.0)
+            rows.append(doc_row(doc, length, tokens, base, method="base", factor=1.0))
+            rows.append(doc_row(doc, length, tokens, base - (0.05 if length < 64 else 0.3) * tokens * scale))
+    return pd.DataFrame(rows, columns=SCHEMAS["perplexity_docs"])
+
+
+def test_the_ratio_figure_draws_each_series_paired_ratio_with_its_interval_and_base_at_one():
+    docs = ratio_docs()
+    ratios = perplexity_ratios(docs)
+    fig = plot_perplexity_ratio(ratios)
+    (ax,) = fig.axes
+    (line,) = series(ax)  # Base is the reference line, not a series
+    assert line.get_label() == "YaRN s=2" and list(line.get_xdata()) == [32, 128]
+    for length, y in zip((32, 128), line.get_ydata()):  # token-weighted over both documents, by hand
+        rows = docs[docs["context_length"] == length]
+        yarn, base = rows[rows["method"] == "yarn"], rows[rows["method"] == "base"]
+        expected = math.exp(yarn["nll_sum"].sum() / yarn["scored_tokens"].sum()
+                            - base["nll_sum"].sum() / base["scored_tokens"].sum())
+        assert y == pytest.approx(expected)
+    assert 0.5 < line.get_ydata()[1] < line.get_ydata()[0] < 1
+    (reference,) = [artist for artist in ax.lines if artist.get_gid() == "reference"]
+    assert list(reference.get_ydata()) == [1, 1] and reference.get_label() == "Base (= 1)"
+    (segments,) = [c.get_segments() for c in ax.collections if c.get_gid() == "ci"]
+    assert np.concatenate([seg[:, 1] for seg in segments]) == pytest.approx(
+        ratios[["ratio_ci_low", "ratio_ci_high"]].to_numpy().ravel())
+    (mark,) = context_marks(ax)
+    assert list(mark.get_xdata()) == [64, 64]
+    assert ax.get_ylabel() == "Perplexity ratio to Base (< 1: better)" and "m: d (sliding" in ax.get_title()
+
+
+def test_the_ratio_figure_is_drawn_when_the_run_has_base_and_another_series(tmp_path):
+    docs = ratio_docs()
+    store = ResultStore(tmp_path / "run")
+    store.replace("perplexity_docs", docs)
+    store.replace("perplexity", aggregate_perplexity(docs))
+    stems = sorted({p.stem for p in figures(tmp_path / "run", tmp_path / "run" / "figures")})
+    assert stems == ["perplexity", "perplexity_ratio"]
+    only_yarn = docs[docs["method"] == "yarn"]
+    store = ResultStore(tmp_path / "yarn")
+    store.replace("perplexity_docs", only_yarn)
+    store.replace("perplexity", aggregate_perplexity(only_yarn))
+    assert sorted({p.stem for p in figures(tmp_path / "yarn", tmp_path / "yarn" / "figures")}) == ["perplexity"]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..columns import KEY_COLUMNS
 from ..method_facts import METHOD_FACTS, native_display
+from .stats import parse_reference
 
 # A `scoring` value that names another series, in words (rows decoded on a re-rotated cache).
 SCORING_WORDS = {"paper-rerotate": "re-rotated KV cache"}
@@ -63,6 +64,12 @@ def method_display(method: str, factor=None) -> str:
     if options:
         text += " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
     return text
+
+def reference_display(reference: str) -> str:
+    """The label of a `--reference` series (`method[:factor]`), as `method_display` writes it."""
+    method, factor = parse_reference(reference)
+    return method_display(method, factor)
+
 
 def method_sort_key(method: str, factor=None) -> tuple:
     """Registry order (base, PI, NTK, NTK-by-parts, YaRN, dynamic variants), unknown methods last;

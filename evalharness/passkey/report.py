@@ -7,9 +7,17 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..analysis.display import fmt_interval, fmt_pct, fmt_points, format_number, markdown_table, varying
+from ..analysis.display import (
+    fmt_interval,
+    fmt_pct,
+    fmt_points,
+    format_number,
+    markdown_table,
+    reference_display,
+    varying,
+)
 from ..analysis.stats import BOOTSTRAP_RESAMPLES, REFERENCE_METHOD
-from ..report import by_series, lengths_of, reference_display, row_label, series_grid, series_id, unmatched_references
+from ..report import by_series, lengths_of, row_label, series_grid, series_id, unmatched_references
 from ..results import read_table
 from .analysis import PASSKEY_THRESHOLD, passkey_accuracy, passkey_differences, passkey_effective_context
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..analysis.display import format_number, is_missing, ordered_groups, split_label, varying
+from ..analysis.display import format_number, is_missing, ordered_groups, reference_display, split_label, varying
 from ..method_facts import yarn_mscale
 from ..plots import (
     CTX_XLABEL,
@@ -35,7 +35,7 @@ from ..plots import (
     with_model,
 )
 from ..results import read_table
-from .analysis import has_temperature_sweep, load_perplexity, temperature_sweep
+from .analysis import has_temperature_sweep, load_perplexity, perplexity_ratios, temperature_sweep
 
 PPL_YLABEL = "Perplexity (lower is better)"
 
@@ -71,25 +71,53 @@ def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = True,
         ylim: fixed y range.
         title: a figure title.
     """
-    frame = frame.copy()
     if frame.empty:
         return empty_figure("no perplexity rows")
+    interval = ("ppl_ci_low", "ppl_ci_high") if ci and value == "ppl" else None
+    ylabel = PPL_YLABEL if value == "ppl" else f"{PPL_YLABEL}, {value}"
+    return _length_panels(frame, value, interval, ylabel, "bars: 95 % bootstrap interval over documents",
+                          ylim=ylim, title=title)
+
+
+def plot_perplexity_ratio(ratios: pd.DataFrame, title: str | None = None) -> Figure:
+    """The paired perplexity ratio to the reference series (`perplexity_ratios`) against context
+    length, in the look of `plot_perplexity`: the reference is the line at 1 (gid `reference`),
+    error bars the paired bootstrap interval over documents. Differences that the spread between
+    documents hides in the perplexity figure show here."""
+    if ratios.empty:
+        return empty_figure("no series to compare with the reference")
+    reference = str(ratios["reference"].iloc[0])
+    label = reference_display(reference)
+    fig = _length_panels(ratios, "ratio", ("ratio_ci_low", "ratio_ci_high"),
+                         f"Perplexity ratio to {label} (< 1: better)",
+                         "bars: 95 % paired bootstrap interval over documents", title=title,
+                         reference=f"{label} (= 1)")
+    return fig
+
+
+def _length_panels(frame: pd.DataFrame, value: str, interval: tuple[str, str] | None, ylabel: str,
+                   bars_text: str, ylim: tuple[float, float] | None = None, title: str | None = None,
+                   reference: str | None = None) -> Figure:
+    """The panels of `plot_perplexity` for any positive `value` column of rows keyed like
+    perplexity.csv; `reference`: the label of a horizontal line at 1."""
+    frame = frame.copy()
     frame[value] = pd.to_numeric(frame[value], errors="coerce")
     frame = frame[np.isfinite(frame[value]) & (frame[value] > 0)]
     if frame.empty:
-        return empty_figure("no finite perplexity values")
+        return empty_figure(f"no finite {value} values")
     stride_varies = ("stride" in frame
                      and frame.groupby(["dataset", "protocol"])["stride"].nunique().gt(1).any())
     panel_columns = ["dataset", "protocol"] + [c for c in ("window_bos", "stride") if c in frame]
     panels = ordered_groups(frame, panel_columns)
     fig, axes = new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(7.0, 4.8))
     extra = extra_keys(frame)
-    interval = ("ppl_ci_low", "ppl_ci_high") if ci and value == "ppl" else None
     for ax, (key, panel) in zip(axes, panels):
         grid = sorted({float(v) for v in panel["context_length"]})
         series = [(series_label(skey, extra), series_style(skey["method"], skey["factor"]), group)
                   for skey, group in ordered_series(panel, extra)]
         panel_title = panel_title_text(key, stride_varies)
+        if reference is not None:
+            ax.axhline(1.0, color="black", linewidth=1.4, label=reference, gid="reference", zorder=1)
         if len(grid) == 1:
             dot_interval_panel(ax, series, value, interval)
             context_note(ax, grid[0], panel.get("original_ctx", pd.Series(dtype=float)))
@@ -103,13 +131,13 @@ def plot_perplexity(frame: pd.DataFrame, value: str = "ppl", ci: bool = True,
         log_y(ax)
         if ylim is not None:
             ax.set_ylim(*ylim)
-        ax.set_ylabel(PPL_YLABEL if value == "ppl" else f"{PPL_YLABEL}, {value}")
+        ax.set_ylabel(ylabel)
         if "model" not in extra:
             panel_title = with_model(panel_title, panel)
         ax.set_title(panel_title)
         ax.grid(True, which="major", alpha=0.3)
         ax.grid(True, which="minor", alpha=0.12)
-        bars = "bars: 95 % bootstrap interval over documents" if interval and has_interval(panel, interval) else None
+        bars = bars_text if interval and has_interval(panel, interval) else None
         if len(grid) > 1:
             ax.legend(fontsize="small", frameon=False, title=bars, title_fontsize="x-small")
         elif bars:
@@ -226,7 +254,8 @@ def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None)
 
 def figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     """`perplexity` (static-YaRN attention-factor variants go to `temperature` instead when a sweep
-    exists), `temperature`, `positions` (NLL vs token position); the written paths."""
+    exists), `perplexity_ratio` (paired ratio to Base, when the run has Base and another series),
+    `temperature`, `positions` (NLL vs token position); the written paths."""
     written = []
     ppl = load_perplexity(results_dir)
     if not ppl.empty:
@@ -237,6 +266,9 @@ def figures(results_dir: Path, figures_dir: Path) -> list[Path]:
             if (~swept).any():
                 ppl = ppl[~swept]
         written += save_figure(plot_perplexity(ppl), figures_dir / "perplexity")
+        ratios = perplexity_ratios(_without_temperature_variants(read_table(results_dir, "perplexity_docs")))
+        if not ratios.empty:
+            written += save_figure(plot_perplexity_ratio(ratios), figures_dir / "perplexity_ratio")
     positions = read_table(results_dir, "perplexity_positions")
     if not positions.empty:
         written += save_figure(plot_nll_by_position(positions), figures_dir / "positions")

@@ -10,9 +10,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..analysis.display import fmt_interval, format_number, markdown_table, number, ordered_groups, varying
+from ..analysis.display import (
+    fmt_interval,
+    format_number,
+    markdown_table,
+    number,
+    ordered_groups,
+    reference_display,
+    varying,
+)
 from ..analysis.stats import BOOTSTRAP_RESAMPLES, REFERENCE_METHOD
-from ..report import SERIES, lengths_of, reference_display, row_label, series_grid, unmatched_references
+from ..report import SERIES, lengths_of, row_label, series_grid, unmatched_references
 from ..results import read_table
 from .analysis import load_perplexity, perplexity_ratios, temperature_sweep
 
@@ -21,6 +29,8 @@ fmt_length = format_number
 # Captions of this package's figures, in the order report.md shows them.
 FIGURE_CAPTIONS = {
     "perplexity": "Perplexity vs context window (dashed: original context L).",
+    "perplexity_ratio": "Perplexity ratio to Base on the same documents vs context window, with the paired "
+                        "95 % bootstrap interval (dashed: original context L).",
     "positions": "Mean NLL vs token position in the window, at the largest length (dashed: original context L).",
     "temperature": "Perplexity vs √(1/t) for several s (star: minimum; dotted: 0.1·ln(s)+1).",
 }
