@@ -161,6 +161,28 @@ def test_generation_on_the_kv_cache_prefills_in_chunks(tiny):
         apply_scaling(model, "base")
 
 
+def test_chunked_prefill_of_a_left_padded_batch_generates_what_one_shot_does(tiny):
+    """lm-eval pads a batch on the left (batch size > 1, static methods): the chunked prefill keeps
+    each row's tokens equal to the one-shot prefill's."""
+    from evalharness.leaderboard.lm import wrap_model
+    from evalharness.scaling import apply_scaling
+
+    model, tokenizer, _ = tiny
+    generator = torch.Generator().manual_seed(5)
+    ids = torch.zeros(2, 300, dtype=torch.long)
+    mask = torch.zeros(2, 300, dtype=torch.long)
+    ids[0], mask[0] = torch.randint(3, 259, (300,), generator=generator), 1
+    ids[1, 100:], mask[1, 100:] = torch.randint(3, 259, (200,), generator=generator), 1
+    apply_scaling(model, "yarn:2")
+    try:
+        outputs = [wrap_model(model, tokenizer, 512, 2, show_progress=False, prefill_chunk=chunk)._model_generate(
+                       ids, 300 + 8, stop=[], attention_mask=mask, do_sample=False, temperature=0.0)
+                   for chunk in (None, 64)]
+    finally:
+        apply_scaling(model, "base")
+    assert torch.equal(outputs[0], outputs[1])
+
+
 def _string_match_all(prediction: str, references: list[str]) -> float:
     """RULER's metric, written out: the fraction of references contained in the prediction (case-insensitive)."""
     text = prediction.strip().lower()
