@@ -7,6 +7,7 @@ import pytest
 import torch
 import transformers
 from conftest import tiny_llama
+from tables_data import doc_row
 
 from evalharness.analysis.display import ordered_groups
 from evalharness.corpora import TokenizedDoc
@@ -408,14 +409,6 @@ def test_smollm2_ppl_paper_equals_the_authors_algorithm(tmp_path):
 
 
 # ---- The tables layer: summaries and statistics against direct computations on hand-made tables.
-
-
-def doc_row(doc_id, length, tokens, nll_sum, method="yarn", factor=2.0, window_nll_sum=None, model="m"):
-    window_nll_sum = 3 * nll_sum / tokens if window_nll_sum is None else window_nll_sum
-    return dict(model=model, method=method, factor=factor, original_ctx=64, dataset="d", doc_id=doc_id,
-                doc_tokens=1000, protocol="sliding", window_bos="every", context_length=length, stride=16,
-                scored_tokens=tokens, nll_sum=nll_sum, n_windows=3, window_nll_sum=window_nll_sum,
-                ppl=math.exp(nll_sum / tokens), ppl_paper=math.exp(window_nll_sum / 3))
 
 
 def naive_percentile(values, level=0.95):

@@ -88,11 +88,10 @@ def plot_perplexity_ratio(ratios: pd.DataFrame, title: str | None = None) -> Fig
         return empty_figure("no series to compare with the reference")
     reference = str(ratios["reference"].iloc[0])
     label = reference_display(reference)
-    fig = _length_panels(ratios, "ratio", ("ratio_ci_low", "ratio_ci_high"),
-                         f"Perplexity ratio to {label} (< 1: better)",
-                         "bars: 95 % paired bootstrap interval over documents", title=title,
-                         reference=f"{label} (= 1)")
-    return fig
+    return _length_panels(ratios, "ratio", ("ratio_ci_low", "ratio_ci_high"),
+                          f"Perplexity ratio to {label} (< 1: better)",
+                          "bars: 95 % paired bootstrap interval over documents", title=title,
+                          reference=f"{label} (= 1)")
 
 
 def _length_panels(frame: pd.DataFrame, value: str, interval: tuple[str, str] | None, ylabel: str,

@@ -374,12 +374,17 @@ class RulerCells(Task):
         return dict(key_row(self.model_name, spec), task=task, context_length=int(length))
 
     def cells(self, session) -> list[Cell]:
-        return [Cell(self.name, spec, (task, length),
-                     cell_name("ruler", self.model_name, spec.short, task, length),
-                     tokens=forward_tokens_bound(length, self.samples, uses_kv_cache(spec, length, self.dynamic_cache)),
-                     length=length + MAX_GEN_TOKENS, kv_cache=uses_kv_cache(spec, length, self.dynamic_cache),
-                     chunkable=chunks_prefill(spec, length, self.dynamic_cache))
-                for length in self.lengths for spec in self.specs for task in self.tasks]
+        cells = []
+        for length in self.lengths:
+            for spec in self.specs:
+                kv_cache = uses_kv_cache(spec, length, self.dynamic_cache)
+                chunkable = chunks_prefill(spec, length, self.dynamic_cache)
+                cells += [Cell(self.name, spec, (task, length),
+                               cell_name("ruler", self.model_name, spec.short, task, length),
+                               tokens=forward_tokens_bound(length, self.samples, kv_cache),
+                               length=length + MAX_GEN_TOKENS, kv_cache=kv_cache, chunkable=chunkable)
+                          for task in self.tasks]
+        return cells
 
     def pending(self, cell: Cell, done: set) -> bool:
         return cell_key(self.table, self._row_key(cell.spec, *cell.unit)) not in done
