@@ -536,7 +536,7 @@ PRETOKENIZED_SETS = {"proofpile": "hf:emozilla/proofpile-test-tokenized",
 def _script_dataset_error(name: str, specs: Sequence[HFDatasetSpec]) -> CorpusError:
     """One sentence for datasets defined by a loading script, which `datasets` >= 4 refuses to run,
     naming what to use instead."""
-    import datasets
+    import datasets  # lazy: heavy import (≈ 1.3 s), only for hub corpora
 
     labels = " and its fallback ".join(f"HF dataset {s.label()}" for s in specs)
     alternatives = []

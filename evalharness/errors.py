@@ -46,7 +46,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     try:
-        import torch
+        import torch  # lazy: ≈ 1.4 s; every module imports this one, `plot` and `compare` included
 
         if isinstance(exc, torch.OutOfMemoryError):
             return True

@@ -29,6 +29,7 @@ measure how close the estimate is (`tests/test_memory.py` states the tolerance).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -324,9 +325,7 @@ def measure_tensor_peak_bytes(fn):
     the documented home of `__torch_dispatch__` modes); a storage an operator returns that is not one
     of its inputs' counts from then until the last tensor on it is freed. Views and in-place results
     of tensors from before the call (weights, the input) are not counted."""
-    import weakref
-
-    import torch
+    import torch  # lazy: the estimate above needs no torch (≈ 1.4 s); only the measuring helpers do
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
@@ -380,7 +379,7 @@ def measure_peak_bytes(fn, device: str = "cpu"):
     set (e.g. 65536) so glibc serves every large allocation by mmap and unmaps it on free.
     """
     if str(device).startswith("cuda"):
-        import torch
+        import torch  # lazy: as in `measure_tensor_peak_bytes`
 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

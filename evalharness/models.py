@@ -52,7 +52,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import torch
+import transformers
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import safe_open
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tokenizer_models
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -61,6 +67,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import is_flash_attn_2_available
 
 from . import hub
 from .errors import EvalHarnessError
@@ -273,12 +280,10 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     code-point order.  Encoding with default arguments adds no special tokens
     (callers prepend BOS themselves), and `decode` inverts `encode`.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     vocab = {tok: i for i, tok in enumerate(_BYTE_SPECIALS)}
     for sym in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[sym] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=_UNK))
+    backend = Tokenizer(tokenizer_models.BPE(vocab=vocab, merges=[], unk_token=_UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(_BYTE_SPECIALS))
@@ -479,8 +484,6 @@ def _check_model_dir(path: Path, allow_pickle_weights: bool = False) -> None:
 def _check_checkpoint_files(path: Path) -> None:
     """Raise naming the file if a checkpoint's JSON files (config, tokenizer, index) do not parse
     or a safetensors file's header is cut off; cheap (headers only), before any weight is read."""
-    from safetensors import safe_open
-
     for file in sorted(path.glob("*.json")):
         try:
             json.loads(file.read_bytes().decode("utf-8"))
@@ -528,8 +531,6 @@ def _check_config(path: Path, trust_remote_code: bool) -> None:
     """Raise naming `config.json` unless transformers builds and validates its config (known
     `model_type`, typed fields, RoPE parameters: `AutoConfig.from_pretrained` runs transformers'
     own RoPE validation) and every RoPE field is a number; cheap, before any weight is read."""
-    from huggingface_hub.errors import StrictDataclassError  # transformers' typed-field errors
-
     remote = {"trust_remote_code": True} if trust_remote_code else {}
     file = path / "config.json"
     try:
@@ -695,6 +696,7 @@ def _unsupported_gguf(path: Path, exc: Exception) -> ModelLoadError | None:
     if match is None:
         return None
     try:
+        # imported here: the module's name and layout vary across transformers releases
         from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES as supported
     except ImportError:  # pragma: no cover - layout of older/newer transformers
         supported = []
@@ -719,8 +721,6 @@ def _check_gguf_magic(path: Path) -> None:
 def _gguf_damage(path: Path) -> str | None:
     """Why gguf's own reader rejects the file (truncated or corrupt), or None if it reads it."""
     try:
-        import gguf
-
         reader = gguf.GGUFReader(str(path))
         size = path.stat().st_size
         for tensor in reader.tensors:
@@ -747,7 +747,7 @@ def _gguf_dense_kwargs() -> dict[str, Any]:
     available; a packed model cannot be saved as safetensors, so force
     `GgufConfig(dequantize=True)` where that option exists.
     """
-    try:
+    try:  # imported here: only some transformers releases have it
         from transformers import GgufConfig
     except ImportError:  # older transformers always de-quantise
         return {}
@@ -794,8 +794,6 @@ def _convert_gguf(path: Path, out_dir: Path) -> None:
 
 def _write_gguf_meta(path: Path, out_dir: Path) -> None:
     """Record where a cache entry came from (for humans and for completeness checks)."""
-    import transformers
-
     st = path.stat()
     meta = {
         "source": str(path),
@@ -869,8 +867,6 @@ def check_attn_impl(attn_impl: str | None) -> None:
             f"unknown attn_impl {attn_impl!r}; valid values are {', '.join(ATTN_IMPLEMENTATIONS)} (or None)"
         )
     if attn_impl == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-
         if not is_flash_attn_2_available():
             raise ModelLoadError("attn_impl 'flash_attention_2' needs the flash-attn package and a CUDA GPU, which "
                                  "this machine lacks; use sdpa (the default) or eager")

@@ -13,6 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from .results import CELL_COLUMNS, Manifest, ResultStore
 
 
@@ -40,9 +43,6 @@ def shard_dir(out: Path, rank: int) -> Path:
 
 
 def init_process_group(shard: Shard) -> None:
-    import torch
-    import torch.distributed as dist
-
     if shard.active and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
@@ -53,15 +53,11 @@ def init_process_group(shard: Shard) -> None:
 
 
 def barrier(shard: Shard) -> None:
-    import torch.distributed as dist
-
     if shard.active and dist.is_initialized():
         dist.barrier()
 
 
 def shutdown(shard: Shard) -> None:
-    import torch.distributed as dist
-
     if shard.active and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -27,8 +27,9 @@ from typing import Iterator
 
 import torch
 
+from .memory import estimate_peak_bytes
 from .options import DEFAULT_PREFILL_CHUNK, PREFILL_AUTO, PREFILL_OFF
-from .scaling import fixed_dynamic_length
+from .scaling import StatelessNativeRotary, fixed_dynamic_length, rotary_modules
 
 __all__ = ["DEFAULT_PREFILL_CHUNK", "PREFILL_AUTO", "PREFILL_OFF", "available_memory_bytes", "backbone",
            "cache_argument", "choose_prefill_chunk", "chunkable", "hidden_chunks", "last_hidden", "plan_prefill",
@@ -121,8 +122,6 @@ def chunkable(model) -> bool:
     """Whether the chunked prefill can run the model as scaled now: not with the shipped dynamic
     RoPE (`native` of a length-dependent rope_type), whose length transformers reads from the
     positions of each forward."""
-    from .scaling import StatelessNativeRotary, rotary_modules
-
     return not any(isinstance(module, StatelessNativeRotary) for _, _, module in rotary_modules(model))
 
 
@@ -133,8 +132,6 @@ def plan_prefill(config, dtype, device, option: int | str | None, length: int, *
     tokens: `choose_prefill_chunk` with the one-shot estimate (`memory.estimate_peak_bytes`) and
     the memory of `device` (`available_memory_bytes`). `auto` stays one-shot when not `can_chunk`.
     The one function behind the engine's choice and the dry-run's line."""
-    from .memory import estimate_peak_bytes
-
     common = dict(chunk_size=chunk_size, attn_impl=attn_impl or "sdpa", n_params=n_params)
     one_shot = estimate_peak_bytes(config, dtype, length, kv_cache=kv_cache, **common)
     if option == PREFILL_AUTO and not can_chunk:

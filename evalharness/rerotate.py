@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache
 
+from .scaling import ScaledRotaryEmbedding, rotary_modules
+
 MODES = ("recompute", "rerotate")
 
 
@@ -103,8 +105,6 @@ class RerotatingCache(DynamicCache):
 
 def dynamic_rotary(model):
     """The model's `ScaledRotaryEmbedding` when it applies a dynamic method, else None."""
-    from .scaling import ScaledRotaryEmbedding, rotary_modules
-
     for _, _, module in rotary_modules(model):
         if isinstance(module, ScaledRotaryEmbedding) and module.spec.is_dynamic:
             return module

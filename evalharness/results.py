@@ -27,12 +27,14 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
@@ -175,8 +177,6 @@ def _keep_damaged(path: Path) -> Path:
     while target.exists():
         counter += 1
         target = path.with_name(f"{path.name}.damaged-{stamp}-{counter}")
-    import shutil
-
     shutil.copy2(path, target)
     return target
 
@@ -185,7 +185,7 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False, float_format="%.10g"))
 
 
-def _normalise_key(value):
+def normalise_key(value):
     """Make CSV round-trips compare equal to fresh values (1 vs 1.0 vs '1')."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -261,7 +261,7 @@ def read_csv_text(path: Path, table: str) -> tuple[pd.DataFrame, str | None]:
     return frame, damage
 def cell_key(table: str, row: dict) -> tuple:
     """The identity of a row's cell in `table` (`CELL_COLUMNS`), normalised for CSV round trips."""
-    return tuple(_normalise_key(row.get(column)) for column in CELL_COLUMNS[table])
+    return tuple(normalise_key(row.get(column)) for column in CELL_COLUMNS[table])
 
 
 class ResultStore:
@@ -380,8 +380,6 @@ def upgrade_columns(table: str, frame: pd.DataFrame) -> pd.DataFrame:
 
 def _version(module: str) -> str | None:
     try:
-        from importlib.metadata import version
-
         return version(module)
     except Exception:
         return None
@@ -397,7 +395,7 @@ def git_sha() -> str | None:
 
 
 def environment() -> dict:
-    import torch
+    import torch  # lazy: ≈ 1.4 s; reading and writing tables (`plot`, notebooks) never needs it
 
     device = "cpu"
     if torch.cuda.is_available():

@@ -435,7 +435,7 @@ def test_dynamic_cache_rerotate_generates_on_the_rerotated_cache(tmp_path, monke
     """`--dynamic-cache rerotate`: dynamic-yarn's generations past L run on a RerotatingCache that
     re-rotates (one per sample), the cell records the mode, the scores still equal lm-eval's own, and
     the folder refuses a later run with the other mode."""
-    from evalharness import rerotate
+    from evalharness.leaderboard import lm as harness_lm
 
     made = []
 
@@ -444,8 +444,8 @@ def test_dynamic_cache_rerotate_generates_on_the_rerotated_cache(tmp_path, monke
         made.append(cache)
         return cache
 
-    real = rerotate.rerotating_cache
-    monkeypatch.setattr(rerotate, "rerotating_cache", spy)
+    real = harness_lm.rerotating_cache
+    monkeypatch.setattr(harness_lm, "rerotating_cache", spy)  # the name the lm-eval wrapper calls
     out, tasks = tmp_path / "run", ["niah_single_1"]
     _run_base_then_both(out, tasks, LENGTH, "--dynamic-cache", "rerotate")
     _check_run(out, tasks, LENGTH, tiny[1])

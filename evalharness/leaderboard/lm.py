@@ -13,7 +13,10 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+from ..passkey.engine import cache_reusable
+from ..prefill import cache_argument
 from ..progress import CellProgress
+from ..rerotate import rerotating_cache
 
 
 class CountingCacheHook:
@@ -30,6 +33,8 @@ class CountingCacheHook:
 
 @functools.lru_cache(maxsize=1)
 def _harness_lm_class():
+    # lazy: lm-eval's HFLM module takes ≈ 3.4 s to import (`python -c "import lm_eval.models.huggingface"`
+    # on the 2-core CI machine); only a run with leaderboard or RULER cells pays it
     from lm_eval.models.huggingface import HFLM
 
     try:  # lm-eval ≥ 0.4.10 moved the HF helpers to utils_hf
@@ -87,10 +92,6 @@ def _harness_lm_class():
             return self._counted(super().generate_until, requests, disable_tqdm)
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            from ..passkey.engine import cache_reusable
-            from ..prefill import cache_argument
-            from ..rerotate import rerotating_cache
-
             cache = rerotating_cache(self.model) if self.rerotate else None
             if cache is not None:
                 generation_kwargs[cache_argument(self.model)] = cache

@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from transformers import AutoTokenizer
+
+from .. import models
 from .passkey_data import passkey_documents, write_jsonl
 
 
@@ -24,16 +27,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.tokenizer.startswith("random:"):
-        from ..models import build_byte_tokenizer
-
-        tokenizer = build_byte_tokenizer()
+        tokenizer = models.build_byte_tokenizer()
     elif args.tokenizer.endswith(".gguf") or args.tokenizer in ("smollm2-135m",):
-        from .. import models
-
         _, tokenizer, _ = models.load(args.tokenizer, dtype="float32", device="cpu")
     else:  # hub id or local folder: the tokenizer alone
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     docs = passkey_documents(tokenizer, lengths, args.trials, args.seed)

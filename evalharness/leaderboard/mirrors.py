@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import lm_eval
+import yaml
+
 from ..taskfiles import lm_eval_mirrors_dir
 from .protocol import LeaderboardError
 
@@ -99,15 +102,11 @@ def local_data_files(mirror: Mirror, data_dir: str | os.PathLike) -> tuple[str, 
 
 
 def _yaml_dump(data: dict) -> str:
-    import yaml
-
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def lm_eval_tasks_dir() -> Path:
     """The installed lm-eval's task folder (what LM_EVAL_TASKS/ stands for)."""
-    import lm_eval
-
     return Path(lm_eval.__file__).resolve().parent / "tasks"
 
 
@@ -143,8 +142,6 @@ def point_mirror(tasks_copy: str | os.PathLike, name: str, data_dir: str | os.Pa
     shipped `_data.yaml` defaults): its data source is appended to the mirror's YAML (and written
     to `_data.yaml` for the record); for mmlu_local, generate its per-subject tasks. Returns
     {"dataset_path", "data_files"[, "subjects"]}."""
-    import yaml
-
     mirror = MIRRORS[name]
     folder = Path(tasks_copy) / mirror.folder
     if data_dir is not None:
@@ -169,7 +166,7 @@ def point_mirror(tasks_copy: str | os.PathLike, name: str, data_dir: str | os.Pa
 
 def _mmlu_subjects(data_config: dict) -> list[str]:
     """Subjects present in the test split (read with the same datasets builder lm-eval uses)."""
-    import datasets
+    import datasets  # lazy: ≈ 1.3 s, only for mmlu_local's subject list
 
     files = data_config["dataset_kwargs"]["data_files"]
     try:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 
 from .mirrors import LOCAL_MIRROR_OF, MIRRORS
-from .planning import TaskPlan, _builtin_task_manager
+from .planning import TaskPlan, builtin_task_manager
 
 
 def _hub_dataset_of(plan: TaskPlan, exc: BaseException) -> str:
     """`'path'` or `'path' (config)` of the dataset a hub task needed."""
     entry = None
     try:
-        entry = _builtin_task_manager().task_index.get(plan.name)
+        entry = builtin_task_manager().task_index.get(plan.name)
     except Exception:  # noqa: BLE001
         pass
     cfg = (entry.cfg or {}) if entry is not None else {}

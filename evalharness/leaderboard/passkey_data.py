@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 from typing import Sequence
+
+from ..passkey.engine import build_prompt
 
 
 def passkey_documents(tokenizer, lengths: Sequence[int], trials: int = 5, seed: int = 0) -> list[dict]:
     """Rows for the passkey_local task: the prompts of `evalharness.passkey.engine.build_prompt` (the
     paper's text, at most `length` tokens with BOS, seeded 5-digit keys) at a uniformly random
     depth per trial, as in the paper."""
-    import random
-
-    from ..passkey.engine import build_prompt
-
     rng = random.Random(seed)
     docs = []
     for length in lengths:

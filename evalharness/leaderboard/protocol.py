@@ -9,6 +9,8 @@ sampler 1234) unless the user gives one seed for all four.
 """
 from __future__ import annotations
 
+import inspect
+
 from .. import taskfiles
 from ..errors import CellFailure, EvalHarnessError
 
@@ -44,9 +46,7 @@ def lm_eval_seeds(seed: int | None = None) -> dict[str, int]:
     defaults of the installed lm-eval's own signature (0, 1234, 1234, 1234 since lm-eval 0.4.2)."""
     if seed is not None:
         return dict.fromkeys(SEED_ARGUMENTS, int(seed))
-    import inspect
-
-    from lm_eval import evaluator
+    from lm_eval import evaluator  # lazy: ≈ 1.1 s, only when a leaderboard or RULER cell runs
 
     parameters = inspect.signature(evaluator.simple_evaluate).parameters
     return {name: parameters[name].default for name in SEED_ARGUMENTS}

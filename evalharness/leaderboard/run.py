@@ -14,13 +14,15 @@ from typing import Sequence
 
 from .. import hub
 from ..errors import delegated_failures
+from ..parallel import Shard
 from ..plan import Cell, Plan, cell_name
-from ..runner import Task
+from ..results import key_row, normalise_key
+from ..runner import Session, Task, resolve_specs, run_cells
 from .extract import in_run_folder, provenance_path, result_rows, save_results
 from .lm import wrap_model
 from .mirrors import copy_tasks, point_mirror
 from .offline import offline_message
-from .planning import TaskPlan, _builtin_task_manager, _folder_task_manager, plan_tasks
+from .planning import TaskPlan, builtin_task_manager, folder_task_manager, plan_tasks
 from .protocol import LeaderboardError, LeaderboardTaskFailure, default_max_length, lm_eval_seeds
 
 
@@ -31,12 +33,10 @@ def _done_cells(done_keys: set) -> tuple[set, set]:
 
 
 def _is_done(plan: TaskPlan, key: dict, done: tuple[set, set]) -> bool:
-    from ..results import _normalise_key
-
     key_columns = ("model", "method", "factor", "original_ctx")
-    base = tuple(_normalise_key(key[c]) for c in key_columns) + (_normalise_key(plan.name),)
+    base = tuple(normalise_key(key[c]) for c in key_columns) + (normalise_key(plan.name),)
     if plan.metric:
-        return base + (_normalise_key(plan.metric),) in done[0]
+        return base + (normalise_key(plan.metric),) in done[0]
     return base in done[1]
 
 
@@ -97,8 +97,6 @@ class LeaderboardCells(Task):
         return next(p for p in self.plans if p.name == cell.unit[0])
 
     def pending(self, cell: Cell, done: set) -> bool:
-        from ..results import key_row
-
         return not _is_done(self._plan(cell), key_row(self.model_name, cell.spec), _done_cells(done))
 
     def _prepare_mirrors(self) -> None:
@@ -118,11 +116,11 @@ class LeaderboardCells(Task):
 
     def _task_manager(self, plan: TaskPlan):
         if plan.kind == "hub":
-            return _builtin_task_manager()
+            return builtin_task_manager()
         folder, builtins = (str(self._mirror_dir), False) if plan.kind == "mirror" else (
             str(plan.yaml_dir), bool(plan.info.get("is_group")))
         if (folder, builtins) not in self._managers:
-            self._managers[folder, builtins] = _folder_task_manager(folder, builtins)
+            self._managers[folder, builtins] = folder_task_manager(folder, builtins)
         return self._managers[folder, builtins]
 
     def _wrapped(self, session, spec):
@@ -135,9 +133,7 @@ class LeaderboardCells(Task):
         return self._lm[1:]
 
     def run(self, cell: Cell, pending, session) -> dict:
-        import lm_eval
-
-        from ..results import key_row
+        import lm_eval  # lazy, as in `lm.py`
 
         self._prepare_mirrors()
         plan, spec = self._plan(cell), cell.spec
@@ -188,9 +184,6 @@ def run_leaderboard(model, tokenizer, model_name: str, specs, tasks: Sequence[st
                     save_samples: bool = False, bootstrap_iters: int = 1000, shard=None) -> list[str]:
     """Evaluate every (spec, task) cell not already in the store through the runner; return the
     failed cells (library entry point; the CLI builds the same cells; see `LeaderboardCells`)."""
-    from ..parallel import Shard
-    from ..runner import Session, resolve_specs, run_cells
-
     session = Session(model, tokenizer, model_name, store, manifest, shard or Shard(), show_progress)
     cells_task = LeaderboardCells(model_name, tokenizer, resolve_specs(model, specs), tasks, out_dir, limit, batch_size,
                                   max_length, seed, show_progress, data_dir, save_samples, bootstrap_iters)

@@ -64,6 +64,7 @@ from .. import hub
 from ..errors import CellFailure, UsageError, delegated_failures
 from ..leaderboard.extract import in_run_folder, provenance_path, save_results
 from ..leaderboard.lm import wrap_model
+from ..leaderboard.mirrors import lm_eval_tasks_dir
 from ..leaderboard.protocol import lm_eval_seeds
 from ..leaderboard.run import one_process_view
 from ..plan import Cell, cell_name
@@ -111,9 +112,7 @@ def resolve_tasks(text: str) -> list[str]:
 
 def lm_eval_task_folder() -> Path:
     """lm-eval's own folder of RULER task YAMLs (and their generators)."""
-    import lm_eval.tasks
-
-    return Path(lm_eval.tasks.__file__).parent / "ruler"
+    return lm_eval_tasks_dir() / "ruler"
 
 
 def sample_scores(samples: list[dict], length: int) -> list[tuple[int, float]]:
@@ -186,7 +185,7 @@ def vt_stall_reason(tokenizer, length: int) -> str | None:
     zero noise lines, and it retries a sample that does not fit without ever giving up.
     """
 
-    from lm_eval.tasks.ruler import vt_utils
+    from lm_eval.tasks.ruler import vt_utils  # lazy: ≈ 3.4 s with its dependencies; RULER checks only
 
     def tokens(text: str) -> int:
         return len(tokenizer(text).input_ids)
@@ -231,7 +230,7 @@ def cwe_problem_reason(tokenizer, length: int) -> str | None:
     None. The words drawn change the count a little, so at a length right at the margin lm-eval's own
     draw may still come out empty; its metric then divides by zero, reported by `failure_text`."""
 
-    from lm_eval.tasks.ruler import cwe_utils
+    from lm_eval.tasks.ruler import cwe_utils  # lazy: ≈ 3.9 s with its dependencies; RULER checks only
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     random.seed(CHECK_SEED)
@@ -392,7 +391,7 @@ class RulerCells(Task):
     def _task_manager(self, length: int):
         """One lm-eval TaskManager per length over lm-eval's RULER folder only, with the model's
         tokenizer and the length as task metadata."""
-        from lm_eval.tasks import TaskManager
+        from lm_eval.tasks import TaskManager  # lazy: ≈ 1.7 s; only when a RULER cell runs
 
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="evalharness-ruler-")
@@ -431,7 +430,7 @@ class RulerCells(Task):
         return self._lm[2]
 
     def run(self, cell: Cell, pending, session) -> dict:
-        import lm_eval
+        import lm_eval  # lazy, as in `leaderboard/lm.py`
 
 
         task, length = cell.unit
