@@ -3,7 +3,7 @@
 One entry per RoPE scaling method: its canonical name, display label, whether it reads the scale
 factor s, whether it is dynamic (s = max(1, l/L) from the current length), which options it reads,
 and the aliases the CLI accepts. `methods.py` pairs each entry with its frequency function;
-`tables.py`, `plots.py` and `report.py` read the facts from here, so nothing copies them.
+the analysis, figure and report modules read the facts from here, so nothing copies them.
 """
 from __future__ import annotations
 

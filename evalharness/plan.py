@@ -63,13 +63,17 @@ def describe(status: Sequence[tuple[Cell, Any]], memory: Callable[[Cell], float 
         plan = f"{prefill(cell):<11}  " if prefill else ""
         lines.append(f"{'to do' if todo else 'done':<6} {cell.tokens if cell.tokens else '?':>12} "
                      f"{_gib(peak):>11}  {plan}{cell.name}")
-        total = totals.setdefault(cell.task, [0, 0, 0])
+        total = totals.setdefault(cell.task, [0, 0, 0, 0])
         total[0] += 1
         total[1] += todo
         total[2] += cell.tokens if todo else 0
+        total[3] += todo and not cell.tokens  # a cell whose size only its library knows (e.g. lm-eval)
     lines.append("")
-    for task, (n, todo, tokens) in totals.items():
-        lines.append(f"{task}: {n} cells, {n - todo} done, {todo} to do, {tokens:,} tokens to process")
+    for task, (n, todo, tokens, unknown) in totals.items():
+        size = (f"{tokens:,} tokens to process" if not unknown else
+                "tokens unknown until the task builds its requests" if unknown == todo else
+                f"{tokens:,} tokens to process + {unknown} cells of unknown size")
+        lines.append(f"{task}: {n} cells, {n - todo} done, {todo} to do, {size}")
     n_cells = sum(t[0] for t in totals.values())
     n_todo = sum(t[1] for t in totals.values())
     text = f"plan: {n_cells} cells, {n_cells - n_todo} done, {n_todo} to do"

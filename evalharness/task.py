@@ -74,6 +74,13 @@ class TaskDefinition:
         """Add this task's argument group to the `eval` parser (a group shared by two tasks of one
         package is added by the first of them)."""
 
+    def option_names(self) -> frozenset[str]:
+        """The options (destination names) that mean something only for this task: those its
+        `add_arguments` adds. `eval` refuses one given on the command line when the task is not run."""
+        parser = argparse.ArgumentParser(add_help=False)
+        self.add_arguments(parser)
+        return frozenset(vars(parser.parse_args([])))
+
     def options(self, args: argparse.Namespace) -> Any:
         """This task's typed options from the parsed command line."""
         return None

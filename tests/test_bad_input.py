@@ -190,13 +190,26 @@ CASES = [
     ("RULER length below the template", {"tasks": "ruler", "lengths": "256"},
      "RULER length 256 is too short for niah_single_1"),
     ("config rope_theta zero", {"model": "{root}/config-rope-theta-zero"}, "config has rope_theta 0 and"),
+    # a task's own option while that task is not run
+    ("passkey option without passkey", {"depths": "2"}, "--depths only applies with --tasks passkey"),
+    ("corpus option without a corpus task", {"tasks": "passkey", "lengths": "300,400", "dataset": "debian-policy"},
+     "--dataset only applies with --tasks perplexity or temperature-sweep"),
+    ("leaderboard option without leaderboard", {"limit": "5"}, "--limit only applies with --tasks leaderboard"),
+    ("RULER option without RULER", {"tasks": "passkey", "lengths": "300,400", "ruler_samples": "2"},
+     "--ruler-samples only applies with --tasks ruler"),
+    ("temperatures without the sweep", {"temperatures": "1.0"}, "--temperatures only applies with --tasks "
+                                                                "temperature-sweep"),
 ]
+
+CORPUS_TASKS = ("perplexity", "temperature-sweep")
 
 
 def arguments(files, change, out):
     options = {"model": "random:tiny", "method": "base,yarn", "factor": "2", "dataset": f"local:{files}/corpus",
                "lengths": "64:256:64", "out": str(out)}
     options.update({k: (v.format(root=files) if isinstance(v, str) else v) for k, v in change.items()})
+    if "dataset" not in change and not set(options.get("tasks", "perplexity").split(",")) & set(CORPUS_TASKS):
+        del options["dataset"]  # a corpus is an option of the corpus tasks only
     argv = []
     for key, value in options.items():
         argv.append("--" + key.replace("_", "-"))

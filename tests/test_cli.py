@@ -374,6 +374,20 @@ def test_help_states_every_default_in_words_and_ends_with_examples(capsys, comma
     assert "\nexamples:\n" in text and text.rstrip().splitlines()[-1].lstrip().startswith("run_eval.py")
 
 
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_docs_option_reference_is_the_help_and_is_current(capsys, monkeypatch, command):
+    """docs/cli.md's option reference is each subcommand's `--help` as the CLI prints it (same
+    width), and the committed section is what the generator writes now."""
+    from pathlib import Path
+
+    from evalharness.cli.reference import WIDTH, command_help, option_reference
+
+    monkeypatch.setenv("COLUMNS", str(WIDTH + 2))  # argparse wraps at the terminal width − 2
+    assert help_text(capsys, command) == command_help(command)
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert option_reference() in docs, "docs/cli.md is stale: python -m evalharness.cli.reference docs/cli.md"
+
+
 def test_eval_help_has_a_group_per_task(capsys):
     """`eval --help` groups the options by task: each registered task's name heads a group, and each
     option appears once."""

@@ -171,6 +171,8 @@ def test_mirrors_end_to_end_and_resume(tiny, data_dir, tmp_path, monkeypatch):
     assert {t for t, _ in rows if t.startswith("mmlu_local_")} == {"mmlu_local_anatomy", "mmlu_local_astronomy"}
     saved = json.loads((tmp_path / "lm_eval" / "yarn_4_arc_challenge_local.json").read_text())
     assert saved["evalharness"]["max_length"] == 1024 and saved["n-shot"]["arc_challenge_local"] == 25
+    assert saved["configs"]["arc_challenge_local"]["metadata"]["config_source"] == (
+        "tasks/lm-eval/arc_challenge_local/arc_challenge_local.yaml")  # the shipped file, not its temporary copy
     test_file = str((data_dir / "arc_challenge" / "test.jsonl").resolve())
     assert saved["evalharness"]["data"]["data_files"]["test"] == [os.path.relpath(test_file)]  # no absolute path
 
@@ -465,14 +467,24 @@ def test_report_and_figure_name_truthfulqa_mc2_as_mc2():
 
 
 def test_saved_lm_eval_results_name_no_absolute_path():
-    """An installed task's YAML is named from site-packages, a data file from the working folder."""
+    """An installed task's YAML is named from site-packages, a file in a temporary copy by the copy's
+    alias, a file under the home folder from `~`, a data file from the working folder."""
     from evalharness.leaderboard.extract import relative_paths
 
     body = {"configs": {"t": {"config_source": "/venv/site/lm_eval/tasks/ruler/vt.yaml",
-                              "data_files": ["/home/u/data/arc/test.jsonl"], "doc": "/ not a path\nx"}}}
-    out = relative_paths(body, site_packages="/venv/site", cwd="/home/u/repo")
-    assert out["configs"]["t"]["config_source"] == "lm_eval/tasks/ruler/vt.yaml"
-    assert out["configs"]["t"]["data_files"] == ["../data/arc/test.jsonl"]
-    assert out["configs"]["t"]["doc"] == "/ not a path\nx"
+                              "mirror": "/tmp/evalharness-tasks-abc/tasks/arc_local/arc.yaml",
+                              "tokenizer": "/tmp/evalharness-ruler-xyz",
+                              "model": "/home/u/.cache/evalharness/gguf/m-1",
+                              "data_files": ["/home/u/repo/data/arc/test.jsonl", "/srv/data/arc/test.jsonl"],
+                              "doc": "/ not a path\nx"}}}
+    aliases = {"/tmp/evalharness-tasks-abc/tasks": "tasks/lm-eval", "/tmp/evalharness-ruler-xyz": "m tokenizer"}
+    out = relative_paths(body, aliases, site_packages="/venv/site", cwd="/home/u/repo", home="/home/u")["configs"]["t"]
+    assert out["config_source"] == "lm_eval/tasks/ruler/vt.yaml"
+    assert out["mirror"] == "tasks/lm-eval/arc_local/arc.yaml" and out["tokenizer"] == "m tokenizer"
+    assert out["model"] == "~/.cache/evalharness/gguf/m-1"
+    assert out["data_files"] == ["data/arc/test.jsonl", "../../../srv/data/arc/test.jsonl"]
+    assert out["doc"] == "/ not a path\nx"
     committed = Path(__file__).resolve().parent.parent / "results"
-    assert not [p for p in committed.glob("*/lm_eval/*.json") if '": "/' in p.read_text()]
+    texts = {p: p.read_text() for p in committed.glob("*/lm_eval/*.json")}
+    machine_paths = [p for p, text in texts.items() if '": "/' in text or "/tmp/" in text or "evalharness-" in text]
+    assert texts and not machine_paths, machine_paths

@@ -202,6 +202,8 @@ def _check_run(out, tasks, length, tokenizer):
         stem = f"{row['method']}_{row['factor']:g}_{row['task']}_{length}"
         saved = json.loads((out / "lm_eval" / f"{stem}.json").read_text())
         assert saved["evalharness"]["max_length"] == length + MAX_GEN_TOKENS
+        # the tokenizer lm-eval read was a temporary copy: named, not pointed at
+        assert saved["configs"][row["task"]]["metadata"]["tokenizer"] == f"{row['model']} tokenizer (temporary copy)"
         assert row["score"] == pytest.approx(saved["results"][row["task"]][f"{length},none"])
         logged = [json.loads(line) for line in (out / "lm_eval" / f"{stem}_samples.jsonl").read_text().splitlines()]
         assert row["n"] == len(logged) == 2

@@ -144,7 +144,8 @@ def test_dry_run_prints_the_plan_and_computes_nothing(task, extra, n_cells, corp
     monkeypatch.setattr(transformers.LlamaModel, "forward", no_forward)  # random:tiny is a Llama
     monkeypatch.setattr(runner, "run_cells", no_forward)
     out = tmp_path / "out"
-    args = tiny_args(out, "--tasks", task, "--dataset", f"local:{corpus}", *extra, "--dry-run")
+    corpus_option = ["--dataset", f"local:{corpus}"] if task in ("perplexity", "temperature-sweep") else []
+    args = tiny_args(out, "--tasks", task, *corpus_option, *extra, "--dry-run")
     if task == "leaderboard":
         args += ["--leaderboard-data", str(leaderboard_data)]
     assert cli.main(args) == cli.EXIT_OK
@@ -152,6 +153,9 @@ def test_dry_run_prints_the_plan_and_computes_nothing(task, extra, n_cells, corp
     rows = plan_lines(text)
     assert len(rows) == n_cells and all(state == "to do" for state, _ in rows.values())
     assert f"plan: {n_cells} cells, 0 done, {n_cells} to do" in text
+    if task == "leaderboard":  # lm-eval sizes its requests itself: no made-up token count
+        assert all(tokens == "?" for _, tokens in rows.values())
+        assert f"leaderboard: {n_cells} cells, 0 done, {n_cells} to do, tokens unknown until the task builds" in text
     assert not out.exists()  # nothing written, not even the folder
 
 

@@ -26,7 +26,7 @@ import transformers
 
 from ..errors import EvalHarnessError, UsageError
 from ..results import ResultWriteError
-from ..taskfiles import apply_task_file
+from ..taskfiles import apply_task_file, given_options, options_parser
 from .common import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WRITE_FAILED, Command
 from .compare import add_compare_arguments, cmd_compare
 from .effective_context import (
@@ -114,8 +114,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["eval", *argv]
     args = build_parser().parse_args(argv)
-    if args.command == "eval" and args.task is not None:  # the task file's fields, under the given flags
-        args = apply_task_file(args, argv[1:], add_eval_arguments)
+    if args.command == "eval":
+        if args.task is not None:  # the task file's fields, under the given flags
+            args = apply_task_file(args, argv[1:], add_eval_arguments)
+        args.given = tuple(given_options(options_parser(add_eval_arguments), argv[1:]))  # what the user typed
     return args
 
 

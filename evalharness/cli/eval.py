@@ -184,11 +184,11 @@ def plan_run(args: argparse.Namespace) -> RunContext:
     check_attn_impl(args.attn_impl)
     if args.device_map is not None and args.device not in ("auto", None):
         raise UsageError("--device-map only applies with --device auto; drop it or add that.")
-    for name in valid:  # options that mean something only for a task that is not asked
-        for dest in getattr(registry.definition(name), "exclusive_options", ()):
-            if name not in tasks and getattr(args, dest) is not None:
-                raise UsageError(f"--{dest.replace('_', '-')} only applies with --tasks {name}; drop it or add "
-                                 "that.")
+    for dest in getattr(args, "given", ()):  # a task's own option given while that task is not run
+        owners = [name for name in valid if dest in registry.definition(name).option_names()]
+        if owners and not set(owners) & set(tasks):
+            raise UsageError(f"--{dest.replace('_', '-')} only applies with --tasks {' or '.join(owners)}; drop it "
+                             "or add that task.")
     common = common_options(args, lengths)
     options = {}
     for name in tasks:
@@ -283,7 +283,7 @@ def memory_estimate(model, dtype, chunk_size: int | None, prefill_chunk: int | s
 def recorded_args(args: argparse.Namespace, context: RunContext) -> dict:
     """The arguments as the manifest records them: the command line with each asked task's options
     as resolved (defaults that depend on other options filled in) and `--out` as `shown_path`."""
-    recorded = dict(vars(args))
+    recorded = {name: value for name, value in vars(args).items() if name != "given"}
     for options in context.options.values():
         if options is not None:
             recorded.update({k: v for k, v in flat_fields(options).items() if k in recorded})

@@ -7,6 +7,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Mapping
 
 import lm_eval
 import numpy as np
@@ -115,27 +116,39 @@ def in_run_folder(out_dir: str | os.PathLike, path: Path) -> str:
     return Path(path).relative_to(Path(out_dir)).as_posix()
 
 
-def relative_paths(value, site_packages: str | None = None, cwd: str | None = None):
-    """`value` (lm-eval's results: nested dicts and lists) with every absolute path made relative: an
-    installed package's file to its site-packages folder (`lm_eval/tasks/...`), any other to the
-    working directory, so a committed JSON names no folder of the machine it ran on."""
+def relative_paths(value, aliases: Mapping[str, str] | None = None, site_packages: str | None = None,
+                   cwd: str | None = None, home: str | None = None):
+    """`value` (lm-eval's results: nested dicts and lists) with every absolute path made readable and
+    machine-free: a path under a folder of `aliases` (a temporary copy) under that folder's alias
+    (e.g. `tasks/lm-eval`, the shipped folder the copy came from), an installed package's file
+    relative to site-packages (`lm_eval/tasks/...`), one under the working directory relative to it,
+    one elsewhere under the home folder as `~/...`, any other relative to the working directory."""
     site_packages = site_packages or str(Path(lm_eval.__file__).resolve().parent.parent)
     cwd = cwd or os.getcwd()
+    home = home or os.path.expanduser("~")
     if isinstance(value, dict):
-        return {key: relative_paths(item, site_packages, cwd) for key, item in value.items()}
+        return {key: relative_paths(item, aliases, site_packages, cwd, home) for key, item in value.items()}
     if isinstance(value, list):
-        return [relative_paths(item, site_packages, cwd) for item in value]
-    if isinstance(value, str) and os.path.isabs(value) and "\n" not in value:
-        base = site_packages if value.startswith(site_packages + os.sep) else cwd
-        return os.path.relpath(value, base)
-    return value
+        return [relative_paths(item, aliases, site_packages, cwd, home) for item in value]
+    if not (isinstance(value, str) and os.path.isabs(value) and "\n" not in value):
+        return value
+    for folder, alias in sorted((aliases or {}).items(), key=lambda item: -len(item[0])):
+        if value == folder or value.startswith(folder.rstrip(os.sep) + os.sep):
+            return Path(alias, os.path.relpath(value, folder)).as_posix()
+    for base in (site_packages, cwd):
+        if value.startswith(base.rstrip(os.sep) + os.sep):
+            return os.path.relpath(value, base)
+    if home not in ("", os.sep) and value.startswith(home.rstrip(os.sep) + os.sep):
+        return "~/" + os.path.relpath(value, home)
+    return os.path.relpath(value, cwd)
 
 
-def save_results(path: Path, results: dict, extra: dict, save_samples: bool) -> None:
+def save_results(path: Path, results: dict, extra: dict, save_samples: bool,
+                 aliases: Mapping[str, str] | None = None) -> None:
     from lm_eval.utils import handle_non_serializable  # lazy: ≈ 0.4 s, only when a result is saved
 
     samples = results.pop("samples", None)
-    body = relative_paths(dict(results, evalharness=extra))
+    body = relative_paths(dict(results, evalharness=extra), aliases)
     atomic_write_text(path, json.dumps(body, indent=2, default=handle_non_serializable) + "\n")
     if save_samples and samples:
         lines = []

@@ -38,7 +38,7 @@ def _one_value(frame: pd.DataFrame, column: str):
     return values[0] if len(values) == 1 else None
 
 def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
-    """The paper's headline leaderboard numbers (`tables.leaderboard_headline`: one metric per
+    """The paper's headline leaderboard numbers (`leaderboard.analysis.leaderboard_headline`: one metric per
     task, subtasks such as MMLU's subjects left out) as grouped bars.
 
     One group per task, methods side by side in the look of `series_style` with base first (grey,

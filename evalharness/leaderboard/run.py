@@ -18,6 +18,7 @@ from ..parallel import Shard
 from ..plan import Cell, Plan, cell_name
 from ..results import key_row, normalise_key
 from ..runner import Session, Task, resolve_specs, run_cells
+from ..taskfiles import LM_EVAL_FOLDER
 from .extract import in_run_folder, provenance_path, result_rows, save_results
 from .lm import wrap_model
 from .mirrors import copy_tasks, point_mirror
@@ -162,7 +163,8 @@ class LeaderboardCells(Task):
                  "seeds": self.seeds, "task": plan.name, "requested": plan.requested, "kind": plan.kind,
                  "data": self._mirror_data.get(plan.name)}
         path = provenance_path(self.out_dir, spec, plan.name)
-        save_results(path, results, extra, self.save_samples)
+        copies = {str(self._mirror_dir): f"tasks/{LM_EVAL_FOLDER}"} if self._mirror_dir else {}  # the shipped source
+        save_results(path, results, extra, self.save_samples, copies)
         session.store.append(self.table, rows)
         info = {"seconds": round(time.monotonic() - start, 1), "max_length": length,
                 "lm_eval_json": in_run_folder(self.out_dir, path), "seeds": self.seeds}

@@ -28,7 +28,7 @@ def _depth_text(value: float, fractions: bool) -> str:
 
 def plot_passkey_heatmap(frame: pd.DataFrame, max_depth_bins: int = 20,
                          annotate: bool | None = None) -> Figure:
-    """Passkey accuracy (`tables.passkey_accuracy`) as a context length (x) × depth (y) heatmap.
+    """Passkey accuracy (`passkey.analysis.passkey_accuracy`) as a context length (x) × depth (y) heatmap.
 
     One panel per series (method, factor, and the scoring rule, run or model when they vary),
     titled in words (`Dynamic-YaRN, re-rotated KV cache`); a shared colorbar over 0..1; L marked

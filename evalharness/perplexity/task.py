@@ -201,13 +201,15 @@ def temperature_specs(factors, temperatures: str, original_ctx: int) -> list:
 class TemperatureSweep(TaskDefinition):
     name = "temperature-sweep"
     own_forward = True
-    exclusive_options = ("temperatures",)
 
     def add_arguments(self, parser):
         g = parser.add_argument_group("temperature-sweep")
         g.add_argument("--temperatures", default=None,
                        help="grid of YaRN attention factors sqrt(1/t), start:stop:step or comma list "
                             f"(default: {DEFAULT_TEMPERATURES})")
+
+    def option_names(self):
+        return super().option_names() | PERPLEXITY.option_names()  # the sweep reads the corpus options too
 
     def options(self, args):
         return TemperatureSweepOptions(corpus_options(args), args.temperatures or DEFAULT_TEMPERATURES)

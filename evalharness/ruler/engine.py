@@ -407,8 +407,6 @@ class RulerCells(Task):
         method's cell: generated as `simple_evaluate` would (python, numpy and torch seeded with
         lm-eval's seeds first, the generator module fresh), so a resumed run regenerates the same
         prompts; only the current length's tasks are kept (cells are length-major)."""
-
-
         if (task, length) not in self._tasks:
             if any(held != length for _, held in self._tasks):
                 self._tasks.clear()
@@ -451,7 +449,8 @@ class RulerCells(Task):
         path = provenance_path(self.out_dir, spec, f"{task}_{length}")
         save_results(path, results, {"spec": str(spec), "task": task, "context_length": length,
                                       "max_length": length + MAX_GEN_TOKENS, "limit": self.samples,
-                                      "seeds": self.seeds}, self.save_samples)
+                                      "seeds": self.seeds}, self.save_samples,
+                     {self._tmp.name: f"{self.model_name} tokenizer (temporary copy)"})
         key = self._row_key(spec, task, length)
         session.store.append("ruler_samples", [dict(key, doc_id=doc, score=value) for doc, value in scores])
         session.store.append(self.table, [dict(key, score=score, n=len(scores), stderr=stderr)])

@@ -84,7 +84,7 @@ def _ruler_difference_table(differences: pd.DataFrame, reference: str, keys: Seq
         f"Difference to {reference} on the same samples:", "",
         f"- Difference: the method's per-sample score − {reference}'s on the same RULER prompt (lm-eval "
         "generates the same prompts for every method), averaged over the paired samples of all tasks at "
-        "that length, in percentage points; per task in `tables.ruler_differences`.",
+        "that length, in percentage points; per task in `ruler.analysis.ruler_differences`.",
         "- Brackets: 95 % paired percentile bootstrap interval over those samples "
         f"({BOOTSTRAP_RESAMPLES} seeded resamples).", "",
         markdown_table(["method"] + [fmt_length(x) for x in lengths], rows), ""]
