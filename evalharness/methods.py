@@ -27,6 +27,11 @@ from .method_facts import (
     native_type_is_dynamic,
     yarn_mscale,
 )
+from .options import MAX_FACTOR
+
+# cos/sin multiplier bound: YaRN's own 0.1·ln(s)+1 is 1.83 at the largest factor; past 10 the
+# attention logits (× its square) overflow in half precision and the run would only record NaNs
+MAX_ATTENTION_FACTOR = 10.0
 
 
 class MethodError(EvalHarnessError, ValueError):
@@ -75,8 +80,8 @@ class ScalingSpec:
         object.__setattr__(self, "method", canonical_method(self.method))
         entry = METHODS[self.method]
         factor = float(self.factor)
-        if not math.isfinite(factor) or factor <= 0:
-            raise MethodError(f"factor {self.factor!r} is not valid: it must be a number > 0.")
+        if not math.isfinite(factor) or factor <= 0 or factor > MAX_FACTOR:
+            raise MethodError(f"factor {self.factor!r} is not valid: it must be a number > 0 and ≤ {MAX_FACTOR:g}.")
         if entry.uses_factor and factor < 1:
             raise MethodError(
                 f"factor {self.factor!r} is < 1, which would shrink the context of {self.method}; "
@@ -92,8 +97,9 @@ class ScalingSpec:
                 f"beta_fast={self.beta_fast} / beta_slow={self.beta_slow} are not valid: "
                 "need beta_fast > beta_slow > 0 (Llama: 32 and 1)."
             )
-        if self.attention_factor is not None and not 0 < self.attention_factor < math.inf:
-            raise MethodError(f"attention_factor {self.attention_factor!r} is not valid: it must be > 0.")
+        if self.attention_factor is not None and not 0 < self.attention_factor <= MAX_ATTENTION_FACTOR:
+            raise MethodError(f"attention_factor {self.attention_factor!r} is not valid: it must be > 0 and "
+                              f"≤ {MAX_ATTENTION_FACTOR:g}.")
         if self.layers not in LAYER_CHOICES:
             raise MethodError(f"layers {self.layers!r} is not valid: use {' or '.join(LAYER_CHOICES)}.")
         if self.layers != "global" and not METHODS[self.method].reads("layers"):
@@ -246,12 +252,13 @@ _KEY_ALIASES = {"L": "original_ctx", "s": "factor", "mscale": "attention_factor"
 
 def base_inv_freq(rotary_dim: int, base: float) -> torch.Tensor:
     """θ_d = b^(−2d/|D|) for d = 0 … |D|/2−1, in float32 (computed in float64, then rounded)."""
-    _check_dims(rotary_dim, base)
+    check_dims(rotary_dim, base)
     exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
     return (1.0 / (base ** exponent)).to(torch.float32)
 
 
-def _check_dims(rotary_dim: int, base: float) -> None:
+def check_dims(rotary_dim: int, base: float) -> None:
+    """MethodError (one sentence) unless |D| is a positive even number and the base b > 1."""
     if rotary_dim <= 0 or rotary_dim % 2:
         raise MethodError(f"rotary dimension {rotary_dim} is not valid: it must be a positive even number.")
     if not base > 1:
@@ -260,6 +267,9 @@ def _check_dims(rotary_dim: int, base: float) -> None:
 
 def ntk_aware_base(base: float, rotary_dim: int, scale: float) -> float:
     """NTK-aware base change: b' = b · s^(|D|/(|D|−2)) (YaRN paper §3.1, eq. 16)."""
+    if rotary_dim <= 2:
+        raise MethodError(f"NTK-aware scaling needs a rotary dimension above 2 (its exponent is |D|/(|D|−2)); "
+                          f"this one is {rotary_dim}.")
     return base * scale ** (rotary_dim / (rotary_dim - 2))
 
 
@@ -410,7 +420,7 @@ def rope_frequencies(spec: ScalingSpec, rotary_dim: int, base: float,
     """(inv_freq [rotary_dim//2] float32, attention_scale) for `spec` on a RoPE of dimension
     `rotary_dim` and base `base`. `seq_len` is read only by dynamic methods (s = max(1, seq_len/L));
     a dynamic method without seq_len gives the unscaled frequencies (s = 1)."""
-    _check_dims(rotary_dim, base)
+    check_dims(rotary_dim, base)
     if METHODS[spec.method].needs_ramp and spec.original_ctx is None:
         raise MethodError(f"{spec}: needs original_ctx (the model's pre-trained context).")
     scale = spec.scale_at(seq_len)

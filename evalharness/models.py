@@ -43,6 +43,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -506,6 +507,7 @@ def _check_checkpoint_files(path: Path) -> None:
 _NUMERIC_ROPE_FIELDS = ("rope_theta", "factor", "original_max_position_embeddings", "attention_factor",
                         "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor",
                         "high_freq_factor", "partial_rotary_factor")
+_NON_NEGATIVE_ROPE_FIELDS = ("mscale", "mscale_all_dim")  # DeepSeek configs write 0 for "none"
 
 
 def _rope_field_error(config) -> str | None:
@@ -524,6 +526,10 @@ def _rope_field_error(config) -> str | None:
             value = group.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 return f"rope_parameters[{key!r}] = {value!r} is not a number"
+            if value is not None and not (math.isfinite(value) and (value > 0 or key in _NON_NEGATIVE_ROPE_FIELDS
+                                                                    and value == 0)):
+                need = "≥ 0" if key in _NON_NEGATIVE_ROPE_FIELDS else "> 0"
+                return f"rope_parameters[{key!r}] = {value!r} is not a finite number {need}"
     return None
 
 
@@ -535,7 +541,7 @@ def _check_config(path: Path, trust_remote_code: bool) -> None:
     file = path / "config.json"
     try:
         config = AutoConfig.from_pretrained(str(path), **remote)
-    except (ValueError, KeyError, TypeError, AttributeError, StrictDataclassError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, StrictDataclassError) as exc:
         # KeyError's str() is the repr of its message; the first sentence of the message names the
         # key and value (a typed-field error's second line holds the value, so lines are joined)
         reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -564,8 +570,11 @@ def _load_local_dir(path: Path, model_kwargs: dict[str, Any], tok_kwargs: dict[s
     _check_config(path, bool(model_kwargs.get("trust_remote_code")))
     try:
         return _load_pretrained(str(path), model_kwargs, tok_kwargs)
-    except OSError as exc:
-        raise ModelLoadError(f"could not load model folder {str(path)!r}: {_first_line(exc)}") from exc
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:  # unreadable files, weights ≠ config
+        reason = ("its weights do not have the shapes config.json gives" if "mismatched_sizes" in str(exc)
+                  else f"{type(exc).__name__}: {_first_line(exc).split('. ')[0].rstrip('.')}")
+        raise ModelLoadError(f"could not load model folder {str(path)!r} ({reason}); fix or replace its "
+                             "files") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,13 +10,24 @@ import re
 
 from .errors import UsageError
 
+# The largest count any option takes: 2^24 = 16,777,216 tokens (16384k), 128 times the longest context
+# the YaRN paper evaluates; a larger number is a typo, and numbers like 10^20 would otherwise reach
+# torch or the allocator as an overflow or a hang.
+MAX_COUNT = 2**24
+MAX_GRID_POINTS = 1000  # values in a start:stop:step grid of floats
+MAX_FACTOR = 4096.0  # scale factors: s·L beyond 2^24 tokens for any L ≥ 4096 already
+MAX_SEED = 2**32 - 1  # numpy's and lm-eval's seeds are 32-bit
+
 
 def parse_count(text: str) -> int:
-    """'16384', '16k' (×1024), '128K' → int."""
-    match = re.fullmatch(r"\s*(\d+)\s*([kK]?)\s*", str(text))
+    """'16384', '16k' (×1024), '128K' → int in 0..MAX_COUNT (ASCII digits only)."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([kK]?)\s*", str(text))
     if not match:
         raise UsageError(f"{text!r} is not a token count; write e.g. 4096 or 4k.")
-    return int(match.group(1)) * (1024 if match.group(2) else 1)
+    value = int(match.group(1)) * (1024 if match.group(2) else 1)
+    if value > MAX_COUNT:
+        raise UsageError(f"{text!r} is more than {MAX_COUNT:,} (16384k), the largest count the harness takes.")
+    return value
 
 
 def positive_count(text: str, error: str) -> int:
@@ -31,27 +42,29 @@ def positive_count(text: str, error: str) -> int:
     return count
 
 
-def bounded_count(flag: str, minimum: int = 1):
-    """An argparse `type` for `flag`: a whole number ≥ `minimum` in `parse_count`'s forms (`7`,
-    `4096`, `4k`); anything else raises `argparse.ArgumentTypeError` with one sentence naming `flag`,
-    the value and what is valid."""
+def bounded_count(flag: str, minimum: int = 1, maximum: int = MAX_COUNT):
+    """An argparse `type` for `flag`: a whole number in `minimum..maximum` in `parse_count`'s forms
+    (`7`, `4096`, `4k`); anything else raises `argparse.ArgumentTypeError` with one sentence naming
+    `flag`, the value and what is valid."""
     def parse(text: str) -> int:
-        match = re.fullmatch(r"\s*([-+]?\d+)\s*([kK]?)\s*", str(text))
+        match = re.fullmatch(r"\s*([-+]?[0-9]+)\s*([kK]?)\s*", str(text))
         if not match:
             raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a whole number; give one ≥ {minimum} "
                                              "(e.g. 4096 or 4k).")
         value = int(match.group(1)) * (1024 if match.group(2) else 1)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{flag} {text} must be ≥ {minimum}.")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{flag} {text} must be ≤ {maximum:,}.")
         return value
 
     parse.__name__ = flag  # argparse names a type by its function
     return parse
 
 
-def finite_number(flag: str):
-    """An argparse `type` for `flag`: a finite float (`nan`, `inf` and text are refused with one
-    sentence naming `flag` and the value)."""
+def finite_number(flag: str, maximum: float = math.inf):
+    """An argparse `type` for `flag`: a finite float ≤ `maximum` (`nan`, `inf`, text and larger values
+    are refused with one sentence naming `flag` and the value)."""
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -59,6 +72,8 @@ def finite_number(flag: str):
             value = math.nan
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a finite number.")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{flag} {text} must be ≤ {maximum:g}.")
         return value
 
     parse.__name__ = flag
@@ -79,6 +94,14 @@ def parse_prefill_chunk(text: str) -> int | str:
                                  "(e.g. 2048 or 2k), auto or off.")
 
 
+def lengths_count(text: str) -> int:
+    """One count of `--lengths` (`parse_count`), its error naming the option."""
+    try:
+        return parse_count(text)
+    except UsageError as exc:
+        raise UsageError(f"--lengths: {exc}") from None
+
+
 def parse_lengths(text: str) -> list[int]:
     """'2k:16k:2k' (start:stop:step, stop included) or '4096,8192' → strictly increasing lengths."""
     text = str(text).strip()
@@ -86,12 +109,15 @@ def parse_lengths(text: str) -> list[int]:
         parts = text.split(":")
         if len(parts) != 3:
             raise UsageError(f"lengths {text!r} must be start:stop:step (e.g. 2k:16k:2k) or a comma list.")
-        start, stop, step = (parse_count(p) for p in parts)
+        start, stop, step = (lengths_count(p) for p in parts)
         if step <= 0 or start <= 0 or stop < start:
             raise UsageError(f"lengths {text!r} need 0 < start <= stop and step > 0.")
+        if (stop - start) // step + 1 > MAX_GRID_POINTS:
+            raise UsageError(f"lengths {text!r} name {(stop - start) // step + 1:,} lengths; at most "
+                             f"{MAX_GRID_POINTS} (use a larger step).")
         lengths = list(range(start, stop + 1, step))
     else:
-        lengths = [parse_count(p) for p in text.split(",") if p.strip()]
+        lengths = [lengths_count(p) for p in text.split(",") if p.strip()]
     if not lengths:
         raise UsageError(f"lengths {text!r} name no length.")
     if any(n < 2 for n in lengths):
@@ -111,8 +137,8 @@ def parse_factors(text: str) -> list[float]:
                              "write e.g. --factor 2 or --factor 2,4,8.") from None
         if not value > 0:
             raise UsageError(f"factor {part.strip()!r} must be > 0.")
-        if not math.isfinite(value):
-            raise UsageError(f"factor {part.strip()!r} must be a finite number > 0.")
+        if not math.isfinite(value) or value > MAX_FACTOR:
+            raise UsageError(f"factor {part.strip()!r} must be a finite number > 0 and ≤ {MAX_FACTOR:g}.")
         factors.append(value)
     return factors
 
@@ -130,9 +156,13 @@ def parse_grid(text: str) -> list[float]:
         if not all(map(math.isfinite, (start, stop, step))) or step <= 0 or stop < start:
             raise UsageError(f"grid {text!r} needs finite start <= stop and step > 0 (e.g. 1.0:1.4:0.05).")
         count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_GRID_POINTS:
+            raise UsageError(f"grid {text!r} has {count:,} points; at most {MAX_GRID_POINTS} (use a larger step).")
         return [round(start + i * step, 6) for i in range(count)]
     if not values or not all(map(math.isfinite, values)):
         raise UsageError(f"grid {text!r} must name finite numbers (start:stop:step or a comma list).")
+    if len(values) > MAX_GRID_POINTS:
+        raise UsageError(f"grid {text!r} has {len(values):,} points; at most {MAX_GRID_POINTS}.")
     return values
 
 

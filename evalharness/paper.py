@@ -129,7 +129,8 @@ def compare_run(folder: str | Path, model: str | None = None) -> pd.DataFrame:
     `model` compares the run as that published model (e.g. a local copy under another name)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CompareError(f"run folder {str(folder)!r} does not exist; give a run's --out folder.")
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise CompareError(f"run folder {str(folder)!r} {state}; give a run's --out folder.")
     modules = comparers()
     tables = {kind: folder / f"{kind}.csv" for kind in modules if (folder / f"{kind}.csv").is_file()}
     if not tables:

@@ -60,7 +60,17 @@ def files(tmp_path_factory):
                    "legacy-yarn-no-factor": {"rope_parameters": None, "rope_scaling": {"rope_type": "yarn"}},
                    "factor-text": {"rope_parameters": {"rope_type": "linear", "factor": "abc", "rope_theta": 1e4}},
                    "rope-type": {"rope_parameters": {"rope_type": "bogus", "rope_theta": 1e4}},
-                   "rope-theta-zero": {"rope_parameters": {"rope_type": "default", "rope_theta": 0}}}
+                   "rope-theta-zero": {"rope_parameters": {"rope_type": "default", "rope_theta": 0}},
+                   "yarn-original-zero": {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4,
+                                                              "original_max_position_embeddings": 0}},
+                   "linear-factor-negative": {"rope_parameters": {"rope_type": "linear", "factor": -2.0,
+                                                                  "rope_theta": 1e4}}}
+    # weights whose shapes do not fit the config (vocab_size changed after saving)
+    folder = root / "weights-not-config"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, vocab_size=10)))
     for name, change in bad_configs.items():
         folder = root / f"config-{name}"
         model.save_pretrained(folder)
@@ -189,7 +199,8 @@ CASES = [
     ("model folder without tokenizer", {"model": "{root}/no-tokenizer"}, "no-tokenizer' has no tokenizer"),
     ("RULER length below the template", {"tasks": "ruler", "lengths": "256"},
      "RULER length 256 is too short for niah_single_1"),
-    ("config rope_theta zero", {"model": "{root}/config-rope-theta-zero"}, "config has rope_theta 0 and"),
+    ("config rope_theta zero", {"model": "{root}/config-rope-theta-zero"},
+     "rope_parameters['rope_theta'] = 0 is not a finite number > 0"),
     # a task's own option while that task is not run
     ("passkey option without passkey", {"depths": "2"}, "--depths only applies with --tasks passkey"),
     ("corpus option without a corpus task", {"tasks": "passkey", "lengths": "300,400", "dataset": "debian-policy"},
@@ -199,6 +210,34 @@ CASES = [
      "--ruler-samples only applies with --tasks ruler"),
     ("temperatures without the sweep", {"temperatures": "1.0"}, "--temperatures only applies with --tasks "
                                                                 "temperature-sweep"),
+    # magnitudes: numbers no evaluation means, which would reach torch as overflows or hangs
+    ("length beyond the largest count", {"lengths": "2:2000000000000:1"},
+     "--lengths: '2000000000000' is more than 16,777,216"),
+    ("too many lengths", {"lengths": "2:1000000:2"}, "name 500,000 lengths; at most 1000"),
+    ("original context beyond the largest count", {"original_ctx": "100000000000000000000"},
+     "--original-ctx 100000000000000000000 must be ≤ 16,777,216"),
+    ("factor beyond the largest", {"factor": "1e300"}, "factor '1e300' must be a finite number > 0 and ≤ 4096"),
+    ("factor in the spec beyond the largest", {"method": "yarn:1e300"}, "factor 1e+300 is not valid"),
+    ("attention factor huge", {"method": "yarn:2:attention_factor=1e300"}, "attention_factor 1e+300 is not valid"),
+    ("seed beyond 32 bits", {"seed": "4294967296"}, "--seed 4294967296 must be ≤ 4,294,967,295"),
+    ("temperature grid too fine", {"tasks": "temperature-sweep", "temperatures": "1:1e12:1e-12"}, "at most 1000"),
+    ("temperature huge", {"tasks": "temperature-sweep", "temperatures": "1e300"}, "attention factors must be > 0 "
+                                                                                 "and ≤ 10"),
+    ("passkey depths beyond the largest", {"tasks": "passkey", "lengths": "300,400", "depths": "100000000000000000000"},
+     "--depths 100000000000000000000 must be ≤ 1,000"),
+    ("non-ASCII digits", {"lengths": "６４"}, "'６４' is not a token count"),
+    # the whole --reference spec, as --method takes it
+    ("reference factor negative", {"reference": "yarn:-2"}, "--reference: factor -2.0 is not valid"),
+    ("reference unknown option", {"reference": "yarn:2:bogus=1"}, "--reference: cannot read 'bogus=1'"),
+    ("out empty", {"out": ""}, "--out '' is empty"),
+    ("sliding window longer than every document", {"protocol": "sliding", "lengths": "16k", "stride": "64",
+                                                   "min_tokens": "0"}, "longer than every selected document"),
+    ("config YaRN original context zero", {"model": "{root}/config-yarn-original-zero"},
+     "config-yarn-original-zero/config.json is not a valid transformers config"),
+    ("config RoPE factor negative", {"model": "{root}/config-linear-factor-negative"},
+     "rope_parameters['factor'] = -2.0 is not a finite number > 0"),
+    ("weights that do not fit the config", {"model": "{root}/weights-not-config"},
+     "its weights do not have the shapes config.json gives"),
 ]
 
 CORPUS_TASKS = ("perplexity", "temperature-sweep")

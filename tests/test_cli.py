@@ -1,6 +1,7 @@
 """The command line end to end on random:tiny and a local corpus the tests write."""
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -378,8 +379,6 @@ def test_help_states_every_default_in_words_and_ends_with_examples(capsys, comma
 def test_docs_option_reference_is_the_help_and_is_current(capsys, monkeypatch, command):
     """docs/cli.md's option reference is each subcommand's `--help` as the CLI prints it (same
     width), and the committed section is what the generator writes now."""
-    from pathlib import Path
-
     from evalharness.cli.reference import WIDTH, command_help, option_reference
 
     monkeypatch.setenv("COLUMNS", str(WIDTH + 2))  # argparse wraps at the terminal width − 2
@@ -478,3 +477,58 @@ def test_bare_form_means_eval_and_commands_parse_their_own_options():
     assert set(cli.COMMANDS) >= {"eval", "methods", "plot", "compare"}
     with pytest.raises(cli.UsageError, match="unrecognized arguments: --model x"):  # another command's option
         cli.parse_args(["plot", "a", "--model", "x"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rotary-dim", "2", "--rope-theta", "10000", "--original-ctx", "4096", "--method", "ntk"],
+     "NTK-aware scaling needs a rotary dimension above 2"),
+    (["--rotary-dim", "128", "--rope-theta", "0", "--original-ctx", "4096"], "rope base 0.0 is not valid"),
+    (["--rotary-dim", "3", "--rope-theta", "10000", "--original-ctx", "4096"], "rotary dimension 3 is not valid"),
+    (["--rotary-dim", "128", "--rope-theta", "1e308", "--original-ctx", "4096"], "--rope-theta 1e308 must be ≤"),
+])
+def test_methods_refuses_bad_dimensions_before_printing(capsys, argv, message):
+    """`methods` checks |D| and b (0 is a value, not a missing option) and computes every row before
+    it prints: a refusal is one sentence on stderr and nothing on stdout."""
+    assert cli.main(["methods", *argv]) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_plot_checks_every_folder_before_writing_any(tmp_path, capsys):
+    """`plot GOOD BAD` refuses BAD before GOOD's figures or report are rewritten; a `figures` file
+    and a folder without a result table are refused in one sentence."""
+    import shutil
+
+    good = tmp_path / "good"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "results" / "smollm2-135m-passkey", good)
+    before = {p: p.stat().st_mtime_ns for p in good.rglob("*") if p.is_file()}
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "foo.csv").write_text("a,b\n")
+    assert cli.main(["plot", str(good), str(tmp_path / "bad")]) == cli.EXIT_USAGE
+    assert "is not a run folder" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in good.rglob("*") if p.is_file()} == before
+    shutil.rmtree(good / "figures")
+    (good / "figures").write_text("")
+    assert cli.main(["plot", str(good)]) == cli.EXIT_USAGE
+    assert "figures' is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("destination", ["/dev/full", "/proc/evalharness.csv"])
+def test_csv_into_a_kernel_file_system_is_refused(capsys, destination):
+    run = str(Path(__file__).resolve().parent.parent / "results" / "smollm2-135m-passkey")
+    assert cli.main(["effective-context", run, "--csv", destination]) == cli.EXIT_USAGE
+    assert f"--csv {destination!r} is inside a kernel file system" in capsys.readouterr().err
+
+
+def test_task_file_sliding_fields_yield_to_a_typed_truncated_protocol(tmp_path, capsys):
+    """docs/cli.md's override: `--task yarn-paper/govreport --protocol truncated` runs truncated (the
+    file's stride and window_bos dropped); a --stride typed with it is still refused."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, 1, "the lemma holds for every natural number by induction", 60)
+    base = ["--model", "random:tiny", "--task", "yarn-paper/govreport", "--protocol", "truncated", "--dataset",
+            f"local:{corpus}", "--lengths", "256", "--min-tokens", "0", "--docs", "1", "--dry-run",
+            "--out", str(tmp_path / "out")]
+    assert cli.main(base) == cli.EXIT_OK
+    assert "|truncated" in capsys.readouterr().out
+    assert cli.main(base + ["--stride", "64"]) == cli.EXIT_USAGE
+    assert "--stride only applies with --protocol sliding" in capsys.readouterr().err

@@ -156,7 +156,7 @@ def run(argv: list[str] | None) -> int:
         args = parse_args(argv)
         return COMMANDS[args.command].run(args)
     except EvalHarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever a library's text held
         return EXIT_USAGE
     except ResultWriteError as exc:
         print(f"error: {exc.strerror}.", file=sys.stderr)

@@ -13,10 +13,10 @@ from .. import plots
 from ..analysis.effective_context import EffectiveContextRules, criteria
 from ..analysis.stats import parse_reference
 from ..errors import UsageError
-from ..methods import ScalingSpec, canonical_method
+from ..methods import ScalingSpec
 from ..options import finite_number, parse_factors
 from ..report import rule_fields, write_report
-from ..results import SCHEMAS
+from ..results import SCHEMAS, atomic_write_text
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE_FAILED = 3
@@ -63,7 +63,8 @@ def parse_references(text: str | None) -> tuple[str, ...]:
     references = tuple(part.strip() for part in (text or "").split(",") if part.strip())
     for reference in references:
         try:
-            canonical_method(parse_reference(reference)[0].split(":")[0])
+            ScalingSpec.parse(reference)  # the whole spec, as --method would take it
+            parse_reference(reference)
         except ValueError as exc:
             raise UsageError(f"--reference: {exc}") from None
     return references
@@ -105,19 +106,38 @@ def given_report_options(args: argparse.Namespace) -> tuple[tuple[str, ...] | No
     return references, {name: getattr(args, name) for name in rule_fields() if getattr(args, name) is not None}
 
 
+# Kernel file systems: writable by root, but no place for results.
+PSEUDO_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def in_pseudo_file_system(path: Path) -> bool:
+    """Whether `path` (resolved) lies in /proc, /sys or /dev."""
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved == p or p in resolved.parents for p in PSEUDO_FILE_SYSTEMS)
+
+
 def check_csv_destination(path: str | None) -> None:
-    """`--csv FILE`: FILE's folder exists and is writable and FILE is no folder (checked before the work)."""
+    """`--csv FILE`: FILE's folder exists and is writable, on disk, and FILE is no folder (checked
+    before the work)."""
     if path is None:
         return
-    folder = Path(path).parent
+    if in_pseudo_file_system(Path(path)):
+        raise UsageError(f"--csv {path!r} is inside a kernel file system "
+                         f"({', '.join(map(str, PSEUDO_FILE_SYSTEMS))}); give a file on disk.")
+    folder = Path(path).expanduser().parent
     if not folder.is_dir():
         state = "is not a folder" if folder.exists() else "does not exist"
         raise UsageError(f"--csv {path!r}: the folder {str(folder)!r} {state}; give a file in an existing folder.")
-    if Path(path).is_dir():
+    if Path(path).expanduser().is_dir():
         raise UsageError(f"--csv {path!r} is a folder; give a file name.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"--csv {path!r}: the folder {str(folder)!r} is not writable; give a file in a folder "
                          "you can write.")
+
+
+def write_csv(path: str, table) -> None:
+    """`--csv FILE` written atomically (a full disk is `ResultWriteError`: exit 3, nothing half-written)."""
+    atomic_write_text(Path(path).expanduser(), table.to_csv(index=False))
 
 
 def check_run_folder_given(folder: Path) -> None:

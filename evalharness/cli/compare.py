@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..paper import DIFFERS_NOTE, compare_run, format_comparison
-from .common import EXIT_OK, check_csv_destination
+from .common import EXIT_OK, check_csv_destination, write_csv
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,5 +19,5 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(format_comparison(table))
     print(DIFFERS_NOTE)
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        write_csv(args.csv, table)
     return EXIT_OK

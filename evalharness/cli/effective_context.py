@@ -14,6 +14,7 @@ from .common import (
     check_csv_destination,
     check_run_folder_given,
     effective_context_rules,
+    write_csv,
 )
 
 
@@ -46,5 +47,5 @@ def cmd_effective_context(args: argparse.Namespace) -> int:
     table = effective_context(tables, rules)
     print("\n".join(effective_context_lines(table, rules)).rstrip())
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        write_csv(args.csv, table)
     return EXIT_OK

@@ -17,9 +17,11 @@ import torch
 from .. import models, parallel, registry, runner
 from ..errors import UsageError
 from ..memory import layer_windows
+from ..methods import describe as describe_method
 from ..models import check_attn_impl, set_sliding_window, sliding_window
 from ..options import (
     DEFAULT_PREFILL_CHUNK,
+    MAX_SEED,
     PREFILL_AUTO,
     PREFILL_OFF,
     StoreGiven,
@@ -41,11 +43,13 @@ from .common import (
     EXIT_CELLS_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    PSEUDO_FILE_SYSTEMS,
     add_effective_context_arguments,
     add_reference_argument,
     build_specs,
     effective_context_rules,
     given_report_options,
+    in_pseudo_file_system,
     parse_references,
     write_figures_and_report,
 )
@@ -114,7 +118,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma list of {', '.join(registry.task_names())} (default: %(default)s)")
     g.add_argument("--lengths", default="2k:8k:2k",
                    help="context lengths: start:stop:step or comma list; k = 1024 (default: %(default)s)")
-    g.add_argument("--seed", type=bounded_count("--seed", 0), default=0, action=StoreGiven,
+    g.add_argument("--seed", type=bounded_count("--seed", 0, MAX_SEED), default=0, action=StoreGiven,
                    help="seed of every random choice (samples, bootstrap, prompts); lm-eval tasks keep lm-eval's "
                         "own seeds (0, 1234, 1234, 1234) unless --seed is given, which then sets all four "
                         "(default: %(default)s)")
@@ -195,24 +199,19 @@ def plan_run(args: argparse.Namespace) -> RunContext:
         definition = registry.definition(name)
         options[name] = definition.options(args)
         definition.check(options[name], common)
-    out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not args.dry_run:
-        check_output_folder(out)
-    elif out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file; give a folder (new, or an earlier run's to resume).")
+    if args.out is not None and not args.out.strip():
+        raise UsageError("--out '' is empty; give a folder (new, or an earlier run's to resume).")
+    out = Path(args.out).expanduser() if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    check_output_folder(out)  # --dry-run too: it creates nothing, and a plan for an impossible folder misleads
     check_run_folder(out)  # unrepairable tables stop here; repairable ones are announced
     return RunContext(out, tasks, options, common)
-
-
-# Kernel file systems: writable by root, but no place for results.
-PSEUDO_FILE_SYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 def check_output_folder(out: Path) -> None:
     """`--out`: a folder that exists or can be created, that this process can write, and not inside
     /proc, /sys or /dev; UsageError (one sentence) otherwise. Creates nothing."""
     resolved = out.expanduser().resolve()
-    if any(resolved == p or p in resolved.parents for p in PSEUDO_FILE_SYSTEMS):
+    if in_pseudo_file_system(out):
         kernel = ", ".join(map(str, PSEUDO_FILE_SYSTEMS))
         raise UsageError(f"--out {str(out)!r} is inside a kernel file system ({kernel}); give a folder on disk.")
     if out.exists() and not out.is_dir():
@@ -243,6 +242,14 @@ def sliding_window_setup(model, option, lengths: list[int], own_forward: bool) -
                   "tokens further back are not attended (--sliding-window-attention off for full attention).",
                   file=sys.stderr)
     return {"config": configured, "option": option, "applied": sliding_window(model)}
+
+
+def check_specs_against_model(specs, info, length: int) -> None:
+    """Each spec's frequency table computed once on the model's |D| and base (cheap): a spec the model
+    cannot take (NTK on |D| = 2, ...) is refused in one sentence before anything is written."""
+    for spec in specs:
+        if spec.method != "native":
+            describe_method(spec, info.rotary_dim, info.rope_theta, length if spec.is_dynamic else None)
 
 
 def check_specs_against_lengths(specs, lengths: list[int]) -> None:
@@ -322,6 +329,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     window_info = sliding_window_setup(model, args.sliding_window_attention, lengths,
                                        any(d.own_forward for d in definitions.values()))
     specs = runner.resolve_specs(model, build_specs(args.method, args.factor, args.original_ctx))
+    check_specs_against_model(specs, info, max(lengths))
     if any(d.lengths_matter for d in definitions.values()):
         check_specs_against_lengths(specs, lengths)
     for name, definition in definitions.items():

@@ -5,7 +5,7 @@ import argparse
 
 from .. import models
 from ..errors import UsageError
-from ..methods import describe
+from ..methods import check_dims, describe
 from ..options import bounded_count, finite_number
 from ..runner import resolve_specs
 from ..scaling import layer_rope_bases, rotary_modules
@@ -32,9 +32,9 @@ def add_methods_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factor", default="2", help="comma list of scale factors s (default: %(default)s)")
     p.add_argument("--original-ctx", type=bounded_count("--original-ctx"), default=None,
                    help="pre-trained context L (default: the model's)")
-    p.add_argument("--rotary-dim", type=bounded_count("--rotary-dim"), default=None,
+    p.add_argument("--rotary-dim", type=bounded_count("--rotary-dim", 2, 65536), default=None,
                    help="rotary dimension |D| (default: the model's)")
-    p.add_argument("--rope-theta", type=finite_number("--rope-theta"), default=None,
+    p.add_argument("--rope-theta", type=finite_number("--rope-theta", 1e12), default=None,
                    help="RoPE base b (default: the model's)")
     p.add_argument("--seq-len", type=bounded_count("--seq-len"), default=None,
                    help="sequence length at which dynamic methods are shown (default: 2 × L)")
@@ -62,27 +62,31 @@ def cmd_methods(args: argparse.Namespace) -> int:
     model = None
     if args.model:
         model, _, info = models.load(args.model, dtype="float32", device="cpu", weights=False)
-        rotary_dim, theta, native = rotary_dim or info.rotary_dim, theta or info.rope_theta, native or info.native_ctx
+        rotary_dim = info.rotary_dim if rotary_dim is None else rotary_dim
+        theta = info.rope_theta if theta is None else theta
+        native = info.native_ctx if native is None else native
         bases = layer_rope_bases(model.config)
         thetas = ", ".join(f"{t} {b:g}" for t, b in bases.items()) if bases else f"{info.rope_theta:g}"
         print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={thetas}, "
               f"native context {info.native_ctx}" + ("; the table is for the full-attention layers "
                                                      "(--rope-theta for another base)" if bases else ""))
-    if not (rotary_dim and theta and native):
+    if rotary_dim is None or theta is None or native is None:
         raise UsageError("methods needs --model, or all of --rotary-dim, --rope-theta and --original-ctx.")
+    check_dims(rotary_dim, theta)
     specs = build_specs(args.method, args.factor, native)
     if model is not None:
         specs = resolve_specs(model, specs)  # `native`: the RoPE the model ships
     elif any(spec.method == "native" for spec in specs):
         raise UsageError("--method native is the RoPE a model ships with; give --model to show it.")
     seq_len = args.seq_len or 2 * native
+    rows = [(spec, describe(spec, rotary_dim, theta, seq_len if spec.is_dynamic else None,
+                            frequencies=shipped_frequencies(model) if spec.method == "native" else None))
+            for spec in specs]  # every row computed (and checked) before anything is printed
     header = (f"{'spec':<16}{'s':>7}{'ramp':>10}{'inv_freq[0]':>13}{'inv_freq[-1]':>14}{'max λ':>12}"
               f"{'interp.':>9}{'attn':>8}")
     print(f"|D|={rotary_dim}, b={theta:g}, L={native}; dynamic methods shown at l={seq_len}")
     print(header)
-    for spec in specs:
-        shipped = shipped_frequencies(model) if spec.method == "native" else None
-        row = describe(spec, rotary_dim, theta, seq_len if spec.is_dynamic else None, frequencies=shipped)
+    for spec, row in rows:
         ramp = "-" if row["ramp_low"] is None else f"{number_text(row['ramp_low'])}/{number_text(row['ramp_high'])}"
         print(f"{spec.short:<16}{row['scale']:>7.3g}{ramp:>10}{row['inv_freq_first']:>13.6g}{row['inv_freq_last']:>14.6g}"
               f"{row['max_wavelength']:>12.6g}{row['pairs_interpolated']:>9}{row['attention_scale']:>8.4f}")

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..report import record_options
+from ..results import SCHEMAS
 from .common import (
     EXIT_OK,
     add_effective_context_arguments,
     add_reference_argument,
+    check_run_folder_given,
     given_report_options,
     write_figures_and_report,
 )
@@ -24,11 +26,17 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     references, rules = given_report_options(args)
-    for folder in map(Path, args.results_dirs):
-        if not folder.is_dir():
-            raise UsageError(f"results folder {str(folder)!r} does not exist; give a run's --out folder.")
-        if not any(folder.glob("*.csv")):
-            raise UsageError(f"results folder {str(folder)!r} holds no result table (*.csv) to plot.")
+    folders = [Path(folder) for folder in args.results_dirs]
+    for folder in folders:  # every folder checked before any is written
+        check_run_folder_given(folder)
+        if not any((folder / f"{table}.csv").is_file() for table in SCHEMAS):
+            raise UsageError(f"results folder {str(folder)!r} holds no result table "
+                             f"({', '.join(f'{t}.csv' for t in SCHEMAS)}) to plot.")
+        for name, kind in (("figures", "folder"), ("manifest.json", "file")):
+            path = folder / name
+            if path.exists() and path.is_dir() != (kind == "folder"):
+                raise UsageError(f"{str(path)!r} is not a {kind}; move it away and rerun.")
+    for folder in folders:
         if not args.no_report:
             record_options(folder, references, rules)
         for path in write_figures_and_report(folder, report=not args.no_report):

@@ -39,9 +39,9 @@ class Passkey(TaskDefinition):
 
     def add_arguments(self, parser):
         g = parser.add_argument_group("passkey (--lengths are the prompt lengths)")
-        g.add_argument("--depths", type=bounded_count("--depths"), default=10,
+        g.add_argument("--depths", type=bounded_count("--depths", 1, 1000), default=10,
                        help="needle depths, evenly spaced in [0, 1] (default: %(default)s)")
-        g.add_argument("--trials", type=bounded_count("--trials"), default=1,
+        g.add_argument("--trials", type=bounded_count("--trials", 1, 1000), default=1,
                        help="trials (keys) per (length, depth) (default: %(default)s)")
 
     def options(self, args):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from .. import corpora
 from ..analysis.display import labelled
 from ..errors import UsageError
-from ..methods import ScalingSpec
+from ..methods import MAX_ATTENTION_FACTOR, ScalingSpec
 from ..options import bounded_count, parse_grid
 from ..runner import Session
 from ..task import CommonOptions, RunInputs, TaskDefinition
@@ -92,8 +92,15 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def corpus_options(args: argparse.Namespace) -> PerplexityOptions:
+    """The corpus and protocol options; a task file's sliding-window fields (`stride`, `window_bos`)
+    yield to a `--protocol truncated` typed on the command line (only typed ones are refused)."""
+    typed = getattr(args, "given", None)
+    stride, window_bos = args.stride, args.window_bos
+    if args.protocol != "sliding" and typed is not None:
+        stride = stride if "stride" in typed else None
+        window_bos = window_bos if "window_bos" in typed else None
     return PerplexityOptions(dataset=args.dataset, text_field=args.text_field, protocol=args.protocol,
-                             stride=args.stride, window_bos=args.window_bos, position_bucket=args.position_bucket,
+                             stride=stride, window_bos=window_bos, position_bucket=args.position_bucket,
                              docs=args.docs, sample=args.sample, min_tokens=args.min_tokens)
 
 
@@ -121,7 +128,8 @@ def check_corpus(options: PerplexityOptions, common: CommonOptions) -> None:
 def load_documents(options: PerplexityOptions, lengths, tokenizer, bos: int | None, vocab_size: int | None = None,
                    seed: int = 0) -> list:
     """The corpus documents the options select (`--dataset` and its selection options, the seed of
-    `--sample`); UsageError when a truncated length is longer than a selected document."""
+    `--sample`); UsageError when a truncated length is longer than a selected document, or a sliding
+    window longer than every one."""
     min_tokens = options.min_tokens
     if min_tokens is None:
         min_tokens = corpora.default_min_tokens(options.protocol, lengths, bos is not None)
@@ -134,6 +142,12 @@ def load_documents(options: PerplexityOptions, lengths, tokenizer, bos: int | No
         if shortest < max(lengths):
             raise UsageError(f"length {max(lengths)} is longer than a selected document ({shortest} "
                              "tokens with BOS); lower --lengths or raise --min-tokens.")
+    else:  # sliding: a document shorter than the window is one shorter window, but not every one may be
+        longest = max(d.ids.numel() for d in docs) + (bos is not None)
+        if longest < max(lengths):
+            raise UsageError(f"length {max(lengths)} is longer than every selected document (the longest has "
+                             f"{longest} tokens with BOS): no window would hold {max(lengths)} tokens; lower "
+                             "--lengths or select longer documents.")
     return docs
 
 
@@ -216,8 +230,9 @@ class TemperatureSweep(TaskDefinition):
 
     def check(self, options, common):
         check_corpus(options.corpus, common)
-        if any(v <= 0 for v in parse_grid(options.temperatures)):
-            raise UsageError(f"--temperatures {options.temperatures!r}: attention factors must be > 0.")
+        if any(not 0 < v <= MAX_ATTENTION_FACTOR for v in parse_grid(options.temperatures)):
+            raise UsageError(f"--temperatures {options.temperatures!r}: attention factors must be > 0 and "
+                             f"≤ {MAX_ATTENTION_FACTOR:g}.")
 
     def cells(self, options, inputs, session):
         specs = temperature_specs(inputs.common.factors, options.temperatures, inputs.specs[0].original_ctx)
