@@ -67,6 +67,13 @@ def table_schemas() -> dict[str, list[str]]:
     return {table: columns for module in schema_modules() for table, columns in module.SCHEMAS.items()}
 
 
+def value_ranges() -> dict[str, dict[str, tuple]]:
+    """Each table's checked columns (`VALUE_RANGES` of a schema module, where it has one): column →
+    (lowest, highest) with None for no bound, or `BOOL` for a True/False column."""
+    return {table: ranges for module in schema_modules()
+            for table, ranges in getattr(module, "VALUE_RANGES", {}).items()}
+
+
 def cell_columns() -> dict[str, list[str]]:
     """The columns that identify a cell of each table that has them, from the task packages."""
     return {table: columns for module in schema_modules() for table, columns in module.CELL_COLUMNS.items()}

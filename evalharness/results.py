@@ -42,13 +42,14 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from . import registry
-from .columns import KEY_COLUMNS
+from .columns import BOOL, KEY_COLUMNS
 from .errors import EvalHarnessError
 
 # Every task's result tables (each task package's `schema`), in registry order; the columns that
 # identify one cell of each table (rows with equal values are the same observation).
 SCHEMAS: dict[str, list[str]] = registry.table_schemas()
 CELL_COLUMNS: dict[str, list[str]] = registry.cell_columns()
+VALUE_RANGES: dict[str, dict[str, tuple | str]] = registry.value_ranges()
 
 
 LOCK_NAME = ".evalharness.lock"
@@ -258,7 +259,34 @@ def read_csv_text(path: Path, table: str) -> tuple[pd.DataFrame, str | None]:
     if missing:
         raise ResultFolderError(f"{path} has no {', '.join(missing)} column, so it is not a {table} table; "
                                 "move it away and rerun.")
+    check_values(path, table, frame)
     return frame, damage
+
+
+def check_values(path: Path, table: str, frame: pd.DataFrame) -> None:
+    """ResultFolderError naming the first value outside its column's range (`VALUE_RANGES`): text in a
+    number column, a perplexity below 1, a score above 1, ... Empty cells (not measured) pass."""
+    for column, bounds in VALUE_RANGES.get(table, {}).items():
+        if column not in frame.columns:
+            continue
+        raw = frame[column]
+        if bounds == BOOL:
+            bad = raw.notna() & ~raw.astype(str).isin(["True", "False"])
+            valid = "True or False"
+        else:
+            low, high = bounds
+            values = pd.to_numeric(raw, errors="coerce")
+            bad = raw.notna() & (values.isna() | (values < low if low is not None else False)
+                                 | (values > high if high is not None else False))
+            valid = ("a number" + (f" ≥ {low:g}" if low is not None else "")
+                     + (f" and ≤ {high:g}" if high is not None else ""))
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            value = raw.iloc[row]
+            shown = repr(value) if isinstance(value, str) else f"{value}"
+            raise ResultFolderError(f"{path} line {row + 2} has {column} = {shown} where this harness "
+                                    f"writes {valid}; it was not written by this harness intact — move it away "
+                                    "(or fix that row) and rerun.")
 def cell_key(table: str, row: dict) -> tuple:
     """The identity of a row's cell in `table` (`CELL_COLUMNS`), normalised for CSV round trips."""
     return tuple(normalise_key(row.get(column)) for column in CELL_COLUMNS[table])

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -522,3 +523,32 @@ def test_two_runs_into_one_folder_equal_the_union_of_separate_runs(corpus, tmp_p
     for i in range(2):
         alone_cells |= set(json.loads((tmp_path / f"alone{i}" / "manifest.json").read_text())["cells"])
     assert set(manifest["cells"]) == alone_cells
+
+
+@pytest.mark.parametrize("folder, table, column, value, message", [
+    ("smollm2-135m-govreport", "perplexity", "ppl", -5.0, "has ppl = -5.0 where this harness writes a number ≥ 1"),
+    ("smollm2-135m-govreport", "perplexity", "ppl", "abc", "has ppl = 'abc' where this harness writes a number ≥ 1"),
+    ("smollm2-135m-ruler", "ruler", "score", 7.0, "has score = 7.0 where this harness writes a number ≥ 0 and ≤ 1"),
+    ("smollm2-135m-passkey", "passkey", "correct", "maybe", "has correct = 'maybe' where this harness writes True or"),
+    ("smollm2-135m-passkey", "passkey", "context_length", -4096, "has context_length = -4096 where"),
+])
+def test_a_table_value_no_run_writes_is_refused_before_plot_writes(tmp_path, capsys, folder, table, column, value,
+                                                                   message):
+    """A number outside what the harness writes (a perplexity below 1, a score above 1, text in a number
+    column) is one sentence naming the file, line, column and value, from `plot` (before any figure
+    is rewritten) and `effective-context` alike; never a made-up figure or effective context."""
+    import shutil
+
+    from evalharness import cli
+
+    run = tmp_path / folder
+    shutil.copytree(Path(__file__).resolve().parent.parent / "results" / folder, run)
+    frame = pd.read_csv(run / f"{table}.csv", keep_default_na=False, dtype=str)
+    frame.loc[1, column] = str(value)
+    frame.to_csv(run / f"{table}.csv", index=False)
+    before = {p: p.read_bytes() for p in (run / "figures").iterdir()}
+    for argv in (["plot", str(run)], ["effective-context", str(run)]):
+        assert cli.main(argv) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.strip()
+        assert f"{table}.csv line 3 {message}" in err and len(err.splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in (run / "figures").iterdir()} == before

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..report import record_options
-from ..results import SCHEMAS
+from ..results import SCHEMAS, read_table
 from .common import (
     EXIT_OK,
     add_effective_context_arguments,
@@ -36,6 +36,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
             path = folder / name
             if path.exists() and path.is_dir() != (kind == "folder"):
                 raise UsageError(f"{str(path)!r} is not a {kind}; move it away and rerun.")
+        for table in SCHEMAS:  # a damaged table (text in a number column, a score above 1) refused now
+            read_table(folder, table)
     for folder in folders:
         if not args.no_report:
             record_options(folder, references, rules)

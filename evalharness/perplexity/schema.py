@@ -4,7 +4,7 @@ import math
 
 import pandas as pd
 
-from ..columns import KEY_COLUMNS
+from ..columns import KEY_COLUMNS, KEY_RANGES
 
 SCHEMAS: dict[str, list[str]] = {
     "perplexity_docs": KEY_COLUMNS + [
@@ -23,6 +23,18 @@ SCHEMAS: dict[str, list[str]] = {
         "dataset", "protocol", "window_bos", "context_length", "stride", "bucket_width",
         "position_start", "position_end", "n_docs", "tokens", "nll_sum", "mean_nll",
     ],
+}
+
+# exp of a mean of NLLs ≥ 0 is ≥ 1; lengths ≥ 2 (BOS + one scored token)
+_COMMON = {**KEY_RANGES, "context_length": (2, None), "stride": (0, None)}
+VALUE_RANGES: dict[str, dict[str, tuple]] = {
+    "perplexity_docs": {**_COMMON, "doc_tokens": (1, None), "scored_tokens": (1, None), "nll_sum": (0, None),
+                        "n_windows": (1, None), "ppl": (1, None), "ppl_paper": (1, None)},
+    "perplexity": {**_COMMON, "n_docs": (1, None), "scored_tokens": (1, None), "n_windows": (1, None),
+                   "ppl": (1, None), "ppl_paper": (1, None), "ppl_ci_low": (1, None), "ppl_ci_high": (1, None)},
+    "perplexity_positions_docs": {**_COMMON, "tokens": (0, None), "nll_sum": (0, None), "mean_nll": (0, None)},
+    "perplexity_positions": {**_COMMON, "n_docs": (1, None), "tokens": (0, None), "nll_sum": (0, None),
+                             "mean_nll": (0, None)},
 }
 
 CELL_COLUMNS: dict[str, list[str]] = {
