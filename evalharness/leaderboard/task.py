@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..options import bounded_count, positive_count
 from ..task import TaskDefinition
 from . import figures
+from .mirrors import MIRRORS
 from .planning import check_task_names
 from .protocol import PAPER_TASKS
 from .run import LeaderboardCells
@@ -71,6 +72,11 @@ class Leaderboard(TaskDefinition):
         if options.data is not None and not Path(options.data).is_dir():
             raise UsageError(f"--leaderboard-data {options.data!r} is not a folder; give the folder that holds "
                              "the local copies (DIR/arc_challenge, hellaswag, mmlu, truthfulqa).")
+        if options.data is not None and not any((Path(options.data) / m.data_subdir).is_dir()
+                                                for m in MIRRORS.values()):
+            raise UsageError(f"--leaderboard-data {options.data!r} holds none of the data folders "
+                             f"({', '.join(sorted({m.data_subdir for m in MIRRORS.values()}))}); give the folder "
+                             "that holds the local copies, or leave it out to use the hub.")
         check_task_names(list(options.tasks), options.data)
         if isinstance(options.limit, dict):
             unknown = sorted(set(options.limit) - set(options.tasks))
