@@ -244,7 +244,7 @@ def test_report_compares_with_every_reference_given_on_the_command_line(tmp_path
     assert "No perplexity series matches --reference 'pi:7'." in text
     capsys.readouterr()
     assert cli.main(["plot", str(tmp_path / "run"), "--reference", "ntk:x"]) == 2
-    assert "--reference: reference 'ntk:x': 'x' is not a factor" in capsys.readouterr().err
+    assert "--reference: factor 'x' in spec 'ntk:x' is not a number" in capsys.readouterr().err
 
 
 def test_end_of_run_summary_uses_the_report_labels_in_registry_order(tmp_path, capsys):
