@@ -80,6 +80,20 @@ def finite_number(flag: str, maximum: float = math.inf):
     return parse
 
 
+def checked_text(flag: str, parse):
+    """An argparse `type` for `flag` that keeps the text as given but refuses what `parse` refuses
+    (its UsageError sentence), so a task file's field is checked, and named, like the flag."""
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    check.__name__ = flag
+    return check
+
+
 PREFILL_AUTO, PREFILL_OFF = "auto", "off"  # the non-numeric values of --prefill-chunk
 DEFAULT_PREFILL_CHUNK = 2048  # the chunk `auto` uses when the one-shot plan does not fit
 

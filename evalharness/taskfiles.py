@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -128,7 +129,7 @@ class _Checking(argparse.ArgumentParser):
     way: override `error`)."""
 
     def error(self, message):
-        raise TaskFileError(message)
+        raise TaskFileError(re.sub(r"^argument [^:]+: ", "", message).rstrip("."))
 
 
 def options_parser(add_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:

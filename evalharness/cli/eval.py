@@ -26,6 +26,7 @@ from ..options import (
     PREFILL_OFF,
     StoreGiven,
     bounded_count,
+    checked_text,
     parse_factors,
     parse_lengths,
     parse_prefill_chunk,
@@ -99,8 +100,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list of methods: base, pi (linear), ntk, ntk-by-parts, yarn, dynamic-pi, dynamic-ntk, "
                         "dynamic-yarn, native (the RoPE the model ships with); options as method:factor:key=value "
                         "(e.g. yarn:16:truncate=false) (default: %(default)s)")
-    g.add_argument("--factor", default="2", help="comma list of scale factors s, a grid with --method "
-                                                 "(default: %(default)s)")
+    g.add_argument("--factor", type=checked_text("--factor", parse_factors), default="2",
+                   help="comma list of scale factors s, a grid with --method (default: %(default)s)")
     g.add_argument("--original-ctx", type=bounded_count("--original-ctx"), default=None,
                    help="pre-trained context L (default: the config's original_max_position_embeddings, "
                         "else max_position_embeddings)")
@@ -116,7 +117,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: none)")
     g.add_argument("--tasks", default=registry.task_names()[0],
                    help=f"comma list of {', '.join(registry.task_names())} (default: %(default)s)")
-    g.add_argument("--lengths", default="2k:8k:2k",
+    g.add_argument("--lengths", type=checked_text("--lengths", parse_lengths), default="2k:8k:2k",
                    help="context lengths: start:stop:step or comma list; k = 1024 (default: %(default)s)")
     g.add_argument("--seed", type=bounded_count("--seed", 0, MAX_SEED), default=0, action=StoreGiven,
                    help="seed of every random choice (samples, bootstrap, prompts); lm-eval tasks keep lm-eval's "
