@@ -488,3 +488,20 @@ def test_saved_lm_eval_results_name_no_absolute_path():
     texts = {p: p.read_text() for p in committed.glob("*/lm_eval/*.json")}
     machine_paths = [p for p, text in texts.items() if '": "/' in text or "/tmp/" in text or "evalharness-" in text]
     assert texts and not machine_paths, machine_paths
+
+
+def test_a_data_file_that_is_not_json_is_named_with_its_line(tmp_path):
+    """A mirror's .jsonl line or .json file that is not JSON fails the mirror's cells with the file and
+    line named (what `datasets` reports is "An error occurred while generating the dataset")."""
+    from evalharness.leaderboard.mirrors import MIRRORS, local_data_files
+    from evalharness.leaderboard.protocol import LeaderboardError
+
+    folder = tmp_path / "arc_challenge"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"id": 1}\n\n{"id": 2\n')
+    (folder / "test.jsonl").write_text('{"id": 3}\n')
+    with pytest.raises(LeaderboardError, match=r"train\.jsonl line 3 is not JSON"):
+        local_data_files(MIRRORS["arc_challenge_local"], tmp_path)
+    (folder / "train.jsonl").write_text('{"id": 1}\n')
+    builder, files = local_data_files(MIRRORS["arc_challenge_local"], tmp_path)
+    assert builder == "json" and [Path(f).name for f in files["test"]] == ["test.jsonl"]

@@ -80,6 +80,26 @@ def split_files(folder: Path, split: str) -> list[Path]:
     return found
 
 
+def check_json_file(mirror: Mirror, path: Path) -> None:
+    """LeaderboardError naming the file and line when a .jsonl line or a .json file is not JSON
+    (`datasets` would say only "An error occurred while generating the dataset"); Parquet is left to
+    its reader."""
+    if path.suffix not in (".jsonl", ".json"):
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LeaderboardError(f"{mirror.task}: {path} is not UTF-8 text (byte {exc.start}).") from None
+    lines = enumerate(text.splitlines(), 1) if path.suffix == ".jsonl" else [(1, text)]
+    for number, line in lines:
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                where = f"line {number}" if path.suffix == ".jsonl" else f"line {exc.lineno}"
+                raise LeaderboardError(f"{mirror.task}: {path} {where} is not JSON ({exc.msg}).") from None
+
+
 def local_data_files(mirror: Mirror, data_dir: str | os.PathLike) -> tuple[str, dict[str, list[str]]]:
     """(datasets builder, {split: [absolute file paths]}) of a mirror's data under data_dir;
     LeaderboardError (one sentence) when a split is missing or formats are mixed."""
@@ -95,6 +115,8 @@ def local_data_files(mirror: Mirror, data_dir: str | os.PathLike) -> tuple[str, 
                 "tasks/lm-eval/README.md."
             )
         builders.update(DATA_FORMATS[p.suffix] for p in paths)
+        for path in paths:
+            check_json_file(mirror, path)
         files[split] = [str(p) for p in paths]
     if len(builders) > 1:
         raise LeaderboardError(f"{mirror.task}: {folder}/ mixes json and parquet files; keep one format per dataset.")
