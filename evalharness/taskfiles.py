@@ -1,10 +1,10 @@
 """Task files: an evaluation's settings as data, YAML files under the top-level `tasks/` folder.
 
-Contract: a task file is a YAML mapping (read with `yaml.safe_load`). `description` and `source`
-(text) say what it evaluates and where its settings come from; `paper` (a mapping, optional)
-records facts of a published evaluation that are no option (an lm-eval group's shots and headline
-metric per task); every other key is an option of `run_eval.py eval` under its destination name
-(`min_tokens` for `--min-tokens`) with the text the flag takes (`lengths: 2k:128k:2k`,
+Contract: a task file is a YAML mapping (`yaml.SafeLoader`; a key written twice is refused).
+`description` and `source` (text) say what it evaluates and where its settings come from; `paper`
+(a mapping, optional) records facts of a published evaluation that are no option (an lm-eval
+group's shots and headline metric per task); every other key is an option of `run_eval.py eval`
+under its destination name (`min_tokens` for `--min-tokens`) with the text the flag takes (`lengths: 2k:128k:2k`,
 `stride: 256`; a list is joined with commas, a mapping written `key=value,...`, `true` gives a
 switch, `null` leaves the option at its default). `load(name)` finds a file by name
 (`yarn-paper/govreport` is `tasks/yarn-paper/govreport.yaml`) or by the path of a `.yaml` file;
@@ -98,11 +98,28 @@ def resolve(name: str) -> tuple[str, Path]:
     if text.endswith((".yaml", ".yml")):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise TaskFileError(f"task file {text!r} does not exist; {valid}.")
+            state = "is not a file" if path.exists() else "does not exist"
+            raise TaskFileError(f"task file {text!r} {state}; {valid}.")
         return text, path
     if text not in task_names():
         raise TaskFileError(f"unknown task {text!r}; {valid}.")
     return text, tasks_root() / f"{text}.yaml"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key written twice in one mapping (PyYAML keeps the last one
+    silently; YAML 1.2 says keys are unique)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise RepeatedField(", ".join(repeated))
+        return super().construct_mapping(node, deep=deep)
+
+
+class RepeatedField(ValueError):
+    """A key written twice in one mapping of a task file (the key is the message)."""
 
 
 def load(name: str) -> TaskFile:
@@ -110,10 +127,12 @@ def load(name: str) -> TaskFile:
     text, `paper` and options (not yet checked against the options: `apply_task_file` does that)."""
     name, path = resolve(name)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # safe: SafeLoader's tags
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = " ".join(str(exc).split()) or type(exc).__name__
         raise TaskFileError(f"task file {name} cannot be read as YAML ({reason}); fix the file.") from None
+    except RepeatedField as exc:
+        raise TaskFileError(f"task file {name} writes the field {exc} twice; keep one.") from None
     if not isinstance(data, dict):
         raise TaskFileError(f"task file {name} holds {type(data).__name__}, not a mapping of fields like "
                             "`lengths: 2k:16k:2k`; fix the file.")

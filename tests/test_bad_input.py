@@ -230,6 +230,8 @@ CASES = [
     ("reference factor negative", {"reference": "yarn:-2"}, "--reference: factor -2.0 is not valid"),
     ("reference unknown option", {"reference": "yarn:2:bogus=1"}, "--reference: cannot read 'bogus=1'"),
     ("out empty", {"out": ""}, "--out '' is empty"),
+    ("limit names a task twice", {"tasks": "leaderboard", "limit": "arc_challenge=1,arc_challenge=2"},
+     "names arc_challenge twice"),
     ("leaderboard data folder without data", {"tasks": "leaderboard", "leaderboard_data": "{root}/latin1"},
      "holds none of the data folders (arc_challenge, hellaswag, mmlu, passkey, truthfulqa)"),
     ("sliding window longer than every document", {"protocol": "sliding", "lengths": "16k", "stride": "64",

@@ -122,6 +122,7 @@ def test_a_path_to_a_yaml_works_like_a_name(tmp_path):
     ("lengths: {a: 1}\n", "field lengths: {'a': 1} is not valid (--lengths: 'a=1' is not a token count"),
     ("lengths: 256,128\n", "field lengths: '256,128' is not valid (lengths '256,128' must be strictly increasing"),
     ("factor: .inf\n", "field factor: inf is not valid (factor 'inf' must be a finite number > 0"),
+    ("docs: 1\ndocs: 2\n", "writes the field docs twice; keep one"),
 ])
 def test_a_bad_task_name_or_field_is_one_sentence_and_exit_2(tmp_path, capsys, content, named):
     if content is None:

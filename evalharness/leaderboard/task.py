@@ -31,6 +31,8 @@ def parse_limit(text: str) -> int | dict[str, int]:
         task, _, value = part.partition("=")
         if not task.strip():
             raise argparse.ArgumentTypeError(f"--limit {text!r}: {part!r} names no task (give TASK=N).")
+        if task.strip() in limits:
+            raise argparse.ArgumentTypeError(f"--limit {text!r} names {task.strip()} twice; give each task once.")
         limits[task.strip()] = count(value.strip())
     return limits
 
