@@ -426,8 +426,8 @@ def test_unrepairable_table_is_one_sentence_and_nothing_is_touched(corpus, tmp_p
 def test_unterminated_quote_at_the_end_is_a_cut_off_row(tmp_path):
     from evalharness.results import SCHEMAS, ResultStore, write_table
 
-    rows = [{**{column: 1 for column in SCHEMAS["passkey"]}, "model": "m", "method": "base",
-             "continuation": f"{key}\nand more"} for key in (12345, 67890)]
+    rows = [{**{column: 1 for column in SCHEMAS["passkey"]}, "model": "m", "method": "base", "context_length": 256,
+             "correct": True, "continuation": f"{key}\nand more"} for key in (12345, 67890)]
     write_table(tmp_path / "passkey.csv", pd.DataFrame(rows, columns=SCHEMAS["passkey"]))
     text = (tmp_path / "passkey.csv").read_text()
     cut = text[: text.rindex("\n", 0, len(text) - 1) + 1]  # ends with a newline, inside the last quoted field
