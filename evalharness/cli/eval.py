@@ -203,14 +203,16 @@ def plan_run(args: argparse.Namespace) -> RunContext:
     if args.out is not None and not args.out.strip():
         raise UsageError("--out '' is empty; give a folder (new, or an earlier run's to resume).")
     out = Path(args.out).expanduser() if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    check_output_folder(out)  # --dry-run too: it creates nothing, and a plan for an impossible folder misleads
+    # --dry-run too (it creates nothing, and a plan for an impossible folder misleads), except that it
+    # may read a folder it could not write, e.g. an archived run
+    check_output_folder(out, writable=not args.dry_run)
     check_run_folder(out)  # unrepairable tables stop here; repairable ones are announced
     return RunContext(out, tasks, options, common)
 
 
-def check_output_folder(out: Path) -> None:
-    """`--out`: a folder that exists or can be created, that this process can write, and not inside
-    /proc, /sys or /dev; UsageError (one sentence) otherwise. Creates nothing."""
+def check_output_folder(out: Path, writable: bool = True) -> None:
+    """`--out`: a folder that exists or can be created, that this process can write (when `writable`),
+    and not inside /proc, /sys or /dev; UsageError (one sentence) otherwise. Creates nothing."""
     resolved = out.expanduser().resolve()
     if in_pseudo_file_system(out):
         kernel = ", ".join(map(str, PSEUDO_FILE_SYSTEMS))
@@ -223,7 +225,7 @@ def check_output_folder(out: Path) -> None:
     if not existing.is_dir():
         raise UsageError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file; give a folder path "
                          "whose parents are folders.")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"--out {str(out)!r}: {str(existing)!r} is not writable; give a folder you can write.")
 
 
