@@ -297,6 +297,12 @@ class TextFolderSource(_FileListSource):
     def files(self) -> list[tuple[str, Path]]:
         """`(relative path, path)` of every .txt file, sorted."""
         found = [p for p in self.root.rglob("*.txt") if p.is_file()]
+        tables = sorted(p for suffix in (".jsonl", ".parquet") for p in self.root.rglob(f"*{suffix}") if p.is_file())
+        if tables:  # one folder, two formats: which documents were meant is not ours to guess
+            raise CorpusError(f"local corpus folder '{self.root}' holds {tables[0].name}"
+                              + (f" and {len(tables) - 1} more .jsonl/.parquet files" if len(tables) > 1 else "")
+                              + (" besides its .txt files" if found else "")
+                              + f"; give the file itself (local:{tables[0]}) or a folder of .txt files only.")
         if not found:
             raise CorpusError(f"local corpus folder '{self.root}' contains no .txt files; put one document per .txt "
                               f"file there.")

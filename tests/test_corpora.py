@@ -1065,3 +1065,17 @@ def test_ids_outside_the_vocabulary_are_refused_before_any_forward(tmp_path, cap
     assert err == (f"error: document 1 of corpus 'local:{path}' holds token id {BYTE_VOCAB_SIZE + 7}, outside the "
                    f"model's vocabulary 0…{BYTE_VOCAB_SIZE - 1}; its input_ids were made for another tokenizer.")
     assert not (out / "perplexity_docs.csv").exists()
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_a_local_folder_mixing_txt_and_table_files_is_refused(tmp_path, byte_tok):
+    """`local:DIR` reads a folder of .txt files; one that also holds a .jsonl (or .parquet) names it and
+    says how to read it, instead of silently reading the .txt files only."""
+    from evalharness.corpora import CorpusError, load_corpus
+
+    (tmp_path / "a.txt").write_text("the lemma holds " * 20)
+    (tmp_path / "rows.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(CorpusError, match=r"holds rows\.jsonl besides its \.txt files; give the file itself"):
+        load_corpus(f"local:{tmp_path}", byte_tok)
+    (tmp_path / "rows.jsonl").unlink()
+    assert [d.doc_id for d in load_corpus(f"local:{tmp_path}", byte_tok)] == ["a.txt"]
