@@ -296,8 +296,9 @@ class TextFolderSource(_FileListSource):
 
     def files(self) -> list[tuple[str, Path]]:
         """`(relative path, path)` of every .txt file, sorted."""
-        found = [p for p in self.root.rglob("*.txt") if p.is_file()]
-        tables = sorted(p for suffix in (".jsonl", ".parquet") for p in self.root.rglob(f"*{suffix}") if p.is_file())
+        files = [p for p in self.root.rglob("*") if p.is_file()]  # one walk of the folder
+        found = [p for p in files if p.suffix == ".txt"]
+        tables = sorted(p for p in files if p.suffix in (".jsonl", ".parquet"))
         if tables:  # one folder, two formats: which documents were meant is not ours to guess
             raise CorpusError(f"local corpus folder '{self.root}' holds {tables[0].name}"
                               + (f" and {len(tables) - 1} more .jsonl/.parquet files" if len(tables) > 1 else "")

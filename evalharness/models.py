@@ -526,9 +526,9 @@ def _rope_field_error(config) -> str | None:
             value = group.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 return f"rope_parameters[{key!r}] = {value!r} is not a number"
-            if value is not None and not (math.isfinite(value) and (value > 0 or key in _NON_NEGATIVE_ROPE_FIELDS
-                                                                    and value == 0)):
-                need = "≥ 0" if key in _NON_NEGATIVE_ROPE_FIELDS else "> 0"
+            zero_allowed = key in _NON_NEGATIVE_ROPE_FIELDS
+            if value is not None and not (math.isfinite(value) and (value >= 0 if zero_allowed else value > 0)):
+                need = "≥ 0" if zero_allowed else "> 0"
                 return f"rope_parameters[{key!r}] = {value!r} is not a finite number {need}"
     return None
 

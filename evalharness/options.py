@@ -126,9 +126,10 @@ def parse_lengths(text: str) -> list[int]:
         start, stop, step = (lengths_count(p) for p in parts)
         if step <= 0 or start <= 0 or stop < start:
             raise UsageError(f"lengths {text!r} need 0 < start <= stop and step > 0.")
-        if (stop - start) // step + 1 > MAX_GRID_POINTS:
-            raise UsageError(f"lengths {text!r} name {(stop - start) // step + 1:,} lengths; at most "
-                             f"{MAX_GRID_POINTS} (use a larger step).")
+        count = (stop - start) // step + 1
+        if count > MAX_GRID_POINTS:
+            raise UsageError(f"lengths {text!r} name {count:,} lengths; at most {MAX_GRID_POINTS} (use a larger "
+                             "step).")
         lengths = list(range(start, stop + 1, step))
     else:
         lengths = [lengths_count(p) for p in text.split(",") if p.strip()]

@@ -190,14 +190,12 @@ def file_options(task: TaskFile, parser: argparse.ArgumentParser) -> dict[str, A
     return values
 
 
-def apply_task_file(args: argparse.Namespace, argv: Sequence[str],
-                    add_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
-    """A new namespace: `args` (parsed from `argv` by a parser built with `add_arguments`) with the
-    fields of its task file `args.task` in place of every option `argv` does not give."""
-    parser = options_parser(add_arguments)
-    task = load(args.task)
-    from_file = file_options(task, parser)
-    given = given_options(parser, argv)
+def apply_task_file(args: argparse.Namespace, given: Mapping[str, Any],
+                    parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """A new namespace: `args` with the fields of its task file `args.task` in place of every option
+    not in `given` (what the command line gave: `given_options(parser, argv)`); `parser` is the
+    `options_parser` of those options."""
+    from_file = file_options(load(args.task), parser)
     merged = dict(vars(args))
     merged.update({name: value for name, value in from_file.items() if name not in given})
     return argparse.Namespace(**merged)

@@ -98,7 +98,7 @@ def test_given_options_sees_only_what_argv_gives_and_leaves_args_alone():
     assert taskfiles.given_options(parser, []) == {}
     args = parsed()
     before = dict(vars(args))
-    merged = taskfiles.apply_task_file(parsed("--task", "yarn-paper/govreport"), [], add_eval_arguments)
+    merged = taskfiles.apply_task_file(parsed("--task", "yarn-paper/govreport"), {}, parser)
     assert vars(args) == before and merged.stride == 256
 
 

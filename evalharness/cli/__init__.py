@@ -115,9 +115,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         argv = ["eval", *argv]
     args = build_parser().parse_args(argv)
     if args.command == "eval":
+        options = options_parser(add_eval_arguments)
+        given = given_options(options, argv[1:])  # what the user typed
         if args.task is not None:  # the task file's fields, under the given flags
-            args = apply_task_file(args, argv[1:], add_eval_arguments)
-        args.given = tuple(given_options(options_parser(add_eval_arguments), argv[1:]))  # what the user typed
+            args = apply_task_file(args, given, options)
+        args.given = tuple(given)
     return args
 
 

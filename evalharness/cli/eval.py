@@ -189,8 +189,9 @@ def plan_run(args: argparse.Namespace) -> RunContext:
     check_attn_impl(args.attn_impl)
     if args.device_map is not None and args.device not in ("auto", None):
         raise UsageError("--device-map only applies with --device auto; drop it or add that.")
+    own = {name: registry.definition(name).option_names() for name in valid}
     for dest in getattr(args, "given", ()):  # a task's own option given while that task is not run
-        owners = [name for name in valid if dest in registry.definition(name).option_names()]
+        owners = [name for name in valid if dest in own[name]]
         if owners and not set(owners) & set(tasks):
             raise UsageError(f"--{dest.replace('_', '-')} only applies with --tasks {' or '.join(owners)}; drop it "
                              "or add that task.")
