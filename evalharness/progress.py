@@ -37,7 +37,7 @@ def decoder_layers(model) -> list:
 @contextmanager
 def other_bars_off(off: bool = True) -> Iterator[None]:
     """While inside (when `off`), a tqdm bar made without an explicit `disable` is disabled: the bars of
-    other libraries that take no such option (lm-eval's request and RULER sample-generation bars)
+    other libraries that take no such option (lm-eval's request and sample-generation bars)
     write nothing to a log file or under `--no-progress`."""
     if not off:
         yield

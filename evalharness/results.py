@@ -265,7 +265,7 @@ def read_csv_text(path: Path, table: str) -> tuple[pd.DataFrame, str | None]:
 
 def check_values(path: Path, table: str, frame: pd.DataFrame) -> None:
     """ResultFolderError naming the first value outside its column's range (`VALUE_RANGES`): text in a
-    number column, a perplexity below 1, a score above 1, ... Empty cells (not measured) pass."""
+    number column, a negative count, a fraction above 1, ... Empty cells (not measured) pass."""
     for column, bounds in VALUE_RANGES.get(table, {}).items():
         if column not in frame.columns:
             continue

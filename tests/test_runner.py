@@ -1,7 +1,9 @@
 """The plan and the cell runner: the task registry, the failure policy, --dry-run, and data-parallel
 sharding of every task (passkey and leaderboard under 2 gloo processes compute each cell once)."""
 
+import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +41,23 @@ def test_registry_names_every_task_and_loads_its_definition():
         assert isinstance(definition, TaskDefinition) and definition.name == name
     with pytest.raises(UsageError, match="unknown task 'ppl'"):
         registry.definition("ppl")
+
+
+def test_no_module_outside_the_task_packages_and_the_registry_names_a_task():
+    """Adding a task is one package and one registry line: the shared layers (cli, runner, results,
+    plots, report, ...) loop over the registry, so no name of a task appears in them, in code,
+    docstrings or comments. The package of a task is the module path of its definition."""
+    root = Path(registry.__file__).parent
+    packages = {registry.TASKS[name].split(".")[1] for name in registry.task_names()}
+    pattern = re.compile("|".join(re.escape(name).replace("\\-", "[-_ ]") for name in registry.task_names()),
+                         re.IGNORECASE)
+    shared = [path for path in sorted(root.rglob("*.py"))
+              if path.relative_to(root).parts[0] not in packages and path.name != "registry.py"]
+    assert len(shared) > 20  # cli/, analysis/, runner, results, plots, report, ... were all read
+    hits = [f"{path.relative_to(root)}:{number}: {line.strip()}"
+            for path in shared for number, line in enumerate(path.read_text().splitlines(), 1)
+            if pattern.search(line)]
+    assert hits == []
 
 
 class ScriptedTask(runner.Task):

@@ -127,7 +127,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=bounded_count("--chunk-size"), default=None,
                    help="positions per LM-head chunk (default: as many as 256 MB of logits hold)")
     g.add_argument("--prefill-chunk", type=parse_prefill_chunk, default=PREFILL_AUTO, metavar="N|auto|off",
-                   help="run each long forward (perplexity windows, passkey and RULER prefills on the KV cache) "
+                   help="run each long forward (scored windows, and prompt prefills before generation) "
                         "in chunks of N tokens through the model's KV cache (memory bounded by the chunk; "
                         "sliding-window layers cost "
                         f"T·(N + window)); auto: chunks of {DEFAULT_PREFILL_CHUNK} only when the one-shot forward's "
