@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -241,6 +242,33 @@ def length_axis(ax, context_length: pd.Series) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(length_text))
 
 
+def fit_titles(fig: Figure) -> None:
+    """Wraps each panel title wider than its panel onto more lines (at spaces), so no title is cut
+    at the figure's edge or runs into its neighbour's."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()  # the constrained layout places the panels
+    for ax in fig.axes:
+        title = ax.title
+        text = title.get_text()
+        width = title.get_window_extent(renderer).width
+        if text and "\n" not in text and width > ax.bbox.width:
+            title.set_text(wrap_at_commas(text, max(20, int(len(text) * ax.bbox.width / width))))
+
+
+def wrap_at_commas(text: str, width: int) -> str:
+    """`text` on lines of at most `width` characters, broken after a comma where it can be, else at
+    a space."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        if lines and len(lines[-1]) + 2 + len(part) < width:  # room for the comma that may follow
+            lines[-1] += ", " + part
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.extend(textwrap.wrap(part, width) or [part])
+    return "\n".join(lines)
+
+
 def save_figure(fig: Figure, path_without_ext: str | os.PathLike, dpi: int = 150) -> list[Path]:
     """Writes `<path>.png` and `<path>.pdf` (folders created), without a creation date, so the same
     tables give the same files.
@@ -250,6 +278,7 @@ def save_figure(fig: Figure, path_without_ext: str | os.PathLike, dpi: int = 150
     """
     base = str(path_without_ext)
     Path(base).parent.mkdir(parents=True, exist_ok=True)
+    fit_titles(fig)
     paths = []
     for ext in ("png", "pdf"):
         path = Path(f"{base}.{ext}")
@@ -305,6 +334,19 @@ def length_series(ax, group: pd.DataFrame, value: str, grid: Sequence[float], la
             linestyle=style["linestyle"], linewidth=1.6, label=label, gid="series")
     if interval is not None:
         error_bars(ax, x, y, _interval(group, *interval), style["color"])
+
+
+def legend(ax, **kwargs) -> None:
+    """The legend every figure uses: small type on a nearly opaque white box, so a line or the L
+    marker that passes behind it does not cross its text."""
+    ax.legend(fontsize="small", frameon=True, framealpha=0.9, facecolor="white", edgecolor="none", **kwargs)
+
+
+def band(ax, x, low, high, color) -> None:
+    """A shaded interval around a line (gid `interval`), drawn only where both ends are finite."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    ax.fill_between(np.asarray(x, dtype=float), low, high, where=np.isfinite(low) & np.isfinite(high),
+                    color=color, alpha=0.1, linewidth=0, gid="interval")
 
 
 def dot_interval_panel(ax, series: list[tuple[str, dict, pd.DataFrame]], value: str,

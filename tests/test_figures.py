@@ -23,7 +23,12 @@ from tables_data import (
 
 from evalharness.leaderboard.figures import plot_leaderboard
 from evalharness.passkey.figures import plot_passkey_heatmap
-from evalharness.perplexity.analysis import aggregate_perplexity, perplexity_ratios
+from evalharness.perplexity.analysis import (
+    aggregate_perplexity,
+    aggregate_positions,
+    perplexity_ratios,
+    positions_intervals,
+)
 from evalharness.perplexity.figures import (
     figures,
     plot_nll_by_position,
@@ -31,7 +36,7 @@ from evalharness.perplexity.figures import (
     plot_perplexity_ratio,
     plot_temperature_sweep,
 )
-from evalharness.plots import plot_run, save_figure, series_style
+from evalharness.plots import plot_run, save_figure, series_style, wrap_at_commas
 from evalharness.results import SCHEMAS, ResultStore
 from evalharness.ruler.figures import plot_ruler_mean
 
@@ -333,6 +338,65 @@ def test_a_chosen_length_and_an_empty_table():
     line = next(line for line in fig.axes[0].get_lines() if line.get_gid() == "series")
     assert max(line.get_xdata()) == 120
     assert not [line for ax in plot_nll_by_position(positions_frame().iloc[:0]).axes for line in ax.get_lines()]
+
+
+def positions_docs_frame():
+    """Base on two documents whose mean NLL differs per bucket, YaRN on one document."""
+    rows = []
+    for method, factor, docs in (("base", 1.0, ("test/0", "test/1")), ("yarn", 2.0, ("test/0",))):
+        for i, doc_id in enumerate(docs):
+            for start in range(0, 64, 16):
+                tokens = 16 - i * 4  # documents of unequal weight: the token-weighted mean lies between
+                mean = 2.0 + 0.5 * i + 0.01 * start
+                rows.append(dict(model="m", method=method, factor=factor, original_ctx=32, dataset="d", doc_id=doc_id,
+                                 protocol="truncated", window_bos="first", context_length=64, stride=0,
+                                 bucket_width=16, position_start=start, position_end=start + 16, tokens=tokens,
+                                 nll_sum=tokens * mean, mean_nll=mean))
+    return pd.DataFrame(rows, columns=SCHEMAS["perplexity_positions_docs"])
+
+
+def test_positions_intervals_of_two_documents_are_their_two_means():
+    """With two documents the bootstrap draws {a,a}, {a,b}, {b,b}; each of the pure draws has
+    probability 1/4 > 2.5 %, so the 95 % percentile interval is [min, max] of the two documents'
+    mean NLL. One document gives a degenerate interval."""
+    intervals = positions_intervals(positions_docs_frame())
+    base = intervals[intervals["method"] == "base"].sort_values("position_start")
+    starts = [0, 16, 32, 48]
+    assert base["position_start"].tolist() == starts
+    assert np.allclose(base["mean_nll_ci_low"], [2.0 + 0.01 * s for s in starts], atol=1e-12)
+    assert np.allclose(base["mean_nll_ci_high"], [2.5 + 0.01 * s for s in starts], atol=1e-12)
+    yarn = intervals[intervals["method"] == "yarn"]
+    assert np.allclose(yarn["mean_nll_ci_low"], yarn["mean_nll_ci_high"])
+
+
+def test_positions_figure_bands_each_series_measured_on_several_documents():
+    docs = positions_docs_frame()
+    fig = plot_nll_by_position(aggregate_positions(docs), intervals=positions_intervals(docs))
+    (ax,) = fig.axes
+    bands = [c for c in ax.collections if c.get_gid() == "interval"]
+    assert len(bands) == 1  # Base only: YaRN's one document has no spread to draw
+    (band,) = bands
+    ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+    assert math.isclose(ys.min(), 2.0, abs_tol=1e-9) and math.isclose(ys.max(), 2.5 + 0.01 * 48, abs_tol=1e-9)
+    base = next(line for line in ax.get_lines() if line.get_label() == "Base")
+    assert all(2.0 + 0.01 * s < y < 2.5 + 0.01 * s for s, y in zip([0, 16, 32, 48], base.get_ydata()))
+    assert "bootstrap interval over documents" in ax.get_legend().get_title().get_text()
+    no_bands = plot_nll_by_position(aggregate_positions(docs))
+    assert not [c for c in no_bands.axes[0].collections if c.get_gid() == "interval"]
+
+
+def test_a_title_wider_than_its_panel_is_wrapped_after_a_comma_when_saved(tmp_path):
+    long = ", ".join(f"setting {i} of the run" for i in range(12))
+    assert wrap_at_commas("a, b, c", 4) == "a,\nb,\nc" and wrap_at_commas("short", 80) == "short"
+    fig = plot_nll_by_position(positions_frame())
+    (ax,) = fig.axes
+    ax.set_title(long)
+    save_figure(fig, tmp_path / "wide")
+    renderer = fig.canvas.get_renderer()
+    lines = ax.get_title().split("\n")
+    assert len(lines) > 1 and all(line.endswith(",") for line in lines[:-1])
+    assert ax.get_title().replace("\n", " ") == long
+    assert ax.title.get_window_extent(renderer).width <= ax.bbox.width
 
 
 def test_plot_run_draws_the_positions_figure(tmp_path):

@@ -13,6 +13,7 @@ from ..plots import (
     empty_figure,
     error_bars,
     extra_keys,
+    legend,
     new_figure,
     ordered_series,
     save_figure,
@@ -83,7 +84,7 @@ def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
     ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(fontsize="small", frameon=False, ncols=min(n, 4), loc="upper center",
+    legend(ax, ncols=min(n, 4), loc="upper center",
               bbox_to_anchor=(0.5, -0.24))
     default = "leaderboard tasks, the paper's metrics"
     ax.set_title(title or (with_model(default, frame) if "model" not in extra else default))
@@ -121,7 +122,7 @@ def plot_leaderboard_subjects(frame: pd.DataFrame, group: str = "mmlu") -> Figur
     ax.set_xlim(0, 1)
     ax.set_xlabel("Score (bars ±1 standard error)")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize="small", frameon=False, loc="lower right")
+    legend(ax, loc="lower right")
     ax.set_title(with_model(f"{task_display(prefix.rstrip('_'))} by subject", rows))
     return fig
 

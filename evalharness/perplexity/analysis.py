@@ -145,6 +145,23 @@ def aggregate_positions(docs: pd.DataFrame) -> pd.DataFrame:
     frame["mean_nll"] = frame["nll_sum"] / frame["tokens"]
     return frame[SCHEMAS["perplexity_positions"]]
 
+def positions_intervals(docs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The 95 % interval of each perplexity_positions.csv row's `mean_nll`, from its per-document
+    table: log of `bootstrap_ppl_interval` over the bucket's documents (sorted by id, `seed`), as
+    mean_nll = log ppl; the row's key columns plus `mean_nll_ci_low/high`."""
+    group_columns = KEY_COLUMNS + ["dataset", "protocol", "window_bos", "context_length", "stride",
+                                   "bucket_width", "position_start", "position_end"]
+    rows = []
+    for key, group in docs.groupby(group_columns, sort=True, dropna=False):
+        group = group[group["tokens"].astype(int) > 0].sort_values("doc_id")  # a bucket a document never reached
+        if group.empty:
+            continue
+        low, high = bootstrap_ppl_interval(group["nll_sum"].astype(float).tolist(),
+                                           group["tokens"].astype(int).tolist(), seed)
+        rows.append(dict(zip(group_columns, key), mean_nll_ci_low=math.log(low), mean_nll_ci_high=math.log(high)))
+    return pd.DataFrame(rows, columns=group_columns + ["mean_nll_ci_low", "mean_nll_ci_high"])
+
+
 def perplexity_ratios(docs: pd.DataFrame, reference: str = "base", seed: int = 0,
                       n_resamples: int = BOOTSTRAP_RESAMPLES,
                       level: float = CONFIDENCE_LEVEL) -> pd.DataFrame:

@@ -16,11 +16,13 @@ from ..analysis.display import format_number, is_missing, ordered_groups, refere
 from ..method_facts import yarn_mscale
 from ..plots import (
     CTX_XLABEL,
+    band,
     context_note,
     dot_interval_panel,
     empty_figure,
     extra_keys,
     has_interval,
+    legend,
     length_axis,
     length_series,
     length_text,
@@ -35,7 +37,13 @@ from ..plots import (
     with_model,
 )
 from ..results import read_table
-from .analysis import has_temperature_sweep, load_perplexity, perplexity_ratios, temperature_sweep
+from .analysis import (
+    has_temperature_sweep,
+    load_perplexity,
+    perplexity_ratios,
+    positions_intervals,
+    temperature_sweep,
+)
 
 PPL_YLABEL = "Perplexity (lower is better)"
 
@@ -138,7 +146,7 @@ def _length_panels(frame: pd.DataFrame, value: str, interval: tuple[str, str] | 
         ax.grid(True, which="minor", alpha=0.12)
         bars = bars_text if interval and has_interval(panel, interval) else None
         if len(grid) > 1:
-            ax.legend(fontsize="small", frameon=False, title=bars, title_fontsize="x-small")
+            legend(ax, title=bars, title_fontsize="x-small")
         elif bars:
             ax.annotate(bars, xy=(0.02, 0.02), xycoords="axes fraction", fontsize="x-small", color="0.3")
     if title:
@@ -200,7 +208,7 @@ def plot_temperature_sweep(frame: pd.DataFrame, context_length: int | None = Non
         panel_title = f"{dataset} ({protocol}), {where}"
         ax.set_title(with_model(panel_title, curves) if "model" not in extra else panel_title)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", frameon=False)
+        legend(ax)
     return fig
 
 
@@ -214,21 +222,26 @@ def _without_temperature_variants(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~swept] if (~swept).any() else frame
 
 
-def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None) -> Figure:
+def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None,
+                         intervals: pd.DataFrame | None = None) -> Figure:
     """Mean NLL per position bucket, one line per method × factor, at `context_length` (default:
     each panel's largest); L marked (gid `original_ctx`: a dashed line inside the window, an
-    arrow at the edge beyond it); lines have gid `series`."""
+    arrow at the edge beyond it); lines have gid `series`; a band (gid `interval`) for each series
+    whose rows have a non-degenerate interval in `intervals` (`positions_intervals`)."""
     if frame.empty:
         return empty_figure("no loss-by-position rows")
     frame = _without_temperature_variants(frame.copy())
     for column in ("mean_nll", "position_start", "position_end", "context_length"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    if intervals is not None and not intervals.empty:
+        frame = _with_intervals(frame, intervals)
     panels = ordered_groups(frame, [c for c in ("dataset", "protocol", "window_bos", "stride") if c in frame])
     fig, axes = new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(7.0, 4.8))
     extra = varying(frame, ["run", "model"])
     for ax, (key, panel) in zip(axes, panels):
         length = context_length or panel["context_length"].max()
         panel = panel[panel["context_length"] == length]
+        banded = False
         for skey, group in ordered_groups(panel, extra + ["method", "factor"]):
             group = group.sort_values("position_start")
             centre = (group["position_start"] + group["position_end"]) / 2
@@ -236,6 +249,9 @@ def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None)
             ax.plot(centre, group["mean_nll"], color=style["color"], linestyle=style["linestyle"],
                     marker=style["marker"], markersize=3, linewidth=1.5, label=series_label(skey, extra),
                     gid="series")
+            if "mean_nll_ci_low" in group and (group["mean_nll_ci_high"] > group["mean_nll_ci_low"]).any():
+                band(ax, centre, group["mean_nll_ci_low"], group["mean_nll_ci_high"], style["color"])
+                banded = True
         mark_original_context(ax, panel["original_ctx"], [0.0, float(length)])
         position_ticks(ax, float(length))
         ax.set_xlabel(POSITION_XLABEL)
@@ -247,8 +263,20 @@ def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None)
             title = f"{panel['model'].iloc[0]}: {title}"
         ax.set_title(title, fontsize="medium")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", frameon=False)
+        if banded:
+            legend(ax, title="bands: 95 % bootstrap interval over documents", title_fontsize="x-small")
+        else:
+            legend(ax)
     return fig
+
+
+def _with_intervals(frame: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the `mean_nll_ci_low/high` of its rows in `intervals` (NaN where none)."""
+    keys = [c for c in intervals.columns if c in frame.columns and not c.startswith("mean_nll_ci")]
+    intervals = intervals.copy()
+    for column in keys:  # the tables' text and number columns read alike on both sides
+        intervals[column] = intervals[column].astype(frame[column].dtype)
+    return frame.merge(intervals, on=keys, how="left")
 
 
 def figures(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -270,5 +298,6 @@ def figures(results_dir: Path, figures_dir: Path) -> list[Path]:
             written += save_figure(plot_perplexity_ratio(ratios), figures_dir / "perplexity_ratio")
     positions = read_table(results_dir, "perplexity_positions")
     if not positions.empty:
-        written += save_figure(plot_nll_by_position(positions), figures_dir / "positions")
+        intervals = positions_intervals(read_table(results_dir, "perplexity_positions_docs"))
+        written += save_figure(plot_nll_by_position(positions, intervals=intervals), figures_dir / "positions")
     return written

@@ -13,6 +13,7 @@ from ..plots import (
     empty_figure,
     extra_keys,
     heatmap,
+    legend,
     length_axis,
     length_series,
     mark_original_context,
@@ -87,7 +88,7 @@ def plot_ruler_mean(frame: pd.DataFrame, title: str | None = None) -> Figure:
     ax.set_xlabel(CTX_XLABEL)
     ax.set_ylabel("RULER mean score over tasks (higher is better)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", frameon=False, title="bars: ±1 standard error", title_fontsize="x-small")
+    legend(ax, title="bars: ±1 standard error", title_fontsize="x-small")
     default = "RULER mean score over tasks"
     ax.set_title(title or (with_model(default, means) if "model" not in extra else default))
     return fig
