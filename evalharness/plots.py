@@ -453,17 +453,26 @@ def common_n(counts: Sequence[pd.DataFrame]) -> int | None:
 # A whole run folder
 # ---------------------------------------------------------------------------------------------
 
-def plot_run(results_dir: str | os.PathLike) -> list[Path]:
+def plot_run(results_dir: str | os.PathLike, optional: bool = False) -> list[Path]:
     """Writes every figure the folder's tables allow to `<dir>/figures/<name>.png|pdf`.
 
     Each registered task package draws its own (its `figures` module's `figures`), in registry
-    order; missing or empty tables are skipped.
+    order; missing or empty tables are skipped. With `optional`, also the figures a package
+    offers beside them (its `optional_figures`, named in its `OPTIONAL_FIGURES`); without, those
+    files are removed so the folder shows what its tables and options give.
 
     Returns:
         The written paths.
     """
     results_dir = Path(results_dir)
+    figures_dir = results_dir / "figures"
     written: list[Path] = []
     for module in registry.package_modules("figures"):
-        written += module.figures(results_dir, results_dir / "figures")
+        written += module.figures(results_dir, figures_dir)
+        if optional and hasattr(module, "optional_figures"):
+            written += module.optional_figures(results_dir, figures_dir)
+        elif not optional:
+            for stem in getattr(module, "OPTIONAL_FIGURES", ()):
+                for ext in ("png", "pdf"):
+                    (figures_dir / f"{stem}.{ext}").unlink(missing_ok=True)
     return written

@@ -5,7 +5,8 @@ first use (`definition`), in the order the command line lists them, runs them an
 Each task's package holds, beside its `task` module, modules that need no torch and that the shared
 layers reach through `package_modules`: `schema` (`SCHEMAS`, `CELL_COLUMNS`: its result tables, read
 by `results` through `table_schemas` / `cell_columns`), `analysis` (its tables' aggregations and, if
-it has one, its effective-context `CRITERION`), `figures` (`figures(results_dir, figures_dir)`) and
+it has one, its effective-context `CRITERION`), `figures` (`figures(results_dir, figures_dir)`, and
+optionally `optional_figures` with their stems in `OPTIONAL_FIGURES`) and
 `report` (`report_section`, `FIGURE_CAPTIONS`, `TABLES`), and where the YaRN paper published its
 numbers `paper` (`TABLE`, `PUBLISHED`, `compare`, `mismatch_reason`, read by `paper`). Adding a task
 is one package and one line here.

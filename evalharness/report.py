@@ -280,27 +280,39 @@ def rule_fields() -> list[str]:
     return [option.name for option in rule_options()]
 
 
+def _recorded(results_dir: str | os.PathLike) -> dict:
+    path = Path(results_dir) / "manifest.json"
+    return (read_manifest(path, quiet=True) if path.exists() else {}).get(REPORT_OPTIONS) or {}
+
+
 def recorded_options(results_dir: str | os.PathLike) -> tuple[tuple[str, ...], EffectiveContextRules]:
     """The report options recorded in the folder's manifest (`record_options`): the references and
     the effective-context rules (defaults where none are recorded)."""
-    path = Path(results_dir) / "manifest.json"
-    options = (read_manifest(path, quiet=True) if path.exists() else {}).get(REPORT_OPTIONS) or {}
+    options = _recorded(results_dir)
     rules = {k: v for k, v in (options.get("rules") or {}).items() if k in rule_fields()}
     return tuple(options.get("references") or ()), EffectiveContextRules(**rules)
 
 
+def optional_figures_recorded(results_dir: str | os.PathLike) -> bool:
+    """Whether the folder's manifest records `plot --optional-figures` (off when never given)."""
+    return bool(_recorded(results_dir).get("optional_figures", False))
+
+
 def record_options(results_dir: str | os.PathLike, references: Sequence[str] | None = None,
-                   rules: dict | None = None) -> None:
+                   rules: dict | None = None, optional_figures: bool | None = None) -> None:
     """Records the report options a command line gave (`references`: `--reference`; `rules`: the
-    effective-context options given, by `rule_fields` name) in the folder's manifest, over the ones
-    recorded before, so `plot DIR` alone rebuilds the same report. Nothing given: nothing written."""
-    if references is None and not rules:
+    effective-context options given, by `rule_fields` name; `optional_figures`:
+    `--[no-]optional-figures`) in the folder's manifest, over the ones recorded before, so
+    `plot DIR` alone rebuilds the same report. Nothing given: nothing written."""
+    if references is None and not rules and optional_figures is None:
         return
 
     def change(data: dict) -> None:
         options = dict(data.get(REPORT_OPTIONS) or {})
         if references is not None:
             options["references"] = list(references)
+        if optional_figures is not None:
+            options["optional_figures"] = optional_figures
         if rules:
             merged = {**(options.get("rules") or {}), **rules}
             for criterion in criteria():  # a rule given drops a recorded one it excludes
@@ -348,11 +360,11 @@ def write_report(results_dir: str | os.PathLike, figures: bool = True, rules: Ef
     the report's path."""
     results_dir = Path(results_dir)
     if figures:
-        plot_run(results_dir)
+        plot_run(results_dir, optional=optional_figures_recorded(results_dir))
     path = results_dir / "report.md"
     atomic_write_text(path, build_report(results_dir, rules=rules, references=references))
     return path
 
 
 __all__ = ["write_report", "build_report", "effective_context_lines", "record_options",
-           "recorded_options"]
+           "recorded_options", "optional_figures_recorded"]

@@ -14,6 +14,7 @@ from tables_data import (
     L,
     doc_row,
     leaderboard_frame,
+    leaderboard_subject_frame,
     passkey_correct,
     passkey_frame,
     perplexity_frame,
@@ -21,7 +22,7 @@ from tables_data import (
     sweep_frame,
 )
 
-from evalharness.leaderboard.figures import plot_leaderboard
+from evalharness.leaderboard.figures import plot_leaderboard, plot_leaderboard_subjects
 from evalharness.passkey.figures import plot_passkey_heatmap
 from evalharness.perplexity.analysis import (
     aggregate_perplexity,
@@ -397,6 +398,18 @@ def test_a_title_wider_than_its_panel_is_wrapped_after_a_comma_when_saved(tmp_pa
     assert len(lines) > 1 and all(line.endswith(",") for line in lines[:-1])
     assert ax.get_title().replace("\n", " ") == long
     assert ax.title.get_window_extent(renderer).width <= ax.bbox.width
+
+
+def test_subject_figure_has_a_row_per_subject_and_a_dot_per_method_at_its_score():
+    fig = plot_leaderboard_subjects(leaderboard_subject_frame())
+    (ax,) = fig.axes
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["anatomy", "virology"]  # not the macro row
+    dots = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines() if line.get_gid() == "series"}
+    assert dots == {"Base": [0.3, 0.6], "YaRN s=2": [pytest.approx(0.4), pytest.approx(0.7)]}
+    low, high = ax.get_xlim()
+    assert low < 0 and high > 1  # a score of 0 or 1 shows its whole marker
+    assert "n=20 per subject" in ax.get_title()
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["Base", "YaRN s=2"]
 
 
 def test_plot_run_draws_the_positions_figure(tmp_path):

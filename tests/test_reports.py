@@ -12,6 +12,7 @@ import pytest
 from tables_data import (
     LENGTHS,
     doc_row,
+    leaderboard_subject_frame,
     passkey_rows,
     perplexity_frame,
     ppl_value,
@@ -268,3 +269,25 @@ def test_end_of_run_summary_uses_the_report_labels_in_registry_order(tmp_path, c
             math.exp(expected[label] / 100), abs=5e-4)
     passkey = lines[lines.index(next(line for line in lines if line.startswith("passkey accuracy"))) + 3:]
     assert passkey[0].split()[0] == "Base" and passkey[1].split()[:2] == ["YaRN", "s=2"]
+
+
+# ---- Optional figures: drawn when asked, recorded, redrawn by a plain `plot`, removed when turned off.
+
+
+def test_optional_figures_are_recorded_and_redrawn_until_turned_off(tmp_path):
+    folder = tmp_path / "run"
+    ResultStore(folder).replace("leaderboard", leaderboard_subject_frame())
+    png, pdf = (folder / "figures" / f"leaderboard_mmlu_subjects.{ext}" for ext in ("png", "pdf"))
+    assert cli.main(["plot", str(folder)]) == cli.EXIT_OK
+    assert not png.exists() and "leaderboard_mmlu_subjects" not in (folder / "report.md").read_text()
+
+    assert cli.main(["plot", str(folder), "--optional-figures"]) == cli.EXIT_OK
+    assert png.exists() and pdf.exists()
+    assert "figures/leaderboard_mmlu_subjects.png" in (folder / "report.md").read_text()
+    drawn = png.read_bytes()
+    assert cli.main(["plot", str(folder)]) == cli.EXIT_OK  # recorded: a plain plot draws it again, the same
+    assert png.read_bytes() == drawn
+
+    assert cli.main(["plot", str(folder), "--no-optional-figures"]) == cli.EXIT_OK
+    assert not png.exists() and not pdf.exists()
+    assert "leaderboard_mmlu_subjects" not in (folder / "report.md").read_text()

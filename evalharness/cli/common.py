@@ -15,7 +15,7 @@ from ..analysis.stats import parse_reference
 from ..errors import UsageError
 from ..methods import ScalingSpec
 from ..options import finite_number, parse_factors
-from ..report import rule_fields, write_report
+from ..report import optional_figures_recorded, rule_fields, write_report
 from ..results import SCHEMAS, atomic_write_text
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -151,9 +151,9 @@ def check_run_folder_given(folder: Path) -> None:
 
 
 def write_figures_and_report(folder: Path, report: bool = True) -> list[Path]:
-    """Figures, then report.md with the report options recorded in the folder
-    (`report.record_options`)."""
-    paths = plots.plot_run(folder)
+    """Figures (the optional ones too when the folder records `--optional-figures`), then report.md
+    with the report options recorded in the folder (`report.record_options`)."""
+    paths = plots.plot_run(folder, optional=optional_figures_recorded(folder))
     if report:
         paths.append(write_report(folder, figures=False))
     return paths

@@ -20,6 +20,10 @@ from .common import (
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR", help="run folders (a run's --out)")
     p.add_argument("--no-report", action="store_true", help="figures only (default: off)")
+    p.add_argument("--optional-figures", action=argparse.BooleanOptionalAction, default=None,
+                   help="also draw the figures a task offers beside its usual ones, such as the per-subject "
+                        "scores of a task group; recorded in the folder, so a later plot redraws them "
+                        "(default: as recorded, off when never given)")
     add_effective_context_arguments(p)
     add_reference_argument(p)
 
@@ -41,6 +45,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for folder in folders:
         if not args.no_report:
             record_options(folder, references, rules)
+        record_options(folder, optional_figures=args.optional_figures)
         for path in write_figures_and_report(folder, report=not args.no_report):
             print(path)
     return EXIT_OK

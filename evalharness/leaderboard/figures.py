@@ -90,14 +90,23 @@ def plot_leaderboard(frame: pd.DataFrame, title: str | None = None) -> Figure:
     ax.set_title(title or (with_model(default, frame) if "model" not in extra else default))
     return fig
 
-def plot_leaderboard_subjects(frame: pd.DataFrame, group: str = "mmlu") -> Figure:
-    """An optional figure (not drawn by `plot_run`): the per-subject scores of a task group (MMLU's
-    subjects, tasks named `<group>[_local]_<subject>`), one row per subject, a dot per method
-    with ±1 standard error. Small `--limit` runs have few items per subject: wide bars."""
+# The optional figures (`plot --optional-figures`): file stem -> the task group whose subjects it shows.
+OPTIONAL_FIGURES = {"leaderboard_mmlu_subjects": "mmlu"}
+
+
+def subject_rows(frame: pd.DataFrame, group: str) -> tuple[str, pd.DataFrame]:
+    """The subtask prefix of `group` (`<group>_local_` or `<group>_`) and its subtasks' rows."""
     names = {str(t) for t in frame["task"]}
     parents = [p for p in (f"{group}_local", group) if p in names]
     prefix = (parents[0] if parents else group) + "_"
-    rows = frame[frame["task"].astype(str).str.startswith(prefix)].copy()
+    return prefix, frame[frame["task"].astype(str).str.startswith(prefix)].copy()
+
+
+def plot_leaderboard_subjects(frame: pd.DataFrame, group: str = "mmlu") -> Figure:
+    """An optional figure (`OPTIONAL_FIGURES`): the per-subject scores of a task group (MMLU's
+    subjects, tasks named `<group>[_local]_<subject>`), one row per subject, a dot per method
+    with ±1 standard error. Small `--limit` runs have few items per subject: wide bars."""
+    prefix, rows = subject_rows(frame, group)
     if rows.empty:
         return empty_figure(f"no {group} subject rows")
     rows = rows[rows["metric"] == headline_metric(prefix, rows["metric"])]
@@ -118,12 +127,16 @@ def plot_leaderboard_subjects(frame: pd.DataFrame, group: str = "mmlu") -> Figur
                     horizontal=True)
     ax.set_yticks(range(len(subjects)), [t.removeprefix(prefix).replace("_", " ") for t in subjects],
                   fontsize="small")
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
+    ax.set_ylim(len(subjects) - 0.5, -0.5)  # first subject on top, no empty rows around
+    ax.set_xlim(-0.03, 1.03)  # a score of 0 or 1 shows its whole marker
     ax.set_xlabel("Score (bars ±1 standard error)")
     ax.grid(True, axis="x", alpha=0.3)
-    legend(ax, loc="lower right")
-    ax.set_title(with_model(f"{task_display(prefix.rstrip('_'))} by subject", rows))
+    # below the axis label, off the data (a figure legend that the constrained layout makes room for)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=len(series), fontsize="small",
+               frameon=False)
+    sizes = pd.to_numeric(rows.get("n_samples"), errors="coerce").dropna().unique()
+    per_subject = f" (n={int(sizes[0])} per subject)" if len(sizes) == 1 else ""
+    ax.set_title(with_model(f"{task_display(prefix.rstrip('_'))} by subject{per_subject}", rows))
     return fig
 
 
@@ -131,3 +144,13 @@ def figures(results_dir: Path, figures_dir: Path) -> list[Path]:
     """`leaderboard` (the headline bars) when the folder has leaderboard rows; the written paths."""
     board = read_table(results_dir, "leaderboard")
     return [] if board.empty else save_figure(plot_leaderboard(board), figures_dir / "leaderboard")
+
+
+def optional_figures(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Each `OPTIONAL_FIGURES` entry whose task group has subtask rows in the folder; the written paths."""
+    board = read_table(results_dir, "leaderboard")
+    written: list[Path] = []
+    for stem, group in OPTIONAL_FIGURES.items():
+        if not board.empty and not subject_rows(board, group)[1].empty:
+            written += save_figure(plot_leaderboard_subjects(board, group), figures_dir / stem)
+    return written

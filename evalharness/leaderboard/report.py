@@ -29,7 +29,9 @@ from .analysis import (
 )
 
 REFERENCE = REFERENCE_METHOD
-FIGURE_CAPTIONS = {"leaderboard": "Leaderboard tasks (base hatched, dashed base level)."}
+FIGURE_CAPTIONS = {"leaderboard": "Leaderboard tasks (base hatched, dashed base level).",
+                   "leaderboard_mmlu_subjects": "MMLU by subject, ±1 standard error (few items per subject "
+                                                "under --limit: wide bars)."}
 TABLES = ("leaderboard",)
 
 
