@@ -54,6 +54,9 @@ METHOD_FACTS: dict[str, MethodFacts] = {
     "native": MethodFacts("native", dynamic=False, uses_factor=False,
                           description="the RoPE the model ships with (its rope_parameters), untouched"),
 }
+# Method options that read better in words than as `key=value` in a series label (figures, reports).
+OPTION_WORDS = {("layers", "all"): "local layers too"}
+
 ALIASES = {"linear": "pi", "dynamic-linear": "dynamic-pi", "ntk-aware": "ntk", "dynamic": "dynamic-ntk",
            "by-parts": "ntk-by-parts", "none": "base", "default": "base"}
 

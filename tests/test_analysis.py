@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from tables_data import doc_row, passkey_rows
 
-from evalharness.analysis.display import method_display, ordered_groups, pivot_by_length
+from evalharness.analysis.display import method_display, ordered_groups, pivot_by_length, plural
 from evalharness.analysis.stats import parse_reference, wilson_interval
 from evalharness.leaderboard.analysis import task_display, task_sort_key
 from evalharness.results import ResultStore
@@ -77,6 +77,8 @@ def test_tables_plots_and_registry_facts_work_with_torch_unimportable(tmp_path):
     ("yarn", 2.0, "YaRN s=2"), ("yarn", 2.5, "YaRN s=2.5"), ("dynamic-yarn", 1.0, "Dynamic-YaRN"),
     ("dynamic-ntk", 1.0, "Dynamic-NTK"),
     ("yarn:attention_factor=1.1", 4.0, "YaRN s=4 (attention_factor=1.1)"),
+    ("yarn:layers=all", 2.0, "YaRN s=2, local layers too"),
+    ("yarn:attention_factor=1.1:layers=all", 2.0, "YaRN s=2, local layers too (attention_factor=1.1)"),
     ("mystery", 1.0, "mystery"), ("mystery", 3.0, "mystery s=3"),
 ])
 def test_method_display(method, factor, expected):
@@ -130,3 +132,8 @@ def test_pivot_by_length_has_series_rows_in_display_order():
     assert list(pivot.columns) == [128, 256]
     assert [key[1] for key in pivot.index] == ["base", "yarn"]
     assert pivot.to_numpy().tolist() == [[9.0, 10.0], [5.0, 6.0]]
+
+
+def test_counts_read_as_words():
+    assert plural(1, "prompt") == "1 prompt" and plural(3, "prompt") == "3 prompts"
+    assert plural(0, "sample") == "0 samples"

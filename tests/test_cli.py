@@ -420,8 +420,11 @@ def test_sigint_during_start_up_is_one_line_and_exit_130(corpus, tmp_path, delay
 
     from conftest import run_eval_command, subprocess_env
 
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler: the child gets SIGINT's default disposition back, as a run in a terminal has it.
     proc = subprocess.Popen(run_eval_command(*base_args(corpus, tmp_path / "out")), env=subprocess_env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

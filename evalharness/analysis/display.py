@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..columns import KEY_COLUMNS
-from ..method_facts import METHOD_FACTS, native_display
+from ..method_facts import METHOD_FACTS, OPTION_WORDS, native_display
 from .stats import parse_reference
 
 # A `scoring` value that names another series, in words (rows decoded on a re-rotated cache).
@@ -36,6 +36,10 @@ def split_label(label: str) -> tuple[str, dict[str, str]]:
             options[key.strip()] = value.strip()
     return parts[0], options
 
+def plural(n: int, word: str) -> str:
+    """`1 prompt`, `3 prompts`."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
 def format_number(value) -> str:
     """`2.0` → `2`, `2.5` → `2.5`."""
     value = float(value)
@@ -52,7 +56,8 @@ def is_missing(value) -> bool:
 
 def method_display(method: str, factor=None) -> str:
     """The label of a (method, factor) series: `YaRN s=2`, `Dynamic-YaRN`, `Base`,
-    `YaRN s=2 (attention_factor=1.1)`. Unknown methods keep their name (with s unless it is 1)."""
+    `YaRN s=2 (attention_factor=1.1)`, `YaRN s=2, local layers too` (`OPTION_WORDS`). Unknown methods
+    keep their name (with s unless it is 1)."""
     name, options = split_label(method)
     if name == "native":  # the model's shipped RoPE: `native (yarn s=16)`
         return native_display(options.get("rope_type"), 1.0 if is_missing(factor) else factor)
@@ -61,8 +66,11 @@ def method_display(method: str, factor=None) -> str:
     if not is_missing(factor):
         if (facts.uses_factor if facts else float(factor) != 1.0):
             text += f" s={format_number(factor)}"
-    if options:
-        text += " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+    words = [OPTION_WORDS[(k, str(v))] for k, v in options.items() if (k, str(v)) in OPTION_WORDS]
+    rest = {k: v for k, v in options.items() if (k, str(v)) not in OPTION_WORDS}
+    text += "".join(f", {w}" for w in words)
+    if rest:
+        text += " (" + ", ".join(f"{k}={v}" for k, v in rest.items()) + ")"
     return text
 
 def reference_display(reference: str) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..analysis.display import format_number, ordered_groups, varying
+from ..analysis.display import format_number, ordered_groups, plural, varying
 from ..plots import common_n, empty_figure, heatmap, new_figure, save_figure, series_label, with_model
 from ..results import read_table
 from .analysis import passkey_accuracy
@@ -65,7 +65,7 @@ def plot_passkey_heatmap(frame: pd.DataFrame, max_depth_bins: int = 20,
     colorbar = fig.colorbar(image, ax=axes, shrink=0.9)
     colorbar.set_label("Passkey accuracy")
     colorbar.ax.set_gid("colorbar")
-    title = "passkey retrieval accuracy" + (f" (n={uniform_n} prompts per cell)" if uniform_n else "")
+    title = "passkey retrieval accuracy" + (f" (n={plural(uniform_n, 'prompt')} per cell)" if uniform_n else "")
     fig.suptitle(with_model(title, acc) if "model" not in extra else title)
     return fig
 

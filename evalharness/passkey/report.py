@@ -13,6 +13,7 @@ from ..analysis.display import (
     fmt_points,
     format_number,
     markdown_table,
+    plural,
     reference_display,
     varying,
 )
@@ -54,7 +55,7 @@ def _passkey_section(passkey: pd.DataFrame, seed: int, references: Sequence[str]
                        + f" (n={int(total['n'])})")
         rows.append([row_label(skey, show)] + [accuracy_text(r) if r is not None else "—" for r in cells]
                     + ["none" if pd.isna(effective) else fmt_length(effective), all_lengths])
-    n_text = f"n = {ns.pop()} prompts per cell" if uniform_n else "n prompts per cell as shown"
+    n_text = f"n = {plural(ns.pop(), 'prompt')} per cell" if uniform_n else "n prompts per cell as shown"
     lines = ["## Passkey retrieval", "",
              f"- Accuracy (%): the fraction of prompts whose key was retrieved{_scoring_text(passkey)}, over "
              f"depths and trials; {n_text}.",

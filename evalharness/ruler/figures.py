@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..analysis.display import plural
 from ..plots import (
     CTX_XLABEL,
     common_n,
@@ -61,7 +62,7 @@ def plot_ruler_heatmap(frame: pd.DataFrame, annotate: bool | None = None) -> Fig
     colorbar = fig.colorbar(image, ax=axes, shrink=0.9)
     colorbar.set_label("RULER score (string_match_all)")
     colorbar.ax.set_gid("colorbar")
-    title = "RULER score by task and length" + (f" (n={uniform_n} samples per cell)" if uniform_n else "")
+    title = "RULER score by task and length" + (f" (n={plural(uniform_n, 'sample')} per cell)" if uniform_n else "")
     fig.suptitle(with_model(title, scores) if "model" not in extra else title)
     return fig
 

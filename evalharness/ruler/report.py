@@ -13,6 +13,7 @@ from ..analysis.display import (
     fmt_points,
     format_number,
     markdown_table,
+    plural,
     reference_display,
     varying,
 )
@@ -52,7 +53,7 @@ def _ruler_section(ruler: pd.DataFrame, samples: pd.DataFrame, seed: int,
                                          for r in cells] for k, cells in series_grid(means, keys, lengths)]
     task_rows = [[row_label(k, show), k["task"]] + [score_text(r) for r in cells]
                  for k, cells in series_grid(scores, keys + ["task"], lengths, TASK_ORDER)]
-    n_text = f"n = {ns.pop()} samples per cell" if uniform_n else "n samples per cell as shown"
+    n_text = f"n = {plural(ns.pop(), 'sample')} per cell" if uniform_n else "n samples per cell as shown"
     lines = ["## RULER", "",
              "- Score (%): the mean over a cell's samples of the task's own per-sample metric (RULER's "
              f"string_match_all, lm-eval's RULER tasks with the model's tokenizer) ± its standard error; {n_text}.",
