@@ -137,9 +137,11 @@ class ScalingSpec:
         kwargs: dict = dict(defaults)
         kwargs["method"] = parts[0]
         rest = parts[1:]
+        given: set[str] = set()
         if rest and "=" not in rest[0]:
             kwargs["factor"] = _parse_number(rest[0], "factor", text)
             rest = rest[1:]
+            given.add("factor")
         for item in rest:
             key, sep, value = item.partition("=")
             key = _KEY_ALIASES.get(key.strip(), key.strip())
@@ -148,6 +150,9 @@ class ScalingSpec:
                     f"cannot read {item!r} in spec {text!r}; expected key=value with key in "
                     f"{', '.join(sorted(_FIELD_PARSERS))}."
                 )
+            if key in given:  # the last would win silently
+                raise MethodError(f"{key} is given twice in spec {text!r}; give each option once.")
+            given.add(key)
             kwargs[key] = _FIELD_PARSERS[key](value.strip(), key, text)
         return cls(**kwargs)
 

@@ -116,6 +116,19 @@ def lengths_count(text: str) -> int:
         raise UsageError(f"--lengths: {exc}") from None
 
 
+def comma_items(text: str | None, what: str) -> list[str]:
+    """The stripped items of a comma list (empty text: none); UsageError naming `what` and the text
+    when an item is empty (`64,128,`, `a,,b`): a slip, never a value to drop silently."""
+    text = "" if text is None else str(text)
+    if not text.strip():
+        return []
+    items = [part.strip() for part in text.split(",")]
+    if not all(items):
+        raise UsageError(f"{what} {text!r} has an empty item (a comma too many); separate the values with "
+                         "single commas.")
+    return items
+
+
 def parse_lengths(text: str) -> list[int]:
     """'2k:16k:2k' (start:stop:step, stop included) or '4096,8192' → strictly increasing lengths."""
     text = str(text).strip()
@@ -132,7 +145,7 @@ def parse_lengths(text: str) -> list[int]:
                              "step).")
         lengths = list(range(start, stop + 1, step))
     else:
-        lengths = [lengths_count(p) for p in text.split(",") if p.strip()]
+        lengths = [lengths_count(p) for p in comma_items(text, "length list")]
     if not lengths:
         raise UsageError(f"lengths {text!r} name no length.")
     if any(n < 2 for n in lengths):
@@ -144,7 +157,7 @@ def parse_lengths(text: str) -> list[int]:
 
 def parse_factors(text: str) -> list[float]:
     factors = []
-    for part in str(text).split(","):
+    for part in comma_items(text, "factor list") or [str(text)]:
         try:
             value = float(part)
         except ValueError:
@@ -160,11 +173,12 @@ def parse_factors(text: str) -> list[float]:
 
 def parse_grid(text: str) -> list[float]:
     """'1.0:1.5:0.05' (start:stop:step, stop included) or '1.0,1.1' → floats (rounded to 6 places)."""
+    items = [] if ":" in text else comma_items(text, "grid")
     try:
         if ":" in text:
             start, stop, step = (float(p) for p in text.split(":"))
         else:
-            values = [float(p) for p in text.split(",") if p.strip()]
+            values = [float(p) for p in items]
     except ValueError:
         raise UsageError(f"grid {text!r} must be start:stop:step or a comma list of numbers.") from None
     if ":" in text:

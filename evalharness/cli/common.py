@@ -14,7 +14,7 @@ from ..analysis.effective_context import EffectiveContextRules, criteria
 from ..analysis.stats import parse_reference
 from ..errors import UsageError
 from ..methods import ScalingSpec
-from ..options import finite_number, parse_factors
+from ..options import comma_items, finite_number, parse_factors
 from ..report import optional_figures_recorded, rule_fields, write_report
 from ..results import SCHEMAS, atomic_write_text
 
@@ -38,7 +38,7 @@ def build_specs(methods: str, factors: str, original_ctx: int | None) -> list:
     A method written with its own factor (`yarn:16`) keeps it."""
     specs, seen = [], set()
     defaults = {"original_ctx": original_ctx} if original_ctx else {}
-    for method in [m.strip() for m in methods.split(",") if m.strip()]:
+    for method in comma_items(methods, "--method"):
         has_own_factor = len(method.split(":")) > 1 and "=" not in method.split(":")[1]
         for factor in [None] if has_own_factor else parse_factors(factors):
             spec = ScalingSpec.parse(method, **defaults) if factor is None else ScalingSpec.parse(
@@ -60,7 +60,7 @@ def add_reference_argument(p: argparse.ArgumentParser) -> None:
 
 def parse_references(text: str | None) -> tuple[str, ...]:
     """`--reference` → the reference series (`analysis.stats.parse_reference` syntax); UsageError naming a bad one."""
-    references = tuple(part.strip() for part in (text or "").split(",") if part.strip())
+    references = tuple(comma_items(text, "--reference"))
     for reference in references:
         try:
             ScalingSpec.parse(reference)  # the whole spec, as --method would take it

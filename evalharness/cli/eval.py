@@ -27,6 +27,7 @@ from ..options import (
     StoreGiven,
     bounded_count,
     checked_text,
+    comma_items,
     parse_factors,
     parse_lengths,
     parse_prefill_chunk,
@@ -177,7 +178,7 @@ def common_options(args: argparse.Namespace, lengths: list[int]) -> CommonOption
 def plan_run(args: argparse.Namespace) -> RunContext:
     """Validate everything that can be validated before loading anything heavy."""
     valid = registry.task_names()
-    tasks = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+    tasks = list(dict.fromkeys(comma_items(args.tasks, "--tasks")))
     if not tasks:
         raise UsageError(f"--tasks {args.tasks!r} names no task; valid tasks: {', '.join(valid)}.")
     for task in tasks:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..analysis.display import labelled
 from ..errors import UsageError
-from ..options import bounded_count, positive_count
+from ..options import bounded_count, comma_items, positive_count
 from ..task import TaskDefinition
 from . import figures
 from .mirrors import MIRRORS
@@ -67,8 +67,8 @@ class Leaderboard(TaskDefinition):
                        help="lm-eval max_length (default: factor × original context for static methods, else L)")
 
     def options(self, args):
-        return LeaderboardOptions(tasks=tuple(args.leaderboard_tasks.split(",")), data=args.leaderboard_data,
-                                  limit=args.limit, max_length=args.max_length)
+        return LeaderboardOptions(tasks=tuple(comma_items(args.leaderboard_tasks, "--leaderboard-tasks")),
+                                  data=args.leaderboard_data, limit=args.limit, max_length=args.max_length)
 
     def check(self, options, common):
         if options.data is not None and not Path(options.data).is_dir():

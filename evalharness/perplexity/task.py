@@ -230,7 +230,11 @@ class TemperatureSweep(TaskDefinition):
 
     def check(self, options, common):
         check_corpus(options.corpus, common)
-        if any(not 0 < v <= MAX_ATTENTION_FACTOR for v in parse_grid(options.temperatures)):
+        try:
+            grid = parse_grid(options.temperatures)
+        except UsageError as exc:
+            raise UsageError(f"--temperatures: {exc}") from None
+        if any(not 0 < v <= MAX_ATTENTION_FACTOR for v in grid):
             raise UsageError(f"--temperatures {options.temperatures!r}: attention factors must be > 0 and "
                              f"≤ {MAX_ATTENTION_FACTOR:g}.")
 

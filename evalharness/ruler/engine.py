@@ -67,6 +67,7 @@ from ..leaderboard.lm import wrap_model
 from ..leaderboard.mirrors import lm_eval_tasks_dir
 from ..leaderboard.protocol import lm_eval_seeds
 from ..leaderboard.run import one_process_view
+from ..options import comma_items
 from ..plan import Cell, cell_name
 from ..prefill import prefill_chunk_for
 from ..results import cell_key, key_row
@@ -94,7 +95,7 @@ def resolve_tasks(text: str) -> list[str]:
     Raises:
         UsageError: an unknown name (one sentence listing the valid ones).
     """
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    names = comma_items(text, "--ruler-tasks")
     if not names:
         raise UsageError(f"--ruler-tasks {text!r} names no task; give ruler or RULER task names.")
     tasks: list[str] = []
