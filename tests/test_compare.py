@@ -109,6 +109,8 @@ def test_compare_as_another_name_and_bad_input(run_dir, tmp_path, capsys):
     assert "proofpile truncated 8192" in capsys.readouterr().out
     assert cli.main(["compare", str(tmp_path / "missing")]) == cli.EXIT_USAGE
     assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["compare", str(renamed), "--model", " "]) == cli.EXIT_USAGE  # not "no --model"
+    assert "--model ' ' is empty" in capsys.readouterr().err
 
 
 def test_published_data_is_the_authors_files():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UsageError
 from ..paper import DIFFERS_NOTE, compare_run, format_comparison
 from .common import EXIT_OK, check_csv_destination, write_csv
 
@@ -14,6 +15,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.model is not None and not args.model.strip():
+        raise UsageError(f"--model {args.model!r} is empty; give a published model's name, or leave --model out "
+                         "to compare as the run's own model.")
     check_csv_destination(args.csv)
     table = compare_run(args.run_dir, args.model)  # its CompareError is an EvalHarnessError: exit 2
     print(format_comparison(table))
