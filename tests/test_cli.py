@@ -236,6 +236,18 @@ def test_limit_naming_a_task_not_run_is_refused(tmp_path, capsys):
     assert "mmlu" in capsys.readouterr().err
 
 
+def test_fewer_documents_than_asked_is_said(corpus, tmp_path, capsys):
+    """--docs / --sample above what the corpus holds at the length filter: the run goes on with the
+    documents there are, and says so (the tables' n_docs hold the count)."""
+    for flag, value in (("--docs", "5"), ("--sample", "4")):
+        argv = base_args(corpus, tmp_path / "out", "--dry-run", method="base", lengths="64") + [flag, value]
+        assert run(argv) == cli.EXIT_OK
+        err = capsys.readouterr().err
+        assert f"warning: {flag} {value} asks for {value} documents, but only 3 of local:{corpus}" in err, err
+    assert run(base_args(corpus, tmp_path / "out", "--dry-run", "--docs", "3", method="base", lengths="64")) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # --dry-run: a weightless plan
 # ---------------------------------------------------------------------------------------------

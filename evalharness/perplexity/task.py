@@ -3,6 +3,7 @@ the protocol, the temperature grid), their checks, the documents they read, cell
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict, dataclass
 
 from .. import corpora
@@ -137,6 +138,10 @@ def load_documents(options: PerplexityOptions, lengths, tokenizer, bos: int | No
                                sample=options.sample, seed=seed, text_field=options.text_field)
     if vocab_size is not None:  # stored input_ids made for another tokenizer
         corpora.check_token_ids(docs, vocab_size, options.dataset)
+    flag, asked = ("--sample", options.sample) if options.sample is not None else ("--docs", options.docs)
+    if asked is not None and len(docs) < asked:  # fewer than asked: said, not silent (the tables hold n_docs)
+        print(f"warning: {flag} {asked} asks for {asked} documents, but only {len(docs)} of {options.dataset} have "
+              f"≥ {min_tokens} tokens; the run uses those {len(docs)}.", file=sys.stderr)
     if options.protocol == "truncated":
         shortest = min(d.ids.numel() for d in docs) + (bos is not None)
         if shortest < max(lengths):
