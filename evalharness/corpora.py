@@ -1,42 +1,9 @@
-"""Document corpora for long-context evaluation.
+"""Document corpora: each source is a `CorpusSource` registered in `CORPORA` (or `local:PATH`) that
+yields `Document`s in a stable order; `load_corpus` tokenizes them without special tokens (token-id
+sources are used as stored, `check_token_ids` refusing ids outside the vocabulary), filters by
+length, selects the first `n_docs` or a seeded sample, and caches the ids per corpus and tokenizer.
 
-Every corpus is a `CorpusSource` registered under a name in `CORPORA`
-(or given as `local:PATH`).  A source yields `Document` objects in a
-stable order; `load_corpus` tokenizes them (without special tokens),
-filters by length and selects either the first `n_docs` documents (the YaRN
-paper's choice) or a seeded random sample.
-
-Sources:
-
-* Hugging Face datasets (`govreport`, `proofpile`, `pg19`): loaded with
-  `datasets.load_dataset`; they need the local HF cache or network, and fail
-  fast with a `CorpusError` when neither is available, or when `datasets` refuses them as
-  script-based (the sentence names the alternatives).
-* `hf:OWNER/NAME[:SPLIT]` or `hf:OWNER/NAME:CONFIG:SPLIT`: any Hugging Face dataset (split `test`
-  unless given, field `text`), loaded like the named ones; doc ids `<split>/<row>`, and
-  `dataset_label` is the dataset id (`:SPLIT` kept unless `test`), e.g. the authors'
-  pre-tokenized `hf:emozilla/proofpile-test-tokenized`.
-* Debian packages, usable fully offline: `coq-stdlib` (the `.v` sources of
-  `libcoq-stdlib`) and `debian-policy` (the plain-text manuals of
-  `debian-policy`).
-* `local:PATH`: a folder of `.txt` files, a `.jsonl` file (read line by line: document id =
-  line index, blank lines skipped, each bad line named) or a `.parquet` file (read with the
-  `datasets` parquet builder: document id = row index).
-* `NAME=DIR` for a Hugging Face corpus NAME: a local copy of that dataset in its hub
-  layout (`DIR/<split>.jsonl`, `.json`, `.parquet` or shards `<split>-*.parquet`),
-  read with the `datasets` json/parquet builders; same field, same document ids
-  (`<split>/<row>`) and same selection as the hub path, and `dataset_label`
-  is `NAME`.
-
-A source that stores token ids in an `input_ids` column (the authors' pre-tokenized sets, e.g.
-`emozilla/proofpile-test-tokenized`; local `.jsonl`/`.parquet` files, hub corpora and their
-local copies) is read as it is, without tokenizing (unless another `text_field` is named): the ids
-count as document tokens without special tokens, so the protocols add BOS as for text, and
-`check_token_ids` refuses ids outside the model's vocabulary.
-
-Token ids of whole corpora are cached on disk, keyed by the corpus (name, text
-field, identity of its files or dataset) and by a fingerprint of the tokenizer,
-so a second `load_corpus` call does not tokenize again.
+Sources and selection: docs/tasks-and-protocols.md#corpora (the `--dataset` list: docs/cli.md)
 """
 
 from __future__ import annotations

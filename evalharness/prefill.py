@@ -1,24 +1,9 @@
 """Chunked prefill: the decoder's forward over a long window in chunks of C tokens through the
-model's own KV cache.
+model's own KV cache, each chunk's hidden states final (and scored) once it has run; dynamic methods
+scale for the whole window's length, so the result equals the one-shot forward up to rounding.
+`choose_prefill_chunk` / `plan_prefill` make the `--prefill-chunk` choice with its memory estimate.
 
-One-shot (`use_cache=False`, the default engine) runs the decoder once over all T tokens; its
-memory grows with T (every layer's activations, and with SDPA on sliding-window layers a full
-T×T mask and T² scores of which only T·window are used). Chunked, chunk k runs the tokens
-[k·C, (k+1)·C) with the keys and values of the earlier tokens in the cache the model's forward
-creates (transformers' `DynamicCache` built from the config: full layers keep every key, sliding
-layers only the last window − 1), so activations are bounded by C and a sliding layer costs
-O(T·(C + window)). The hidden states of a chunk are final once it has run (the model is causal),
-so the caller scores them at once and drops them. The result equals the one-shot forward up to
-floating-point rounding (different matmul shapes).
-
-Dynamic methods scale by the length of the forward (max position + 1). A chunk sees only a part
-of the window, so the prefill fixes the length the harness's rotary modules scale for to the
-whole window's (`scaling.fixed_dynamic_length`): every chunk rotates exactly as the one-shot
-forward does.
-
-`--prefill-chunk` (`options.parse_prefill_chunk`): a chunk, `auto` or `off`; `choose_prefill_chunk`
-is the automatic choice (chunk only when the one-shot plan would not fit), `plan_prefill` the
-choice with its memory estimate (the engine and `--dry-run` both use it).
+Memory and cost: docs/models.md#chunked-prefill---prefill-chunk-nautooff
 """
 from __future__ import annotations
 

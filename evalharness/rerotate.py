@@ -1,26 +1,9 @@
-"""A KV cache for dynamic scaling that keeps every cached key rotated at the current scale.
+"""`RerotatingCache`: a KV cache for dynamic scaling that keeps every cached key rotated at the
+current length's scale, re-rotating the cached keys in place whenever the scale changes (the YaRN
+paper's advice, arXiv 2309.00071 §3.3). Deeper layers' cached keys and values stay those computed
+at each token's own step.
 
-With Dynamic NTK / Dynamic YaRN the RoPE scale s = max(1, n/L) follows the length n of the
-sequence, so past L it changes with every generated token. The YaRN paper (Peng et al., 2023,
-arXiv 2309.00071, §3.3) notes that with dynamic scaling the kv-embeddings should be cached before
-RoPE is applied, since every token's rotation changes when s changes. `RerotatingCache` does the
-equivalent without touching the attention code: it caches keys as the attention rotated them and,
-when a forward arrives whose length n' has another scale than the cached keys' n, re-rotates the
-cached keys of each layer in place before appending the new ones:
-
-    k(p) ← (a(n') / a(n)) · R(p · (θ(n') − θ(n))) · k(p)
-
-for every cached position p, on the first `rotary_dim` channels, where θ(n) are the method's
-inverse frequencies and a(n) its attention scale at length n (`ScaledRotaryEmbedding.frequencies`),
-and R the rotate-half rotation the models apply (rotations by angles of the same pair compose
-additively, so this equals rotating the pre-RoPE key by p·θ(n') and scaling by a(n')).
-
-What this is and is not: attention at step n' sees every key rotated at the scale of n', as a
-forward over the whole sequence would; the hidden states that produced the cached keys and values
-of deeper layers are still those of the step at which each token was processed (a cache-free
-forward would recompute them at the new scale). It is the paper's recommended way of decoding with
-a dynamic method and costs one prefill + one token per step; the tasks' greedy decoding and generation
-use it when asked (`--dynamic-cache rerotate`), and full forwards otherwise.
+Formula and cost: docs/performance.md#re-rotated-kv-cache
 """
 from __future__ import annotations
 

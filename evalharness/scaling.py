@@ -1,26 +1,9 @@
-"""Apply a `ScalingSpec` to a loaded transformers model.
+"""Apply a `ScalingSpec` to a loaded transformers model: every rotary-embedding module is swapped for
+a `ScaledRotaryEmbedding` computing cos/sin from `methods.rope_frequencies` (the original kept,
+`restore_original`; another spec needs no reload). Dynamic methods use s = max(1, l/L) for the
+current forward's length l. L lives in the spec; `config.max_position_embeddings` is never modified.
 
-Every rotary-embedding module of the model (Llama, Mistral, Qwen2, Gemma, Gemma2, GPT-NeoX, …:
-the library's standard layout `forward(x, position_ids[, layer_type]) -> (cos, sin)`) is swapped
-for one `ScaledRotaryEmbedding` that computes cos/sin from `methods.rope_frequencies`. The
-original module is kept (`restore_original`), and another spec can be applied to the same weights
-without a reload.
-
-Dynamic methods read the length of the current forward (max position + 1) and rotate with
-s = max(1, l/L) for that length; they never use s < 1. Note the known trap (YaRN paper App. B.3):
-a KV cache holds keys rotated at an earlier length's scale, so dynamic methods are exact only
-when each forward sees the whole sequence (`use_cache=False`, or a fresh cache per step).
-
-The original context L lives in the spec (`spec.original_ctx`), never in
-`config.max_position_embeddings`, which this module does not modify. Its default is the config's
-`original_max_position_embeddings` when the model ships one, else `max_position_embeddings`.
-
-`native` keeps the rotary modules the model was loaded with (transformers computes the shipped
-`rope_parameters`: default, linear, dynamic, yarn, llama3, longrope, …). Shipped length-dependent
-types are made stateless: transformers' dynamic RoPE caches the largest length seen and only resets
-below L, so each forward here first clears that cache and the frequencies are those of the current
-length. Every other method starts from plain RoPE with the shipped rope_theta, so on a model that
-ships scaling `base` is unscaled RoPE, not the shipped one (`shipped_rope` says what ships).
+Behaviour, `native` and the KV-cache trap: docs/models.md#applying-a-method
 """
 from __future__ import annotations
 

@@ -1,50 +1,9 @@
-"""Passkey retrieval: the YaRN paper's long-context test as a length × depth grid.
+"""Passkey retrieval (YaRN paper §4.3.2 / Table 5) as a length × depth grid: `build_prompt` (the
+paper's prompt, never longer than the target length), a seeded 5-digit key per cell, and the paper's
+rule (greedy ≤ 10 tokens; correct when the first integer equals the key), with the KV cache used only
+while the RoPE scale cannot change (`cache_reusable`).
 
-Protocol (YaRN paper, arXiv 2309.00071, §4.3.2 / Table 5, after Mohtashami & Jaggi's landmark-
-attention test; text and rules as the paper gives them). The prompt is five lines joined by "\\n":
-
-1. `There is an important info hidden inside a lot of irrelevant text. Find it and memorize them.
-   I will quiz you about the important information there.`
-2. filler before the needle
-3. `The pass key is {k}. Remember it. {k} is the pass key.`
-4. filler after the needle
-5. `What is the pass key? The pass key is`
-
-The filler is a stream of the five sentences of `The grass is green. The sky is blue. The sun is
-yellow. Here we go. There and back again.` repeated (each filler line starts at "The grass is
-green."; n whole repetitions of the sentence are exactly `" ".join([FILLER] * n)`, the authors'
-text). Sizing (`build_prompt`): BOS (when the tokenizer has one) + the prompt's tokens land
-at most the target length and within a few tokens of it. The number of filler sentences is the
-largest that fits; the last few tokens of slack are filled with the first words of the next
-filler sentence at the end of the after-filler (word granularity, never splitting a word).
-
-Depth d ∈ [0, 1] is the fraction of the filler's whole sentences placed before the needle:
-`round(d · N)` of N, so the needle always sits on a sentence boundary (the paper draws the depth
-uniformly at random; this harness runs a grid of depths instead, so every depth is covered).
-
-The key is a 5-digit integer (10000–99999; the authors' script draws 1–50000, the paper says
-5 digits) from `random.Random(cell_seed(seed, length, depth, trial))`: each cell's key is
-reproducible on its own, independent of run order.
-
-Scoring. *The paper's rule* (the only score; `scoring` = `paper` in the rows and cell keys): greedy
-decoding of at most 10 new tokens, exactly what `model.generate(do_sample=False,
-max_new_tokens=10)` produces; correct when the first integer in the decoded continuation
-(regex `\\d+`, compared with `int`) equals the key. So " 41568." and ": 41568" are right,
-" 415680", " a magical number" and a key cut off by the 10-token cap are wrong.
-
-Cost (`greedy_decode`): step i predicts token i from a forward spanning P + i positions.
-Static methods: one prefill over the prompt with the KV cache, then one-token steps on the cache:
-about the cost of one forward. Dynamic methods rotate with s = max(1, l/L) for the forward's length
-l, so keys cached at one length are rotated with the wrong scale at another (YaRN paper App. B.3):
-the cache is used only while the scale stays the same (P + i ≤ L); past L the scale changes at
-every step and each step is a full forward without cache, as a cache-free `generate`. Decoding
-stops at EOS or once the first integer is complete (`outcome_decided`): later tokens cannot
-change the score, and `continuation` holds the greedy tokens decoded up to there.
-
-*key_forced_argmax* (an extra column, not a score): feeding the key's canonical tokens after the
-prompt, the argmax at every key position is the next key token, i.e. greedy decoding starts with
-exactly the key's tokens. Read off the greedy tokens at no cost. It ignores what follows the key
-(" 415680" passes) and fails an answer with a prefix (": 41568"), which the paper's rule passes.
+Protocol and cost: docs/tasks-and-protocols.md#passkey
 """
 from __future__ import annotations
 

@@ -1,33 +1,9 @@
-"""The perplexity engine: per-token negative log-likelihood of long documents.
+"""The perplexity engine: per-token NLL of long documents under the truncated and sliding-window
+protocols. The decoder runs once per window without KV cache or mask tensor (or chunk by chunk,
+`prefill.py`); the LM head + cross-entropy run in float32 chunks over scored positions only (the
+[T, vocab] logits never exist); the same NLLs give the loss by position with no extra forward.
 
-Memory discipline: the decoder runs once over the window (`use_cache=False`, no attention-mask
-tensor, so attention takes the causal path), and the LM head + cross-entropy run over the final
-hidden states in chunks of positions, accumulating in float32. The full [T, vocab] logits never
-exist (at 128k tokens × 32k vocab they would be 17 GB in fp32); only positions that are scored
-pass through the head.
-
-Protocols (YaRN paper §4.3 and the authors' final `eval/perplexity.py`; documents are token ids
-without special tokens):
-- truncated: for each length L, the first L tokens of the document in one window — BOS (when the
-  tokenizer has one) + L−1 document tokens — scoring every token after the first (all L−1 document
-  tokens, the first one given BOS alone). Because the model is causal, token t's NLL does not depend
-  on tokens after t, so for a static method one pass at L_max gives the curve at every L ≤ L_max
-  (`truncated_curve`). This is the authors' `--truncate` mode exactly.
-- sliding window L, stride S (`document_windows`), two ways to place BOS:
-  `every` (the authors' algorithm, the default): window k reads BOS + document tokens
-  [k·S, k·S + L−1); it scores the tokens past the previous window's end (the first window scores all
-  of its document tokens, the first one given BOS alone).
-  `first` (the transformers perplexity recipe): BOS once, before the document; windows of L tokens of
-  that sequence start every S tokens; the first scores all its tokens but the first, each later one
-  the tokens past the previous window's end.
-  Without a BOS token both read windows of L document tokens.
-Aggregates of a document (`DocScore`): token-weighted exp(Σ nll / Σ scored tokens), and the authors'
-exp(mean over windows of each window's mean NLL) (`ppl_paper`); `results.aggregate_perplexity` takes
-the latter over all windows of all documents, as the authors do.
-
-Loss by position (`PositionBuckets`): the same per-token NLLs, summed per bucket of positions inside
-the window the model read (position 0 = the window's first token, BOS when there is one), so a
-pass yields the NLL-vs-position curve with no extra forward.
+Protocols: docs/tasks-and-protocols.md#perplexity; cost: docs/performance.md#how-it-works
 """
 from __future__ import annotations
 

@@ -1,47 +1,9 @@
-"""RULER (Hsieh et al., 2024, arXiv 2404.06654) on the scaled model, through lm-eval's own RULER tasks.
+"""RULER through lm-eval's own tasks: `RulerCells` is the runner task `ruler`, one cell per (scaling
+spec, RULER task, length) run by `lm_eval.simple_evaluate` on the scaled model object. Every method
+and resumed run sees the same prompts; a cell's score (the mean of the per-sample metric) must equal
+lm-eval's aggregate; errors inside lm-eval fail the cell, errors in evalharness's own code propagate.
 
-Contract: `RulerCells` is the runner task `ruler`. A cell is one (scaling spec, RULER task, context
-length); it runs `lm_eval.simple_evaluate` on the scaled model object (the leaderboard's
-`wrap_model`: never reloaded, explicit max_length = length + `MAX_GEN_TOKENS`, batch size 1 for
-dynamic methods). lm-eval's generators build the prompts: each task's YAML in lm-eval's `ruler`
-folder is loaded by a `TaskManager` that indexes only that folder, with the task metadata
-`tokenizer` = the model's own tokenizer (saved with `save_pretrained` to a temporary folder) and
-`max_seq_lengths` = [length], so every prompt + 128 generated tokens fits the length as the model
-counts tokens. `limit` bounds the samples per cell (lm-eval keeps the first `limit` of the
-generated ones); the four lm-eval seeds are lm-eval's defaults or all `seed` (`lm_eval_seeds`). lm-eval's
-generators make 500 samples per (task, length) whatever the limit, so the Task is built once per (task,
-length) and handed to every method's `simple_evaluate` (`_lm_eval_task`): seeded as simple_evaluate
-seeds, with a generator holding random state of its own (cwe) re-imported first (`fresh_generator`),
-so every method and every resumed run sees the same prompts.
-
-KV cache: lm-eval generates with the model's KV cache only where `passkey.cache_reusable` holds
-over the whole generation (static methods always; dynamic methods only while prompt + generation
-stay ≤ L, where the scale is 1); otherwise every step is a full forward (`leaderboard.lm`), unless
-`--dynamic-cache rerotate` asks for the re-rotated cache (`rerotate`), recorded in each dynamic
-cell's manifest entry (a folder never mixes the two: `check_dynamic_cache`).
-
-Chunked prefill: where the cell generates on the plain KV cache, `prefill_chunk` (tokens, `auto` or
-None, as `--prefill-chunk`) chooses the chunk by `prefill.prefill_chunk_for` at length + 128, and
-transformers' `generate` prefills the prompt in chunks of that many tokens (its
-`prefill_chunk_size`); generation that is not on the plain cache (full forwards, the re-rotated
-cache) is one-shot.
-
-Score of a cell: the mean over its samples of the task's own per-sample metric (lm-eval's
-`process_results` stores it under the key `str(length)`: RULER's string_match_all, the fraction of
-the expected strings found in the prediction); stderr = sample standard deviation / √n. The
-per-sample values go to ruler_samples.csv (the paired comparisons pair them by doc_id) and the
-cell's (score, n, stderr) to ruler.csv; lm-eval's own aggregate for that length (`"<length>,none"`
-in its results) must equal the score, else the cell fails. lm-eval's results JSON (with
-`save_samples` also its per-sample log) goes to OUT/lm_eval/<method>_<factor>_<task>_<length>.json.
-
-Failures: an exception raised inside lm-eval or its generators fails the cell (`RulerTaskFailure`,
-one sentence; a task whose data must be downloaded says so when it is unreachable; a missing
-wonderwords/nltk names the package) and the run goes on; one raised in evalharness's own code (the
-LM wrapper, the scoring) is a bug and propagates (`errors.delegated_failures`). `ruler_vt` and
-`ruler_cwe` are refused up front where lm-eval's generator would never return or would make samples
-with nothing to find (`generator_problem`: vt's few-shot example must fit 500 tokens of the model's
-tokenizer, which a byte-level tokenizer never does; cwe's smallest prompt of 10 words must fit the
-length).
+Protocol: docs/tasks-and-protocols.md#ruler
 """
 from __future__ import annotations
 
