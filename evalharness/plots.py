@@ -243,8 +243,8 @@ def length_axis(ax, context_length: pd.Series) -> None:
 
 
 def fit_titles(fig: Figure) -> None:
-    """Wraps each panel title wider than its panel onto more lines (at spaces), so no title is cut
-    at the figure's edge or runs into its neighbour's."""
+    """Wraps each panel title wider than its panel onto more lines (`wrap_at_commas`), so no title
+    is cut at the figure's edge or runs into its neighbour's."""
     renderer = fig.canvas.get_renderer()
     fig.draw_without_rendering()  # the constrained layout places the panels
     for ax in fig.axes:
