@@ -500,6 +500,8 @@ def test_bare_form_means_eval_and_commands_parse_their_own_options():
     (["--rotary-dim", "128", "--rope-theta", "0", "--original-ctx", "4096"], "rope base 0.0 is not valid"),
     (["--rotary-dim", "3", "--rope-theta", "10000", "--original-ctx", "4096"], "rotary dimension 3 is not valid"),
     (["--rotary-dim", "128", "--rope-theta", "1e308", "--original-ctx", "4096"], "--rope-theta 1e308 must be ≤"),
+    (["--model", "random:tiny", "--factor", "2,,4"], "--factor: factor list '2,,4' has an empty item"),
+    (["--model", "random:tiny", "--method", ",yarn"], "--method ',yarn' has an empty item"),
 ])
 def test_methods_refuses_bad_dimensions_before_printing(capsys, argv, message):
     """`methods` checks |D| and b (0 is a value, not a missing option) and computes every row before

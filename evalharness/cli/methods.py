@@ -6,7 +6,7 @@ import argparse
 from .. import models
 from ..errors import UsageError
 from ..methods import check_dims, describe
-from ..options import bounded_count, finite_number
+from ..options import bounded_count, checked_text, finite_number, parse_factors
 from ..runner import resolve_specs
 from ..scaling import layer_rope_bases, rotary_modules
 from .common import EXIT_OK, build_specs
@@ -29,7 +29,8 @@ def add_methods_arguments(p: argparse.ArgumentParser) -> None:
                    help="read |D|, rope base and L from this model's config (default: none; give the three below)")
     p.add_argument("--method", default=ALL_METHODS, help="comma list of methods, as eval's --method "
                                                          "(default: %(default)s)")
-    p.add_argument("--factor", default="2", help="comma list of scale factors s (default: %(default)s)")
+    p.add_argument("--factor", type=checked_text("--factor", parse_factors), default="2",
+                   help="comma list of scale factors s (default: %(default)s)")
     p.add_argument("--original-ctx", type=bounded_count("--original-ctx"), default=None,
                    help="pre-trained context L (default: the model's)")
     p.add_argument("--rotary-dim", type=bounded_count("--rotary-dim", 2, 65536), default=None,
@@ -59,7 +60,8 @@ def number_text(value) -> str:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     rotary_dim, theta, native = args.rotary_dim, args.rope_theta, args.original_ctx
-    model = None
+    model, banner = None, None
+    build_specs(args.method, args.factor, None)  # the method list is checked before a model loads
     if args.model:
         model, _, info = models.load(args.model, dtype="float32", device="cpu", weights=False)
         rotary_dim = info.rotary_dim if rotary_dim is None else rotary_dim
@@ -67,9 +69,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
         native = info.native_ctx if native is None else native
         bases = layer_rope_bases(model.config)
         thetas = ", ".join(f"{t} {b:g}" for t, b in bases.items()) if bases else f"{info.rope_theta:g}"
-        print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={thetas}, "
-              f"native context {info.native_ctx}" + ("; the table is for the full-attention layers "
-                                                     "(--rope-theta for another base)" if bases else ""))
+        banner = (f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, rope_theta={thetas}, "
+                  f"native context {info.native_ctx}" + ("; the table is for the full-attention layers "
+                                                         "(--rope-theta for another base)" if bases else ""))
     if rotary_dim is None or theta is None or native is None:
         raise UsageError("methods needs --model, or all of --rotary-dim, --rope-theta and --original-ctx.")
     check_dims(rotary_dim, theta)
@@ -84,6 +86,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
             for spec in specs]  # every row computed (and checked) before anything is printed
     header = (f"{'spec':<16}{'s':>7}{'ramp':>10}{'inv_freq[0]':>13}{'inv_freq[-1]':>14}{'max λ':>12}"
               f"{'interp.':>9}{'attn':>8}")
+    if banner:
+        print(banner)
     print(f"|D|={rotary_dim}, b={theta:g}, L={native}; dynamic methods shown at l={seq_len}")
     print(header)
     for spec, row in rows:
