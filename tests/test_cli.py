@@ -421,6 +421,21 @@ def test_parquet_corpus_shows_no_progress_bar_under_no_progress(tmp_path, capsys
     assert "Generating" not in err and "%|" not in err, err
 
 
+def test_a_reader_that_stops_ends_the_output_quietly(tmp_path):
+    """`run_eval.py methods … | head -0`: the pipe is closed before the first line is written; the
+    run ends with exit code 141 (128 + SIGPIPE) and no traceback, not even at the flush on exit."""
+    import subprocess
+
+    from conftest import run_eval_command, subprocess_env
+
+    proc = subprocess.Popen(run_eval_command("methods", "--model", "random:tiny"), env=subprocess_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command prints anything
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == cli.EXIT_BROKEN_PIPE, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
 @pytest.mark.machine
 @pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])
 def test_sigint_during_start_up_is_one_line_and_exit_130(corpus, tmp_path, delay):

@@ -27,7 +27,15 @@ import transformers
 from ..errors import EvalHarnessError, UsageError
 from ..results import ResultWriteError
 from ..taskfiles import apply_task_file, given_options, options_parser
-from .common import EXIT_CELLS_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WRITE_FAILED, Command
+from .common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CELLS_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_WRITE_FAILED,
+    Command,
+)
 from .compare import add_compare_arguments, cmd_compare
 from .effective_context import (
     add_effective_context_command_arguments,
@@ -140,12 +148,17 @@ def terminate_like_ctrl_c() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one invocation; Ctrl-C (or SIGTERM) at any moment is one line and exit code 130."""
+    """Run one invocation; Ctrl-C (or SIGTERM) at any moment is one line and exit code 130; output
+    piped into a reader that stops (`| head`) ends it quietly with exit code 141."""
     try:
         return run(argv)
     except KeyboardInterrupt:
         print("interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader is gone: later writes (and the flush at exit) go nowhere instead of raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def run(argv: list[str] | None) -> int:
@@ -165,5 +178,6 @@ def run(argv: list[str] | None) -> int:
         return EXIT_WRITE_FAILED
 
 
-__all__ = ["COMMANDS", "EXIT_CELLS_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "EXIT_WRITE_FAILED",
+__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_CELLS_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE",
+           "EXIT_WRITE_FAILED",
            "EvalHarnessError", "UsageError", "build_parser", "main", "parse_args"]

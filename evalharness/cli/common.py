@@ -20,6 +20,7 @@ from ..results import SCHEMAS, atomic_write_text
 
 EXIT_OK, EXIT_CELLS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_WRITE_FAILED = 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process a closed pipe ended
 
 
 @dataclass(frozen=True)
