@@ -27,11 +27,11 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .errors import failure_text, is_cell_failure
+from .errors import UsageError, failure_text, is_cell_failure
 from .parallel import Shard
 from .plan import Cell, Plan
 from .progress import CellProgress
-from .results import now
+from .results import now, read_manifest
 from .scaling import apply_scaling, resolve_spec
 
 
@@ -120,6 +120,32 @@ def record_cells_found_in_tables(session: Session, done: Sequence[str]) -> None:
     if missing:
         session.manifest.merge_cells({name: {"status": "done", "from_tables": True, "time": now()}
                                       for name in missing})
+
+
+def check_same_numerics(out_dir: Path, model_name: str, dtype: str, sliding_window: int | None) -> None:
+    """UsageError when the folder holds results of `model_name` computed in another dtype or with
+    another sliding-window attention: no table column tells such rows apart, so a resume computes as
+    the earlier runs did (or goes to another --out)."""
+    path = Path(out_dir) / "manifest.json"
+    runs = read_manifest(path, quiet=True).get("runs", []) if path.exists() else []
+    for run in runs:
+        info = run.get("model_info") or {}
+        if info.get("name") != model_name:
+            continue  # another model: its rows carry its own name
+        if info.get("dtype") not in (None, dtype):
+            raise UsageError(f"{str(out_dir)!r} holds {model_name} results computed in {info['dtype']}; this run "
+                             f"would compute in {dtype} and mix both in tables that have no dtype column: give "
+                             f"--dtype {info['dtype']} to resume, or another --out.")
+        window = run.get("sliding_window_attention")
+        if window is not None and window.get("applied") != sliding_window:
+            def text(size):
+                return "off" if size is None else f"of {size} tokens"
+
+            earlier = window.get("applied")
+            raise UsageError(f"{str(out_dir)!r} holds {model_name} results computed with sliding-window attention "
+                             f"{text(earlier)}; this run's is {text(sliding_window)}: give "
+                             f"--sliding-window-attention {'off' if earlier is None else earlier} to resume, or "
+                             "another --out.")
 
 
 def resume_line(done: int, total: int) -> str:

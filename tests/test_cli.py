@@ -80,6 +80,27 @@ def test_a_run_ends_with_figures_and_report(corpus, tmp_path, capsys):
     assert run(["plot", str(tmp_path / "missing")]) == cli.EXIT_USAGE
 
 
+def test_a_resume_computes_as_the_earlier_runs_did(corpus, tmp_path, capsys):
+    """A folder with float32 results of a model: the same model in bfloat16 into it is refused, dry
+    run too, before anything is written; the same settings resume (sliding-window attention:
+    test_models.py)."""
+    out = tmp_path / "run"
+    assert run(base_args(corpus, out, method="base", lengths="64")) == cli.EXIT_OK
+    tables = {p.name: p.read_bytes() for p in out.glob("*.csv")}
+    manifest = (out / "manifest.json").read_bytes()
+    capsys.readouterr()
+    for extra in (["--dtype", "bfloat16"], ["--dtype", "bfloat16", "--dry-run"]):
+        assert run(base_args(corpus, out, *extra, method="base", lengths="64")) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.strip() == (f"error: {str(out)!r} holds random:tiny results computed in float32; this run would "
+                               "compute in bfloat16 and mix both in tables that have no dtype column: give --dtype "
+                               "float32 to resume, or another --out."), err
+    assert {p.name: p.read_bytes() for p in out.glob("*.csv")} == tables
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert run(base_args(corpus, out, "--dtype", "float32", method="base", lengths="64")) == cli.EXIT_OK
+    assert "3 of 3 cells already done; nothing to compute." in capsys.readouterr().err
+
+
 def test_interrupted_run_resumes_to_the_same_tables(corpus, tmp_path, monkeypatch):
     full = tmp_path / "full"
     assert run(base_args(corpus, full)) == cli.EXIT_OK

@@ -645,6 +645,13 @@ def test_sliding_window_cli_records_and_warns(corpus, tmp_path, capsys):
                 ["sliding_window_attention"] for name in ("default", "off")}
     assert recorded["default"] == {"config": 16, "option": None, "applied": 16}
     assert recorded["off"] == {"config": 16, "option": "off", "applied": None}
+    # a resume computes as the earlier runs did: the windowed folder refuses a run without the window
+    before = (tmp_path / "default" / "perplexity_docs.csv").read_bytes()
+    assert run(folder, corpus, tmp_path / "default", "--sliding-window-attention", "off", method="base",
+               lengths="16,32") == cli.EXIT_USAGE
+    assert ("computed with sliding-window attention of 16 tokens; this run's is off: give "
+            "--sliding-window-attention 16 to resume") in capsys.readouterr().err
+    assert (tmp_path / "default" / "perplexity_docs.csv").read_bytes() == before
     default = pd.read_csv(tmp_path / "default" / "perplexity_docs.csv").set_index(["doc_id", "context_length"])
     off = pd.read_csv(tmp_path / "off" / "perplexity_docs.csv").set_index(["doc_id", "context_length"])
     assert (default.xs(16, level=1)["nll_sum"] - off.xs(16, level=1)["nll_sum"]).abs().max() < 1e-3

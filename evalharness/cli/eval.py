@@ -333,6 +333,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lengths = list(context.common.lengths)
     window_info = sliding_window_setup(model, args.sliding_window_attention, lengths,
                                        any(d.own_forward for d in definitions.values()))
+    runner.check_same_numerics(context.out, info.name, info.dtype, window_info["applied"])
     specs = runner.resolve_specs(model, build_specs(args.method, args.factor, args.original_ctx))
     check_specs_against_model(specs, info, max(lengths))
     if any(d.lengths_matter for d in definitions.values()):
