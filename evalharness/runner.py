@@ -18,6 +18,7 @@ Contract:
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -120,6 +121,37 @@ def record_cells_found_in_tables(session: Session, done: Sequence[str]) -> None:
     if missing:
         session.manifest.merge_cells({name: {"status": "done", "from_tables": True, "time": now()}
                                       for name in missing})
+
+
+def check_same_settings(out_dir: Path, settings: dict[str, dict], args: dict) -> None:
+    """UsageError when an earlier run of the same model (`args["model"]`) in the folder ran a task
+    of `settings` (task → {option: value}, destination names) with another value of one of them:
+    its cells are done and a resume would keep their counts under this run's setting."""
+    path = Path(out_dir) / "manifest.json"
+    runs = read_manifest(path, quiet=True).get("runs", []) if path.exists() else []
+    for run in runs:
+        earlier = run.get("args") or {}
+        if earlier.get("model") != args.get("model"):
+            continue
+        ran = {t.strip() for t in str(earlier.get("tasks", "")).split(",")}
+        for task, values in settings.items():
+            for name, value in values.items():
+                value = json.loads(json.dumps(value))  # as the manifest holds it (a map's keys as text)
+                if task in ran and name in earlier and earlier[name] != value:
+                    flag = "--" + name.replace("_", "-")
+                    raise UsageError(f"{str(out_dir)!r} holds {task} results of {args['model']} computed with "
+                                     f"{flag} {option_text(earlier[name])}; this run gives {option_text(value)}, "
+                                     "and the cells already done would keep their first count: give "
+                                     f"{flag} {option_text(earlier[name])} to resume, or another --out.")
+
+
+def option_text(value) -> str:
+    """An option's value as a command line writes it: `none` for unset, `a=1,b=2` for a per-task map."""
+    if value is None:
+        return "none (not given)"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def check_same_numerics(out_dir: Path, model_name: str, dtype: str, sliding_window: int | None) -> None:

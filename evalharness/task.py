@@ -69,6 +69,9 @@ class TaskDefinition:
     lengths_matter: bool = True
     # one `eval` command line of this task for `eval --help`'s examples (what follows `run_eval.py`)
     example: str = ""
+    # options (destination names) that change a cell's numbers but are in no table key (how many
+    # samples a cell scores): a resume into the folder must give them as its earlier runs did
+    resume_options: tuple[str, ...] = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this task's argument group to the `eval` parser (a group shared by two tasks of one

@@ -307,7 +307,7 @@ def test_mirrors_are_lm_evals_own_tasks_with_local_data(data_dir, tmp_path):
     assert load_yaml(out / "arc_challenge_local" / "arc_challenge_local.yaml", resolve_func=False)["num_fewshot"] == 25
 
 
-def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatch):
+def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatch, capsys):
     from evalharness import cli
 
     monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path / "cache"))
@@ -328,6 +328,16 @@ def test_cli_runs_the_leaderboard_on_local_copies(data_dir, tmp_path, monkeypatc
     recorded = [cell["lm_eval_json"] for name, cell in json.loads((out / "manifest.json").read_text())["cells"].items()
                 if name.startswith("leaderboard|")]
     assert sorted(recorded) == sorted(f"lm_eval/{p.name}" for p in (out / "lm_eval").glob("*.json"))
+    # a resume with another --limit would keep the cells' first counts: refused before any load or write
+    table = (out / "leaderboard.csv").read_bytes()
+    for limit in ("3", "arc_challenge=2"):
+        code = cli.main(["--model", "random:tiny", "--method", "base,yarn", "--factor", "4", "--tasks", "leaderboard",
+                         "--leaderboard-tasks", "arc_challenge,truthfulqa_mc2", "--leaderboard-data", str(data_dir),
+                         "--limit", limit, "--out", str(out), "--no-progress", "--no-plots", "--dry-run"])
+        assert code == cli.EXIT_USAGE
+        assert (f"holds leaderboard results of random:tiny computed with --limit 2; this run gives {limit}, and the "
+                "cells already done would keep their first count: give --limit 2 to resume") in capsys.readouterr().err
+    assert (out / "leaderboard.csv").read_bytes() == table
     given = cli.parse_args(["--model", "random:tiny", "--seed", "0"])
     assert (given.seed, getattr(given, "seed_given", False)) == (0, True)
     assert getattr(cli.parse_args(["--model", "random:tiny"]), "seed_given", False) is False

@@ -263,6 +263,11 @@ def test_ruler_cli_offline_scores_equal_lm_eval(tmp_path, monkeypatch, capsys, t
     monkeypatch.setattr("lm_eval.simple_evaluate", must_not_run)
     assert cli.main(argv + ["--no-plots"]) == cli.EXIT_OK
     assert len(pd.read_csv(out / "ruler.csv")) == 4
+    capsys.readouterr()
+    more = [item if item != "2" or argv[i - 1] != "--ruler-samples" else "3" for i, item in enumerate(argv)]
+    assert cli.main(more + ["--no-plots"]) == cli.EXIT_USAGE  # done cells would keep their 2 samples
+    assert "computed with --ruler-samples 2; this run gives 3" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "ruler.csv")) == 4
 
 
 @pytest.mark.slow

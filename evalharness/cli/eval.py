@@ -320,6 +320,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     context = plan_run(args)
     references, rules = given_report_options(args)
     definitions = {name: registry.definition(name) for name in context.tasks}
+    recorded = recorded_args(args, context)
+    runner.check_same_settings(context.out, {name: {option: recorded.get(option) for option in d.resume_options}
+                                             for name, d in definitions.items()}, recorded)
     shard = parallel.shard_from_env()
     if not args.dry_run:
         parallel.init_process_group(shard)

@@ -51,6 +51,7 @@ class LeaderboardOptions:
 class Leaderboard(TaskDefinition):
     name = "leaderboard"
     lengths_matter = False
+    resume_options = ("limit", "max_length")  # the items a cell scores, their truncation
 
     def add_arguments(self, parser):
         g = parser.add_argument_group("leaderboard (lm-eval)")

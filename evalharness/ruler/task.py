@@ -24,6 +24,7 @@ class RulerOptions:
 
 class Ruler(TaskDefinition):
     name = "ruler"
+    resume_options = ("ruler_samples",)  # the samples a (task, length) cell scores
     example = "--model M --method base,yarn --tasks ruler --ruler-tasks niah_single_1,fwe --lengths 4k,8k"
 
     def add_arguments(self, parser):
