@@ -337,9 +337,9 @@ def length_series(ax, group: pd.DataFrame, value: str, grid: Sequence[float], la
 
 
 def legend(ax, **kwargs) -> None:
-    """The legend every figure uses: small type on a nearly opaque white box, so a line or the L
-    marker that passes behind it does not cross its text."""
-    ax.legend(fontsize="small", frameon=True, framealpha=0.9, facecolor="white", edgecolor="none", **kwargs)
+    """The legend every figure uses: small type on a translucent white box, so a line or the L
+    marker that passes behind it fades under its text but stays visible (no data is hidden)."""
+    ax.legend(fontsize="small", frameon=True, framealpha=0.6, facecolor="white", edgecolor="none", **kwargs)
 
 
 def band(ax, x, low, high, color) -> None:
