@@ -123,12 +123,18 @@ def record_cells_found_in_tables(session: Session, done: Sequence[str]) -> None:
                                       for name in missing})
 
 
-def check_same_settings(out_dir: Path, settings: dict[str, dict], args: dict) -> None:
-    """UsageError when an earlier run of the same model (`args["model"]`) in the folder ran a task
-    of `settings` (task → {option: value}, destination names) with another value of one of them:
-    its cells are done and a resume would keep their counts under this run's setting."""
+def earlier_runs(out_dir: Path) -> list[dict]:
+    """The runs the folder's manifest records (none for a new folder), as `check_same_settings` and
+    `check_same_numerics` compare them with this run."""
     path = Path(out_dir) / "manifest.json"
-    runs = read_manifest(path, quiet=True).get("runs", []) if path.exists() else []
+    return read_manifest(path, quiet=True).get("runs", []) if path.exists() else []
+
+
+def check_same_settings(out_dir: Path, runs: list[dict], settings: dict[str, dict], args: dict) -> None:
+    """UsageError when an earlier run (`runs`) of the same model (`args["model"]`) ran a task of
+    `settings` (task → {option: value}, destination names) with another value of one of them: its
+    cells are done and a resume would keep their counts under this run's setting."""
+    settings = json.loads(json.dumps(settings))  # as the manifest holds values (a map's keys as text)
     for run in runs:
         earlier = run.get("args") or {}
         if earlier.get("model") != args.get("model"):
@@ -136,7 +142,6 @@ def check_same_settings(out_dir: Path, settings: dict[str, dict], args: dict) ->
         ran = {t.strip() for t in str(earlier.get("tasks", "")).split(",")}
         for task, values in settings.items():
             for name, value in values.items():
-                value = json.loads(json.dumps(value))  # as the manifest holds it (a map's keys as text)
                 if task in ran and name in earlier and earlier[name] != value:
                     flag = "--" + name.replace("_", "-")
                     raise UsageError(f"{str(out_dir)!r} holds {task} results of {args['model']} computed with "
@@ -154,12 +159,16 @@ def option_text(value) -> str:
     return str(value)
 
 
-def check_same_numerics(out_dir: Path, model_name: str, dtype: str, sliding_window: int | None) -> None:
-    """UsageError when the folder holds results of `model_name` computed in another dtype or with
-    another sliding-window attention: no table column tells such rows apart, so a resume computes as
-    the earlier runs did (or goes to another --out)."""
-    path = Path(out_dir) / "manifest.json"
-    runs = read_manifest(path, quiet=True).get("runs", []) if path.exists() else []
+def window_text(size: int | None) -> str:
+    """A sliding-window attention as a sentence says it: `off`, `of 4096 tokens`."""
+    return "off" if size is None else f"of {size} tokens"
+
+
+def check_same_numerics(out_dir: Path, runs: list[dict], model_name: str, dtype: str,
+                        sliding_window: int | None) -> None:
+    """UsageError when an earlier run (`runs`) computed results of `model_name` in another dtype or
+    with another sliding-window attention: no table column tells such rows apart, so a resume
+    computes as the earlier runs did (or goes to another --out)."""
     for run in runs:
         info = run.get("model_info") or {}
         if info.get("name") != model_name:
@@ -170,12 +179,9 @@ def check_same_numerics(out_dir: Path, model_name: str, dtype: str, sliding_wind
                              f"--dtype {info['dtype']} to resume, or another --out.")
         window = run.get("sliding_window_attention")
         if window is not None and window.get("applied") != sliding_window:
-            def text(size):
-                return "off" if size is None else f"of {size} tokens"
-
             earlier = window.get("applied")
             raise UsageError(f"{str(out_dir)!r} holds {model_name} results computed with sliding-window attention "
-                             f"{text(earlier)}; this run's is {text(sliding_window)}: give "
+                             f"{window_text(earlier)}; this run's is {window_text(sliding_window)}: give "
                              f"--sliding-window-attention {'off' if earlier is None else earlier} to resume, or "
                              "another --out.")
 

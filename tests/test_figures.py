@@ -372,7 +372,7 @@ def test_positions_intervals_of_two_documents_are_their_two_means():
 
 def test_positions_figure_bands_each_series_measured_on_several_documents():
     docs = positions_docs_frame()
-    fig = plot_nll_by_position(aggregate_positions(docs), intervals=positions_intervals(docs))
+    fig = plot_nll_by_position(aggregate_positions(docs), docs=docs)
     (ax,) = fig.axes
     bands = [c for c in ax.collections if c.get_gid() == "interval"]
     assert len(bands) == 1  # Base only: YaRN's one document has no spread to draw

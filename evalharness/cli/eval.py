@@ -320,9 +320,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     context = plan_run(args)
     references, rules = given_report_options(args)
     definitions = {name: registry.definition(name) for name in context.tasks}
-    recorded = recorded_args(args, context)
-    runner.check_same_settings(context.out, {name: {option: recorded.get(option) for option in d.resume_options}
-                                             for name, d in definitions.items()}, recorded)
+    recorded, runs = recorded_args(args, context), runner.earlier_runs(context.out)
+    runner.check_same_settings(context.out, runs, {name: {option: recorded.get(option) for option in d.resume_options}
+                                                   for name, d in definitions.items()}, recorded)
     shard = parallel.shard_from_env()
     if not args.dry_run:
         parallel.init_process_group(shard)
@@ -336,7 +336,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lengths = list(context.common.lengths)
     window_info = sliding_window_setup(model, args.sliding_window_attention, lengths,
                                        any(d.own_forward for d in definitions.values()))
-    runner.check_same_numerics(context.out, info.name, info.dtype, window_info["applied"])
+    runner.check_same_numerics(context.out, runs, info.name, info.dtype, window_info["applied"])
     specs = runner.resolve_specs(model, build_specs(args.method, args.factor, args.original_ctx))
     check_specs_against_model(specs, info, max(lengths))
     if any(d.lengths_matter for d in definitions.values()):
@@ -374,7 +374,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "documents": [(d.doc_id, int(d.ids.numel())) for d in inputs.computed("documents", [])],
                 "rope": rope_note(model), "sliding_window_attention": window_info}
     if shard.rank == 0:
-        main_manifest.start(recorded_command(sys.argv, args.out or ""), recorded_args(args, context), run_info)
+        main_manifest.start(recorded_command(sys.argv, args.out or ""), recorded, run_info)
         bases = layer_rope_bases(model.config)
         theta = ", ".join(f"{t} {b:g}" for t, b in bases.items()) if bases else f"{info.rope_theta:g}"
         print(f"{info.name}: {info.architecture}, |D|={info.rotary_dim}, theta={theta}, "

@@ -43,9 +43,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         for table in SCHEMAS:  # a damaged table (text in a number column, a score above 1) refused now
             read_table(folder, table)
     for folder in folders:
-        if not args.no_report:
-            record_options(folder, references, rules)
-        record_options(folder, optional_figures=args.optional_figures)
+        report = not args.no_report  # report options are recorded with the report they shape
+        record_options(folder, references if report else None, rules if report else None,
+                       optional_figures=args.optional_figures)
         for path in write_figures_and_report(folder, report=not args.no_report):
             print(path)
     return EXIT_OK

@@ -223,19 +223,23 @@ def _without_temperature_variants(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_nll_by_position(frame: pd.DataFrame, context_length: int | None = None,
-                         intervals: pd.DataFrame | None = None) -> Figure:
+                         docs: pd.DataFrame | None = None) -> Figure:
     """Mean NLL per position bucket, one line per method × factor, at `context_length` (default:
     each panel's largest); L marked (gid `original_ctx`: a dashed line inside the window, an
-    arrow at the edge beyond it); lines have gid `series`; a band (gid `interval`) for each series
-    whose rows have a non-degenerate interval in `intervals` (`positions_intervals`)."""
+    arrow at the edge beyond it); lines have gid `series`; with the per-document table `docs`, a
+    band (gid `interval`) for each drawn series whose bootstrap interval (`positions_intervals`)
+    is not degenerate."""
     if frame.empty:
         return empty_figure("no loss-by-position rows")
     frame = _without_temperature_variants(frame.copy())
     for column in ("mean_nll", "position_start", "position_end", "context_length"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    if intervals is not None and not intervals.empty:
-        frame = _with_intervals(frame, intervals)
-    panels = ordered_groups(frame, [c for c in ("dataset", "protocol", "window_bos", "stride") if c in frame])
+    panel_columns = [c for c in ("dataset", "protocol", "window_bos", "stride") if c in frame]
+    if docs is not None and not docs.empty:  # the bootstrap only for the lengths the panels draw
+        drawn = {context_length or panel["context_length"].max() for _, panel in ordered_groups(frame, panel_columns)}
+        docs = docs[pd.to_numeric(docs["context_length"], errors="coerce").isin(drawn)]
+        frame = _with_intervals(frame, positions_intervals(docs))
+    panels = ordered_groups(frame, panel_columns)
     fig, axes = new_figure(len(panels), ncols=min(len(panels), 2), panel_size=(7.0, 4.8))
     extra = varying(frame, ["run", "model"])
     for ax, (key, panel) in zip(axes, panels):
@@ -298,6 +302,6 @@ def figures(results_dir: Path, figures_dir: Path) -> list[Path]:
             written += save_figure(plot_perplexity_ratio(ratios), figures_dir / "perplexity_ratio")
     positions = read_table(results_dir, "perplexity_positions")
     if not positions.empty:
-        intervals = positions_intervals(read_table(results_dir, "perplexity_positions_docs"))
-        written += save_figure(plot_nll_by_position(positions, intervals=intervals), figures_dir / "positions")
+        docs = read_table(results_dir, "perplexity_positions_docs")
+        written += save_figure(plot_nll_by_position(positions, docs=docs), figures_dir / "positions")
     return written
